@@ -1,0 +1,283 @@
+"""Dataset registry: loads a dataset by config, then subsets, normalises and injects label noise.
+
+Every dataset comes back as a `Dataset` whose examples carry an `example_id` (their index in the
+source), so per-example results from different runs and subsets can be joined on it.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from core.config import Config
+from core.data_sources import (DatasetError, RawData, describe_classes, int_labels, load_arrays, load_cifar,
+                               load_fashion_mnist, load_image_folder)
+
+__all__ = ["DATASETS", "Dataset", "DatasetConfig", "DatasetError", "RawData", "get_loader", "load_dataset",
+           "load_dataset_by_name"]
+
+DatasetName = Literal["mnist1d", "digits", "fashion_mnist", "cifar10", "cifar100", "image_folder", "arrays"]
+
+
+class DatasetConfig(Config):
+    """Which dataset to load and how to subset, normalise and corrupt it."""
+
+    name: DatasetName = Field("digits", description=(
+        "Dataset. mnist1d and digits are generated/bundled locally; fashion_mnist reads the IDX files of "
+        "the Debian package dataset-fashion-mnist; cifar10/cifar100, image_folder and arrays read your "
+        "files at `path`."))
+    path: str | None = Field(None, description=(
+        "Where the files are. fashion_mnist: folder of the IDX .gz files (default "
+        "/usr/share/datasets/fashion-mnist). cifar10/cifar100: folder containing cifar-10-batches-py/ or "
+        "cifar-100-python/ (or that folder itself). image_folder: folder with train/<class>/ and "
+        "test/<class>/ image folders. arrays: an .npz (x_train, y_train, x_test, y_test, optional "
+        "class_names, train_ids, test_ids) or a Parquet file (columns split, label, and a list column "
+        "`features` or numeric columns f0..fN; optional example_id). Unused by mnist1d and digits."))
+    n_train: int | None = Field(None, ge=1, description=(
+        "Number of training examples: a seeded random subset, kept in example-id order. Empty = all."))
+    n_test: int | None = Field(None, ge=1, description=(
+        "Number of test examples: a seeded random subset, kept in example-id order. Empty = all."))
+    normalize: bool = Field(True, description=(
+        "Standardise features with the training split's mean and std (per channel for images "
+        "[N, C, H, W], one scalar otherwise), applied to both splits."))
+    label_noise: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "Fraction in [0, 1) of training labels replaced by a wrong class; exactly "
+        "round(label_noise * n_train) examples. Test labels are never changed."))
+    noise_kind: Literal["uniform", "pair"] = Field("uniform", description=(
+        "How a corrupted label is chosen: uniform = a uniformly random different class; "
+        "pair = class c becomes (c + 1) mod C."))
+    seed: int = Field(0, ge=0, description=(
+        "Random seed for the subsets, the digits train/test split, MNIST-1D generation and label noise."))
+    mnist1d_samples: int = Field(5000, ge=10, le=1_000_000, description=(
+        "mnist1d only: total generated examples (rounded down to a multiple of 10), 80% train / 20% test."))
+    digits_test_fraction: float = Field(0.2, ge=0.01, le=0.99, description=(
+        "digits only: fraction of the 1,797 examples held out as the stratified test split."))
+
+
+@dataclass
+class Dataset:
+    """Both splits as float32 features and int64 labels, with example ids and label-noise bookkeeping."""
+
+    name: str
+    x_train: torch.Tensor  # float32 [N, *input_shape]
+    y_train: torch.Tensor  # int64 [N], noisy where noise was injected
+    x_test: torch.Tensor  # float32 [M, *input_shape]
+    y_test: torch.Tensor  # int64 [M]
+    train_ids: torch.Tensor  # int64 [N], index of each example in its source, ascending
+    test_ids: torch.Tensor  # int64 [M]
+    true_label: torch.Tensor  # int64 [N], training labels before noise
+    is_noisy: torch.Tensor  # bool [N]
+    class_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example, e.g. (1, 28, 28)."""
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def n_train(self) -> int:
+        """Number of training examples."""
+        return len(self.y_train)
+
+    @property
+    def n_test(self) -> int:
+        """Number of test examples."""
+        return len(self.y_test)
+
+
+# ---------------------------------------------------------------- generated / bundled datasets
+def load_mnist1d(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
+    """MNIST-1D generated locally (never downloaded); cached as .npz in cache_dir by (samples, seed)."""
+    cache = Path(cache_dir) / f"mnist1d-n{cfg.mnist1d_samples}-seed{cfg.seed}.npz" if cache_dir else None
+    d = None
+    if cache is not None and cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                d = {k: z[k] for k in ("x", "y", "x_test", "y_test")}
+        except Exception:  # a damaged cache is regenerated, not fatal
+            d = None
+    on_success = None
+    if d is None:
+        d = _generate_mnist1d(cfg.mnist1d_samples, cfg.seed)
+        on_success = (lambda: _atomic_savez(cache, d)) if cache is not None else None
+    x, xt = d["x"][:, None, :], d["x_test"][:, None, :]
+    return RawData(x, d["y"], np.arange(len(x)), xt, d["y_test"], np.arange(len(xt)),
+                   [str(i) for i in range(10)], on_success=on_success)
+
+
+def _generate_mnist1d(samples: int, seed: int) -> dict[str, np.ndarray]:
+    """make_dataset's x, y, x_test, y_test; restores the global RNGs that mnist1d reseeds."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.seed = samples, seed
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        d = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    return {k: np.asarray(d[k]) for k in ("x", "y", "x_test", "y_test")}
+
+
+def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write an .npz under a temporary name, then rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_digits(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
+    """scikit-learn's bundled 8x8 digits (pixels 0..16) with a seeded stratified split."""
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    d = sk_digits()
+    try:
+        tr, te = train_test_split(np.arange(len(d.target)), stratify=d.target, random_state=cfg.seed,
+                                  test_size=cfg.digits_test_fraction)
+    except ValueError as e:  # stratification needs at least one example per class in each split
+        raise DatasetError(f"digits_test_fraction={cfg.digits_test_fraction} cannot be split stratified "
+                           f"({e}); choose a fraction between 0.01 and 0.99") from None
+    tr, te = np.sort(tr), np.sort(te)
+    x = d.images[:, None]
+    return RawData(x[tr], d.target[tr], tr, x[te], d.target[te], te, [str(i) for i in range(10)])
+
+
+Loader = Callable[[DatasetConfig, "Path | None"], RawData]
+DATASETS: dict[str, Loader] = {
+    "mnist1d": load_mnist1d, "digits": load_digits, "fashion_mnist": load_fashion_mnist,
+    "cifar10": load_cifar, "cifar100": load_cifar, "image_folder": load_image_folder, "arrays": load_arrays,
+}
+
+
+def get_loader(name: str) -> Loader:
+    """The loader registered under `name`, or an error listing the valid names."""
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; valid names are: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+# ---------------------------------------------------------------- checks and options
+def _check(raw: RawData, name: str) -> RawData:
+    """Validate shapes, labels, ids and values; put each split in ascending example-id order."""
+    C = len(raw.class_names)
+    for split in ("train", "test"):
+        x, ids = np.asarray(getattr(raw, f"x_{split}")), np.asarray(getattr(raw, f"{split}_ids"))
+        y = int_labels(getattr(raw, f"y_{split}"), f"the {split} split of {name}")
+        if not len(x) == len(y) == len(ids):
+            raise DatasetError(f"{name} {split} split: features have {len(x)} examples but labels have "
+                               f"{len(y)} (and ids {len(ids)}); every example needs exactly one label")
+        ids = int_labels(ids, f"the {split} split of {name}", what="example ids")
+        bad = np.flatnonzero((y < 0) | (y >= C))
+        if len(bad):
+            i = bad[0]
+            raise DatasetError(f"{name} {split} split: label {y[i]} at position {i} (example_id {ids[i]}) is "
+                               f"outside 0..{C - 1} ({C} classes {describe_classes(raw.class_names)}); "
+                               f"{len(bad)} labels out of range. Fix the labels or list every class in "
+                               "class_names")
+        if x.dtype.kind not in "uifb":
+            raise DatasetError(f"{name} {split} features have dtype {x.dtype}; store numbers")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            n_bad = int((~np.isfinite(x)).sum())
+            rows = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+            raise DatasetError(f"{name} {split} split has {n_bad} NaN/inf feature values in {len(rows)} "
+                               f"examples (first example_id {ids[rows[0]]}); remove or impute them")
+        uniq, counts = np.unique(ids, return_counts=True)
+        if (counts > 1).any():
+            raise DatasetError(f"{name} {split} split: example_id {uniq[counts > 1][0]} occurs "
+                               f"{counts.max()} times; example ids must be unique within a split")
+        order = np.argsort(ids, kind="stable")
+        setattr(raw, f"x_{split}", x[order])
+        setattr(raw, f"y_{split}", y[order])
+        setattr(raw, f"{split}_ids", ids[order])
+    if len(raw.y_train) == 0:
+        raise DatasetError(f"{name} has no training examples; check the file at dataset.path")
+    if raw.x_train.shape[1:] != raw.x_test.shape[1:]:
+        raise DatasetError(f"{name}: train examples have shape {raw.x_train.shape[1:]} but test examples "
+                           f"{raw.x_test.shape[1:]}; both splits need the same feature shape")
+    return raw
+
+
+def _subset(n_avail: int, n: int | None, rng: np.random.Generator, what: str) -> np.ndarray:
+    """Sorted positions of a seeded random subset of size n (all when n is None)."""
+    if n is None:
+        return np.arange(n_avail)
+    if n > n_avail:
+        raise DatasetError(f"{what}={n} requested but only {n_avail} examples are available; lower {what} "
+                           "or leave it empty to use all")
+    return np.sort(rng.choice(n_avail, size=n, replace=False))
+
+
+def _normalize(x_train: torch.Tensor, x_test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standardise both splits with train statistics: per channel for [N, C, H, W], else one scalar."""
+    dims = (0, 2, 3) if x_train.ndim == 4 else tuple(range(x_train.ndim))
+    # float32 is enough: torch reduces with cascade sums, and a float64 copy would double the memory
+    std, mean = torch.std_mean(x_train, dim=dims, keepdim=True, correction=0)
+    if x_train.ndim == 4:
+        std, mean = std[0], mean[0]  # broadcast over [C, 1, 1]
+    std = torch.where(std > 0, std, torch.ones_like(std))  # constant features stay constant, not NaN
+    return ((x_train - mean) / std).float(), ((x_test - mean) / std).float()
+
+
+def _add_noise(y: np.ndarray, frac: float, kind: str, C: int, rng: np.random.Generator) -> np.ndarray:
+    """Labels with exactly round(frac * N) seeded random entries moved to a different class."""
+    y = y.copy()
+    idx = rng.choice(len(y), size=round(frac * len(y)), replace=False)
+    shift = 1 if kind == "pair" else rng.integers(1, C, size=len(idx))  # 1..C-1: never the same class
+    y[idx] = (y[idx] + shift) % C
+    return y
+
+
+def load_dataset(config: DatasetConfig, cache_dir: Path | None = None) -> Dataset:
+    """Load `config.name`, then subset (seeded), normalise (train stats) and add training label noise."""
+    loader = get_loader(config.name)
+    raw = _check(loader(config, Path(cache_dir) if cache_dir is not None else None), config.name)
+    C = len(raw.class_names)
+    if config.label_noise > 0 and C < 2:
+        raise DatasetError(f"label_noise={config.label_noise} needs at least 2 classes but {config.name} "
+                           f"has {C}; set label_noise to 0")
+    # independent streams, so changing n_test does not change the train subset or the noise
+    rng_train, rng_test, rng_noise = (np.random.default_rng([config.seed, k]) for k in range(3))
+    tr = _subset(len(raw.y_train), config.n_train, rng_train, "n_train")
+    te = _subset(len(raw.y_test), config.n_test, rng_test, "n_test")
+    # subset before converting so large uint8 sources are never held as float in full
+    xtr = torch.from_numpy(raw.x_train[tr].astype(np.float32) / np.float32(raw.scale))
+    xte = torch.from_numpy(raw.x_test[te].astype(np.float32) / np.float32(raw.scale))
+    if config.normalize:
+        xtr, xte = _normalize(xtr, xte)
+    true = raw.y_train[tr]
+    noisy = true
+    if config.label_noise > 0:
+        noisy = _add_noise(true, config.label_noise, config.noise_kind, C, rng_noise)
+    if raw.on_success is not None:
+        raw.on_success()
+    return Dataset(
+        name=config.name, x_train=xtr, y_train=torch.from_numpy(noisy.copy()), x_test=xte,
+        y_test=torch.from_numpy(raw.y_test[te]), train_ids=torch.from_numpy(raw.train_ids[tr]),
+        test_ids=torch.from_numpy(raw.test_ids[te]), true_label=torch.from_numpy(true.copy()),
+        is_noisy=torch.from_numpy(noisy != true), class_names=list(raw.class_names))
+
+
+def load_dataset_by_name(name: str, cache_dir: Path | None = None, **options: Any) -> Dataset:
+    """`load_dataset(DatasetConfig(name=name, **options))`, with an unknown name reported as DatasetError."""
+    get_loader(name)
+    return load_dataset(DatasetConfig(name=name, **options), cache_dir)

@@ -1,0 +1,302 @@
+"""Readers for datasets that live in files on disk: Fashion-MNIST IDX, CIFAR pickles, image folders,
+and a user's own arrays (.npz / Parquet). Each returns `RawData`; `core.data` applies the options."""
+from __future__ import annotations
+
+import gzip
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from core.data import DatasetConfig
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+CIFAR_LAYOUT = {  # name -> (folder, train files, test file, meta file, meta key, label key)
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
+                "batches.meta", b"label_names", b"labels"),
+    "cifar100": ("cifar-100-python", ["train"], "test", "meta", b"fine_label_names", b"fine_labels"),
+}
+CIFAR_HELP = ("download the CIFAR python version from https://www.cs.toronto.edu/~kriz/cifar.html, "
+              "unpack it, and set dataset.path to the directory containing {folder}/")
+
+
+class DatasetError(ValueError):
+    """A dataset could not be loaded; the message names the problem and the fix."""
+
+
+@dataclass
+class RawData:
+    """Both splits as loaded from the source, before subsetting, scaling and noise."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    train_ids: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    test_ids: np.ndarray
+    class_names: list[str]
+    scale: float = 1.0  # features are divided by this when converted to float (255 for uint8 pixels)
+    on_success: Callable[[], None] | None = None  # deferred cache write: nothing is written on failure
+
+
+def _need_path(cfg: DatasetConfig, what: str) -> Path:
+    """The configured path, or an error saying what it must point at."""
+    if cfg.path is None:
+        raise DatasetError(f"dataset {cfg.name!r} needs `path`: set dataset.path to {what}")
+    return Path(cfg.path).expanduser()
+
+
+# ---------------------------------------------------------------- Fashion-MNIST (IDX format)
+def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
+    """One IDX file (gzip or plain) as a uint8 array, checking its magic number and sizes."""
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:  # gzip raises these on a corrupt or truncated archive
+        raise DatasetError(f"cannot read {path} ({e}): re-install or re-download it") from None
+    if len(data) < 4 + 4 * ndim:
+        raise DatasetError(f"{path} is truncated ({len(data)} bytes): re-install or re-download it")
+    header = np.frombuffer(data, dtype=">i4", count=1 + ndim)
+    if header[0] != magic:
+        raise DatasetError(f"{path} has magic number {header[0]}, expected {magic}: "
+                           "it is not an IDX file of the right kind (images 2051, labels 2049)")
+    dims = [int(d) for d in header[1:]]
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DatasetError(f"{path}: header dims {dims} need {int(np.prod(dims))} bytes of data "
+                           f"but the file has {body.size}: the file is truncated or corrupt")
+    return body.reshape(dims)
+
+
+def load_fashion_mnist(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
+    """Fashion-MNIST from the four IDX files (.gz or decompressed); pixels scaled to [0, 1]."""
+    root = Path(cfg.path or FASHION_MNIST_DIR).expanduser()
+    dirs = [root, root / "FashionMNIST" / "raw"]  # the second is torchvision's layout
+    arrays = []
+    for stem, magic, ndim in [("train-images-idx3-ubyte", 2051, 3), ("train-labels-idx1-ubyte", 2049, 1),
+                              ("t10k-images-idx3-ubyte", 2051, 3), ("t10k-labels-idx1-ubyte", 2049, 1)]:
+        tried = [d / f"{stem}{ext}" for d in dirs for ext in (".gz", "")]
+        found = next((p for p in tried if p.is_file()), None)
+        if found is None:
+            raise DatasetError(f"Fashion-MNIST file {stem}[.gz] not found; looked at: "
+                               + ", ".join(map(str, tried)) + ". Install it with "
+                               "`apt-get install dataset-fashion-mnist` (files land in "
+                               f"{FASHION_MNIST_DIR}) or set dataset.path to the folder holding them")
+        arrays.append(_read_idx(found, magic, ndim))
+    (xtr, ytr, xte, yte) = arrays
+    return RawData(xtr[:, None], ytr, np.arange(len(xtr)), xte[:, None], yte, np.arange(len(xte)),
+                   list(FASHION_CLASSES), scale=255.0)
+
+
+# ---------------------------------------------------------------- CIFAR-10/100 (python pickles)
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Refuses every global except the few numpy needs, so a hostile file cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module.split(".")[0] == "numpy" and name in {"_reconstruct", "ndarray", "dtype", "scalar"}) \
+                or (module, name) == ("_codecs", "encode"):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR file")
+
+
+def _unpickle(path: Path) -> dict:
+    """One CIFAR pickle as a dict with bytes keys."""
+    try:
+        with open(path, "rb") as f:
+            out = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+    except Exception as e:  # any unpickling failure means the file is not a CIFAR batch
+        raise DatasetError(f"{path} is not a readable CIFAR pickle ({e}): re-download the python version")
+    if not isinstance(out, dict):
+        raise DatasetError(f"{path} holds a {type(out).__name__}, not a CIFAR dict: re-download it")
+    return out
+
+
+def _get(d: dict, key: bytes, path: Path) -> Any:
+    """d[key] (bytes key as in the original Python 2 files, or its str form), or an error naming the file."""
+    if key not in d and key.decode() in d:  # re-pickled under Python 3
+        key = key.decode()  # type: ignore[assignment]
+    if key not in d:
+        raise DatasetError(f"{path} has no key {key!r} (keys: {sorted(d)}): it is not the expected "
+                           "CIFAR file; check that dataset.name matches the files (cifar10 vs cifar100)")
+    return d[key]
+
+
+def load_cifar(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
+    """CIFAR-10 or CIFAR-100 (fine labels) from the python-pickle layout; pixels scaled to [0, 1]."""
+    folder, train_files, test_file, meta_file, meta_key, label_key = CIFAR_LAYOUT[cfg.name]
+    bases = [Path(cfg.path).expanduser()] if cfg.path else ([Path(cache_dir)] if cache_dir else [])
+    tried = [p for b in bases for p in (b / folder, b)]
+    found = next((d for d in tried if all((d / f).is_file() for f in [*train_files, test_file, meta_file])),
+                 None)
+    if found is None:
+        need = ", ".join([*train_files, test_file, meta_file])
+        raise DatasetError(f"{cfg.name} files ({need}) not found; looked in: "
+                           + (", ".join(map(str, tried)) or "nowhere (dataset.path is not set)")
+                           + ". To fix: " + CIFAR_HELP.format(folder=folder))
+
+    def split(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Images [n, 3, 32, 32] uint8 and labels of the given batch files, concatenated in order."""
+        xs, ys = [], []
+        for f in files:
+            d = _unpickle(found / f)
+            x, y = np.asarray(_get(d, b"data", found / f)), np.asarray(_get(d, label_key, found / f))
+            if x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):
+                raise DatasetError(f"{found / f}: data has shape {x.shape} and {len(y)} labels; expected "
+                                   f"[n, 3072] with n labels: the file is corrupt, re-download it")
+            xs.append(x.astype(np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(y)
+        return np.concatenate(xs), np.concatenate(ys)
+
+    (xtr, ytr), (xte, yte) = split(train_files), split([test_file])
+    names = [n.decode() if isinstance(n, bytes) else str(n)
+             for n in _get(_unpickle(found / meta_file), meta_key, found / meta_file)]
+    return RawData(xtr, ytr, np.arange(len(xtr)), xte, yte, np.arange(len(xte)), names, scale=255.0)
+
+
+# ---------------------------------------------------------------- image folder
+def _read_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """All images of one ImageFolder split as uint8 [N, 3, H, W] (RGB), labels and class names."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    try:
+        folder = ImageFolder(str(root))
+    except (FileNotFoundError, OSError) as e:
+        raise DatasetError(f"cannot read image folder {root} ({e}): it needs one sub-folder per class "
+                           "holding image files (png, jpg, ...)") from None
+    images, sizes = [], {}
+    for path, _ in folder.samples:
+        img = pil_to_tensor(folder.loader(path)).numpy()  # the default loader converts to RGB
+        sizes.setdefault(img.shape[1:], path)
+        if len(sizes) > 1:
+            (s1, p1), (s2, p2) = sizes.items()
+            raise DatasetError(f"images in {root} differ in size: {s1[0]}x{s1[1]} ({p1}) and "
+                               f"{s2[0]}x{s2[1]} ({p2}) (HxW); resize them all to one size first")
+        images.append(img)
+    return np.stack(images), np.asarray(folder.targets), list(folder.classes)
+
+
+def load_image_folder(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
+    """An ImageFolder tree `<path>/train/<class>/*.png` and `<path>/test/<class>/*.png`."""
+    root = _need_path(cfg, "a folder with train/ and test/ sub-folders, one folder per class in each")
+    missing = [str(root / s) for s in ("train", "test") if not (root / s).is_dir()]
+    if missing:
+        raise DatasetError(f"image folder split(s) not found: {', '.join(missing)}; dataset.path must hold "
+                           "train/<class>/<image> and test/<class>/<image>")
+    xtr, ytr, classes = _read_image_folder(root / "train")
+    xte, yte, test_classes = _read_image_folder(root / "test")
+    if test_classes != classes:
+        raise DatasetError(f"test classes {test_classes} differ from train classes {classes} in {root}; "
+                           "give test/ exactly the same class folders as train/")
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise DatasetError(f"train images are {tuple(xtr.shape[2:])} but test images are "
+                           f"{tuple(xte.shape[2:])} (HxW) in {root}; resize them to one size")
+    return RawData(xtr, ytr, np.arange(len(xtr)), xte, yte, np.arange(len(xte)), classes, scale=255.0)
+
+
+# ---------------------------------------------------------------- user arrays: .npz or Parquet
+def _parquet_split(df: Any, split: str, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features, labels and ids of one split of a Parquet table."""
+    part = df[df["split"] == split]
+    if "features" in part.columns:  # one list column: every row must have the same length
+        lens = {len(v) for v in part["features"]}
+        if len(lens) > 1:
+            raise DatasetError(f"{path}: `features` lists have different lengths {sorted(lens)[:5]}; "
+                               "every row needs the same number of features")
+        x = np.asarray(part["features"].tolist(), dtype=np.float64).reshape(len(part), -1)
+    else:  # f0..fN in numeric order (f10 after f9)
+        cols = sorted((c for c in df.columns if c[:1] == "f" and c[1:].isdigit()), key=lambda c: int(c[1:]))
+        x = part[cols].to_numpy(dtype=np.float64)
+    ids = part["example_id"].to_numpy() if "example_id" in part.columns else part.index.to_numpy()
+    return x, part["label"].to_numpy(), ids
+
+
+def _load_parquet(path: Path) -> RawData:
+    """A Parquet table with columns split, label, features (list) or f0..fN, and optional example_id."""
+    import pandas as pd
+
+    df = pd.read_parquet(path).reset_index(drop=True)  # row number = default example_id
+    has_f = any(c[:1] == "f" and c[1:].isdigit() for c in df.columns)
+    missing = [c for c in ("split", "label") if c not in df.columns]
+    missing += [] if "features" in df.columns or has_f else ["features (or f0..fN)"]
+    if missing:
+        raise DatasetError(f"{path} lacks column(s) {missing} (has {list(df.columns)}); a Parquet dataset "
+                           "needs `split` ('train'/'test'), `label`, and a list column `features` or "
+                           "columns f0..fN")
+    bad = sorted(set(df["split"].astype(str)) - {"train", "test"})
+    if bad:
+        raise DatasetError(f"{path}: column `split` has values {bad}; only 'train' and 'test' are allowed")
+    (xtr, ytr, itr), (xte, yte, ite) = _parquet_split(df, "train", path), _parquet_split(df, "test", path)
+    names = None
+    if ytr.dtype.kind in "OSU":  # string labels: classes are the sorted distinct train labels
+        names = sorted(set(ytr.astype(str)))
+        unknown = sorted(set(yte.astype(str)) - set(names))
+        if unknown:
+            raise DatasetError(f"{path}: test labels {unknown[:5]} never occur in train; every class needs "
+                               "training examples")
+        index = {n: i for i, n in enumerate(names)}
+        ytr, yte = (np.array([index[v] for v in y.astype(str)], dtype=np.int64) for y in (ytr, yte))
+    return RawData(xtr, ytr, itr, xte, yte, ite, names)  # type: ignore[arg-type]
+
+
+def _load_npz(path: Path) -> RawData:
+    """An .npz with x_train, y_train, x_test, y_test and optional class_names, train_ids, test_ids."""
+    with np.load(path, allow_pickle=False) as z:  # no pickle: a data file must not run code
+        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
+        if missing:
+            raise DatasetError(f"{path} lacks array(s) {missing} (has {z.files}); save it with "
+                               "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
+        d = {k: z[k] for k in z.files}
+    ids = {s: d.get(f"{s}_ids", np.arange(len(d[f"y_{s}"]))) for s in ("train", "test")}
+    names = [str(n) for n in d["class_names"]] if "class_names" in d else None
+    return RawData(d["x_train"], d["y_train"], ids["train"], d["x_test"], d["y_test"], ids["test"],
+                   names)  # type: ignore[arg-type]
+
+
+def load_arrays(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
+    """A user's arrays from .npz or Parquet; class names default to "0".."C-1" (C = max label + 1)."""
+    path = _need_path(cfg, "an .npz file (x_train, y_train, x_test, y_test) or a Parquet file")
+    if not path.is_file():
+        raise DatasetError(f"arrays file not found: looked at {path}; set dataset.path to an existing "
+                           ".npz or .parquet file")
+    is_parquet = path.suffix in (".parquet", ".pq")
+    try:
+        raw = _load_parquet(path) if is_parquet else _load_npz(path)
+    except DatasetError:
+        raise
+    except Exception as e:  # unreadable container: say which file and what kind was expected
+        raise DatasetError(f"cannot read {path} as {'Parquet' if is_parquet else 'npz'} "
+                           f"({type(e).__name__}: {e}); check the file format and its suffix") from None
+    raw.y_train = int_labels(raw.y_train, f"y_train of {path}")
+    raw.y_test = int_labels(raw.y_test, f"y_test of {path}")
+    if raw.class_names is None:
+        top = max((int(y.max()) for y in (raw.y_train, raw.y_test) if len(y)), default=-1)
+        raw.class_names = [str(i) for i in range(max(top + 1, 1))]
+    return raw
+
+
+def int_labels(y: Any, where: str, what: str = "labels") -> np.ndarray:
+    """Labels (or ids) as int64 [N]; floats are accepted only when every value is a whole number."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise DatasetError(f"{what} in {where} have shape {y.shape}; give one integer per example")
+    if y.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+        if len(bad):
+            raise DatasetError(f"{what} in {where} must be whole numbers, but position {bad[0]} holds "
+                               f"{y[bad[0]]} ({len(bad)} such values); store integers")
+    elif y.dtype.kind not in "iub":
+        raise DatasetError(f"{what} in {where} have dtype {y.dtype}; store integers"
+                           + (" (or, in Parquet, class-name strings)" if what == "labels" else ""))
+    return y.astype(np.int64)
+
+
+def describe_classes(names: list[str]) -> str:
+    """Class names shortened for error messages."""
+    return json.dumps(names if len(names) <= 12 else [*names[:10], "..."])

@@ -1,0 +1,100 @@
+"""The unit of work every pipeline shards: train K models on their own subsets, evaluate everywhere.
+
+`train_on_subsets(dataset, model, seeds, subsets, train) -> ShardOutcome` is a pure function of its
+arguments (seeds fix init and batch order), so a shard recomputed after a crash gives the same rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import Tensor
+
+from core.config import derive_seed
+from core.data import Dataset
+from core.ensemble import Ensemble, Evaluation, evaluate
+from core.store import pack_bool_rows, pack_float_rows
+from core.training import TrainConfig, TrainingRecord, TrainResult, train
+
+# independent random streams derived from one model seed
+INIT_STREAM, ORDER_STREAM, SUBSET_STREAM = 0, 1, 2
+
+
+def model_seed(run_seed: int, model_id: int) -> int:
+    """The seed of model `model_id` in a run seeded with `run_seed`."""
+    return derive_seed(run_seed, model_id)
+
+
+def subset_mask(n: int, size: int, seed: int) -> Tensor:
+    """Bool `[n]` marking a seeded random choice of `size` of the n examples."""
+    if not 0 < size <= n:
+        raise ValueError(f"a subset of {size} examples cannot be drawn from {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, SUBSET_STREAM)))
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[order[:size]] = True
+    return mask
+
+
+@dataclass
+class ShardOutcome:
+    """Trained models and their outcomes on every training and test example."""
+
+    ensemble: Ensemble
+    train: Evaluation  # [K, N] on the whole training set, in and out of each subset
+    test: Evaluation  # [K, M]
+    result: TrainResult
+
+    @property
+    def record(self) -> TrainingRecord | None:
+        """Per-epoch outcomes recorded during training, when asked for."""
+        return self.result.record
+
+
+def train_on_subsets(
+    dataset: Dataset,
+    model: str,
+    seeds: list[int],
+    subsets: Tensor,
+    config: TrainConfig,
+    device: torch.device | str = "cpu",
+    record: bool = False,
+    masks: dict[str, Tensor] | None = None,
+    progress: bool = False,
+) -> ShardOutcome:
+    """Train model k (init and batch order from `seeds[k]`) on the examples where `subsets[k]`."""
+    init_seeds = [derive_seed(s, INIT_STREAM) for s in seeds]
+    order_seeds = [derive_seed(s, ORDER_STREAM) for s in seeds]
+    ensemble = Ensemble.init(model, dataset.input_shape, dataset.num_classes, init_seeds, device)
+    result = train(ensemble, dataset.x_train, dataset.y_train, subsets, order_seeds, config,
+                   masks=masks, record=record, progress=progress)
+    return ShardOutcome(ensemble, evaluate(ensemble, dataset.x_train, dataset.y_train),
+                        evaluate(ensemble, dataset.x_test, dataset.y_test), result)
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> np.ndarray:
+    """Row means over the entries where `mask` is True (NaN for rows with none)."""
+    counts = mask.sum(1)
+    sums = (values.float() * mask).sum(1)
+    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.nan).numpy()
+
+
+def outcome_table(model_ids: list[int], seeds: list[int], subsets: Tensor, outcome: ShardOutcome) -> pa.Table:
+    """One row per model: accuracies, loss curve, and dense per-example membership and correctness."""
+    train_correct, test_correct = outcome.train.correct, outcome.test.correct
+    return pa.table({
+        "model_id": pa.array(model_ids, pa.int64()),
+        "seed": pa.array(seeds, pa.int64()),
+        "n_subset": pa.array(subsets.sum(1).numpy(), pa.int64()),
+        "steps": pa.array(outcome.result.steps.numpy(), pa.int64()),
+        "subset_accuracy": pa.array(_masked_mean(train_correct, subsets), pa.float64()),
+        "heldout_accuracy": pa.array(_masked_mean(train_correct, ~subsets), pa.float64()),
+        "train_accuracy": pa.array(train_correct.float().mean(1).numpy(), pa.float64()),
+        "test_accuracy": pa.array(test_correct.float().mean(1).numpy(), pa.float64()),
+        "test_loss": pa.array(outcome.test.loss.mean(1).numpy(), pa.float64()),
+        "epoch_loss": pack_float_rows(outcome.result.losses.numpy()),
+        "in_subset": pack_bool_rows(subsets.numpy()),
+        "train_correct": pack_bool_rows(train_correct.numpy()),
+        "test_correct": pack_bool_rows(test_correct.numpy()),
+    })

@@ -1,0 +1,116 @@
+"""Model registry: names carry their grid coordinates (width, depth) so grids can sweep them."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+MODEL_PATTERNS = {
+    "mlp_w{width}_d{depth}": "MLP with `depth` hidden layers of `width` units (any input)",
+    "cnn1d_w{width}_d{depth}": "1-D CNN with `depth` conv layers of `width` channels (MNIST-1D, [C, L] inputs)",
+    "cnn_w{width}_d{depth}": "2-D CNN with `depth` 3x3 conv layers of `width` channels (images, [C, H, W])",
+    "lenet_300_100": "LeNet-300-100 fully connected network (any input)",
+    "resnet18": "torchvision ResNet-18 (images; meant for GPU users)",
+}
+
+
+class ModelNameError(ValueError):
+    """An unknown or malformed model name."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model name: its family and, where it has them, width and depth."""
+
+    name: str
+    family: str
+    width: int | None = None
+    depth: int | None = None
+
+
+_GRID_NAME = re.compile(r"^(mlp|cnn1d|cnn)_w(\d+)_d(\d+)$")
+
+
+def parse_model_name(name: str) -> ModelSpec:
+    """Parse a registry name, or fail with the list of valid patterns."""
+    if name in ("lenet_300_100", "resnet18"):
+        return ModelSpec(name, name)
+    match = _GRID_NAME.match(name)
+    if match and int(match[2]) >= 1 and int(match[3]) >= 1:
+        return ModelSpec(name, match[1], int(match[2]), int(match[3]))
+    valid = "\n".join(f"  {pattern:26s} {text}" for pattern, text in MODEL_PATTERNS.items())
+    raise ModelNameError(
+        f"unknown model {name!r}; width and depth must be positive integers. Valid names:\n{valid}\n"
+        "e.g. mlp_w64_d2, cnn1d_w32_d3, cnn_w16_d4"
+    )
+
+
+def _mlp(in_features: int, hidden: list[int], num_classes: int) -> nn.Sequential:
+    """Flatten, then Linear+ReLU per hidden size, then a linear classifier."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    for width in hidden:
+        layers += [nn.Linear(in_features, width), nn.ReLU()]
+        in_features = width
+    return nn.Sequential(*layers, nn.Linear(in_features, num_classes))
+
+
+def _cnn(input_shape: tuple[int, ...], width: int, depth: int, num_classes: int) -> nn.Sequential:
+    """Conv+ReLU layers (halving the resolution after each of the first three while >= 4), then linear."""
+    conv, pool = (nn.Conv1d, nn.MaxPool1d) if len(input_shape) == 2 else (nn.Conv2d, nn.MaxPool2d)
+    channels, size = input_shape[0], list(input_shape[1:])
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers += [conv(channels, width, kernel_size=3, padding=1), nn.ReLU()]
+        channels = width
+        if i < 3 and min(size) >= 4:
+            layers.append(pool(2))
+            size = [s // 2 for s in size]
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(width * math.prod(size), num_classes))
+
+
+def _resnet18(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """torchvision's ResNet-18 with its stem adapted to the number of input channels."""
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=num_classes)
+    if input_shape[0] != 3:
+        model.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A freshly initialised plain PyTorch model (uses the global torch RNG)."""
+    spec = parse_model_name(name)
+    flat = math.prod(input_shape)
+    builders: dict[str, Callable[[], nn.Module]] = {
+        "mlp": lambda: _mlp(flat, [spec.width] * (spec.depth or 0), num_classes),
+        "lenet_300_100": lambda: _mlp(flat, [300, 100], num_classes),
+        "cnn1d": lambda: _cnn(input_shape, spec.width, spec.depth, num_classes),
+        "cnn": lambda: _cnn(input_shape, spec.width, spec.depth, num_classes),
+        "resnet18": lambda: _resnet18(input_shape, num_classes),
+    }
+    rank = {"cnn1d": 2, "cnn": 3, "resnet18": 3}.get(spec.family)
+    if rank is not None and len(input_shape) != rank:
+        kind = "[C, L] sequences" if rank == 2 else "[C, H, W] images"
+        raise ModelNameError(f"model {name!r} needs {kind}, but the dataset's examples have shape {list(input_shape)}")
+    return builders[spec.family]()
+
+
+def init_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
+    """The model `name` initialised from `seed`, independent of the global RNG state and device."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(name, input_shape, num_classes)
+
+
+def prunable_parameters(model: nn.Module) -> list[str]:
+    """Names of weights of linear and conv layers (biases and normalisation stay dense)."""
+    return [
+        f"{module_name}.weight" if module_name else "weight"
+        for module_name, module in model.named_modules()
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))
+    ]

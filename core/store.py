@@ -1,0 +1,302 @@
+"""Run folders, atomic Parquet writes with provenance, and dense per-model list columns."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import subprocess
+import uuid
+import warnings
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from core.config import canonical_json, run_id
+
+DATA_ROOT_ENV = "REGULARITY_DATA_ROOT"
+META_PREFIX = "regularity."
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_JSON_FIELDS = ("config", "versions", "hardware")
+_PACKAGES = ("torch", "numpy", "pandas", "pyarrow", "scikit-learn", "scipy", "prefect")
+
+
+class RunConflictError(RuntimeError):
+    """A run folder's config.json does not match the config that maps to its id."""
+
+
+def default_data_root() -> Path:
+    """`$REGULARITY_DATA_ROOT` if set, else `<repo>/data`, as an absolute path."""
+    env = os.environ.get(DATA_ROOT_ENV)
+    return Path(env).expanduser().resolve() if env else (REPO_ROOT / "data").resolve()
+
+
+def _resolve_root(data_root: Path | str | None) -> Path:
+    """Absolute data root: process workers run from temporary directories."""
+    return default_data_root() if data_root is None else Path(data_root).expanduser().resolve()
+
+
+def dataset_cache(data_root: Path | str | None = None) -> Path:
+    """`<data root>/cache`: generated or decompressed datasets shared by all runs."""
+    return _resolve_root(data_root) / "cache"
+
+
+@functools.cache
+def _versions() -> dict[str, str | None]:
+    """Versions of python and the key packages, read without importing them."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+@functools.cache
+def code_revision() -> str:
+    """Git commit of the repo, `+dirty` with local changes, `unknown` without git or commits."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain")  # untracked source counts: it changes results too
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def _hardware() -> dict[str, Any]:
+    """Platform, CPU count, torch threads and CUDA device; computed per write (threads vary)."""
+    import torch  # deferred: only writers pay for the import
+
+    # only name a device this process already uses: initializing CUDA here would break forks
+    used = torch.cuda.is_initialized()
+    return {"platform": platform.platform(), "machine": platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda_available": torch.cuda.is_available(),
+            "cuda_device": torch.cuda.get_device_name() if used else None}
+
+
+def _decode(raw: dict[bytes, bytes] | None) -> dict[str, Any]:
+    """`regularity.*` schema metadata without the prefix, JSON fields parsed."""
+    out: dict[str, Any] = {}
+    for key, value in (raw or {}).items():
+        k = key.decode()
+        if k.startswith(META_PREFIX):
+            k = k[len(META_PREFIX):]
+            out[k] = json.loads(value) if k in _JSON_FIELDS else value.decode()
+    return out
+
+
+def read_table(path: Path | str) -> pd.DataFrame:
+    """Any Parquet table of the project as a DataFrame."""
+    return pq.read_table(path).to_pandas()
+
+
+def read_provenance(path: Path | str) -> dict[str, Any]:
+    """Decoded provenance of any Parquet file of the project (footer only)."""
+    return _decode(pq.read_schema(path).metadata)
+
+
+class RunStore:
+    """The folder `<data root>/runs/<flow>/<run id>/` holding one run's config and tables."""
+
+    def __init__(self, flow: str, config: BaseModel, root: Path):
+        self.flow, self.config = flow, config
+        self.run_id = run_id(flow, config)
+        self.config_json = canonical_json(config)
+        self.root = root
+
+    @classmethod
+    def open(cls, flow: str, config: BaseModel, data_root: Path | str | None = None) -> RunStore:
+        """Create or reopen the run folder of `config`, checking its config.json."""
+        rid = run_id(flow, config)
+        store = cls(flow, config, _resolve_root(data_root) / "runs" / flow / rid)
+        store.root.mkdir(parents=True, exist_ok=True)
+        store._check_or_write_config()
+        return store
+
+    @property
+    def data_root(self) -> Path:
+        """The data root this run folder lives under."""
+        return self.root.parents[2]
+
+    @property
+    def cache_dir(self) -> Path:
+        """Dataset caches shared by all runs under this data root."""
+        return dataset_cache(self.data_root)
+
+    def _check_or_write_config(self) -> None:
+        """Write config.json once; afterwards it must describe the same config."""
+        path = self.root / "config.json"
+        if not path.exists():
+            doc = {"flow": self.flow, "run_id": self.run_id,
+                   "config": self.config.model_dump(mode="json")}
+            self._atomic(path, lambda f: f.write(json.dumps(doc, indent=2).encode() + b"\n"))
+            return
+        try:
+            stored = canonical_json(json.loads(path.read_text())["config"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise RunConflictError(f"{path} is unreadable ({err}); move it away to recreate") from err
+        if stored != self.config_json:
+            raise RunConflictError(f"{path} holds a different config than run id {self.run_id} "
+                                   f"maps to (hash collision or edited file):\n  stored: {stored}"
+                                   f"\n  wanted: {self.config_json}")
+
+    def _file(self, name: str) -> Path:
+        """Path of `name` inside the run folder; names may not escape it."""
+        path = (self.root / name).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise ValueError(f"table name {name!r} must be a relative path inside the run folder")
+        return path
+
+    def path(self, name: str) -> Path:
+        """Path of table `name` (e.g. `shards/train-00003.parquet`), parent dirs created."""
+        path = self._file(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @staticmethod
+    def _atomic(path: Path, write) -> None:
+        """Run `write(file)` on a same-dir temp file, fsync, then rename onto `path`."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:  # the rename itself is durable only once the directory is synced
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _provenance(self, extra: dict[str, str] | None) -> dict[bytes, bytes]:
+        """Schema metadata entries for one table of this run."""
+        meta = {"run_id": self.run_id, "flow": self.flow, "config": self.config_json,
+                "versions": json.dumps(_versions(), sort_keys=True),
+                "code_revision": code_revision(),
+                "hardware": json.dumps(_hardware(), sort_keys=True),
+                "created_at": datetime.now(timezone.utc).isoformat()}
+        meta.update({k: str(v) for k, v in (extra or {}).items()})
+        return {(META_PREFIX + k).encode(): v.encode() for k, v in meta.items()}
+
+    def write_table(self, name: str, table: pd.DataFrame | pa.Table,
+                    extra_metadata: dict[str, str] | None = None) -> Path:
+        """Write `table` atomically with provenance; returns its path."""
+        if isinstance(table, pd.DataFrame):
+            table = pa.Table.from_pandas(table)  # keeps the `pandas` metadata for round-trips
+        meta = {**(table.schema.metadata or {}), **self._provenance(extra_metadata)}
+        table = table.replace_schema_metadata(meta)
+        path = self.path(name)
+        self._atomic(path, lambda f: pq.write_table(table, f))
+        return path
+
+    def is_complete(self, name: str) -> bool:
+        """True if `name` is a readable table of this run; a bad or foreign file is deleted."""
+        path = self._file(name)
+        if not path.exists():
+            return False
+        try:
+            owner = _decode(pq.read_schema(path).metadata).get("run_id")
+        except (pa.ArrowException, OSError) as err:
+            reason = f"unreadable ({type(err).__name__}: {err})"
+        else:
+            if owner == self.run_id:
+                return True
+            reason = f"written by run {owner!r}, not {self.run_id!r}"
+        warnings.warn(f"{path} is {reason}; deleting it, it will be recomputed",
+                      RuntimeWarning, stacklevel=2)
+        path.unlink(missing_ok=True)
+        return False
+
+    def read_table(self, name: str) -> pd.DataFrame:
+        """Table `name` of this run as a DataFrame."""
+        return read_table(self._file(name))
+
+    def read_metadata(self, name: str) -> dict[str, Any]:
+        """Decoded provenance of table `name` of this run."""
+        return read_provenance(self._file(name))
+
+
+def list_runs(data_root: Path | str | None = None) -> pd.DataFrame:
+    """One row per run folder: flow, run_id, path, created, n_tables, size_bytes."""
+    rows = []
+    for cfg in sorted(_resolve_root(data_root).glob("runs/*/*/config.json")):
+        run_dir = cfg.parent
+        files = [p for p in run_dir.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        rows.append({"flow": run_dir.parent.name, "run_id": run_dir.name, "path": str(run_dir),
+                     "created": pd.Timestamp(cfg.stat().st_mtime, unit="s", tz="UTC"),
+                     "n_tables": sum(p.suffix == ".parquet" for p in files),
+                     "size_bytes": sum(p.stat().st_size for p in files)})
+    columns = ["flow", "run_id", "path", "created", "n_tables", "size_bytes"]
+    return pd.DataFrame(rows, columns=columns).sort_values("created", ignore_index=True)
+
+
+def _pack_rows(matrix: Any, dtype: type, pa_type: pa.DataType) -> pa.Array:
+    """[K, N] array -> list array of K rows of N values."""
+    try:
+        values = np.asarray(matrix, dtype=dtype)
+    except ValueError as err:
+        raise ValueError(f"rows must all have the same length: {err}") from err
+    if values.ndim != 2:
+        raise ValueError(f"expected a 2-d [models, examples] array, got shape {values.shape}")
+    k, n = values.shape
+    offsets = np.arange(k + 1, dtype=np.int64) * n
+    flat = pa.array(values.ravel(), type=pa_type)
+    if k * n < 2**31:
+        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), flat)
+    return pa.LargeListArray.from_arrays(pa.array(offsets), flat)
+
+
+def _unpack_rows(column: Any, dtype: type) -> np.ndarray:
+    """List column of equal-length rows -> [K, N] array."""
+    if isinstance(column, pd.Series):
+        column = pa.array(column.tolist())  # pandas holds list cells as numpy arrays
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if len(column) == 0:
+        return np.empty((0, 0), dtype=dtype)
+    if column.null_count:
+        raise ValueError("list column has null rows")
+    k = len(column)
+    lengths = pc.list_value_length(column).to_numpy()
+    n = int(lengths[0]) if k else 0
+    if (lengths != n).any():
+        raise ValueError(f"rows have different lengths ({lengths.min()}..{lengths.max()})")
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    return flat.astype(dtype, copy=False).reshape(k, n)
+
+
+def pack_bool_rows(matrix: np.ndarray) -> pa.Array:
+    """[K, N] bools -> `list<bool>` column, one list of N per model row."""
+    return _pack_rows(matrix, np.bool_, pa.bool_())
+
+
+def unpack_bool_rows(column: pa.Array | pa.ChunkedArray | pd.Series) -> np.ndarray:
+    """`list<bool>` column of equal-length rows -> [K, N] bool array."""
+    return _unpack_rows(column, np.bool_)
+
+
+def pack_float_rows(matrix: np.ndarray) -> pa.Array:
+    """[K, N] floats -> `list<float32>` column, one list of N per model row."""
+    return _pack_rows(matrix, np.float32, pa.float32())
+
+
+def unpack_float_rows(column: pa.Array | pa.ChunkedArray | pd.Series) -> np.ndarray:
+    """`list<float32>` column of equal-length rows -> [K, N] float32 array."""
+    return _unpack_rows(column, np.float32)

@@ -1,0 +1,197 @@
+"""Training K models at once: per-model seeds, subsets, batch orders, masks and learning rates.
+
+Convention: each epoch a model visits its subset in a fresh random order and DROPS the last
+partial batch, so every step sees exactly `batch_size` examples (a 2-example step at lr 0.1 with
+momentum visibly hurts; see the C-score issue). A subset smaller than one batch is an error.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from core.config import Config
+from core.ensemble import Ensemble, example_outcomes
+
+
+class TrainConfig(Config):
+    """SGD with momentum and weight decay, one learning-rate schedule, all knobs in one place."""
+
+    epochs: int = Field(20, ge=1, description="passes over each model's training subset")
+    batch_size: int = Field(128, ge=1, description="examples per step and model; partial last batches are dropped")
+    lr: float = Field(0.05, gt=0, description="peak learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (heavy ball, no dampening)")
+    weight_decay: float = Field(5e-4, ge=0, description="L2 penalty added to the gradient")
+    schedule: Literal["constant", "linear", "cosine", "step"] = Field(
+        "linear", description="lr over training: constant; linear or cosine decay to 0; step = x0.1 at 50% and 75%"
+    )
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from 0 to `lr` over this many epochs")
+
+
+def lr_at(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate of a model's `step`-th update (0-based)."""
+    progress = step / (config.epochs * steps_per_epoch)
+    factor = {
+        "constant": 1.0,
+        "linear": 1.0 - progress,
+        "cosine": 0.5 * (1.0 + math.cos(math.pi * progress)),
+        "step": 0.1 ** ((progress >= 0.5) + (progress >= 0.75)),
+    }[config.schedule]
+    warmup_steps = config.warmup_epochs * steps_per_epoch
+    if step < warmup_steps:
+        factor *= (step + 1) / warmup_steps
+    return config.lr * factor
+
+
+class StackedSGD:
+    """torch.optim.SGD's update (momentum, weight decay) applied to `[K, ...]` tensors with per-model lr."""
+
+    def __init__(self, params: dict[str, Tensor], config: TrainConfig, masks: dict[str, Tensor] | None = None):
+        self.params, self.config = params, config
+        self.masks = {n: m.to(p.device, p.dtype) for n, m in (masks or {}).items() for p in [params[n]]}
+        self.momentum = {n: torch.zeros_like(p) for n, p in params.items()}
+
+    @torch.no_grad()
+    def step(self, lr: Tensor, active: Tensor | None = None) -> None:
+        """One update; models with `active[k] == False` are left exactly as they were."""
+        for name, p in self.params.items():
+            grad = p.grad if name not in self.masks else p.grad * self.masks[name]
+            step = grad.add(p, alpha=self.config.weight_decay) if self.config.weight_decay else grad
+            buf = self.momentum[name]
+            per_model = (-1,) + (1,) * (p.dim() - 1)
+            if active is None:
+                buf.mul_(self.config.momentum).add_(step)
+                p.sub_(buf * lr.view(per_model))
+            else:
+                keep = active.view(per_model)
+                buf.copy_(torch.where(keep, buf * self.config.momentum + step, buf))
+                p.sub_(buf * (lr * active).view(per_model))
+            p.grad = None
+
+
+@dataclass
+class TrainingRecord:
+    """Per model, epoch and training example, measured on the minibatch before its update.
+
+    Each tensor is `[K, epochs, N]` over the whole training set; NaN / False where the example
+    was not in the model's subset (or fell in the dropped partial batch that epoch).
+    """
+
+    label_prob: Tensor
+    correct: Tensor
+    margin: Tensor
+    loss: Tensor
+    seen: Tensor  # bool
+
+
+@dataclass
+class TrainResult:
+    """What training returns besides the trained ensemble itself."""
+
+    steps: Tensor  # [K] updates made per model
+    record: TrainingRecord | None = None
+    losses: Tensor | None = None  # [K, epochs] mean minibatch loss of each model in each epoch
+
+
+def _epoch_order(members: list[Tensor], generators: list[torch.Generator], batch: int) -> tuple[Tensor, Tensor]:
+    """`[K, S, B]` example indices for one epoch and `[K]` real steps per model (shorter ones padded)."""
+    steps = torch.tensor([len(m) // batch for m in members])
+    order = torch.empty(len(members), int(steps.max()), batch, dtype=torch.long)
+    for k, (m, g) in enumerate(zip(members, generators)):
+        chosen = m[torch.randperm(len(m), generator=g)][: steps[k] * batch].view(-1, batch)
+        order[k, : steps[k]] = chosen
+        order[k, steps[k] :] = chosen[-1]  # padding steps are computed but never applied
+    return order, steps
+
+
+def _new_record(k: int, epochs: int, n: int, device) -> TrainingRecord:
+    """An empty record: NaN everywhere, nothing seen."""
+    nan = lambda: torch.full((k, epochs, n), float("nan"), device=device)  # noqa: E731
+    zeros = lambda: torch.zeros(k, epochs, n, dtype=torch.bool, device=device)  # noqa: E731
+    return TrainingRecord(nan(), zeros(), nan(), nan(), zeros())
+
+
+def _write_record(record: TrainingRecord, epoch: int, idx: Tensor, outcomes, rows: Tensor | None) -> None:
+    """Store one step's per-example outcomes (only for models that really took this step)."""
+    targets = (record.correct, record.label_prob, record.margin, record.loss)
+    model_axis = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1).expand_as(idx)
+    if rows is not None:
+        idx, model_axis, outcomes = idx[rows], model_axis[rows], [o[rows] for o in outcomes]
+    for target, values in zip(targets, outcomes):
+        target[:, epoch][model_axis, idx] = values.to(target.dtype)
+    record.seen[:, epoch][model_axis, idx] = True
+
+
+def _restore_idle(buffers: dict[str, Tensor], saved: dict[str, Tensor], active: Tensor | None) -> None:
+    """Undo buffer updates (e.g. BatchNorm running stats) of models that only idled through this step."""
+    for name, before in saved.items():
+        keep = active.to(before.device).view((-1,) + (1,) * (before.dim() - 1))
+        buffers[name].copy_(torch.where(keep, buffers[name], before))
+
+
+def train(
+    ensemble: Ensemble,
+    x: Tensor,
+    y: Tensor,
+    subsets: Tensor,
+    order_seeds: list[int],
+    config: TrainConfig,
+    masks: dict[str, Tensor] | None = None,
+    record: bool = False,
+    progress: bool = False,
+) -> TrainResult:
+    """Train every model k of `ensemble` on the examples where `subsets[k]` (bool `[K, N]`) is True."""
+    device = ensemble.device
+    x, y = x.to(device), y.to(device)
+    members = [row.nonzero().squeeze(1) for row in subsets.cpu()]
+    too_small = [k for k, m in enumerate(members) if len(m) < config.batch_size]
+    if too_small:
+        raise ValueError(
+            f"train.batch_size={config.batch_size} is larger than the training subset of model(s) {too_small} "
+            f"(smallest has {min(len(members[k]) for k in too_small)} examples); lower batch_size or enlarge the subsets"
+        )
+    for name, mask in (masks or {}).items():
+        with torch.no_grad():
+            ensemble.params[name].mul_(mask.to(device))  # masked weights start, and so stay, exactly zero
+    optimizer = StackedSGD(ensemble.params, config, masks)
+    generators = [torch.Generator().manual_seed(int(s)) for s in order_seeds]
+    steps_per_epoch = torch.tensor([len(m) // config.batch_size for m in members])
+    done = torch.zeros(ensemble.size, dtype=torch.long)
+    result, epoch_losses = TrainResult(steps=done), []
+    if record:
+        result.record = _new_record(ensemble.size, config.epochs, len(x), device)
+    bar = tqdm(total=config.epochs * int(steps_per_epoch.max()), disable=not progress, unit="step", leave=False)
+    for epoch in range(config.epochs):
+        order, steps = _epoch_order(members, generators, config.batch_size)
+        order = order.to(device)
+        epoch_loss = torch.zeros(ensemble.size, device=device)
+        for s in range(order.shape[1]):
+            # None when every model takes this step (the fast, common case)
+            active = None if bool((steps > s).all()) else (steps > s).to(device)
+            weight = 1.0 if active is None else active
+            idx = order[:, s]
+            saved = {n: b.clone() for n, b in ensemble.buffers.items()} if active is not None else {}
+            logits = ensemble(x[idx], train=True)
+            per_example = F.cross_entropy(logits.flatten(0, 1), y[idx].flatten(), reduction="none")
+            per_model = per_example.view(idx.shape).mean(1) * weight
+            per_model.sum().backward()
+            _restore_idle(ensemble.buffers, saved, active)  # after backward, which may still read them
+            if record:
+                _write_record(result.record, epoch, idx, example_outcomes(logits.detach(), y[idx]), active)
+            lr = [lr_at(config, int(done[k]), int(steps_per_epoch[k])) for k in range(ensemble.size)]
+            optimizer.step(torch.tensor(lr, device=device, dtype=logits.dtype), active)
+            done += 1 if active is None else active.long().cpu()
+            epoch_loss += per_model.detach()
+            bar.update(1)
+        epoch_losses.append(epoch_loss.cpu() / steps)
+    bar.close()
+    result.losses = torch.stack(epoch_losses, dim=1)
+    if record:
+        result.record = TrainingRecord(*(t.cpu() for t in vars(result.record).values()))
+    return result

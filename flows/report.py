@@ -1,0 +1,27 @@
+"""Prefect artifacts that summarise a run: a table and a markdown note naming its files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from core.store import RunStore
+
+
+def publish(store: RunStore, summary: pd.DataFrame, figures: list[Path], description: str) -> None:
+    """A table artifact of `summary` and a markdown artifact listing the run's tables and figures."""
+    key = store.run_id.lower()
+    create_table_artifact(key=f"{key}-summary", table=summary.round(4).to_dict("records"), description=description)
+    tables = sorted(p.relative_to(store.root) for p in store.root.glob("*.parquet"))
+    lines = [f"# {store.flow} run `{store.run_id}`", "", f"Run folder: `{store.root}`", "", "## Tables", ""]
+    lines += [f"- `{t}`" for t in tables] + ["", "## Figures", ""]
+    lines += [f"- `{f.relative_to(store.root)}` ({f.as_uri()})" for f in figures]
+    lines += ["", "## Summary", "", *markdown_table(summary.round(4))]
+    create_markdown_artifact(key=f"{key}-report", markdown="\n".join(lines), description=description)
+
+
+def markdown_table(frame: pd.DataFrame) -> list[str]:
+    """The lines of a GitHub-style markdown table of `frame`."""
+    rows = [list(map(str, frame.columns)), ["---"] * frame.shape[1], *frame.astype(str).values.tolist()]
+    return ["| " + " | ".join(row) + " |" for row in rows]

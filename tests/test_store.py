@@ -1,0 +1,294 @@
+"""Tests of core.store: run identity, run folders, atomic Parquet, provenance, list columns."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from core import store as store_mod
+from core.config import Config, RuntimeConfig, canonical_json, run_id
+from core.store import (DATA_ROOT_ENV, RunConflictError, RunStore, default_data_root, list_runs,
+                        pack_bool_rows, pack_float_rows, read_provenance, read_table,
+                        unpack_bool_rows, unpack_float_rows)
+
+# sha256('{"lr":0.1,"seed":0}')[:12], computed by hand once; must never change.
+EXPECTED_ID = "toy-ff0a64b8b476"
+
+
+class Tiny(Config):
+    seed: int = 0
+    lr: float = 0.1
+    runtime: RuntimeConfig = RuntimeConfig()
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> RunStore:
+    return RunStore.open("toy", Tiny(), data_root=tmp_path)
+
+
+def frame() -> pd.DataFrame:
+    return pd.DataFrame({"model": [0, 1, 2], "acc": [0.5, 0.25, 1.0], "name": ["a", "b", "c"]},
+                        index=pd.Index(["x", "y", "z"], name="key"))
+
+
+def test_run_id_is_hand_computed_hash():
+    assert hashlib.sha256(b'{"lr":0.1,"seed":0}').hexdigest()[:12] == EXPECTED_ID[4:]
+    assert canonical_json(Tiny()) == '{"lr":0.1,"seed":0}'
+    assert run_id("toy", Tiny()) == EXPECTED_ID
+
+
+def test_run_id_is_stable_across_processes():
+    code = ("from core.config import Config, RuntimeConfig, run_id\n"
+            "class Tiny(Config):\n    seed: int = 0\n    lr: float = 0.1\n"
+            "    runtime: RuntimeConfig = RuntimeConfig()\n"
+            "print(run_id('toy', Tiny()))\n")
+    env = {**os.environ, "PYTHONHASHSEED": "123"}  # a different str hash seed must not matter
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env).stdout.strip()
+    assert out == EXPECTED_ID
+
+
+def test_run_id_follows_results_not_runtime(tmp_path: Path):
+    assert run_id("toy", Tiny(seed=1)) != EXPECTED_ID
+    assert run_id("toy", Tiny(lr=0.2)) != EXPECTED_ID
+    fast = Tiny(runtime=RuntimeConfig(device="cpu", threads=3, max_workers=8))
+    assert run_id("toy", fast) == EXPECTED_ID
+    a = RunStore.open("toy", Tiny(), data_root=tmp_path)
+    b = RunStore.open("toy", fast, data_root=tmp_path)  # reopening with another runtime is fine
+    assert a.root == b.root and b.run_id == EXPECTED_ID
+
+
+def test_run_dir_layout_and_config_json(tmp_path: Path):
+    cfg = Tiny(seed=0, runtime=RuntimeConfig(threads=2))
+    run = RunStore.open("toy", cfg, data_root=tmp_path)
+    assert (run.flow, run.run_id) == ("toy", EXPECTED_ID)
+    assert run.root == tmp_path.resolve() / "runs" / "toy" / EXPECTED_ID and run.root.is_dir()
+    assert run.config_json == '{"lr":0.1,"seed":0}'
+    text = (run.root / "config.json").read_text()
+    assert "\n  " in text  # pretty-printed for people
+    doc = json.loads(text)
+    assert doc == {"flow": "toy", "run_id": EXPECTED_ID,
+                   "config": {"seed": 0, "lr": 0.1,
+                              "runtime": {"device": "auto", "threads": 2, "max_workers": 1}}}
+    assert [p.name for p in run.root.iterdir()] == ["config.json"]  # no temp file left
+
+
+def test_config_json_mismatch_is_an_error(run: RunStore):
+    cfg_path = run.root / "config.json"
+    doc = json.loads(cfg_path.read_text())
+    doc["config"]["seed"] = 7
+    cfg_path.write_text(json.dumps(doc))
+    with pytest.raises(RunConflictError, match="different config"):
+        RunStore.open("toy", Tiny(), data_root=run.root.parents[2])
+    cfg_path.write_text("{not json")
+    with pytest.raises(RunConflictError, match="unreadable"):
+        RunStore.open("toy", Tiny(), data_root=run.root.parents[2])
+
+
+def test_path_creates_parents_and_stays_inside(run: RunStore):
+    p = run.path("shards/train-00003.parquet")
+    assert p == run.root / "shards" / "train-00003.parquet" and p.parent.is_dir()
+    for bad in ("../escape.parquet", "/tmp/abs.parquet", "."):
+        with pytest.raises(ValueError):
+            run.path(bad)
+
+
+def test_write_round_trips_dataframe_and_arrow(run: RunStore):
+    df = frame()
+    path = run.write_table("models.parquet", df)
+    assert path == run.root / "models.parquet"
+    pd.testing.assert_frame_equal(run.read_table("models.parquet"), df)
+    pd.testing.assert_frame_equal(read_table(path), df)
+    arrow = pa.table({"k": pa.array([1, 2], pa.int16())})
+    run.write_table("shards/a.parquet", arrow)
+    assert pq.read_table(run.root / "shards/a.parquet").column("k").to_pylist() == [1, 2]
+
+
+def test_failed_write_leaves_nothing(run: RunStore, monkeypatch: pytest.MonkeyPatch):
+    run.write_table("models.parquet", frame())
+    good = (run.root / "models.parquet").read_bytes()
+
+    def broken(table, where, **kw):
+        where.write(b"PAR1 partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pq, "write_table", broken)
+    with pytest.raises(OSError, match="disk full"):
+        run.write_table("new.parquet", frame())
+    with pytest.raises(OSError, match="disk full"):
+        run.write_table("models.parquet", frame().iloc[:1])
+    assert sorted(p.name for p in run.root.iterdir()) == ["config.json", "models.parquet"]
+    assert (run.root / "models.parquet").read_bytes() == good  # old version untouched
+
+
+def test_provenance_keys_and_values(run: RunStore):
+    before = datetime.now(timezone.utc)
+    path = run.write_table("models.parquet", frame(), extra_metadata={"n_models": "3"})
+    raw = pq.read_schema(path).metadata
+    assert raw[b"regularity.config"] == canonical_json(Tiny()).encode()
+    assert b"pandas" in raw  # kept so DataFrames round-trip
+    meta = run.read_metadata("models.parquet")
+    assert meta == read_provenance(path)
+    assert meta["run_id"] == EXPECTED_ID and meta["flow"] == "toy"
+    assert meta["config"] == {"lr": 0.1, "seed": 0}
+    assert meta["n_models"] == "3"
+    assert meta["versions"]["pyarrow"] == pa.__version__
+    assert meta["versions"]["torch"].startswith("2.")
+    assert meta["versions"]["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert meta["versions"]["prefect"] and meta["versions"]["scikit-learn"]
+    assert meta["code_revision"] and meta["code_revision"] == store_mod.code_revision()
+    assert meta["hardware"]["cpu_count"] == os.cpu_count()
+    assert meta["hardware"]["torch_threads"] >= 1
+    created = datetime.fromisoformat(meta["created_at"])
+    assert created.utcoffset() == timedelta(0)
+    assert before <= created <= datetime.now(timezone.utc)
+
+
+def test_store_does_not_import_prefect():
+    code = "import sys, core.store; print('prefect' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_code_revision_of_a_git_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # never find an outer repo
+    monkeypatch.setattr(store_mod, "REPO_ROOT", repo)
+    store_mod.code_revision.cache_clear()
+    assert store_mod.code_revision() == "unknown"  # not a repo
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "a.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    store_mod.code_revision.cache_clear()
+    assert store_mod.code_revision() == head
+    (repo / "a.py").write_text("x = 2\n")
+    store_mod.code_revision.cache_clear()
+    assert store_mod.code_revision() == head + "+dirty"
+    store_mod.code_revision.cache_clear()
+
+
+def test_is_complete_true_after_write(run: RunStore):
+    assert not run.is_complete("models.parquet")
+    run.write_table("models.parquet", frame())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run.is_complete("models.parquet")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_is_complete_removes_unreadable_file(run: RunStore, damage: str):
+    path = run.write_table("shards/s0.parquet", frame())
+    if damage == "garbage":
+        path.write_bytes(b"\x00garbage, not parquet" * 10)
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.warns(RuntimeWarning, match="recomputed"):
+        assert not run.is_complete("shards/s0.parquet")
+    assert not path.exists()
+
+
+def test_is_complete_removes_file_of_another_run(tmp_path: Path, run: RunStore):
+    other = RunStore.open("toy", Tiny(seed=5), data_root=tmp_path)
+    src = other.write_table("models.parquet", frame())
+    shutil.copy(src, run.path("models.parquet"))
+    with pytest.warns(RuntimeWarning, match=other.run_id):
+        assert not run.is_complete("models.parquet")
+    assert not (run.root / "models.parquet").exists()
+    assert other.is_complete("models.parquet")
+
+
+def test_data_root_from_env_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(DATA_ROOT_ENV, "rel/root")
+    assert default_data_root() == tmp_path.resolve() / "rel" / "root"
+    run = RunStore.open("toy", Tiny())
+    assert run.root == tmp_path.resolve() / "rel/root/runs/toy" / EXPECTED_ID
+    monkeypatch.delenv(DATA_ROOT_ENV)
+    repo = Path(store_mod.__file__).resolve().parent.parent
+    assert default_data_root() == repo / "data" and default_data_root().is_absolute()
+
+
+def test_pack_unpack_bool_rows_exact():
+    rng = np.random.default_rng(0)
+    m = rng.random((4, 37)) < 0.5
+    col = pack_bool_rows(m)
+    assert col.type == pa.list_(pa.bool_()) and len(col) == 4
+    assert col[1].as_py() == m[1].tolist()
+    out = unpack_bool_rows(col)
+    assert out.dtype == np.bool_ and out.shape == (4, 37)
+    np.testing.assert_array_equal(out, m)
+    np.testing.assert_array_equal(unpack_bool_rows(col.slice(1, 2)), m[1:3])  # honours offsets
+    empty = unpack_bool_rows(pack_bool_rows(np.zeros((2, 0), bool)))
+    assert empty.shape == (2, 0)
+
+
+def test_pack_unpack_float_rows_exact():
+    m = np.array([[0.1, -2.5, np.nan], [1e-30, np.inf, 3.0]], dtype=np.float32)
+    col = pack_float_rows(m)
+    assert col.type == pa.list_(pa.float32())
+    out = unpack_float_rows(col)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, m)
+    assert unpack_float_rows(pack_float_rows(np.zeros((2, 0)))).shape == (2, 0)
+
+
+def test_pack_ragged_and_bad_shapes_raise():
+    with pytest.raises(ValueError, match="same length"):
+        pack_bool_rows([[True, False], [True]])
+    with pytest.raises(ValueError, match="2-d"):
+        pack_float_rows(np.zeros(3))
+    with pytest.raises(ValueError, match="different lengths"):
+        unpack_bool_rows(pa.array([[True], [True, False]]))
+    with pytest.raises(ValueError, match="different lengths"):
+        unpack_float_rows(pa.array([[1.0, 2.0], []], pa.list_(pa.float32())))
+
+
+def test_list_columns_round_trip_through_parquet(run: RunStore):
+    correct = np.random.default_rng(1).random((3, 10)) < 0.7
+    loss = np.random.default_rng(2).random((3, 10)).astype(np.float32)
+    table = pa.table({"model": [0, 1, 2], "correct": pack_bool_rows(correct),
+                      "loss": pack_float_rows(loss)})
+    path = run.write_table("models.parquet", table, extra_metadata={"n_models": "3"})
+    df = run.read_table("models.parquet")  # pandas: object column of numpy arrays
+    np.testing.assert_array_equal(unpack_bool_rows(df["correct"]), correct)
+    np.testing.assert_array_equal(unpack_float_rows(df["loss"]), loss)
+    chunked = pq.read_table(path).column("correct")  # arrow: chunked array
+    np.testing.assert_array_equal(unpack_bool_rows(chunked), correct)
+
+
+def test_list_runs(tmp_path: Path):
+    empty = list_runs(tmp_path)
+    assert empty.empty and list(empty.columns) == ["flow", "run_id", "path", "created",
+                                                   "n_tables", "size_bytes"]
+    a = RunStore.open("toy", Tiny(seed=1), data_root=tmp_path)
+    a.write_table("models.parquet", frame())
+    a.write_table("shards/s0.parquet", frame())
+    b = RunStore.open("other", Tiny(seed=2), data_root=tmp_path)
+    runs = list_runs(tmp_path).set_index("run_id")
+    assert set(runs.index) == {a.run_id, b.run_id}
+    assert runs.loc[a.run_id, "flow"] == "toy" and runs.loc[b.run_id, "flow"] == "other"
+    assert runs.loc[a.run_id, "path"] == str(a.root)
+    assert runs.loc[a.run_id, "n_tables"] == 2 and runs.loc[b.run_id, "n_tables"] == 0
+    size_a = sum(p.stat().st_size for p in a.root.rglob("*") if p.is_file())
+    assert runs.loc[a.run_id, "size_bytes"] == size_a
+    assert runs.loc[b.run_id, "size_bytes"] == (b.root / "config.json").stat().st_size
+    assert runs["created"].dt.tz is not None

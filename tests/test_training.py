@@ -1,0 +1,193 @@
+"""The vectorized trainer equals one-by-one training, keeps masks, and records what it claims."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.ensemble import Ensemble, evaluate, example_outcomes
+from core.models import init_model
+from core.training import TrainConfig, lr_at, train
+
+N, CLASSES = 240, 5
+CONFIG = TrainConfig(epochs=3, batch_size=32, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine", warmup_epochs=1)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """Random sequences [N, 1, 16] and images [N, 1, 8, 8] with labels; three unequal subsets."""
+    g = torch.Generator().manual_seed(0)
+    subsets = torch.zeros(3, N, dtype=torch.bool)
+    subsets[0, :200] = True  # 6 steps per epoch
+    subsets[1, 40:] = True  # 6 steps
+    subsets[2, ::2] = True  # 120 examples: 3 steps, so it idles half of every epoch
+    return {
+        "seq": torch.randn(N, 1, 16, generator=g),
+        "img": torch.randn(N, 1, 8, 8, generator=g),
+        "y": torch.randint(0, CLASSES, (N,), generator=g),
+        "subsets": subsets,
+    }
+
+
+def train_one_by_one(model, x, y, members, order_seed, config, mask=None):
+    """Reference: plain torch.optim.SGD, the same batch order, lr set every step."""
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    gen, steps_per_epoch, step = torch.Generator().manual_seed(order_seed), len(members) // config.batch_size, 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.mul_(mask.get(name, 1.0) if mask else 1.0)
+    for _ in range(config.epochs):
+        order = members[torch.randperm(len(members), generator=gen)]
+        for s in range(steps_per_epoch):
+            idx = order[s * config.batch_size : (s + 1) * config.batch_size]
+            for group in opt.param_groups:
+                group["lr"] = lr_at(config, step, steps_per_epoch)
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():  # the reference masks after the step; ours masks gradients
+                for name, p in model.named_parameters():
+                    p.mul_(mask.get(name, 1.0) if mask else 1.0)
+            step += 1
+    return model, step
+
+
+def assert_same_weights(a: nn.Module, b: nn.Module, atol=1e-5):
+    state_a, state_b = a.state_dict(), b.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for name in state_a:
+        torch.testing.assert_close(state_a[name], state_b[name], atol=atol, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("name,key", [("mlp_w16_d2", "seq"), ("cnn1d_w4_d2", "seq"), ("cnn_w4_d3", "img")])
+def test_together_equals_one_by_one(toy, name, key):
+    x, y, subsets = toy[key], toy["y"], toy["subsets"]
+    seeds, order_seeds = [11, 12, 13], [21, 22, 23]
+    ensemble = Ensemble.init(name, x.shape[1:], CLASSES, seeds)
+    assert ensemble.stacked
+    result = train(ensemble, x, y, subsets, order_seeds, CONFIG)
+    for k in range(3):
+        reference, steps = train_one_by_one(
+            init_model(name, x.shape[1:], CLASSES, seeds[k]), x, y, subsets[k].nonzero().squeeze(1), order_seeds[k], CONFIG
+        )
+        assert int(result.steps[k]) == steps == CONFIG.epochs * (int(subsets[k].sum()) // CONFIG.batch_size)
+        assert_same_weights(ensemble.model(k), reference)
+
+
+class TinyBatchNormNet(nn.Module):
+    """Not a Sequential: exercises the generic torch.func.vmap path, buffers included."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.norm, self.out = nn.Linear(16, 8), nn.BatchNorm1d(8), nn.Linear(8, CLASSES)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.norm(self.fc(x.flatten(1)))))
+
+
+def test_generic_vmap_path_equals_one_by_one(toy):
+    x, y, subsets = toy["seq"], toy["y"], toy["subsets"]
+    models = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        models.append(TinyBatchNormNet())
+    ensemble = Ensemble.from_models(models)
+    assert not ensemble.stacked
+    train(ensemble, x, y, subsets, [5, 6, 7], CONFIG)
+    for k in range(3):
+        reference, _ = train_one_by_one(models[k], x, y, subsets[k].nonzero().squeeze(1), 5 + k, CONFIG)
+        assert_same_weights(ensemble.model(k), reference)  # running mean/var included
+
+
+def test_masked_weights_stay_exactly_zero(toy):
+    x, y, subsets = toy["seq"], toy["y"], toy["subsets"]
+    ensemble = Ensemble.init("mlp_w16_d2", x.shape[1:], CLASSES, [1, 2, 3])
+    g = torch.Generator().manual_seed(3)
+    masks = {name: torch.rand(ensemble.params[name].shape, generator=g) > 0.7 for name in ("1.weight", "3.weight")}
+    train(ensemble, x, y, subsets, [4, 5, 6], CONFIG, masks=masks)
+    for name, mask in masks.items():
+        weights = ensemble.params[name].detach()
+        assert torch.count_nonzero(weights[~mask]) == 0
+        assert torch.count_nonzero(weights[mask]) == int(mask.sum())  # the kept weights did train
+    for k in range(3):
+        model_mask = {name: mask[k].float() for name, mask in masks.items()}
+        reference, _ = train_one_by_one(
+            init_model("mlp_w16_d2", x.shape[1:], CLASSES, k + 1), x, y, subsets[k].nonzero().squeeze(1), 4 + k, CONFIG, model_mask
+        )
+        assert_same_weights(ensemble.model(k), reference)
+
+
+def test_record_holds_pre_update_outcomes_of_each_minibatch(toy):
+    x, y, subsets = toy["seq"], toy["y"], toy["subsets"]
+    seeds = [7, 8, 9]
+    ensemble = Ensemble.init("mlp_w16_d2", x.shape[1:], CLASSES, seeds)
+    record = train(ensemble, x, y, subsets, [1, 2, 3], CONFIG, record=True).record
+    assert record.seen.shape == (3, CONFIG.epochs, N)
+    for k in range(3):
+        members = subsets[k].nonzero().squeeze(1)
+        per_epoch = (len(members) // 32) * 32
+        assert record.seen[k].sum(1).tolist() == [per_epoch] * CONFIG.epochs  # partial batch dropped
+        assert not record.seen[k][:, ~subsets[k]].any()
+        assert torch.isnan(record.label_prob[k][~record.seen[k]]).all()
+    # the first batch of model 0 was recorded by the untouched initial model
+    first = torch.nonzero(subsets[0]).squeeze(1)[torch.randperm(200, generator=torch.Generator().manual_seed(1))][:32]
+    logits = init_model("mlp_w16_d2", x.shape[1:], CLASSES, 7)(x[first])
+    torch.testing.assert_close(record.loss[0, 0, first], F.cross_entropy(logits, y[first], reduction="none"))
+    torch.testing.assert_close(record.label_prob[0, 0, first], logits.softmax(1)[torch.arange(32), y[first]])
+    seen = record.seen
+    assert torch.equal(record.correct[seen], record.margin[seen] > 0)
+
+
+def test_evaluate_matches_direct_computation(toy):
+    x, y = toy["img"], toy["y"]
+    ensemble = Ensemble.init("cnn_w4_d2", x.shape[1:], CLASSES, [1, 2])
+    result = evaluate(ensemble, x, y, examples_per_chunk=100)  # several chunks
+    for k, seed in enumerate([1, 2]):
+        logits = init_model("cnn_w4_d2", x.shape[1:], CLASSES, seed)(x).detach()
+        probs = logits.softmax(1)[torch.arange(N), y]
+        top2 = logits.topk(2, dim=1).values
+        label_logit = logits[torch.arange(N), y]
+        best_other = torch.where(logits.argmax(1) == y, top2[:, 1], top2[:, 0])
+        assert torch.equal(result.correct[k], logits.argmax(1) == y)
+        torch.testing.assert_close(result.label_prob[k], probs)
+        torch.testing.assert_close(result.margin[k], label_logit - best_other)
+        torch.testing.assert_close(result.loss[k], F.cross_entropy(logits, y, reduction="none"))
+    assert result.accuracy().shape == (2,)
+
+
+def test_example_outcomes_by_hand():
+    logits = torch.tensor([[[2.0, 0.0, 1.0], [0.0, 3.0, 1.0]]])  # K=1, B=2
+    correct, prob, margin, loss = example_outcomes(logits, torch.tensor([0, 2]))
+    assert correct.tolist() == [[True, False]]
+    assert margin.tolist() == [[1.0, -2.0]]
+    torch.testing.assert_close(prob, torch.tensor([[math.e**2 / (math.e**2 + 1 + math.e), math.e / (1 + math.e**3 + math.e)]]))
+    torch.testing.assert_close(loss, -prob.log())
+
+
+def test_learning_rate_schedules_by_hand():
+    base = dict(epochs=4, lr=0.2)
+    assert lr_at(TrainConfig(**base, schedule="linear"), 0, 10) == pytest.approx(0.2)
+    assert lr_at(TrainConfig(**base, schedule="linear"), 20, 10) == pytest.approx(0.1)
+    assert lr_at(TrainConfig(**base, schedule="cosine"), 20, 10) == pytest.approx(0.1)
+    assert lr_at(TrainConfig(**base, schedule="step"), 19, 10) == pytest.approx(0.2)
+    assert lr_at(TrainConfig(**base, schedule="step"), 20, 10) == pytest.approx(0.02)
+    assert lr_at(TrainConfig(**base, schedule="step"), 30, 10) == pytest.approx(0.002)
+    assert lr_at(TrainConfig(**base, schedule="constant", warmup_epochs=1), 4, 10) == pytest.approx(0.1)
+
+
+def test_subset_smaller_than_a_batch_is_refused(toy):
+    subsets = torch.zeros(2, N, dtype=torch.bool)
+    subsets[0, :100] = True
+    subsets[1, :20] = True
+    ensemble = Ensemble.init("mlp_w4_d1", (1, 16), CLASSES, [0, 1])
+    with pytest.raises(ValueError, match=r"batch_size=32 is larger than the training subset of model\(s\) \[1\] \(smallest has 20"):
+        train(ensemble, toy["seq"], toy["y"], subsets, [0, 1], CONFIG)
+
+
+def test_invalid_train_config_names_the_field():
+    with pytest.raises(ValueError, match="momentum"):
+        TrainConfig(momentum=1.5)
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="exponential")
