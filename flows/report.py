@@ -23,5 +23,5 @@ def publish(store: RunStore, summary: pd.DataFrame, figures: list[Path], descrip
 
 def markdown_table(frame: pd.DataFrame) -> list[str]:
     """The lines of a GitHub-style markdown table of `frame`."""
-    rows = [list(map(str, frame.columns)), ["---"] * frame.shape[1], *frame.astype(str).values.tolist()]
-    return ["| " + " | ".join(row) + " |" for row in rows]
+    rows = [list(frame.columns), ["---"] * frame.shape[1], *frame.itertuples(index=False)]
+    return ["| " + " | ".join(map(str, row)) + " |" for row in rows]

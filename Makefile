@@ -1,0 +1,41 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   create .venv, install, start the project-local Prefect server, run the main job
+#   make test   create .venv, install, run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test bench server-start server-stop system-deps clean-runs
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch/torchvision are pinned: pip takes them from the local wheel cache where there is one
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+# Debian's dataset-fashion-mnist ships the Fashion-MNIST IDX files (offline).
+system-deps:
+	@if [ ! -d $(FASHION_MNIST) ]; then \
+	  if command -v apt-get >/dev/null; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+	  else echo "note: install Debian's dataset-fashion-mnist for the Fashion-MNIST tests"; fi; \
+	fi
+
+demo: $(STAMP) system-deps
+	$(BIN)/regularity run train --config flows/configs/train.yaml
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/trainer.py
+
+server-start: $(STAMP)
+	$(BIN)/regularity server start
+
+server-stop: $(STAMP)
+	$(BIN)/regularity server stop

@@ -1,0 +1,139 @@
+"""`regularity`: run flows from YAML configs and manage the project-local Prefect server.
+
+Prefect reads its settings when first imported, so this module imports flows (and with them
+prefect) only after it has decided which API the run talks to.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from flows import server
+from flows.registry import FLOWS
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot become a valid flow config."""
+
+
+def _flow_list() -> str:
+    """One line per flow, for --help."""
+    return "\n".join(f"  {name:12s} {entry.summary}" for name, entry in FLOWS.items())
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Set `a.b.c=value` in nested `data`; the value is parsed as YAML (numbers, lists, null...)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set train.lr=0.1")
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {assignment!r}: {part!r} is a value, not a group of settings")
+        node = child
+    node[leaf] = yaml.safe_load(raw)
+
+
+def load_config(config_class: type, path: str | None, overrides: list[str]) -> Any:
+    """The flow config from an optional YAML file plus `--set` overrides, validated."""
+    data: Any = {}
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"cannot read config {path}: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path} must be a mapping of settings, not {type(data).__name__}")
+    for assignment in overrides:
+        apply_override(data, assignment)
+    try:
+        return config_class.model_validate(data)
+    except ValidationError as err:
+        lines = [f"  {'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']} (got {e.get('input')!r})" for e in err.errors()]
+        raise ConfigError("invalid config:\n" + "\n".join(lines)) from err
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Validate the config, point Prefect at an API, run the flow, print the run folder last."""
+    entry = FLOWS[args.flow]
+    settings = server.ephemeral_settings() if args.ephemeral else None
+    if settings:
+        os.environ.pop("PREFECT_API_URL", None)
+        os.environ.update(settings)
+    else:
+        print(f"Prefect API: {server.use_local_server()}", file=sys.stderr)
+    flow_fn, config_class = entry.load()
+    config = load_config(config_class, args.config, args.set)
+    data_root = str(Path(args.data_root).resolve()) if args.data_root else None
+    run_folder = Path(flow_fn(config=config, data_root=data_root))
+    outputs = sorted(str(p.relative_to(run_folder)) for p in run_folder.rglob("*") if p.is_file() and p.parent.name != "shards")
+    print(f"\nOutputs of {run_folder.name}:\n" + "\n".join(f"  {name}" for name in outputs), file=sys.stderr)
+    print(run_folder)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print a flow's default config as YAML, ready to edit."""
+    print(yaml.safe_dump(FLOWS[args.flow].config_class()().model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    """Start, stop or check the project-local Prefect server."""
+    url = server.local_settings()["PREFECT_API_URL"]
+    if args.action == "start":
+        server.start_server()
+        print(f"Prefect server up; UI at {url.removesuffix('/api')}")
+    elif args.action == "stop":
+        print(server.stop_server())
+    else:
+        up = server.is_healthy(url)
+        print(f"Prefect server at {url}: {'up' if up else 'down'}")
+        return 0 if up else 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="regularity", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Measure how deep networks treat their data and weights, at scale, with Prefect.",
+        epilog=f"flows:\n{_flow_list()}\n\nexample:\n  regularity run train --config flows/configs/train.yaml --set n_models=32",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a flow; prints the run folder as its last line")
+    run.add_argument("flow", choices=sorted(FLOWS))
+    run.add_argument("--config", help="YAML file mirroring the flow's config (see `regularity config FLOW`)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field, e.g. train.lr=0.1")
+    run.add_argument("--data-root", help="where runs/ and cache/ live (default: $REGULARITY_DATA_ROOT or ./data)")
+    run.add_argument("--ephemeral", action="store_true", help="use a temporary in-process Prefect API instead of the local server")
+    run.set_defaults(handler=cmd_run)
+    config = sub.add_parser("config", help="print a flow's default config as YAML")
+    config.add_argument("flow", choices=sorted(FLOWS))
+    config.set_defaults(handler=cmd_config)
+    srv = sub.add_parser("server", help="the project-local Prefect server (SQLite under .prefect/, 127.0.0.1)")
+    srv.add_argument("action", choices=["start", "stop", "status"])
+    srv.set_defaults(handler=cmd_server)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `regularity` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, ValueError, RuntimeError) as err:
+        print(f"regularity: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""The flows the CLI and the deployments know, imported only when used (prefect loads late)."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FlowEntry:
+    """Where a flow and its config class live, and what the flow does in one line."""
+
+    module: str
+    function: str
+    config: str
+    summary: str
+
+    def load(self) -> tuple[Any, type]:
+        """The flow object and its pydantic config class."""
+        module = importlib.import_module(self.module)
+        return getattr(module, self.function), getattr(module, self.config)
+
+    def config_class(self) -> type:
+        """The pydantic config class (imports the flow module)."""
+        return self.load()[1]
+
+
+FLOWS: dict[str, FlowEntry] = {
+    "train": FlowEntry("flows.train", "train_flow", "TrainFlowConfig",
+                       "train many models at once on seeded subsets; one Parquet row per model"),
+}

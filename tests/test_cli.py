@@ -1,0 +1,71 @@
+"""The `regularity` command: config files, overrides, messages, and a real run."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.cli import ConfigError, apply_override, load_config, main
+from flows.train import TrainFlowConfig
+
+
+def test_help_lists_the_flows():
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "train        train many models at once" in out
+    assert "run" in out and "server" in out
+
+
+def test_yaml_and_overrides_make_the_config(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: mlp_w8_d1\ntrain:\n  epochs: 3\n")
+    config = load_config(TrainFlowConfig, str(path), ["train.lr=0.2", "dataset.n_train=100", "dataset.path=null"])
+    assert (config.model, config.train.epochs, config.train.lr, config.dataset.n_train) == ("mlp_w8_d1", 3, 0.2, 100)
+    assert config.dataset.path is None
+    assert config.train.momentum == TrainFlowConfig().train.momentum  # untouched fields keep defaults
+
+
+def test_printed_default_config_reads_back(capsys):
+    assert main(["config", "train"]) == 0
+    assert TrainFlowConfig.model_validate(yaml.safe_load(capsys.readouterr().out)) == TrainFlowConfig()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.lr=-1", r"train.lr: Input should be greater than 0 \(got -1\)"),
+    ("trian.lr=1", r"trian: Extra inputs are not permitted"),
+    ("model=mlp_w2", r"(?s)model: Value error, unknown model 'mlp_w2'.*mlp_w\{width\}_d\{depth\}"),
+    ("dataset.label_noise=1.5", r"dataset.label_noise: Input should be less than 1"),
+    ("n_models", r"--set 'n_models': expected KEY=VALUE"),
+])
+def test_bad_settings_name_the_field(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TrainFlowConfig, None, [override])
+
+
+def test_override_cannot_descend_into_a_value():
+    with pytest.raises(ConfigError, match="'model' is a value, not a group of settings"):
+        apply_override({"model": "mlp_w8_d1"}, "model.width=3")
+
+
+def test_unreadable_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(TrainFlowConfig, str(tmp_path / "missing.yaml"), [])
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must be a mapping of settings, not list"):
+        load_config(TrainFlowConfig, str(tmp_path / "list.yaml"), [])
+
+
+def test_bad_config_exits_2_with_the_message(capsys):
+    assert main(["run", "train", "--ephemeral", "--set", "train.epochs=0"]) == 2
+    assert "train.epochs: Input should be greater than or equal to 1" in capsys.readouterr().err
+
+
+def test_run_prints_the_run_folder_last(tmp_path, capsys, monkeypatch, prefect_harness):
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))  # --ephemeral sets it; keep it local
+    args = ["run", "train", "--ephemeral", "--data-root", str(tmp_path), "--set", "dataset.name=digits",
+            "--set", "model=mlp_w8_d1", "--set", "n_models=2", "--set", "train.epochs=1"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    folder = Path(captured.out.strip().splitlines()[-1])
+    assert folder.parent == tmp_path / "runs" / "train" and (folder / "models.parquet").is_file()
+    assert "models.parquet" in captured.err and "figures/training.png" in captured.err

@@ -1,0 +1,121 @@
+"""The `train` flow end to end on tiny settings: exact tables, provenance, resumption, bad input."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import tasks.train
+from core.config import run_id
+from core.data import DatasetConfig, load_dataset
+from core.experiment import model_seed, subset_mask, train_on_subsets
+from core.store import read_provenance, unpack_bool_rows, unpack_float_rows
+from core.training import TrainConfig
+from flows.train import TrainFlowConfig, train_flow
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+CONFIG = TrainFlowConfig(
+    dataset=DatasetConfig(name="digits", n_train=600, n_test=200),
+    model="mlp_w16_d1",
+    train=TrainConfig(epochs=2, batch_size=64, lr=0.05),
+    n_models=5,
+    subset_ratio=0.5,
+    shard_size=2,  # shards of 2, 2 and 1 models
+)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One uninterrupted run of CONFIG and its tables."""
+    root = tmp_path_factory.mktemp("data")
+    folder = train_flow(CONFIG, data_root=str(root))
+    return folder, pd.read_parquet(f"{folder}/models.parquet"), pd.read_parquet(f"{folder}/examples.parquet")
+
+
+def test_run_folder_is_named_by_the_config(finished_run):
+    folder = Path(finished_run[0])
+    assert folder.parts[-3:] == ("runs", "train", run_id("train", CONFIG))
+    for name in ("config.json", "models.parquet", "examples.parquet", "summary.parquet", "figures/training.png"):
+        assert (folder / name).is_file(), name
+    shards = sorted(p.name for p in (folder / "shards").iterdir())
+    assert shards == ["models-00000.parquet", "models-00001.parquet", "models-00002.parquet"]
+
+
+def test_models_table_is_dense_and_self_consistent(finished_run):
+    _, models, examples = finished_run
+    assert models["model_id"].tolist() == [0, 1, 2, 3, 4]
+    assert models["seed"].tolist() == [model_seed(0, i) for i in range(5)]
+    in_subset, train_correct = unpack_bool_rows(models["in_subset"]), unpack_bool_rows(models["train_correct"])
+    test_correct = unpack_bool_rows(models["test_correct"])
+    assert in_subset.shape == train_correct.shape == (5, 600) and test_correct.shape == (5, 200)
+    assert (in_subset.sum(1) == 300).all() and (models["n_subset"] == 300).all()
+    assert (models["steps"] == 2 * (300 // 64)).all()
+    np.testing.assert_allclose(models["test_accuracy"], test_correct.mean(1))
+    np.testing.assert_allclose(models["heldout_accuracy"], [r[~m].mean() for r, m in zip(train_correct, in_subset)])
+    np.testing.assert_allclose(models["subset_accuracy"], [r[m].mean() for r, m in zip(train_correct, in_subset)])
+    assert unpack_float_rows(models["epoch_loss"]).shape == (5, 2)
+    train_rows = examples[examples["split"] == "train"]
+    assert train_rows["position"].tolist() == list(range(600))
+    assert train_rows["example_id"].is_monotonic_increasing and (train_rows["example_id"] < 1797).all()
+
+
+def test_rows_equal_the_core_unit_of_work(finished_run):
+    """The flow adds no randomness of its own: model 3 recomputed directly gives the same row."""
+    _, models, _ = finished_run
+    dataset = load_dataset(CONFIG.dataset)
+    seed = model_seed(0, 3)
+    subset = subset_mask(dataset.n_train, 300, seed).unsqueeze(0)
+    outcome = train_on_subsets(dataset, CONFIG.model, [seed], subset, CONFIG.train)
+    assert np.array_equal(unpack_bool_rows(models["in_subset"])[3], subset[0].numpy())
+    assert np.array_equal(unpack_bool_rows(models["test_correct"])[3], outcome.test.correct[0].numpy())
+
+
+def test_every_table_carries_provenance(finished_run):
+    folder, _, _ = finished_run
+    meta = read_provenance(f"{folder}/models.parquet")
+    assert meta["run_id"] == run_id("train", CONFIG)
+    assert meta["config"]["model"] == "mlp_w16_d1" and meta["config"]["n_models"] == 5
+    assert meta["versions"]["torch"] == torch.__version__.split("+")[0]
+    assert meta["code_revision"] and meta["hardware"]["cpu_count"] >= 1
+    assert read_provenance(f"{folder}/shards/models-00001.parquet")["shard"] == "1"
+
+
+def test_killed_run_resumes_to_the_same_tables(finished_run, tmp_path, monkeypatch):
+    _, expected, _ = finished_run
+    real = tasks.train.train_on_subsets
+
+    def dies_on_model_4(dataset, model, seeds, *args, **kwargs):
+        if model_seed(0, 4) in seeds:
+            raise RuntimeError("killed")
+        return real(dataset, model, seeds, *args, **kwargs)
+
+    monkeypatch.setattr(tasks.train, "train_on_subsets", dies_on_model_4)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_flow(CONFIG, data_root=str(tmp_path))
+    folder = tmp_path / "runs" / "train" / run_id("train", CONFIG)
+    done = sorted(p.name for p in (folder / "shards").iterdir())
+    assert done == ["models-00000.parquet", "models-00001.parquet"] and not (folder / "models.parquet").exists()
+    first_written = (folder / "shards" / "models-00000.parquet").stat().st_mtime_ns
+
+    monkeypatch.setattr(tasks.train, "train_on_subsets", real)
+    (folder / "shards" / "models-00001.parquet").write_bytes(b"truncated")  # a half-written shard
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        train_flow(CONFIG, data_root=str(tmp_path))
+    assert (folder / "shards" / "models-00000.parquet").stat().st_mtime_ns == first_written  # skipped
+    pd.testing.assert_frame_equal(pd.read_parquet(folder / "models.parquet"), expected)
+
+
+def test_incompatible_model_fails_before_writing_anything(tmp_path):
+    config = CONFIG.model_copy(update={"model": "cnn1d_w4_d2"})
+    with pytest.raises(ValueError, match=r"cnn1d_w4_d2.*needs \[C, L\] sequences.*\[1, 8, 8\]"):
+        train_flow(config, data_root=str(tmp_path))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_subset_smaller_than_a_batch_fails_before_writing_anything(tmp_path):
+    config = CONFIG.model_copy(update={"subset_ratio": 0.1})
+    with pytest.raises(ValueError, match=r"subset_ratio=0.1 gives 60 of 600 examples per model, fewer than train.batch_size=64"):
+        train_flow(config, data_root=str(tmp_path))
+    assert not (tmp_path / "runs").exists()

@@ -1,0 +1,56 @@
+"""Model registry: names carry width and depth; shapes and parameter counts by hand."""
+import pytest
+import torch
+
+from core.models import ModelNameError, init_model, parse_model_name, prunable_parameters
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_names_carry_grid_coordinates():
+    spec = parse_model_name("cnn1d_w32_d3")
+    assert (spec.family, spec.width, spec.depth) == ("cnn1d", 32, 3)
+    assert parse_model_name("lenet_300_100").width is None
+
+
+@pytest.mark.parametrize("name", ["mlp_w0_d2", "mlp_w64", "mlp_w64_d0", "vgg16", "MLP_w64_d2", "mlp_w64_d2 "])
+def test_invalid_names_list_the_valid_patterns(name):
+    with pytest.raises(ModelNameError, match=r"(?s)unknown model.*mlp_w\{width\}_d\{depth\}.*cnn1d_w\{width\}.*resnet18"):
+        parse_model_name(name)
+
+
+def test_parameter_counts_by_hand():
+    assert n_params(init_model("mlp_w64_d2", (1, 40), 10, 0)) == (40 * 64 + 64) + (64 * 64 + 64) + (64 * 10 + 10)
+    assert n_params(init_model("lenet_300_100", (1, 28, 28), 10, 0)) == (784 * 300 + 300) + (300 * 100 + 100) + (100 * 10 + 10)
+    # 40 -> 20 -> 10 -> 5 after three pooled conv layers
+    assert n_params(init_model("cnn1d_w8_d3", (1, 40), 10, 0)) == (1 * 8 * 3 + 8) + 2 * (8 * 8 * 3 + 8) + (8 * 5 * 10 + 10)
+    # 8x8 -> 4x4 -> 2x2; the third layer no longer pools (side < 4)
+    assert n_params(init_model("cnn_w4_d3", (1, 8, 8), 10, 0)) == (1 * 4 * 9 + 4) + 2 * (4 * 4 * 9 + 4) + (4 * 2 * 2 * 10 + 10)
+
+
+@pytest.mark.parametrize("name,shape", [("mlp_w16_d3", (3, 8, 8)), ("cnn1d_w4_d5", (1, 40)), ("cnn_w4_d2", (3, 32, 32)),
+                                        ("resnet18", (1, 28, 28))])
+def test_outputs_one_logit_per_class(name, shape):
+    assert init_model(name, shape, 7, 0)(torch.zeros(2, *shape)).shape == (2, 7)
+
+
+def test_same_seed_same_weights_whatever_the_global_rng():
+    torch.manual_seed(123)
+    a = init_model("mlp_w8_d1", (1, 40), 10, 5)
+    torch.rand(1000)
+    b = init_model("mlp_w8_d1", (1, 40), 10, 5)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(a[1].weight, init_model("mlp_w8_d1", (1, 40), 10, 6)[1].weight)
+
+
+def test_input_rank_is_checked():
+    with pytest.raises(ModelNameError, match=r"model 'cnn_w4_d2' needs \[C, H, W\] images, but the dataset's examples have shape \[1, 40\]"):
+        init_model("cnn_w4_d2", (1, 40), 10, 0)
+
+
+def test_prunable_parameters_are_linear_and_conv_weights():
+    assert prunable_parameters(init_model("cnn1d_w4_d2", (1, 40), 10, 0)) == ["0.weight", "3.weight", "7.weight"]
+    resnet = prunable_parameters(init_model("resnet18", (3, 32, 32), 10, 0))
+    assert "conv1.weight" in resnet and "fc.weight" in resnet and not any("bn" in n or "bias" in n for n in resnet)

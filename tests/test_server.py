@@ -1,0 +1,47 @@
+"""The project-local Prefect server: loopback only, analytics off, starts once, stops."""
+import socket
+
+import pytest
+
+from flows import server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def local(tmp_path, monkeypatch):
+    """Settings that point at a private port and home, so a developer's server is never touched."""
+    monkeypatch.setenv("REGULARITY_PREFECT_HOME", str(tmp_path / "prefect"))
+    monkeypatch.setenv(server.PORT_ENV, str(free_port()))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    return server.local_settings()
+
+
+def test_settings_bind_loopback_with_analytics_off(local, tmp_path):
+    port = local["PREFECT_SERVER_API_PORT"]
+    assert local["PREFECT_API_URL"] == f"http://127.0.0.1:{port}/api"
+    assert local["PREFECT_SERVER_API_HOST"] == "127.0.0.1"
+    assert local["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert local["PREFECT_HOME"] == str(tmp_path / "prefect")
+
+
+def test_start_is_idempotent_and_stop_stops(local, tmp_path):
+    url = local["PREFECT_API_URL"]
+    assert not server.is_healthy(url)
+    try:
+        assert server.start_server() == url
+        assert server.is_healthy(url)
+        assert (tmp_path / "prefect" / "prefect.db").exists()  # SQLite inside the given home
+        assert server.start_server() == url  # already up: no second server
+    finally:
+        server.stop_server()
+    assert not server.is_healthy(url)
+
+
+def test_an_explicit_api_url_wins(monkeypatch):
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:1/api")
+    assert server.use_local_server() == "http://127.0.0.1:1/api"
