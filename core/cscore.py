@@ -1,0 +1,94 @@
+"""C-scores by holdout resampling (Jiang, Zhang, Talwar, Mozer, ICML 2021) and the Feldman-Zhang
+memorization estimate, computed from dense per-model results.
+
+Inputs are the per-model tables every holdout run produces: which training examples were in the
+model's subset (`in_subset`, bool `[R, N]`), which examples it got right (`correct`, bool `[R, N]`),
+and the subset ratio of each model (`ratios`, `[R]`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+@dataclass
+class HoldoutScores:
+    """Per-example scores of one set of holdout runs."""
+
+    ratios: np.ndarray  # [S] distinct subset ratios, ascending
+    by_ratio: np.ndarray  # [S, N] held-out accuracy at each ratio; NaN where never held out
+    heldout_counts: np.ndarray  # [S, N] held-out models at each ratio
+    cscore: np.ndarray  # [N] mean over ratios with data
+    cscore_se: np.ndarray  # [N] standard error of that mean (binomial, per ratio)
+    n_heldout: np.ndarray  # [N] held-out models over all ratios
+
+
+def holdout_scores(in_subset: np.ndarray, correct: np.ndarray, ratios: np.ndarray) -> HoldoutScores:
+    """Score each example by how often models that did not train on it still get it right.
+
+    Per ratio s: score_s = (# held-out models correct) / (# held-out models), NaN when no model
+    at s held the example out. The C-score is the mean of score_s over the ratios that have one;
+    its standard error is sqrt(sum_s p_s (1 - p_s) / n_s) / S', the binomial error of each
+    per-ratio mean propagated through the average (0 when every held-out model agrees).
+    """
+    in_subset, correct, ratios = np.asarray(in_subset, bool), np.asarray(correct, bool), np.asarray(ratios, float)
+    if in_subset.shape != correct.shape or len(ratios) != len(in_subset):
+        raise ValueError(f"in_subset {in_subset.shape}, correct {correct.shape} and ratios ({len(ratios)}) must "
+                         "describe the same models and examples")
+    levels = np.unique(ratios)
+    heldout = ~in_subset
+    counts = np.stack([heldout[ratios == s].sum(0) for s in levels]).reshape(len(levels), -1)
+    hits = np.stack([(heldout & correct)[ratios == s].sum(0) for s in levels]).reshape(len(levels), -1)
+    valid = counts > 0
+    by_ratio = _divide(hits, counts, valid)
+    n_valid = valid.sum(0)
+    variance = np.where(valid, by_ratio * (1 - by_ratio) / np.maximum(counts, 1), 0.0).sum(0)
+    cscore = _divide(np.where(valid, by_ratio, 0.0).sum(0), n_valid, n_valid > 0)
+    cscore_se = _divide(np.sqrt(variance), n_valid, n_valid > 0)
+    return HoldoutScores(levels, by_ratio, counts, cscore, cscore_se, counts.sum(0))
+
+
+def _divide(numerator: np.ndarray, denominator: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """numerator / denominator where `where`, NaN elsewhere (no warnings)."""
+    out = np.full(np.shape(numerator), np.nan)
+    return np.divide(numerator, denominator, out=out, where=where)
+
+
+def memorization(in_subset: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """Feldman-Zhang estimate P(correct | trained on it) - P(correct | held out), over all models; NaN if undefined."""
+    in_subset, correct = np.asarray(in_subset, bool), np.asarray(correct, bool)
+    n_in, n_out = in_subset.sum(0), (~in_subset).sum(0)
+    p_in = _divide((in_subset & correct).sum(0), n_in, n_in > 0)
+    p_out = _divide((~in_subset & correct).sum(0), n_out, n_out > 0)
+    return p_in - p_out
+
+
+def split_half_reliability(in_subset: np.ndarray, correct: np.ndarray, ratios: np.ndarray,
+                           half: np.ndarray) -> float:
+    """Spearman correlation between C-scores from two disjoint halves of the runs (`half` bool `[R]`)."""
+    first = holdout_scores(in_subset[half], correct[half], ratios[half]).cscore
+    second = holdout_scores(in_subset[~half], correct[~half], ratios[~half]).cscore
+    both = np.isfinite(first) & np.isfinite(second)
+    if both.sum() < 3:
+        return float("nan")
+    return float(stats.spearmanr(first[both], second[both]).statistic)
+
+
+def scores_of_unseen(correct: np.ndarray, ratios: np.ndarray) -> HoldoutScores:
+    """Scores of test examples: held out from every run, so every model counts."""
+    correct = np.asarray(correct, bool)
+    return holdout_scores(np.zeros_like(correct), correct, ratios)
+
+
+def by_ratio_table(example_ids: np.ndarray, scores: HoldoutScores) -> pd.DataFrame:
+    """Long table: one row per (example, ratio) with its score and held-out count."""
+    n_levels, n = scores.by_ratio.shape
+    return pd.DataFrame({
+        "example_id": np.tile(np.asarray(example_ids), n_levels),
+        "ratio": np.repeat(scores.ratios, n),
+        "score": scores.by_ratio.ravel(),
+        "n_heldout": scores.heldout_counts.ravel().astype(np.int64),
+    })
