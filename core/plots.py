@@ -32,3 +32,57 @@ def training_summary(epoch_loss: np.ndarray, test_accuracy: np.ndarray, title: s
     right.legend()
     fig.suptitle(title)
     return save(fig, path)
+
+
+def per_class_histograms(scores: np.ndarray, labels: np.ndarray, class_names: list[str], xlabel: str, path: Path) -> Path:
+    """One histogram of `scores` per class, on shared axes."""
+    n = len(class_names)
+    cols = min(5, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.0 * rows), sharex=True, sharey=True, squeeze=False)
+    bins = np.linspace(np.nanmin(scores), np.nanmax(scores), 21) if np.isfinite(scores).any() else 20
+    for c, ax in enumerate(axes.flat):
+        if c >= n:
+            ax.axis("off")
+            continue
+        values = scores[(labels == c) & np.isfinite(scores)]
+        ax.hist(values, bins=bins, color="tab:blue")
+        ax.set_title(f"{class_names[c]} (n={len(values)}, mean {values.mean() if len(values) else np.nan:.2f})", fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel(xlabel)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def _show_example(ax, example: np.ndarray) -> None:
+    """An image ([C, H, W], min-max scaled) or a sequence ([C, L], one line per channel)."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if example.ndim == 3:
+        image = np.moveaxis(example, 0, -1)
+        image = (image - image.min()) / (np.ptp(image) or 1.0)
+        ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray")
+    else:
+        for channel in np.atleast_2d(example):
+            ax.plot(channel, lw=1)
+
+
+def extreme_examples(x: np.ndarray, scores: np.ndarray, labels: np.ndarray, class_names: list[str],
+                     path: Path, per_side: int = 5, title: str = "") -> Path:
+    """Per class (row): the `per_side` lowest-scoring examples, then the `per_side` highest."""
+    n = len(class_names)
+    fig, axes = plt.subplots(n, 2 * per_side, figsize=(1.1 * 2 * per_side, 1.1 * n), squeeze=False)
+    for c in range(n):
+        members = np.flatnonzero((labels == c) & np.isfinite(scores))
+        ranked = members[np.argsort(scores[members], kind="stable")]
+        chosen = list(ranked[:per_side]) + list(ranked[-per_side:] if len(ranked) >= per_side else ranked)
+        for j, ax in enumerate(axes[c]):
+            if j < len(chosen):
+                _show_example(ax, x[chosen[j]])
+                ax.set_title(f"{scores[chosen[j]]:.2f}", fontsize=7, color="tab:red" if j < per_side else "tab:green")
+            else:
+                ax.axis("off")
+        axes[c, 0].set_ylabel(class_names[c], fontsize=8, rotation=0, ha="right", va="center")
+    fig.suptitle(title or f"lowest {per_side} (red) and highest {per_side} (green) per class")
+    fig.tight_layout()
+    return save(fig, path)

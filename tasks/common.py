@@ -1,15 +1,20 @@
-"""What every task needs: the run's dataset, loaded once per process, and shard bookkeeping."""
+"""What every task needs: the run's dataset, loaded once per process, and the shared shard bodies."""
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from core.data import Dataset, DatasetConfig, load_dataset
+from core.ensemble import resolve_device
+from core.experiment import model_seed, outcome_table, subset_mask, train_on_subsets
 from core.store import RunStore
 
 
@@ -22,6 +27,32 @@ def _load(config_json: str, cache_dir: str) -> Dataset:
 def shared_dataset(config: DatasetConfig, cache_dir: Path) -> Dataset:
     """The dataset of `config`, cached in memory across the shards run by this process."""
     return _load(config.model_dump_json(), str(cache_dir))
+
+
+def train_models_shard(store: RunStore, name: str, model_ids: list[int], subset_sizes: list[int],
+                       columns: dict[str, list[Any]] | None = None) -> str:
+    """Train `model_ids` together on seeded subsets of the given sizes; write their rows to `name`.
+
+    `store.config` supplies dataset, model, train, seed and runtime; `columns` are added as they are
+    (e.g. each model's ratio). A shard already complete is skipped.
+    """
+    logger = get_run_logger()
+    if store.is_complete(name):
+        logger.info("%s already written, skipped", name)
+        return name
+    config, start = store.config, time.perf_counter()
+    dataset = shared_dataset(config.dataset, store.cache_dir)
+    seeds = [model_seed(config.seed, i) for i in model_ids]
+    subsets = torch.stack([subset_mask(dataset.n_train, size, seed) for size, seed in zip(subset_sizes, seeds)])
+    outcome = train_on_subsets(dataset, config.model, seeds, subsets, config.train, resolve_device(config.runtime.device))
+    table = outcome_table(model_ids, seeds, subsets, outcome)
+    for column, values in (columns or {}).items():
+        table = table.append_column(column, pa.array(values))
+    store.write_table(name, table, {"models": str(len(model_ids))})
+    logger.info("%s: %d models on %s examples, mean test accuracy %.4f, %.1f s", name, len(model_ids),
+                "/".join(map(str, sorted(set(subset_sizes)))), float(outcome.test.accuracy().mean()),
+                time.perf_counter() - start)
+    return name
 
 
 @task(cache_policy=NO_CACHE, task_run_name="combine-{output}")

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-import tasks.train
+import tasks.common
 from core.config import run_id
 from core.data import DatasetConfig, load_dataset
 from core.experiment import model_seed, subset_mask, train_on_subsets
@@ -79,19 +79,19 @@ def test_every_table_carries_provenance(finished_run):
     assert meta["config"]["model"] == "mlp_w16_d1" and meta["config"]["n_models"] == 5
     assert meta["versions"]["torch"] == torch.__version__.split("+")[0]
     assert meta["code_revision"] and meta["hardware"]["cpu_count"] >= 1
-    assert read_provenance(f"{folder}/shards/models-00001.parquet")["shard"] == "1"
+    assert read_provenance(f"{folder}/shards/models-00002.parquet")["models"] == "1"
 
 
 def test_killed_run_resumes_to_the_same_tables(finished_run, tmp_path, monkeypatch):
     _, expected, _ = finished_run
-    real = tasks.train.train_on_subsets
+    real = tasks.common.train_on_subsets
 
     def dies_on_model_4(dataset, model, seeds, *args, **kwargs):
         if model_seed(0, 4) in seeds:
             raise RuntimeError("killed")
         return real(dataset, model, seeds, *args, **kwargs)
 
-    monkeypatch.setattr(tasks.train, "train_on_subsets", dies_on_model_4)
+    monkeypatch.setattr(tasks.common, "train_on_subsets", dies_on_model_4)
     with pytest.raises(RuntimeError, match="killed"):
         train_flow(CONFIG, data_root=str(tmp_path))
     folder = tmp_path / "runs" / "train" / run_id("train", CONFIG)
@@ -99,7 +99,7 @@ def test_killed_run_resumes_to_the_same_tables(finished_run, tmp_path, monkeypat
     assert done == ["models-00000.parquet", "models-00001.parquet"] and not (folder / "models.parquet").exists()
     first_written = (folder / "shards" / "models-00000.parquet").stat().st_mtime_ns
 
-    monkeypatch.setattr(tasks.train, "train_on_subsets", real)
+    monkeypatch.setattr(tasks.common, "train_on_subsets", real)
     (folder / "shards" / "models-00001.parquet").write_bytes(b"truncated")  # a half-written shard
     with pytest.warns(RuntimeWarning, match="unreadable"):
         train_flow(CONFIG, data_root=str(tmp_path))

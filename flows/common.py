@@ -1,0 +1,53 @@
+"""Config groups and checks shared by the flows that train models on seeded subsets."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from pydantic import Field, field_validator
+
+from core.config import Config, RuntimeConfig
+from core.data import Dataset, DatasetConfig
+from core.models import init_model, parse_model_name
+from core.training import TrainConfig
+
+
+class SubsetTrainingConfig(Config):
+    """What every subset-training flow shares: data, model, optimiser, seed, sharding, runtime."""
+
+    dataset: DatasetConfig = Field(DatasetConfig(), description="what to train on")
+    model: str = Field("mlp_w64_d2", description="registry name, e.g. mlp_w64_d2, cnn1d_w32_d3, cnn_w16_d4, lenet_300_100")
+    train: TrainConfig = Field(TrainConfig(), description="optimiser and schedule")
+    seed: int = Field(0, ge=0, description="run seed; model k's seed is derived from (seed, k)")
+    shard_size: int = Field(16, ge=1, description="models trained together in one task (one vectorized pass)")
+    runtime: RuntimeConfig = Field(RuntimeConfig(), description="execution settings; not part of the run id")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        parse_model_name(name)  # raises with the list of valid patterns
+        return name
+
+
+def check_fits(config: SubsetTrainingConfig, dataset: Dataset, smallest_subset: int, field: str) -> None:
+    """Fail before any work when the model or the smallest subset cannot work with this dataset."""
+    init_model(config.model, dataset.input_shape, dataset.num_classes, 0)
+    if smallest_subset < config.train.batch_size:
+        raise ValueError(
+            f"{field} gives {smallest_subset} of {dataset.n_train} examples per model, fewer than "
+            f"train.batch_size={config.train.batch_size}; raise {field.split('=')[0]} or lower train.batch_size"
+        )
+
+
+def examples_table(dataset: Dataset) -> pd.DataFrame:
+    """Which example each position of the per-example list columns refers to."""
+    return pd.concat([
+        pd.DataFrame({"split": "train", "position": np.arange(dataset.n_train), "example_id": dataset.train_ids,
+                      "label": dataset.y_train, "true_label": dataset.true_label, "is_noisy": dataset.is_noisy}),
+        pd.DataFrame({"split": "test", "position": np.arange(dataset.n_test), "example_id": dataset.test_ids,
+                      "label": dataset.y_test, "true_label": dataset.y_test, "is_noisy": False}),
+    ], ignore_index=True)
+
+
+def chunks(items: list, size: int) -> list[list]:
+    """`items` cut into consecutive lists of at most `size`."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
