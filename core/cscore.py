@@ -66,15 +66,18 @@ def memorization(in_subset: np.ndarray, correct: np.ndarray) -> np.ndarray:
     return p_in - p_out
 
 
+def spearman_of_finite(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman correlation over the entries finite in both (NaN with fewer than 3)."""
+    both = np.isfinite(a) & np.isfinite(b)
+    return float(stats.spearmanr(a[both], b[both]).statistic) if both.sum() >= 3 else float("nan")
+
+
 def split_half_reliability(in_subset: np.ndarray, correct: np.ndarray, ratios: np.ndarray,
                            half: np.ndarray) -> float:
     """Spearman correlation between C-scores from two disjoint halves of the runs (`half` bool `[R]`)."""
     first = holdout_scores(in_subset[half], correct[half], ratios[half]).cscore
     second = holdout_scores(in_subset[~half], correct[~half], ratios[~half]).cscore
-    both = np.isfinite(first) & np.isfinite(second)
-    if both.sum() < 3:
-        return float("nan")
-    return float(stats.spearmanr(first[both], second[both]).statistic)
+    return spearman_of_finite(first, second)
 
 
 def scores_of_unseen(correct: np.ndarray, ratios: np.ndarray) -> HoldoutScores:
@@ -92,3 +95,50 @@ def by_ratio_table(example_ids: np.ndarray, scores: HoldoutScores) -> pd.DataFra
         "score": scores.by_ratio.ravel(),
         "n_heldout": scores.heldout_counts.ravel().astype(np.int64),
     })
+
+
+def _class_rows(frame: pd.DataFrame, class_names: list[str], test: pd.DataFrame, half_scores: tuple) -> pd.DataFrame:
+    """Summary statistics per class and for all examples ('all' row, class -1)."""
+    first, second = half_scores
+    rows = []
+    for c, name in [(-1, "all"), *enumerate(class_names)]:
+        chosen = np.ones(len(frame), bool) if c < 0 else (frame["label"] == c).to_numpy()
+        rows.append({
+            "class": c, "class_name": name, "n_examples": int(chosen.sum()),
+            "n_noisy": int(frame["is_noisy"][chosen].sum()),
+            "mean_cscore": frame["cscore"][chosen].mean(), "median_cscore": frame["cscore"][chosen].median(),
+            "mean_memorization": frame["memorization"][chosen].mean(),
+            "mean_test_cscore": (test["cscore"] if c < 0 else test["cscore"][test["label"] == c]).mean(),
+            "n_never_heldout": int(frame["n_heldout"][chosen].eq(0).sum()),
+            "n_missing_some_ratio": int(frame["n_missing_ratios"][chosen].gt(0).sum()),
+            "split_half_spearman": spearman_of_finite(first[chosen], second[chosen]),
+        })
+    return pd.DataFrame(rows)
+
+
+def cscore_tables(in_subset: np.ndarray, train_correct: np.ndarray, test_correct: np.ndarray, ratios: np.ndarray,
+                  runs: np.ndarray, examples: pd.DataFrame, class_names: list[str]) -> dict[str, pd.DataFrame]:
+    """All tables of a holdout run from its dense per-model results (rows = models, columns = examples).
+
+    `examples` is the run's examples table (split, position, example_id, label, true_label, is_noisy);
+    runs with even and odd `runs` index form the two halves of the reliability estimate.
+    """
+    train = examples[examples["split"] == "train"].sort_values("position").reset_index(drop=True)
+    test = examples[examples["split"] == "test"].sort_values("position").reset_index(drop=True)
+    scores = holdout_scores(in_subset, train_correct, ratios)
+    cscores = train[["example_id", "label", "true_label", "is_noisy"]].assign(
+        cscore=scores.cscore, cscore_se=scores.cscore_se, n_heldout=scores.n_heldout.astype(np.int64),
+        memorization=memorization(in_subset, train_correct),
+        n_missing_ratios=(scores.heldout_counts == 0).sum(0).astype(np.int64),
+    )
+    unseen = scores_of_unseen(test_correct, ratios)
+    test_table = test[["example_id", "label"]].assign(cscore=unseen.cscore, cscore_se=unseen.cscore_se,
+                                                      n_heldout=unseen.n_heldout.astype(np.int64))
+    half = np.asarray(runs) % 2 == 0
+    halves = tuple(holdout_scores(in_subset[h], train_correct[h], ratios[h]).cscore for h in (half, ~half))
+    return {
+        "cscores.parquet": cscores,
+        "cscore_by_ratio.parquet": by_ratio_table(train["example_id"].to_numpy(), scores),
+        "test_cscores.parquet": test_table,
+        "summary.parquet": _class_rows(cscores, class_names, test_table, halves),
+    }

@@ -46,7 +46,7 @@ def per_class_histograms(scores: np.ndarray, labels: np.ndarray, class_names: li
             ax.axis("off")
             continue
         values = scores[(labels == c) & np.isfinite(scores)]
-        ax.hist(values, bins=bins, color="tab:blue")
+        ax.hist(values, bins=bins, color="tab:blue", log=True)  # log counts: the rare low scores matter
         ax.set_title(f"{class_names[c]} (n={len(values)}, mean {values.mean() if len(values) else np.nan:.2f})", fontsize=8)
     for ax in axes[-1]:
         ax.set_xlabel(xlabel)
@@ -85,4 +85,16 @@ def extreme_examples(x: np.ndarray, scores: np.ndarray, labels: np.ndarray, clas
         axes[c, 0].set_ylabel(class_names[c], fontsize=8, rotation=0, ha="right", va="center")
     fig.suptitle(title or f"lowest {per_side} (red) and highest {per_side} (green) per class")
     fig.tight_layout()
+    return save(fig, path)
+
+
+def heldout_accuracy_by_ratio(ratios: np.ndarray, train_heldout: np.ndarray, test: np.ndarray, path: Path) -> Path:
+    """Mean held-out accuracy of training examples, and test accuracy, against the subset ratio."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(ratios, train_heldout, "o-", label="training examples, held out")
+    ax.plot(ratios, test, "s--", label="test examples")
+    ax.set(xlabel="subset ratio (fraction of training set per model)", ylabel="mean accuracy",
+           title="held-out accuracy vs subset size")
+    ax.grid(alpha=0.3)
+    ax.legend()
     return save(fig, path)

@@ -28,4 +28,6 @@ class FlowEntry:
 FLOWS: dict[str, FlowEntry] = {
     "train": FlowEntry("flows.train", "train_flow", "TrainFlowConfig",
                        "train many models at once on seeded subsets; one Parquet row per model"),
+    "cscore": FlowEntry("flows.cscore", "cscore_flow", "CScoreFlowConfig",
+                        "C-scores by holdout resampling: per-example consistency, memorization, reliability"),
 }

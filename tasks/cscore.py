@@ -1,10 +1,12 @@
-"""Task of the `cscore` flow: one shard of holdout models, all of one subset ratio."""
+"""Tasks of the `cscore` flow: shards of holdout models (one subset ratio each), then scoring."""
 from __future__ import annotations
 
-from prefect import task
+import pyarrow.parquet as pq
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.store import RunStore
+from core.cscore import cscore_tables
+from core.store import RunStore, unpack_bool_rows
 from tasks.common import train_models_shard
 
 
@@ -18,3 +20,25 @@ def holdout_shard(store: RunStore, shard: int, model_ids: list[int], runs: list[
     """Train `model_ids` (runs `runs` at `ratio`) on seeded subsets of `subset_size` examples each."""
     columns = {"ratio": [ratio] * len(model_ids), "run": runs}
     return train_models_shard(store, shard_name(shard), model_ids, [subset_size] * len(model_ids), columns)
+
+
+SCORE_TABLES = ("cscores.parquet", "cscore_by_ratio.parquet", "test_cscores.parquet", "summary.parquet")
+
+
+@task(cache_policy=NO_CACHE, task_run_name="score-holdout-runs")
+def score_runs(store: RunStore, class_names: list[str]) -> list[str]:
+    """C-scores, memorization, per-ratio scores and the summary from `runs.parquet`."""
+    if all(store.is_complete(name) for name in SCORE_TABLES):
+        return list(SCORE_TABLES)
+    runs = pq.read_table(store.path("runs.parquet"))
+    tables = cscore_tables(
+        unpack_bool_rows(runs["in_subset"]), unpack_bool_rows(runs["train_correct"]),
+        unpack_bool_rows(runs["test_correct"]), runs["ratio"].to_numpy(), runs["run"].to_numpy(),
+        store.read_table("examples.parquet"), class_names,
+    )
+    for name, table in tables.items():
+        store.write_table(name, table, {"models": str(runs.num_rows)})
+    overall = tables["summary.parquet"].iloc[0]
+    get_run_logger().info("C-scores of %d examples from %d models; split-half Spearman %.3f; %d never held out",
+                          overall["n_examples"], runs.num_rows, overall["split_half_spearman"], overall["n_never_heldout"])
+    return list(SCORE_TABLES)

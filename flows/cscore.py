@@ -1,0 +1,97 @@
+"""`cscore` flow: C-scores by holdout resampling (Jiang, Zhang, Talwar, Mozer, ICML 2021).
+
+For each subset ratio s and run r, a model trains on a seeded random floor(s*N) of the training
+examples and predicts every training and test example. An example's score at ratio s is its
+held-out accuracy over the models that did not train on it; its C-score is the mean over ratios.
+
+Batches: each epoch drops the last partial batch (see core/training.py), so every step of every
+model sees exactly `train.batch_size` examples, whatever the ratio.
+"""
+from __future__ import annotations
+
+import numpy as np
+from prefect import flow
+from pydantic import Field, field_validator
+
+from core.data import DatasetConfig
+from core.plots import extreme_examples, heldout_accuracy_by_ratio, per_class_histograms
+from core.store import RunStore, dataset_cache
+from core.training import TrainConfig
+from flows.common import SubsetTrainingConfig, check_fits, chunks, examples_table
+from flows.report import publish
+from flows.runner import configure_threads, run_shards
+from tasks.common import combine_shards, shared_dataset
+from tasks.cscore import holdout_shard, score_runs
+
+FLOW = "cscore"
+DEFAULT_RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+class CScoreFlowConfig(SubsetTrainingConfig):
+    """Holdout resampling: `runs_per_ratio` models at each subset ratio."""
+
+    dataset: DatasetConfig = Field(DatasetConfig(name="digits"), description="what to score")
+    model: str = Field("mlp_w128_d2", description="registry name, e.g. mlp_w128_d2, cnn1d_w32_d3, cnn_w16_d4")
+    train: TrainConfig = Field(TrainConfig(epochs=15, batch_size=32, lr=0.05), description="optimiser and schedule")
+    ratios: list[float] = Field(DEFAULT_RATIOS, min_length=1, description="subset ratios s in (0, 1): each model trains on floor(s*N) examples")
+    runs_per_ratio: int = Field(16, ge=2, description="models (independent subsets and seeds) per ratio; at least 2 for split-half reliability")
+    shard_size: int = Field(64, ge=1, description="models trained together in one task (all of one ratio)")
+
+    @field_validator("ratios")
+    @classmethod
+    def _valid_ratios(cls, ratios: list[float]) -> list[float]:
+        bad = [r for r in ratios if not 0 < r < 1]
+        if bad:
+            raise ValueError(f"every ratio must lie strictly between 0 and 1; got {bad}")
+        if len(set(ratios)) != len(ratios):
+            raise ValueError(f"ratios must be distinct; got {ratios}")
+        return sorted(ratios)
+
+
+def plan_shards(config: CScoreFlowConfig, n_train: int) -> list[dict]:
+    """Task parameters: model id = ratio index * runs_per_ratio + run; shards never mix ratios."""
+    shards = []
+    for i, ratio in enumerate(config.ratios):
+        runs = list(range(config.runs_per_ratio))
+        for chunk in chunks(runs, config.shard_size):
+            shards.append({"model_ids": [i * config.runs_per_ratio + r for r in chunk], "runs": chunk,
+                           "ratio": ratio, "subset_size": int(ratio * n_train)})
+    return [{"shard": s, **p} for s, p in enumerate(shards)]
+
+
+@flow(name=FLOW, description="C-scores by holdout resampling: many subset-trained models per ratio.")
+def cscore_flow(config: CScoreFlowConfig = CScoreFlowConfig(), data_root: str | None = None) -> str:
+    """Run (or resume) the holdout pipeline of `config`; returns the run folder."""
+    configure_threads(config.runtime)
+    dataset = shared_dataset(config.dataset, dataset_cache(data_root))
+    smallest = int(config.ratios[0] * dataset.n_train)
+    check_fits(config, dataset, smallest, f"ratios={config.ratios[0]}")  # before the run folder exists
+    store = RunStore.open(FLOW, config, data_root)
+    if not store.is_complete("examples.parquet"):
+        store.write_table("examples.parquet", examples_table(dataset))
+    plan = [{"store": store, **p} for p in plan_shards(config, dataset.n_train)]
+    names = run_shards(holdout_shard, plan, config.runtime, "holdout shards")
+    combine_shards(store, names, "runs.parquet", "model_id")
+    score_runs(store, dataset.class_names)
+    figures = draw_figures(store, dataset)
+    summary = store.read_table("summary.parquet")
+    publish(store, summary, figures, f"C-scores of {dataset.n_train} {config.dataset.name} examples, "
+            f"{len(config.ratios)} ratios x {config.runs_per_ratio} runs of {config.model}")
+    return str(store.root)
+
+
+def draw_figures(store: RunStore, dataset) -> list:
+    """Score histograms per class, extreme examples per class, held-out accuracy by ratio."""
+    scores = store.read_table("cscores.parquet")
+    by_ratio = store.read_table("cscore_by_ratio.parquet").groupby("ratio")["score"].mean()
+    runs = store.read_table("runs.parquet")
+    test_by_ratio = runs.groupby("ratio")["test_accuracy"].mean().reindex(by_ratio.index)
+    labels, values = scores["label"].to_numpy(), scores["cscore"].to_numpy()
+    folder = store.root / "figures"
+    return [
+        per_class_histograms(values, labels, dataset.class_names, "C-score", folder / "cscore_histograms.png"),
+        extreme_examples(dataset.x_train.numpy(), values, labels, dataset.class_names, folder / "extremes.png",
+                         title="C-score: lowest 5 (red) and highest 5 (green) per class"),
+        heldout_accuracy_by_ratio(by_ratio.index.to_numpy(), by_ratio.to_numpy(), test_by_ratio.to_numpy(),
+                                  folder / "heldout_by_ratio.png"),
+    ]

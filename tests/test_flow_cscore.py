@@ -1,0 +1,131 @@
+"""The `cscore` flow end to end on tiny settings, checked against naive per-example loops."""
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.config import run_id
+from core.data import DatasetConfig
+from core.store import unpack_bool_rows
+from core.training import TrainConfig
+from flows.cscore import CScoreFlowConfig, cscore_flow, plan_shards
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+CONFIG = CScoreFlowConfig(
+    dataset=DatasetConfig(name="digits", n_train=300, n_test=100),
+    model="mlp_w16_d1",
+    train=TrainConfig(epochs=3, batch_size=32, lr=0.05),
+    ratios=[0.7, 0.3],  # stored sorted
+    runs_per_ratio=4,
+    shard_size=3,  # per ratio: shards of 3 and 1 models
+)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One finished run and its tables."""
+    folder = Path(cscore_flow(CONFIG, data_root=str(tmp_path_factory.mktemp("data"))))
+    tables = {name: pd.read_parquet(folder / f"{name}.parquet")
+              for name in ("runs", "cscores", "cscore_by_ratio", "test_cscores", "summary", "examples")}
+    return folder, tables
+
+
+def test_plan_never_mixes_ratios_and_numbers_models_by_ratio():
+    plan = plan_shards(CONFIG, 300)
+    assert [(p["ratio"], p["model_ids"], p["subset_size"]) for p in plan] == [
+        (0.3, [0, 1, 2], 90), (0.3, [3], 90), (0.7, [4, 5, 6], 210), (0.7, [7], 210)]
+    assert CONFIG.ratios == [0.3, 0.7]
+
+
+def test_runs_table(run):
+    folder, t = run
+    runs = t["runs"]
+    assert folder.name == run_id("cscore", CONFIG)
+    assert runs["model_id"].tolist() == list(range(8)) and runs["run"].tolist() == [0, 1, 2, 3] * 2
+    assert runs["ratio"].tolist() == [0.3] * 4 + [0.7] * 4
+    np.testing.assert_array_equal(unpack_bool_rows(runs["in_subset"]).sum(1), [90] * 4 + [210] * 4)
+    assert len({tuple(row) for row in unpack_bool_rows(runs["in_subset"])}) == 8  # independent subsets
+
+
+def naive_scores(runs: pd.DataFrame):
+    """Per example and ratio, by explicit loops over models."""
+    in_subset, correct = unpack_bool_rows(runs["in_subset"]), unpack_bool_rows(runs["train_correct"])
+    n = in_subset.shape[1]
+    by_ratio = {}
+    for ratio in (0.3, 0.7):
+        rows = np.flatnonzero(runs["ratio"].to_numpy() == ratio)
+        by_ratio[ratio] = [np.mean([correct[m, i] for m in rows if not in_subset[m, i]])
+                           if any(not in_subset[m, i] for m in rows) else np.nan for i in range(n)]
+    memo = [np.mean(correct[in_subset[:, i], i]) - np.mean(correct[~in_subset[:, i], i]) for i in range(n)]
+    return by_ratio, np.array(memo)
+
+
+def test_cscores_equal_naive_loops(run):
+    _, t = run
+    by_ratio, memo = naive_scores(t["runs"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an example in all 8 subsets has no score at all
+        expected = np.nanmean(np.stack([by_ratio[0.3], by_ratio[0.7]]), axis=0)
+    scores = t["cscores"]
+    np.testing.assert_allclose(scores["cscore"], expected)
+    np.testing.assert_allclose(scores["memorization"], memo)
+    long = t["cscore_by_ratio"]
+    np.testing.assert_allclose(long.loc[long.ratio == 0.3, "score"], by_ratio[0.3])
+    np.testing.assert_allclose(long.loc[long.ratio == 0.7, "score"], by_ratio[0.7])
+    # with 4 runs of 30% subsets some examples are in every subset at a ratio: NaN there, not 0
+    missing = np.isnan(by_ratio[0.7])
+    assert missing.any() and (scores["n_missing_ratios"].to_numpy()[missing] >= 1).all()
+    train = t["examples"][t["examples"].split == "train"]
+    assert scores["example_id"].tolist() == train["example_id"].tolist()
+    assert scores["label"].tolist() == train["label"].tolist()
+
+
+def test_test_scores_count_every_model(run):
+    _, t = run
+    correct = unpack_bool_rows(t["runs"]["test_correct"])
+    expected = (correct[:4].mean(0) + correct[4:].mean(0)) / 2
+    np.testing.assert_allclose(t["test_cscores"]["cscore"], expected)
+    assert (t["test_cscores"]["n_heldout"] == 8).all()
+
+
+def test_summary_rows(run):
+    _, t = run
+    summary, scores = t["summary"], t["cscores"]
+    overall = summary.iloc[0]
+    assert overall["class_name"] == "all" and overall["n_examples"] == 300
+    assert summary["n_examples"].iloc[1:].sum() == 300 and len(summary) == 11
+    assert overall["mean_cscore"] == pytest.approx(scores["cscore"].mean())
+    assert -1 <= overall["split_half_spearman"] <= 1
+
+
+def test_figures_are_written(run):
+    folder, _ = run
+    for name in ("cscore_histograms.png", "extremes.png", "heldout_by_ratio.png"):
+        assert (folder / "figures" / name).stat().st_size > 1000
+
+
+def test_rerun_skips_everything(run):
+    folder, t = run
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*.parquet")}
+    assert Path(cscore_flow(CONFIG, data_root=str(folder.parents[2]))) == folder
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.parquet")} == before
+
+
+@pytest.mark.parametrize("ratios,message", [
+    ([0.5, 1.0], r"every ratio must lie strictly between 0 and 1; got \[1.0\]"),
+    ([0.5, 0.5], r"ratios must be distinct"),
+    ([], r"ratios\n.*at least 1 item"),
+])
+def test_bad_ratios_name_the_field(ratios, message):
+    with pytest.raises(ValueError, match=message):
+        CScoreFlowConfig(ratios=ratios)
+
+
+def test_smallest_subset_below_a_batch_fails_before_writing(tmp_path):
+    config = CONFIG.model_copy(update={"ratios": [0.1, 0.5]})
+    with pytest.raises(ValueError, match=r"ratios=0.1 gives 30 of 300 examples per model, fewer than train.batch_size=32"):
+        cscore_flow(config, data_root=str(tmp_path))
+    assert not (tmp_path / "runs").exists()
