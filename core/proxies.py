@@ -1,0 +1,134 @@
+"""Cheap proxies of the C-score, each oriented so that higher means more regular.
+
+Learning-speed proxies come from what the trainer records on each minibatch (no extra pass):
+arrays `[K, E, N]` over models, epochs and training examples, with `seen` marking the entries
+that were recorded. Density proxies work on any feature matrix (inputs or hidden activations).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import stats
+from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.neighbors import LocalOutlierFactor
+
+
+def _mean_seen(values: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Mean over models and epochs of the recorded entries, per example (NaN if never recorded)."""
+    total = np.where(seen, values, 0.0).sum((0, 1))
+    count = seen.sum((0, 1))
+    return np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
+
+
+def cumulative_label_probability(label_prob: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Mean probability of the given label over training (learning speed; Jiang et al. Sec. 5)."""
+    return _mean_seen(label_prob, seen)
+
+
+def cumulative_accuracy(correct: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Fraction of recorded epochs in which the example was classified correctly."""
+    return _mean_seen(correct.astype(float), seen)
+
+
+def area_under_margin(margin: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """AUM (Pleiss et al. 2020): mean over epochs of the given-label logit minus the largest other."""
+    return _mean_seen(margin, seen)
+
+
+def forgetting_events(correct: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Mean over models of correct -> incorrect transitions between consecutive recorded epochs
+    (Toneva et al. 2019). An example never classified correctly counts E events, more than any
+    learned example can have, so it ranks as the most forgettable."""
+    k, epochs, n = correct.shape
+    previous = np.zeros((k, n), bool)
+    has_previous = np.zeros((k, n), bool)
+    events = np.zeros((k, n))
+    for e in range(epochs):
+        now, recorded = correct[:, e], seen[:, e]
+        events += recorded & has_previous & previous & ~now
+        previous = np.where(recorded, now, previous)
+        has_previous |= recorded
+    never_learned = ~(correct & seen).any(1)
+    return np.where(never_learned, float(epochs), events).mean(0)
+
+
+def median_bandwidth(features: np.ndarray, sample: int = 2000, seed: int = 0) -> float:
+    """Median pairwise Euclidean distance over a seeded sample of examples (the median heuristic)."""
+    x = torch.as_tensor(features, dtype=torch.float32).flatten(1)
+    if len(x) > sample:
+        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:sample]]
+    distances = torch.pdist(x)
+    return float(distances.median()) if len(distances) else 1.0
+
+
+def kernel_density_proxies(features: np.ndarray, labels: np.ndarray, bandwidth: float,
+                           chunk: int = 1024) -> dict[str, np.ndarray]:
+    """RBF kernel densities k(x, x') = exp(-|x - x'|^2 / (2 h^2)), leaving each example out.
+
+    Returns `density` (all other examples), `same_label_density` (other examples of its label)
+    and `label_contrast` (same-label minus other-label density). Rows are processed `chunk` at a
+    time, so memory stays at chunk x N kernel values.
+    """
+    x = torch.as_tensor(features, dtype=torch.float32).flatten(1)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    n, classes = len(x), int(y.max()) + 1
+    onehot = torch.nn.functional.one_hot(y, classes).float()
+    per_class = onehot.sum(0)
+    sums = torch.empty(n, classes, dtype=torch.float64)
+    for start in range(0, n, chunk):
+        kernel = torch.exp(-torch.cdist(x[start : start + chunk], x).square() / (2 * bandwidth**2))
+        sums[start : start + chunk] = (kernel @ onehot).double()
+    own = sums.gather(1, y.unsqueeze(1)).squeeze(1) - 1.0  # drop k(x, x) = 1
+    same_count, other_count = per_class[y].double() - 1, float(n) - per_class[y].double()
+    same = torch.where(same_count > 0, own / same_count.clamp(min=1), torch.nan)
+    other = torch.where(other_count > 0, (sums.sum(1) - 1.0 - own) / other_count.clamp(min=1), torch.nan)
+    return {
+        "density": ((sums.sum(1) - 1.0) / max(n - 1, 1)).numpy(),
+        "same_label_density": same.numpy(),
+        "label_contrast": (same - other).numpy(),
+    }
+
+
+def local_outlier_factor(features: np.ndarray, n_neighbors: int = 20) -> np.ndarray:
+    """scikit-learn's negative local outlier factor: near -1 for inliers, lower for outliers."""
+    x = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
+    lof = LocalOutlierFactor(n_neighbors=min(n_neighbors, len(x) - 1))
+    lof.fit(x)
+    return lof.negative_outlier_factor_
+
+
+def detection_metrics(score: np.ndarray, is_noisy: np.ndarray) -> dict[str, float]:
+    """How well "low score means mislabeled" finds the noisy examples: AUROC, AP, precision at k = #noisy."""
+    score, is_noisy = np.asarray(score, float), np.asarray(is_noisy, bool)
+    keep = np.isfinite(score)
+    score, is_noisy = score[keep], is_noisy[keep]
+    k = int(is_noisy.sum())
+    if k == 0 or k == len(score):
+        return {"auroc": np.nan, "average_precision": np.nan, "precision_at_k": np.nan, "k": k}
+    lowest = np.argsort(score, kind="stable")[:k]
+    return {
+        "auroc": float(roc_auc_score(is_noisy, -score)),
+        "average_precision": float(average_precision_score(is_noisy, -score)),
+        "precision_at_k": float(is_noisy[lowest].mean()),
+        "k": k,
+    }
+
+
+def rank_correlations(proxy: np.ndarray, target: np.ndarray, n_bootstrap: int = 200, seed: int = 0,
+                      level: float = 0.95) -> dict[str, float]:
+    """Spearman and Kendall correlation over finite pairs, with percentile bootstrap intervals."""
+    keep = np.isfinite(proxy) & np.isfinite(target)
+    a, b = np.asarray(proxy)[keep], np.asarray(target)[keep]
+    out = {"n": int(keep.sum()), "spearman": float(stats.spearmanr(a, b).statistic),
+           "kendall": float(stats.kendalltau(a, b).statistic)}
+    rng = np.random.default_rng(seed)
+    draws = {"spearman": [], "kendall": []}
+    for _ in range(n_bootstrap):
+        pick = rng.integers(0, len(a), len(a))
+        draws["spearman"].append(stats.spearmanr(a[pick], b[pick]).statistic)
+        draws["kendall"].append(stats.kendalltau(a[pick], b[pick]).statistic)
+    tail = (1 - level) / 2 * 100
+    for name, values in draws.items():
+        low, high = np.nanpercentile(values, [tail, 100 - tail]) if values else (np.nan, np.nan)
+        out[f"{name}_low"], out[f"{name}_high"] = float(low), float(high)
+    return out
