@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
+from torch.nn.modules.utils import _single
 
 from core.models import init_model
 
@@ -37,6 +38,66 @@ def _is_stackable(template: nn.Module) -> bool:
         elif not isinstance(layer, (nn.Linear, *_PARAMETER_FREE)):
             return False
     return True
+
+
+def _execution_order(template: nn.Sequential) -> list[tuple[int, nn.Module]]:
+    """(index, layer) pairs in run order: a ReLU directly before a MaxPool runs after it instead.
+
+    ReLU is monotonic, so max and ReLU commute, values and gradients alike; pooling first lets the ReLU
+    (and its backward) touch a tensor `kernel_size` times smaller.
+    """
+    layers = list(enumerate(template))
+    for j in range(len(layers) - 1):
+        if isinstance(layers[j][1], nn.ReLU) and isinstance(layers[j + 1][1], (nn.MaxPool1d, nn.MaxPool2d)):
+            layers[j], layers[j + 1] = layers[j + 1], layers[j]
+    return layers
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """`[K, out, B]` from `[K, in, B]`: W @ x needs no transposed weight, so its gradient needs no copy."""
+    return torch.bmm(weight, x) if bias is None else torch.baddbmm(bias.unsqueeze(2), weight, x)
+
+
+def _to_channels(x: Tensor) -> Tensor:
+    """`[K, B, C, *spatial]` -> `[B, K*C, *spatial]` stored channels-last (oneDNN's fast grouped-conv layout)."""
+    k, batch, channels, *spatial = x.shape
+    return x.permute(1, *range(3, x.dim()), 0, 2).reshape(batch, *spatial, k * channels).movedim(-1, 1)
+
+
+def _grouped_conv(layer: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None, k: int) -> Tensor:
+    """All K models' conv layer as one grouped conv; a 1-D conv runs as a 2-D one of height 1 (channels-last)."""
+    weight, bias = weight.flatten(0, 1), None if bias is None else bias.flatten()
+    if isinstance(layer, nn.Conv2d):
+        return F.conv2d(x, weight, bias, stride=layer.stride, padding=layer.padding, groups=k)
+    padding = layer.padding if isinstance(layer.padding, str) else (0, *layer.padding)
+    out = F.conv2d(x.unsqueeze(2), weight.unsqueeze(2), bias, stride=(1, *layer.stride), padding=padding, groups=k)
+    return out.squeeze(2)
+
+
+def _pool_channels_last(layer: nn.Module, x: Tensor) -> Tensor:
+    """A pooling layer on `[B, K*C, *spatial]`; 1-D pooling runs as 2-D of height 1, keeping channels-last."""
+    if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
+        return layer(x)
+    size, stride, padding = (1, *_single(layer.kernel_size)), (1, *_single(layer.stride)), (0, *_single(layer.padding))
+    if isinstance(layer, nn.MaxPool1d):
+        out = F.max_pool2d(x.unsqueeze(2), size, stride, padding, (1, *_single(layer.dilation)), layer.ceil_mode)
+    else:
+        out = F.avg_pool2d(x.unsqueeze(2), size, stride, padding, layer.ceil_mode, layer.count_include_pad)
+    return out.squeeze(2)
+
+
+def _channels_to_features(x: Tensor, k: int) -> Tensor:
+    """`[B, K*C, *spatial]` -> `[K, C*prod(spatial), B]`, each model's features in nn.Flatten's order."""
+    return x.unflatten(1, (k, -1)).flatten(2).permute(1, 2, 0)
+
+
+def _to_batch(x: Tensor, layout: str, k: int) -> Tensor:
+    """Any of the forward's layouts back to `[K, B, ...]` (a view)."""
+    if layout == "features":
+        return x.transpose(1, 2)
+    if layout == "channels":
+        return x.unflatten(1, (k, -1)).transpose(0, 1)
+    return x
 
 
 class Ensemble:
@@ -83,30 +144,31 @@ class Ensemble:
         )
 
     def _forward_stacked(self, x: Tensor) -> Tensor:
-        """Layer by layer: linear layers on `[K, B, F]`, conv layers on `[B, K*C, ...]` (grouped by model)."""
+        """Layer by layer, each layer kind in the activation layout its batched kernel runs fastest on."""
         k, batch = self.size, x.shape[1]
-        channels_first = False  # False: x is [K, B, ...]; True: x is [B, K*C, *spatial]
-        for i, layer in enumerate(self.template):
+        layout = "batch"  # batch: [K, B, ...]; features: [K, F, B]; channels: [B, K*C, *spatial], channels-last
+        fresh = False  # x was made by this forward, so a ReLU may overwrite it (one big allocation fewer)
+        for i, layer in _execution_order(self.template):
             weight, bias = self.params.get(f"{i}.weight"), self.params.get(f"{i}.bias")
             if isinstance(layer, nn.Linear):
-                out = torch.bmm(x, weight.transpose(1, 2))
-                x = out + bias.unsqueeze(1) if bias is not None else out
+                x, layout, fresh = _linear(x if layout == "features" else x.transpose(1, 2), weight, bias), "features", True
             elif isinstance(layer, tuple(_CONV_FN)):
-                if not channels_first:
-                    x = x.transpose(0, 1).reshape(batch, -1, *x.shape[3:])
-                    channels_first = True
-                x = _CONV_FN[type(layer)](
-                    x, weight.flatten(0, 1), None if bias is None else bias.flatten(),
-                    stride=layer.stride, padding=layer.padding, groups=k,
-                )
+                x = _grouped_conv(layer, x if layout == "channels" else _to_channels(x), weight, bias, k)
+                layout, fresh = "channels", True
+            elif isinstance(layer, nn.Flatten) and layout == "channels":
+                x, layout = _channels_to_features(x, k), "features"
             elif isinstance(layer, nn.Flatten):
-                x = x.reshape(batch, k, -1).transpose(0, 1) if channels_first else x.flatten(2)
-                channels_first = False
-            elif channels_first or isinstance(layer, (nn.ReLU, nn.Identity)):
-                x = layer(x)  # elementwise, or pooling acting per channel
-            else:
-                x = layer(x.flatten(0, 1)).unflatten(0, (k, batch))
-        return x
+                x = x if layout == "features" else x.flatten(2)  # features are flat already
+            elif isinstance(layer, nn.ReLU):
+                x, fresh = (x.relu_() if fresh else x.relu()), True
+            elif isinstance(layer, nn.Identity):
+                pass
+            elif layout == "channels":
+                x, fresh = _pool_channels_last(layer, x), True
+            else:  # pooling on the input itself, or after a linear layer
+                x = layer(_to_batch(x, layout, k).flatten(0, 1)).unflatten(0, (k, batch))
+                layout, fresh = "batch", True
+        return _to_batch(x, layout, k)
 
     def model(self, k: int) -> nn.Module:
         """Model k as a plain nn.Module (a copy)."""

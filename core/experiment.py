@@ -37,6 +37,11 @@ def subset_mask(n: int, size: int, seed: int) -> Tensor:
     return mask
 
 
+def random_subsets(n: int, size: int, seeds: list[int]) -> Tensor:
+    """Bool `[K, n]`: row k is `subset_mask(n, size, seeds[k])`."""
+    return torch.stack([subset_mask(n, size, seed) for seed in seeds])
+
+
 @dataclass
 class ShardOutcome:
     """Trained models and their outcomes on every training and test example."""

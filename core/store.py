@@ -300,3 +300,14 @@ def pack_float_rows(matrix: np.ndarray) -> pa.Array:
 def unpack_float_rows(column: pa.Array | pa.ChunkedArray | pd.Series) -> np.ndarray:
     """`list<float32>` column of equal-length rows -> [K, N] float32 array."""
     return _unpack_rows(column, np.float32)
+
+
+def find_run(run: str, data_root: Path | str | None = None) -> Path:
+    """The folder of run id `run` (`<flow>-<hash>`) under the data root, or an error naming what exists."""
+    flow = run.rsplit("-", 1)[0]
+    folder = _resolve_root(data_root) / "runs" / flow / run
+    if (folder / "config.json").is_file():
+        return folder
+    known = sorted(p.parent.name for p in (_resolve_root(data_root) / "runs").glob("*/*/config.json"))
+    raise FileNotFoundError(f"no run {run!r} under {_resolve_root(data_root) / 'runs'}; "
+                            f"runs there: {', '.join(known) or 'none'} (set --data-root if it lives elsewhere)")

@@ -59,20 +59,50 @@ class StackedSGD:
 
     @torch.no_grad()
     def step(self, lr: Tensor, active: Tensor | None = None) -> None:
-        """One update; models with `active[k] == False` are left exactly as they were."""
-        for name, p in self.params.items():
-            grad = p.grad if name not in self.masks else p.grad * self.masks[name]
-            step = grad.add(p, alpha=self.config.weight_decay) if self.config.weight_decay else grad
-            buf = self.momentum[name]
-            per_model = (-1,) + (1,) * (p.dim() - 1)
-            if active is None:
-                buf.mul_(self.config.momentum).add_(step)
-                p.sub_(buf * lr.view(per_model))
-            else:
-                keep = active.view(per_model)
-                buf.copy_(torch.where(keep, buf * self.config.momentum + step, buf))
-                p.sub_(buf * (lr * active).view(per_model))
+        """One update; models with `active[k] == False` are left exactly as they were.
+
+        In-place foreach ops: one call per stage for all parameters and no new multi-MB tensors; the
+        gradients are overwritten, as they are dropped after the step anyway.
+        """
+        params, buffers = list(self.params.values()), list(self.momentum.values())
+        grads = [p.grad for p in params]
+        for name, mask in self.masks.items():
+            self.params[name].grad.mul_(mask)  # masked weights get no update, so they stay exactly zero
+        if self.config.weight_decay:
+            torch._foreach_add_(grads, params, alpha=self.config.weight_decay)  # SGD's grad + wd * p
+        if active is None:
+            torch._foreach_mul_(buffers, self.config.momentum)
+            torch._foreach_add_(buffers, grads)
+        else:
+            for buf, grad in zip(buffers, grads):
+                buf.copy_(torch.where(_per_model(active, buf), buf * self.config.momentum + grad, buf))
+            lr = lr * active
+        torch._foreach_addcmul_(params, buffers, [_per_model(lr, p) for p in params], value=-1)
+        for p in params:
             p.grad = None
+
+
+def _per_model(values: Tensor, like: Tensor) -> Tensor:
+    """`[K]` values viewed to broadcast over a `[K, ...]` tensor."""
+    return values.view((-1,) + (1,) * (like.dim() - 1))
+
+
+def _lr_table(config: TrainConfig, steps_per_epoch: Tensor) -> Tensor:
+    """`[epochs, max steps, K]` learning rate of every model's every step (0 where a model idles).
+
+    Computed once per distinct epoch length instead of K Python calls per training step.
+    """
+    epochs, k = config.epochs, len(steps_per_epoch)
+    table = torch.zeros(epochs, int(steps_per_epoch.max()), k, dtype=torch.float64)
+    for n in steps_per_epoch.unique().tolist():
+        schedule = torch.tensor([lr_at(config, step, n) for step in range(epochs * n)], dtype=torch.float64)
+        table[:, :n, steps_per_epoch == n] = schedule.view(epochs, n, 1)
+    return table
+
+
+def _rows(t: Tensor, idx: Tensor) -> Tensor:
+    """`t[idx]` for a `[K, B]` index; index_select on the flat index is several times faster on the CPU."""
+    return t.index_select(0, idx.flatten()).view(*idx.shape, *t.shape[1:])
 
 
 @dataclass
@@ -162,31 +192,29 @@ def train(
     optimizer = StackedSGD(ensemble.params, config, masks)
     generators = [torch.Generator().manual_seed(int(s)) for s in order_seeds]
     steps_per_epoch = torch.tensor([len(m) // config.batch_size for m in members])
-    done = torch.zeros(ensemble.size, dtype=torch.long)
-    result, epoch_losses = TrainResult(steps=done), []
+    lr_table = _lr_table(config, steps_per_epoch).to(device, next(iter(ensemble.params.values())).dtype)
+    result, epoch_losses = TrainResult(steps=config.epochs * steps_per_epoch), []
     if record:
         result.record = _new_record(ensemble.size, config.epochs, len(x), device)
     bar = tqdm(total=config.epochs * int(steps_per_epoch.max()), disable=not progress, unit="step", leave=False)
     for epoch in range(config.epochs):
         order, steps = _epoch_order(members, generators, config.batch_size)
-        order = order.to(device)
+        order, everyone = order.to(device), int(steps.min())  # every model takes the first `everyone` steps
         epoch_loss = torch.zeros(ensemble.size, device=device)
         for s in range(order.shape[1]):
-            # None when every model takes this step (the fast, common case)
-            active = None if bool((steps > s).all()) else (steps > s).to(device)
-            weight = 1.0 if active is None else active
+            active = None if s < everyone else (steps > s).to(device)  # None: the fast, common case
             idx = order[:, s]
+            xb, yb = _rows(x, idx), _rows(y, idx)
             saved = {n: b.clone() for n, b in ensemble.buffers.items()} if active is not None else {}
-            logits = ensemble(x[idx], train=True)
-            per_example = F.cross_entropy(logits.flatten(0, 1), y[idx].flatten(), reduction="none")
-            per_model = per_example.view(idx.shape).mean(1) * weight
+            logits = ensemble(xb, train=True)
+            # classes on dim 1: log-softmax over a contiguous dim of 10 classes is ~10x slower on the CPU
+            per_model = F.cross_entropy(logits.transpose(1, 2), yb, reduction="none").mean(1)
+            per_model = per_model if active is None else per_model * active
             per_model.sum().backward()
             _restore_idle(ensemble.buffers, saved, active)  # after backward, which may still read them
             if record:
-                _write_record(result.record, epoch, idx, example_outcomes(logits.detach(), y[idx]), active)
-            lr = [lr_at(config, int(done[k]), int(steps_per_epoch[k])) for k in range(ensemble.size)]
-            optimizer.step(torch.tensor(lr, device=device, dtype=logits.dtype), active)
-            done += 1 if active is None else active.long().cpu()
+                _write_record(result.record, epoch, idx, example_outcomes(logits.detach(), yb), active)
+            optimizer.step(lr_table[epoch, s], active)
             epoch_loss += per_model.detach()
             bar.update(1)
         epoch_losses.append(epoch_loss.cpu() / steps)

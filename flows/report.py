@@ -11,7 +11,7 @@ from core.store import RunStore
 
 def publish(store: RunStore, summary: pd.DataFrame, figures: list[Path], description: str) -> None:
     """A table artifact of `summary` and a markdown artifact listing the run's tables and figures."""
-    key = store.run_id.lower()
+    key = store.run_id.lower().replace("_", "-")  # artifact keys: lowercase letters, digits, dashes
     create_table_artifact(key=f"{key}-summary", table=summary.round(4).to_dict("records"), description=description)
     tables = sorted(p.relative_to(store.root) for p in store.root.glob("*.parquet"))
     lines = [f"# {store.flow} run `{store.run_id}`", "", f"Run folder: `{store.root}`", "", "## Tables", ""]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from core.data import Dataset, DatasetConfig, load_dataset
 from core.ensemble import resolve_device
-from core.experiment import model_seed, outcome_table, subset_mask, train_on_subsets
+from core.experiment import model_seed, outcome_table, train_on_subsets
 from core.store import RunStore
 
 
@@ -29,12 +29,15 @@ def shared_dataset(config: DatasetConfig, cache_dir: Path) -> Dataset:
     return _load(config.model_dump_json(), str(cache_dir))
 
 
-def train_models_shard(store: RunStore, name: str, model_ids: list[int], subset_sizes: list[int],
-                       columns: dict[str, list[Any]] | None = None) -> str:
-    """Train `model_ids` together on seeded subsets of the given sizes; write their rows to `name`.
+SubsetMaker = Callable[[Dataset, list[int]], torch.Tensor]
 
-    `store.config` supplies dataset, model, train, seed and runtime; `columns` are added as they are
-    (e.g. each model's ratio). A shard already complete is skipped.
+
+def train_models_shard(store: RunStore, name: str, model_ids: list[int], make_subsets: SubsetMaker,
+                       columns: dict[str, list[Any]] | None = None, seeds: list[int] | None = None) -> str:
+    """Train `model_ids` together, each on its row of `make_subsets(dataset, seeds)`; write their rows to `name`.
+
+    `store.config` supplies dataset, model, train, seed and runtime; seeds default to one per
+    model id; `columns` are added as they are (e.g. each model's ratio). A complete shard is skipped.
     """
     logger = get_run_logger()
     if store.is_complete(name):
@@ -42,16 +45,16 @@ def train_models_shard(store: RunStore, name: str, model_ids: list[int], subset_
         return name
     config, start = store.config, time.perf_counter()
     dataset = shared_dataset(config.dataset, store.cache_dir)
-    seeds = [model_seed(config.seed, i) for i in model_ids]
-    subsets = torch.stack([subset_mask(dataset.n_train, size, seed) for size, seed in zip(subset_sizes, seeds)])
+    seeds = seeds if seeds is not None else [model_seed(config.seed, i) for i in model_ids]
+    subsets = make_subsets(dataset, seeds)
     outcome = train_on_subsets(dataset, config.model, seeds, subsets, config.train, resolve_device(config.runtime.device))
     table = outcome_table(model_ids, seeds, subsets, outcome)
     for column, values in (columns or {}).items():
         table = table.append_column(column, pa.array(values))
     store.write_table(name, table, {"models": str(len(model_ids))})
-    logger.info("%s: %d models on %s examples, mean test accuracy %.4f, %.1f s", name, len(model_ids),
-                "/".join(map(str, sorted(set(subset_sizes)))), float(outcome.test.accuracy().mean()),
-                time.perf_counter() - start)
+    sizes = "/".join(map(str, sorted(set(subsets.sum(1).tolist()))))
+    logger.info("%s: %d models on %s examples, mean test accuracy %.4f, %.1f s", name, len(model_ids), sizes,
+                float(outcome.test.accuracy().mean()), time.perf_counter() - start)
     return name
 
 

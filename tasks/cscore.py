@@ -6,6 +6,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from core.cscore import cscore_tables
+from core.experiment import random_subsets
 from core.store import RunStore, unpack_bool_rows
 from tasks.common import train_models_shard
 
@@ -19,7 +20,8 @@ def shard_name(shard: int) -> str:
 def holdout_shard(store: RunStore, shard: int, model_ids: list[int], runs: list[int], ratio: float, subset_size: int) -> str:
     """Train `model_ids` (runs `runs` at `ratio`) on seeded subsets of `subset_size` examples each."""
     columns = {"ratio": [ratio] * len(model_ids), "run": runs}
-    return train_models_shard(store, shard_name(shard), model_ids, [subset_size] * len(model_ids), columns)
+    return train_models_shard(store, shard_name(shard), model_ids,
+                              lambda data, seeds: random_subsets(data.n_train, subset_size, seeds), columns)
 
 
 SCORE_TABLES = ("cscores.parquet", "cscore_by_ratio.parquet", "test_cscores.parquet", "summary.parquet")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from core.experiment import random_subsets
 from core.store import RunStore
 from tasks.common import train_models_shard
 
@@ -16,4 +17,5 @@ def shard_name(shard: int) -> str:
 @task(cache_policy=NO_CACHE, task_run_name="train-shard-{shard}")
 def train_shard(store: RunStore, shard: int, model_ids: list[int], subset_size: int) -> str:
     """Train models `model_ids` of the run together, each on `subset_size` seeded examples."""
-    return train_models_shard(store, shard_name(shard), model_ids, [subset_size] * len(model_ids))
+    return train_models_shard(store, shard_name(shard), model_ids,
+                              lambda data, seeds: random_subsets(data.n_train, subset_size, seeds))
