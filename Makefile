@@ -26,7 +26,7 @@ system-deps:
 	fi
 
 demo: $(STAMP) system-deps
-	$(BIN)/regularity run train --config flows/configs/train.yaml
+	$(BIN)/regularity run cscore --config flows/configs/cscore.yaml
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q

@@ -112,3 +112,23 @@ def filtering_curve(summary, baseline: tuple[float, float] | None, score: str, p
     ax.grid(alpha=0.3)
     ax.legend()
     return save(fig, path)
+
+
+def detection_curves(scores: dict[str, np.ndarray], is_noisy: np.ndarray, path: Path) -> Path:
+    """ROC and precision-recall curves of "low score means mislabeled", one line per score."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, score in scores.items():
+        keep = np.isfinite(score)
+        fpr, tpr, _ = roc_curve(is_noisy[keep], -score[keep])
+        precision, recall, _ = precision_recall_curve(is_noisy[keep], -score[keep])
+        roc.plot(fpr, tpr, label=name)
+        pr.plot(recall, precision, label=name)
+    roc.plot([0, 1], [0, 1], "k:", lw=1)
+    pr.axhline(is_noisy.mean(), color="k", ls=":", lw=1, label="chance")
+    roc.set(xlabel="false positive rate", ylabel="true positive rate", title="finding mislabeled examples: ROC")
+    pr.set(xlabel="recall", ylabel="precision", title="precision-recall")
+    roc.legend(fontsize=8)
+    pr.legend(fontsize=8)
+    return save(fig, path)

@@ -9,12 +9,13 @@ model sees exactly `train.batch_size` examples, whatever the ratio.
 """
 from __future__ import annotations
 
-import numpy as np
+import pandas as pd
 from prefect import flow
 from pydantic import Field, field_validator
 
 from core.data import DatasetConfig
-from core.plots import extreme_examples, heldout_accuracy_by_ratio, per_class_histograms
+from core.plots import detection_curves, extreme_examples, heldout_accuracy_by_ratio, per_class_histograms
+from core.proxies import detection_metrics
 from core.store import RunStore, dataset_cache
 from core.training import TrainConfig
 from flows.common import SubsetTrainingConfig, check_fits, chunks, examples_table
@@ -73,6 +74,10 @@ def cscore_flow(config: CScoreFlowConfig = CScoreFlowConfig(), data_root: str | 
     names = run_shards(holdout_shard, plan, config.runtime, "holdout shards")
     combine_shards(store, names, "runs.parquet", "model_id")
     score_runs(store, dataset.class_names)
+    if dataset.is_noisy.any() and not store.is_complete("noise_detection.parquet"):
+        scores = store.read_table("cscores.parquet")
+        detection = {"score": "cscore", **detection_metrics(scores["cscore"], scores["is_noisy"])}
+        store.write_table("noise_detection.parquet", pd.DataFrame([detection]))
     figures = draw_figures(store, dataset)
     summary = store.read_table("summary.parquet")
     publish(store, summary, figures, f"C-scores of {dataset.n_train} {config.dataset.name} examples, "
@@ -88,7 +93,9 @@ def draw_figures(store: RunStore, dataset) -> list:
     test_by_ratio = runs.groupby("ratio")["test_accuracy"].mean().reindex(by_ratio.index)
     labels, values = scores["label"].to_numpy(), scores["cscore"].to_numpy()
     folder = store.root / "figures"
-    return [
+    noisy = scores["is_noisy"].to_numpy()
+    extra = [detection_curves({"C-score": values}, noisy, folder / "noise_detection.png")] if noisy.any() else []
+    return extra + [
         per_class_histograms(values, labels, dataset.class_names, "C-score", folder / "cscore_histograms.png"),
         extreme_examples(dataset.x_train.numpy(), values, labels, dataset.class_names, folder / "extremes.png",
                          title="C-score: lowest 5 (red) and highest 5 (green) per class"),
