@@ -147,27 +147,28 @@ class Ensemble:
         """Layer by layer, each layer kind in the activation layout its batched kernel runs fastest on."""
         k, batch = self.size, x.shape[1]
         layout = "batch"  # batch: [K, B, ...]; features: [K, F, B]; channels: [B, K*C, *spatial], channels-last
-        fresh = False  # x was made by this forward, so a ReLU may overwrite it (one big allocation fewer)
+        fresh = False  # x is a linear layer's own output (not a view), so a ReLU may overwrite it
         for i, layer in _execution_order(self.template):
             weight, bias = self.params.get(f"{i}.weight"), self.params.get(f"{i}.bias")
             if isinstance(layer, nn.Linear):
-                x, layout, fresh = _linear(x if layout == "features" else x.transpose(1, 2), weight, bias), "features", True
+                x = _linear(x if layout == "features" else x.transpose(1, 2), weight, bias)
+                layout, fresh = "features", True
             elif isinstance(layer, tuple(_CONV_FN)):
                 x = _grouped_conv(layer, x if layout == "channels" else _to_channels(x), weight, bias, k)
-                layout, fresh = "channels", True
+                layout, fresh = "channels", False  # 1-D results are views: in place, autograd would be slow
             elif isinstance(layer, nn.Flatten) and layout == "channels":
-                x, layout = _channels_to_features(x, k), "features"
+                x, layout, fresh = _channels_to_features(x, k), "features", False
             elif isinstance(layer, nn.Flatten):
                 x = x if layout == "features" else x.flatten(2)  # features are flat already
             elif isinstance(layer, nn.ReLU):
-                x, fresh = (x.relu_() if fresh else x.relu()), True
+                x = x.relu_() if fresh else x.relu()  # in place: one big allocation (and its page faults) fewer
             elif isinstance(layer, nn.Identity):
                 pass
             elif layout == "channels":
-                x, fresh = _pool_channels_last(layer, x), True
+                x, fresh = _pool_channels_last(layer, x), False
             else:  # pooling on the input itself, or after a linear layer
                 x = layer(_to_batch(x, layout, k).flatten(0, 1)).unflatten(0, (k, batch))
-                layout, fresh = "batch", True
+                layout, fresh = "batch", False
         return _to_batch(x, layout, k)
 
     def model(self, k: int) -> nn.Module:

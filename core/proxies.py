@@ -7,6 +7,7 @@ that were recorded. Density proxies work on any feature matrix (inputs or hidden
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 from scipy import stats
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -132,3 +133,26 @@ def rank_correlations(proxy: np.ndarray, target: np.ndarray, n_bootstrap: int = 
         low, high = np.nanpercentile(values, [tail, 100 - tail]) if values else (np.nan, np.nan)
         out[f"{name}_low"], out[f"{name}_high"] = float(low), float(high)
     return out
+
+
+def learning_dynamics(correct: np.ndarray, seen: np.ndarray, cscore: np.ndarray, bins: int = 5) -> pd.DataFrame:
+    """Training accuracy per epoch of the examples in each C-score quantile bin (bin 0 = lowest scores).
+
+    The paper's finding to check: high-score examples are learned first.
+    """
+    finite = np.isfinite(cscore)
+    # quantile edges collapse when many scores tie (e.g. at 1.0): rank-based bins keep them equal-sized
+    ranks = np.argsort(np.argsort(cscore[finite], kind="stable"), kind="stable")
+    member = np.full(len(cscore), -1)
+    member[finite] = ranks * bins // finite.sum()
+    rows = []
+    for b in range(bins):
+        chosen = member == b
+        hits = (correct[:, :, chosen] & seen[:, :, chosen]).sum((0, 2))
+        counts = seen[:, :, chosen].sum((0, 2))
+        values = cscore[chosen]
+        for epoch in range(correct.shape[1]):
+            rows.append({"epoch": epoch + 1, "bin": b, "cscore_low": float(values.min()), "cscore_high": float(values.max()),
+                         "n_examples": int(chosen.sum()),
+                         "train_accuracy": hits[epoch] / counts[epoch] if counts[epoch] else np.nan})
+    return pd.DataFrame(rows)

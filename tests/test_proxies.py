@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from core.proxies import (area_under_margin, cumulative_accuracy, cumulative_label_probability, detection_metrics,
+from core.proxies import (area_under_margin, cumulative_accuracy, cumulative_label_probability, detection_metrics, learning_dynamics,
                           forgetting_events, kernel_density_proxies, local_outlier_factor, median_bandwidth,
                           rank_correlations)
 
@@ -85,3 +85,16 @@ def test_rank_correlations_match_scipy_with_intervals():
     assert got["kendall"] == pytest.approx(stats.kendalltau(proxy[3:], target[3:]).statistic)
     assert got["spearman_low"] < got["spearman"] < got["spearman_high"]
     assert got["kendall_low"] < got["kendall"] < got["kendall_high"]
+
+
+def test_learning_dynamics_by_hand():
+    # 1 model, 2 epochs, 4 examples; scores put examples 1, 3 in the low bin and 0, 2 in the high bin
+    correct = np.array([[[1, 0, 1, 1], [1, 1, 1, 0]]], bool)
+    seen = np.ones_like(correct)
+    seen[0, 1, 3] = False
+    table = learning_dynamics(correct, seen, np.array([0.9, 0.1, 0.8, 0.2]), bins=2)
+    low, high = table[table.bin == 0], table[table.bin == 1]
+    assert low["train_accuracy"].tolist() == [0.5, 1.0]  # epoch 2: only example 1 was recorded
+    assert high["train_accuracy"].tolist() == [1.0, 1.0]
+    assert low["cscore_high"].iloc[0] == 0.2 and high["cscore_low"].iloc[0] == 0.8
+    assert table["n_examples"].tolist() == [2, 2, 2, 2] and table["epoch"].tolist() == [1, 2, 1, 2]
