@@ -6,6 +6,7 @@ prefect) only after it has decided which API the run talks to.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -86,6 +87,51 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ls(args: argparse.Namespace) -> int:
+    """List the runs under the data root, newest last."""
+    from core.store import default_data_root, list_runs
+
+    runs = list_runs(args.data_root)
+    if args.flow:
+        runs = runs[runs["flow"] == args.flow]
+    if runs.empty:
+        print(f"no runs under {Path(args.data_root or default_data_root()).resolve()}")
+        return 0
+    runs = runs.assign(status=[run_status(Path(p)) for p in runs["path"]],
+                       size=[f"{b / 1e6:.1f} MB" for b in runs["size_bytes"]],
+                       created=runs["created"].dt.strftime("%Y-%m-%d %H:%M"))
+    print(runs[["flow", "run_id", "status", "created", "n_tables", "size"]].to_string(index=False))
+    return 0
+
+
+def run_status(folder: Path) -> str:
+    """`complete` when the flow's last table exists, else how many shards are done."""
+    done = (folder / "figures").is_dir()  # figures are drawn last by every flow
+    shards = len(list((folder / "shards").glob("*.parquet"))) if (folder / "shards").is_dir() else 0
+    return "complete" if done else f"partial ({shards} shards)"
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print a run's config, tables (rows, columns) and summary."""
+    import pyarrow.parquet as pq
+
+    from core.store import find_run
+
+    folder = find_run(args.run, args.data_root)
+    print(f"{args.run}  ({run_status(folder)})\n{folder}\n")
+    print(yaml.safe_dump(json.loads((folder / "config.json").read_text())["config"], sort_keys=False))
+    for table in sorted(folder.glob("*.parquet")):
+        meta = pq.read_metadata(table)
+        print(f"  {table.name:32s} {meta.num_rows:>9,d} rows  {meta.num_columns:>3d} columns")
+    for figure in sorted(folder.glob("figures/*.png")):
+        print(f"  {figure.relative_to(folder)}")
+    if (folder / "summary.parquet").is_file():
+        import pandas as pd
+
+        print("\n" + pd.read_parquet(folder / "summary.parquet").to_string(index=False))
+    return 0
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     """Start, stop or check the project-local Prefect server."""
     url = server.local_settings()["PREFECT_API_URL"]
@@ -119,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="print a flow's default config as YAML")
     config.add_argument("flow", choices=sorted(FLOWS))
     config.set_defaults(handler=cmd_config)
+    ls = sub.add_parser("ls", help="list runs (flow, run id, status, created, tables, size)")
+    ls.add_argument("--flow", choices=sorted(FLOWS))
+    ls.add_argument("--data-root", help="where runs/ lives (default: $REGULARITY_DATA_ROOT or ./data)")
+    ls.set_defaults(handler=cmd_ls)
+    show = sub.add_parser("show", help="a run's config, tables and summary")
+    show.add_argument("run", help="run id, e.g. cscore-1a2b3c4d5e6f")
+    show.add_argument("--data-root", help="where runs/ lives (default: $REGULARITY_DATA_ROOT or ./data)")
+    show.set_defaults(handler=cmd_show)
     srv = sub.add_parser("server", help="the project-local Prefect server (SQLite under .prefect/, 127.0.0.1)")
     srv.add_argument("action", choices=["start", "stop", "status"])
     srv.set_defaults(handler=cmd_server)
@@ -130,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ConfigError, ValueError, RuntimeError) as err:
+    except (ConfigError, ValueError, RuntimeError, FileNotFoundError) as err:
         print(f"regularity: error: {err}", file=sys.stderr)
         return 2
 

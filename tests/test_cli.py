@@ -69,3 +69,18 @@ def test_run_prints_the_run_folder_last(tmp_path, capsys, monkeypatch, prefect_h
     folder = Path(captured.out.strip().splitlines()[-1])
     assert folder.parent == tmp_path / "runs" / "train" and (folder / "models.parquet").is_file()
     assert "models.parquet" in captured.err and "figures/training.png" in captured.err
+
+    assert main(["ls", "--data-root", str(tmp_path)]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[0].split() == ["flow", "run_id", "status", "created", "n_tables", "size"]
+    assert listing[1].split()[:3] == ["train", folder.name, "complete"]
+    assert main(["show", folder.name, "--data-root", str(tmp_path)]) == 0
+    shown = capsys.readouterr().out
+    assert "model: mlp_w8_d1" in shown and "models.parquet" in shown and "2 rows" in shown
+
+
+def test_ls_and_show_explain_an_empty_data_root(tmp_path, capsys):
+    assert main(["ls", "--data-root", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == f"no runs under {tmp_path}"
+    assert main(["show", "cscore-123456789abc", "--data-root", str(tmp_path)]) == 2
+    assert "no run 'cscore-123456789abc'" in capsys.readouterr().err
