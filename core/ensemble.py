@@ -16,7 +16,7 @@ from torch.nn.modules.utils import _single
 
 from core.models import init_model
 
-_CONV_FN = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d}
+_CONV = (nn.Conv1d, nn.Conv2d)  # run as one grouped conv for all K models
 _PARAMETER_FREE = (nn.ReLU, nn.Flatten, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.Identity)
 
 
@@ -32,7 +32,7 @@ def _is_stackable(template: nn.Module) -> bool:
     if not isinstance(template, nn.Sequential):
         return False
     for layer in template:
-        if isinstance(layer, tuple(_CONV_FN)):
+        if isinstance(layer, _CONV):
             if layer.groups != 1 or layer.padding_mode != "zeros" or set(layer.dilation) != {1}:
                 return False
         elif not isinstance(layer, (nn.Linear, *_PARAMETER_FREE)):
@@ -61,7 +61,8 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 def _to_channels(x: Tensor) -> Tensor:
     """`[K, B, C, *spatial]` -> `[B, K*C, *spatial]` stored channels-last (oneDNN's fast grouped-conv layout)."""
     k, batch, channels, *spatial = x.shape
-    return x.permute(1, *range(3, x.dim()), 0, 2).reshape(batch, *spatial, k * channels).movedim(-1, 1)
+    channels_last = x.permute(1, *range(3, x.dim()), 0, 2).contiguous()  # [B, *spatial, K, C]
+    return channels_last.view(batch, *spatial, k * channels).movedim(-1, 1)
 
 
 def _grouped_conv(layer: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None, k: int) -> Tensor:
@@ -147,13 +148,13 @@ class Ensemble:
         """Layer by layer, each layer kind in the activation layout its batched kernel runs fastest on."""
         k, batch = self.size, x.shape[1]
         layout = "batch"  # batch: [K, B, ...]; features: [K, F, B]; channels: [B, K*C, *spatial], channels-last
-        fresh = False  # x is a linear layer's own output (not a view), so a ReLU may overwrite it
+        fresh = False  # x is a linear layer's own output (not a view, not needed by its backward)
         for i, layer in _execution_order(self.template):
             weight, bias = self.params.get(f"{i}.weight"), self.params.get(f"{i}.bias")
             if isinstance(layer, nn.Linear):
                 x = _linear(x if layout == "features" else x.transpose(1, 2), weight, bias)
                 layout, fresh = "features", True
-            elif isinstance(layer, tuple(_CONV_FN)):
+            elif isinstance(layer, _CONV):
                 x = _grouped_conv(layer, x if layout == "channels" else _to_channels(x), weight, bias, k)
                 layout, fresh = "channels", False  # 1-D results are views: in place, autograd would be slow
             elif isinstance(layer, nn.Flatten) and layout == "channels":
@@ -161,7 +162,8 @@ class Ensemble:
             elif isinstance(layer, nn.Flatten):
                 x = x if layout == "features" else x.flatten(2)  # features are flat already
             elif isinstance(layer, nn.ReLU):
-                x = x.relu_() if fresh else x.relu()  # in place: one big allocation (and its page faults) fewer
+                # in place: one big allocation (and its page faults) fewer; not twice, as ReLU's backward reads it
+                x, fresh = (x.relu_() if fresh else x.relu()), False
             elif isinstance(layer, nn.Identity):
                 pass
             elif layout == "channels":
