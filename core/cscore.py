@@ -67,9 +67,12 @@ def memorization(in_subset: np.ndarray, correct: np.ndarray) -> np.ndarray:
 
 
 def spearman_of_finite(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman correlation over the entries finite in both (NaN with fewer than 3)."""
+    """Spearman correlation over the entries finite in both (NaN with fewer than 3, or constant ones)."""
     both = np.isfinite(a) & np.isfinite(b)
-    return float(stats.spearmanr(a[both], b[both]).statistic) if both.sum() >= 3 else float("nan")
+    a, b = a[both], b[both]
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:  # undefined for constant inputs
+        return float("nan")
+    return float(stats.spearmanr(a, b).statistic)
 
 
 def split_half_reliability(in_subset: np.ndarray, correct: np.ndarray, ratios: np.ndarray,

@@ -194,21 +194,25 @@ class Evaluation:
     label_prob: Tensor  # softmax probability of the given label
     margin: Tensor  # logit of the given label minus the largest other logit
     loss: Tensor  # cross-entropy
+    el2n: Tensor  # |softmax - one-hot label|_2
 
     def accuracy(self) -> Tensor:
         """`[K]` fraction correct."""
         return self.correct.float().mean(1)
 
 
-def example_outcomes(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(correct, label_prob, margin, loss) of logits `[K, B, C]` against labels `[K, B]` or `[B]`."""
+def example_outcomes(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(correct, label_prob, margin, loss, el2n) of logits `[K, B, C]` against labels `[K, B]` or `[B]`."""
     labels = labels.expand(logits.shape[:2]).unsqueeze(-1)
     log_probs = logits.log_softmax(-1)
     label_logit = logits.gather(-1, labels).squeeze(-1)
     other_best = logits.scatter(-1, labels, float("-inf")).amax(-1)
     correct = logits.argmax(-1) == labels.squeeze(-1)
     loss = -log_probs.gather(-1, labels).squeeze(-1)
-    return correct, (-loss).exp(), label_logit - other_best, loss
+    label_prob = (-loss).exp()
+    # |p - e_y|^2 = sum_c p_c^2 - 2 p_y + 1, without materialising the one-hot vectors
+    el2n = (log_probs.exp().square().sum(-1) - 2 * label_prob + 1).clamp(min=0).sqrt()
+    return correct, label_prob, label_logit - other_best, loss, el2n
 
 
 @torch.no_grad()
@@ -222,5 +226,28 @@ def evaluate(ensemble: Ensemble, x: Tensor, y: Tensor, examples_per_chunk: int =
         parts.append([t.cpu() for t in example_outcomes(ensemble(xb, shared=True), yb)])
     if not parts:
         empty = torch.empty(ensemble.size, 0)
-        return Evaluation(empty.bool(), empty, empty, empty)
+        return Evaluation(empty.bool(), empty, empty, empty, empty)
     return Evaluation(*(torch.cat(columns, dim=1) for columns in zip(*parts)))
+
+
+def _penultimate(template: nn.Module) -> nn.Module:
+    """A copy of `template` whose last linear layer passes its input through (so it outputs features)."""
+    features = copy.deepcopy(template)
+    name = [n for n, m in features.named_modules() if isinstance(m, nn.Linear)][-1]
+    parent, _, leaf = name.rpartition(".")
+    setattr(features.get_submodule(parent) if parent else features, leaf, nn.Identity())
+    return features
+
+
+@torch.no_grad()
+def embed(ensemble: Ensemble, x: Tensor, examples_per_chunk: int = 65536) -> Tensor:
+    """Penultimate-layer activations `[K, N, F]` (the input of each model's last linear layer), on the CPU."""
+    features = _penultimate(ensemble.template).eval()
+    last = [n for n, m in ensemble.template.named_modules() if isinstance(m, nn.Linear)][-1]
+    params = {n: p for n, p in ensemble.params.items() if not n.startswith(f"{last}.")}
+    run_one = lambda p, b, xi: functional_call(features, (p, b), (xi,))  # noqa: E731
+    chunk, parts = max(1, examples_per_chunk // ensemble.size), []
+    for start in range(0, len(x), chunk):
+        xb = x[start : start + chunk].to(ensemble.device)
+        parts.append(vmap(run_one, in_dims=(0, 0, None))(params, ensemble.buffers, xb).cpu())
+    return torch.cat(parts, dim=1) if parts else torch.empty(ensemble.size, 0, 0)

@@ -156,3 +156,27 @@ def learning_dynamics(correct: np.ndarray, seen: np.ndarray, cscore: np.ndarray,
                          "n_examples": int(chosen.sum()),
                          "train_accuracy": hits[epoch] / counts[epoch] if counts[epoch] else np.nan})
     return pd.DataFrame(rows)
+
+
+def training_proxies(label_prob: np.ndarray, correct: np.ndarray, margin: np.ndarray, el2n: np.ndarray,
+                     seen: np.ndarray, final_loss: np.ndarray, el2n_epoch: int) -> dict[str, np.ndarray]:
+    """The learning-speed family from `[K, E, N]` records and `[K, N]` final losses, higher = more regular."""
+    at_epoch = (slice(None), slice(el2n_epoch - 1, el2n_epoch))
+    return {
+        "cum_label_prob": cumulative_label_probability(label_prob, seen),
+        "cum_accuracy": cumulative_accuracy(correct, seen),
+        "neg_forgetting": -forgetting_events(correct, seen),
+        "aum": area_under_margin(margin, seen),
+        "neg_el2n": -_mean_seen(el2n[at_epoch], seen[at_epoch]),
+        "neg_final_loss": -np.asarray(final_loss).mean(0),
+    }
+
+
+def density_proxies(features: np.ndarray, labels: np.ndarray, bandwidth: float | None, prefix: str,
+                    lof_neighbors: int | None = None, chunk: int = 1024) -> dict[str, np.ndarray]:
+    """RBF densities (bandwidth by the median heuristic when None) and optionally LOF, names prefixed."""
+    h = bandwidth or median_bandwidth(features)
+    out = {f"{prefix}_{name}": values for name, values in kernel_density_proxies(features, labels, h, chunk).items()}
+    if lof_neighbors:
+        out[f"{prefix}_lof"] = local_outlier_factor(features, lof_neighbors)
+    return out

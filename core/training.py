@@ -140,6 +140,7 @@ class TrainingRecord:
     correct: Tensor
     margin: Tensor
     loss: Tensor
+    el2n: Tensor  # |softmax - one-hot label|_2 (Paul et al. 2021)
     seen: Tensor  # bool
 
 
@@ -167,12 +168,12 @@ def _new_record(k: int, epochs: int, n: int, device) -> TrainingRecord:
     """An empty record: NaN everywhere, nothing seen."""
     nan = lambda: torch.full((k, epochs, n), float("nan"), device=device)  # noqa: E731
     zeros = lambda: torch.zeros(k, epochs, n, dtype=torch.bool, device=device)  # noqa: E731
-    return TrainingRecord(nan(), zeros(), nan(), nan(), zeros())
+    return TrainingRecord(label_prob=nan(), correct=zeros(), margin=nan(), loss=nan(), el2n=nan(), seen=zeros())
 
 
 def _write_record(record: TrainingRecord, epoch: int, idx: Tensor, outcomes, rows: Tensor | None) -> None:
     """Store one step's per-example outcomes (only for models that really took this step)."""
-    targets = (record.correct, record.label_prob, record.margin, record.loss)
+    targets = (record.correct, record.label_prob, record.margin, record.loss, record.el2n)
     model_axis = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1).expand_as(idx)
     if rows is not None:
         idx, model_axis, outcomes = idx[rows], model_axis[rows], [o[rows] for o in outcomes]

@@ -30,6 +30,8 @@ FLOWS: dict[str, FlowEntry] = {
                        "train many models at once on seeded subsets; one Parquet row per model"),
     "cscore": FlowEntry("flows.cscore", "cscore_flow", "CScoreFlowConfig",
                         "C-scores by holdout resampling: per-example consistency, memorization, reliability"),
+    "proxies": FlowEntry("flows.proxies", "proxies_flow", "ProxiesFlowConfig",
+                         "cheap C-score proxies: learning speed, forgetting, AUM, EL2N, densities, LOF"),
     "filter_retrain": FlowEntry("flows.filter_retrain", "filter_retrain_flow", "FilterRetrainFlowConfig",
                                 "remove the lowest-scoring examples (random / highest as controls), retrain, compare"),
 }

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.ensemble import Ensemble, evaluate, example_outcomes
+from core.ensemble import Ensemble, embed, evaluate, example_outcomes
 from core.models import init_model
 from core.training import TrainConfig, lr_at, train
 
@@ -159,11 +159,24 @@ def test_evaluate_matches_direct_computation(toy):
 
 def test_example_outcomes_by_hand():
     logits = torch.tensor([[[2.0, 0.0, 1.0], [0.0, 3.0, 1.0]]])  # K=1, B=2
-    correct, prob, margin, loss = example_outcomes(logits, torch.tensor([0, 2]))
+    correct, prob, margin, loss, el2n = example_outcomes(logits, torch.tensor([0, 2]))
     assert correct.tolist() == [[True, False]]
     assert margin.tolist() == [[1.0, -2.0]]
     torch.testing.assert_close(prob, torch.tensor([[math.e**2 / (math.e**2 + 1 + math.e), math.e / (1 + math.e**3 + math.e)]]))
     torch.testing.assert_close(loss, -prob.log())
+    onehot = torch.tensor([[[1.0, 0, 0], [0, 0, 1]]])
+    torch.testing.assert_close(el2n, (logits.softmax(-1) - onehot).norm(dim=-1))
+
+
+@pytest.mark.parametrize("name,shape", [("mlp_w8_d2", (1, 16)), ("cnn_w4_d2", (1, 8, 8))])
+def test_embed_returns_the_input_of_the_last_linear_layer(name, shape):
+    ensemble = Ensemble.init(name, shape, CLASSES, [4, 5])
+    x = torch.randn(7, *shape)
+    for k, seed in enumerate([4, 5]):
+        model, seen = init_model(name, shape, CLASSES, seed), {}
+        model[-1].register_forward_hook(lambda module, inputs, output: seen.setdefault("x", inputs[0]))
+        model(x)
+        torch.testing.assert_close(embed(ensemble, x)[k], seen["x"])
 
 
 def test_learning_rate_schedules_by_hand():

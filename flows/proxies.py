@@ -1,0 +1,85 @@
+"""`proxies` flow: cheap proxies of the C-score from a few full-data training runs.
+
+Learning-speed proxies (cumulative label probability and accuracy, forgetting events, AUM, EL2N,
+final loss) come from what the trainer records on each minibatch; kernel-density proxies and the
+local outlier factor from input space and from the models' penultimate layer. Given a `cscore`
+run on the same data, the flow also measures how well each proxy tracks the C-score, and the
+learning dynamics of each C-score bin; with label noise, how well each score finds it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+from pydantic import Field, model_validator
+
+from core.data import DatasetConfig
+from core.plots import detection_curves, dynamics_curves, proxy_scatter
+from core.store import RunStore, dataset_cache, find_run
+from core.training import TrainConfig
+from flows.common import SubsetTrainingConfig, check_fits, chunks, examples_table
+from flows.report import publish
+from flows.runner import configure_threads, run_shards
+from tasks.common import shared_dataset
+from tasks.proxies import aligned_cscore, compute_proxies, record_shard
+
+FLOW = "proxies"
+
+
+class ProxiesFlowConfig(SubsetTrainingConfig):
+    """Full-data models with per-example records, and the proxies computed from them."""
+
+    dataset: DatasetConfig = Field(DatasetConfig(name="digits"), description="what to score")
+    model: str = Field("mlp_w128_d2", description="registry name, e.g. mlp_w128_d2, cnn1d_w32_d3, cnn_w16_d4")
+    train: TrainConfig = Field(TrainConfig(epochs=15, batch_size=32, lr=0.05), description="optimiser and schedule")
+    n_models: int = Field(4, ge=1, description="full-data models whose records are averaged")
+    shard_size: int = Field(4, ge=1, description="models trained together in one task")
+    el2n_epoch: int = Field(2, ge=1, description="epoch (1-based) whose recorded error-vector norms give EL2N")
+    kde_bandwidth: float | None = Field(None, gt=0, description="RBF bandwidth; empty = median pairwise distance")
+    kde_chunk: int = Field(1024, ge=1, description="rows of the kernel matrix computed at once (memory: chunk x N)")
+    lof_neighbors: int = Field(20, ge=1, description="neighbours of the local outlier factor (input space)")
+    cscore_run: str | None = Field(None, description="run id of a cscore run on the same data, for correlations and dynamics")
+    dynamics_bins: int = Field(5, ge=2, description="C-score quantile bins of the learning-dynamics table")
+    n_bootstrap: int = Field(200, ge=0, description="bootstrap resamples of the correlation intervals")
+
+    @model_validator(mode="after")
+    def _el2n_within_training(self):
+        if self.el2n_epoch > self.train.epochs:
+            raise ValueError(f"el2n_epoch={self.el2n_epoch} is after the last epoch (train.epochs={self.train.epochs})")
+        return self
+
+
+@flow(name=FLOW, description="Cheap proxies of the C-score: learning speed, forgetting, AUM, EL2N, densities, LOF.")
+def proxies_flow(config: ProxiesFlowConfig = ProxiesFlowConfig(), data_root: str | None = None) -> str:
+    """Run (or resume) the proxies pipeline of `config`; returns the run folder."""
+    configure_threads(config.runtime)
+    dataset = shared_dataset(config.dataset, dataset_cache(data_root))
+    check_fits(config, dataset, dataset.n_train, "dataset.n_train")
+    cscores = str(find_run(config.cscore_run, data_root) / "cscores.parquet") if config.cscore_run else None
+    store = RunStore.open(FLOW, config, data_root)
+    if not store.is_complete("examples.parquet"):
+        store.write_table("examples.parquet", examples_table(dataset))
+    plan = [{"store": store, "shard": s, "model_ids": ids} for s, ids in enumerate(chunks(list(range(config.n_models)), config.shard_size))]
+    names = run_shards(record_shard, plan, config.runtime, "recorded training")
+    compute_proxies(store, [r for r, _ in names], [f for _, f in names], cscores)
+    figures = draw_figures(store, cscores)
+    table = "proxy_correlations.parquet" if cscores else "proxies.parquet"
+    summary = store.read_table(table) if cscores else store.read_table(table).describe().T.reset_index()
+    publish(store, summary, figures, f"C-score proxies of {dataset.n_train} {config.dataset.name} examples")
+    return str(store.root)
+
+
+def draw_figures(store: RunStore, cscores: str | None) -> list[Path]:
+    """Proxy-vs-C-score scatter and learning dynamics (with a C-score run); detection curves (with noise)."""
+    folder, figures = store.root / "figures", []
+    proxies = store.read_table("proxies.parquet")
+    scores = {n: proxies[n].to_numpy() for n in proxies.columns if n not in ("example_id", "label", "is_noisy")}
+    if cscores:
+        cscore = aligned_cscore(proxies["example_id"], cscores)
+        spearman = store.read_table("proxy_correlations.parquet").set_index("proxy")["spearman"].to_dict()
+        figures.append(proxy_scatter(scores, cscore, spearman, folder / "proxy_vs_cscore.png"))
+        figures.append(dynamics_curves(store.read_table("dynamics.parquet"), folder / "dynamics.png"))
+        scores = {"cscore": cscore, **scores}
+    if proxies["is_noisy"].any():
+        figures.append(detection_curves(scores, proxies["is_noisy"].to_numpy(), folder / "noise_detection.png"))
+    return figures

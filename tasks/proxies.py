@@ -1,0 +1,118 @@
+"""Tasks of the `proxies` flow: full-data models trained with per-example records, then the proxies."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from core.ensemble import embed, resolve_device
+from core.experiment import model_seed, train_on_subsets
+from core.proxies import density_proxies, detection_metrics, learning_dynamics, rank_correlations, training_proxies
+from core.store import RunStore, pack_bool_rows, pack_float_rows, unpack_bool_rows, unpack_float_rows
+from tasks.common import shared_dataset
+
+RECORDED = ("label_prob", "margin", "loss", "el2n")  # float fields of the training record
+
+
+def shard_names(shard: int) -> tuple[str, str]:
+    """Per-epoch records, then per-model final results, of shard `shard`."""
+    return f"shards/records-{shard:05d}.parquet", f"shards/final-{shard:05d}.parquet"
+
+
+def _records_table(model_ids: list[int], record) -> pa.Table:
+    """One row per (model, epoch): dense per-example outcomes recorded during that epoch."""
+    k, epochs, _ = record.seen.shape
+    columns = {"model_id": pa.array(np.repeat(model_ids, epochs), pa.int64()),
+               "epoch": pa.array(np.tile(np.arange(1, epochs + 1), k), pa.int64()),
+               "seen": pack_bool_rows(record.seen.flatten(0, 1).numpy()),
+               "correct": pack_bool_rows(record.correct.flatten(0, 1).numpy())}
+    for field in RECORDED:
+        columns[field] = pack_float_rows(getattr(record, field).flatten(0, 1).numpy())
+    return pa.table(columns)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="record-shard-{shard}")
+def record_shard(store: RunStore, shard: int, model_ids: list[int]) -> tuple[str, str]:
+    """Train `model_ids` on the full training set, recording every example in every epoch."""
+    logger, names = get_run_logger(), shard_names(shard)
+    if all(store.is_complete(name) for name in names):
+        logger.info("shard %d already written, skipped", shard)
+        return names
+    config, start = store.config, time.perf_counter()
+    dataset = shared_dataset(config.dataset, store.cache_dir)
+    seeds = [model_seed(config.seed, i) for i in model_ids]
+    everything = torch.ones(len(model_ids), dataset.n_train, dtype=torch.bool)
+    outcome = train_on_subsets(dataset, config.model, seeds, everything, config.train,
+                               resolve_device(config.runtime.device), record=True)
+    hidden = embed(outcome.ensemble, dataset.x_train).numpy()  # [K, N, F] penultimate activations
+    final = {"model_id": pa.array(model_ids, pa.int64()), "seed": pa.array(seeds, pa.int64()),
+             "test_accuracy": pa.array(outcome.test.accuracy().numpy(), pa.float64()),
+             "final_loss": pack_float_rows(outcome.train.loss.numpy())}
+    per_model = [density_proxies(h, dataset.y_train.numpy(), config.kde_bandwidth, "hidden", chunk=config.kde_chunk)
+                 for h in hidden]
+    for name in per_model[0]:
+        final[name] = pack_float_rows(np.stack([d[name] for d in per_model]))
+    store.write_table(names[0], _records_table(model_ids, outcome.record))
+    store.write_table(names[1], pa.table(final))  # written last: its presence means the shard is whole
+    logger.info("shard %d: %d full-data models recorded over %d epochs, test accuracy %.4f, %.1f s", shard,
+                len(model_ids), config.train.epochs, float(outcome.test.accuracy().mean()), time.perf_counter() - start)
+    return names
+
+
+def read_records(store: RunStore, names: list[str]) -> dict[str, np.ndarray]:
+    """Concatenated `[K, E, N]` arrays of every record shard (models in id order)."""
+    table = pa.concat_tables([pq.read_table(store.path(n)) for n in names]).sort_by([("model_id", "ascending"),
+                                                                                    ("epoch", "ascending")])
+    k = len(set(table["model_id"].to_pylist()))
+    out = {"seen": unpack_bool_rows(table["seen"]), "correct": unpack_bool_rows(table["correct"])}
+    out.update({field: unpack_float_rows(table[field]) for field in RECORDED})
+    return {name: values.reshape(k, -1, values.shape[-1]) for name, values in out.items()}
+
+
+def read_finals(store: RunStore, names: list[str]) -> dict[str, np.ndarray]:
+    """`[K, N]` final losses and hidden-space densities of every model (id order)."""
+    table = pa.concat_tables([pq.read_table(store.path(n)) for n in names]).sort_by("model_id")
+    return {name: unpack_float_rows(table[name]) for name in table.column_names if name not in ("model_id", "seed", "test_accuracy")}
+
+
+def aligned_cscore(example_ids: pd.Series, cscores: str) -> np.ndarray:
+    """The C-score of each example id (NaN where the C-score table has none)."""
+    table = pd.read_parquet(cscores, columns=["example_id", "cscore"])
+    return pd.DataFrame({"example_id": example_ids}).merge(table, on="example_id", how="left")["cscore"].to_numpy()
+
+
+@task(cache_policy=NO_CACHE, task_run_name="compute-proxies")
+def compute_proxies(store: RunStore, record_names: list[str], final_names: list[str], cscores: str | None) -> list[str]:
+    """proxies.parquet, and with a C-score table its correlations and learning dynamics; with label noise,
+    how well each score finds the mislabeled examples."""
+    config, dataset, written = store.config, shared_dataset(store.config.dataset, store.cache_dir), []
+    records, finals = read_records(store, record_names), read_finals(store, final_names)
+    labels = dataset.y_train.numpy()
+    columns = training_proxies(records["label_prob"], records["correct"], records["margin"], records["el2n"],
+                               records["seen"], finals.pop("final_loss"), config.el2n_epoch)
+    columns.update(density_proxies(dataset.x_train.flatten(1).numpy(), labels, config.kde_bandwidth, "input",
+                                   config.lof_neighbors, config.kde_chunk))
+    columns.update({name: values.mean(0) for name, values in finals.items()})  # hidden densities, mean over models
+    proxies = pd.DataFrame({"example_id": dataset.train_ids.numpy(), "label": labels,
+                            "is_noisy": dataset.is_noisy.numpy(), **columns})
+    written.append(store.write_table("proxies.parquet", proxies).name)
+    scores = {name: proxies[name].to_numpy() for name in columns}
+    if cscores:
+        cscore = aligned_cscore(proxies["example_id"], cscores)
+        rows = [{"proxy": name, **rank_correlations(values, cscore, config.n_bootstrap, config.seed)}
+                for name, values in scores.items()]
+        written.append(store.write_table("proxy_correlations.parquet", pd.DataFrame(rows)).name)
+        dynamics = learning_dynamics(records["correct"], records["seen"], cscore, config.dynamics_bins)
+        written.append(store.write_table("dynamics.parquet", dynamics).name)
+        scores = {"cscore": cscore, **scores}
+    if dataset.is_noisy.any():
+        rows = [{"score": name, **detection_metrics(values, dataset.is_noisy.numpy())} for name, values in scores.items()]
+        written.append(store.write_table("noise_detection.parquet", pd.DataFrame(rows)).name)
+    get_run_logger().info("proxies of %d examples from %d models: %s", len(proxies), len(records["seen"]), ", ".join(written))
+    return written
