@@ -32,7 +32,7 @@ test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python bench/trainer.py
+	$(BIN)/python -m bench.trainer
 
 server-start: $(STAMP)
 	$(BIN)/regularity server start

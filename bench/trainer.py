@@ -1,6 +1,6 @@
 """Vectorized many-model training vs a plain per-model PyTorch loop, and vs the machine's matmul rate.
 
-Run: .venv/bin/python bench/trainer.py [--quick] [--threads N]
+Run: .venv/bin/python -m bench.trainer [--quick] [--threads N]   (from the repository root)
 Prints a table, then one JSON object on its last line. See bench/README.md.
 """
 from __future__ import annotations
@@ -13,12 +13,12 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
+from bench.plain import train_plain
 from core.data import DatasetConfig, load_dataset
 from core.ensemble import Ensemble
 from core.models import init_model
-from core.training import TrainConfig, lr_at, reuse_freed_memory, train
+from core.training import TrainConfig, reuse_freed_memory, train
 
 # ---- knobs ---------------------------------------------------------------------------------
 MODELS = ["mlp_w64_d2", "mlp_w256_d2", "cnn1d_w32_d3"]
@@ -62,22 +62,9 @@ def training_flops_per_example(name: str, input_shape, num_classes: int) -> floa
 
 def plain_loop(name, data, subsets, seeds) -> None:
     """The same training, one model after another with torch.optim.SGD."""
-    steps_per_epoch = int(subsets[0].sum()) // TRAIN.batch_size
     for k, seed in enumerate(seeds):
         model = init_model(name, data.input_shape, data.num_classes, seed)
-        opt = torch.optim.SGD(model.parameters(), lr=TRAIN.lr, momentum=TRAIN.momentum, weight_decay=TRAIN.weight_decay)
-        members, gen, step = subsets[k].nonzero().squeeze(1), torch.Generator().manual_seed(seed), 0
-        for _ in range(TRAIN.epochs):
-            order = members[torch.randperm(len(members), generator=gen)]
-            for s in range(steps_per_epoch):
-                idx = order[s * TRAIN.batch_size : (s + 1) * TRAIN.batch_size]
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(TRAIN, step, steps_per_epoch)
-                loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                step += 1
+        train_plain(model, data.x_train, data.y_train, subsets[k].nonzero().squeeze(1), seed, TRAIN)
 
 
 def vectorized(name, data, subsets, seeds) -> None:
