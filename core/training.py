@@ -151,6 +151,7 @@ class TrainResult:
     steps: Tensor  # [K] updates made per model
     record: TrainingRecord | None = None
     losses: Tensor | None = None  # [K, epochs] mean minibatch loss of each model in each epoch
+    snapshot: dict[str, Tensor] | None = None  # parameters and buffers after `snapshot_step` updates of each model
 
 
 def _epoch_order(members: list[Tensor], generators: list[torch.Generator], batch: int) -> tuple[Tensor, Tensor]:
@@ -189,6 +190,15 @@ def _restore_idle(buffers: dict[str, Tensor], saved: dict[str, Tensor], active: 
         buffers[name].copy_(torch.where(keep, buffers[name], before))
 
 
+def _snapshot_rows(ensemble: Ensemble, snapshot: dict[str, Tensor] | None, rows: Tensor) -> dict[str, Tensor]:
+    """`snapshot` (zeros when None) with the models in `rows` (bool `[K]`) set to their current state."""
+    state = ensemble.state()
+    snapshot = snapshot if snapshot is not None else {n: torch.zeros_like(t) for n, t in state.items()}
+    for name, value in state.items():
+        snapshot[name][rows] = value[rows]
+    return snapshot
+
+
 def train(
     ensemble: Ensemble,
     x: Tensor,
@@ -199,8 +209,13 @@ def train(
     masks: dict[str, Tensor] | None = None,
     record: bool = False,
     progress: bool = False,
+    snapshot_step: int | None = None,
 ) -> TrainResult:
-    """Train every model k of `ensemble` on the examples where `subsets[k]` (bool `[K, N]`) is True."""
+    """Train every model k of `ensemble` on the examples where `subsets[k]` (bool `[K, N]`) is True.
+
+    With `snapshot_step` = r, the result keeps each model's state after its own r-th update (r = 0:
+    the initial state), the rewind point of lottery-ticket style pruning.
+    """
     device = ensemble.device
     if device.type == "cpu":
         reuse_freed_memory()
@@ -222,6 +237,11 @@ def train(
     result, epoch_losses = TrainResult(steps=config.epochs * steps_per_epoch), []
     if record:
         result.record = _new_record(ensemble.size, config.epochs, len(x), device)
+    if snapshot_step is not None:
+        last = int((config.epochs * steps_per_epoch).min())
+        if not 0 <= snapshot_step <= last:
+            raise ValueError(f"snapshot_step={snapshot_step} must lie between 0 and the last update ({last})")
+        result.snapshot = ensemble.state() if snapshot_step == 0 else None
     bar = tqdm(total=config.epochs * int(steps_per_epoch.max()), disable=not progress, unit="step", leave=False)
     for epoch in range(config.epochs):
         order, steps = _epoch_order(members, generators, config.batch_size)
@@ -241,6 +261,10 @@ def train(
             if record:
                 _write_record(result.record, epoch, idx, example_outcomes(logits.detach(), yb), active)
             optimizer.step(lr_table[epoch, s], active)
+            if snapshot_step:  # models whose own update count just reached the rewind point
+                reached = (epoch * steps_per_epoch + s + 1 == snapshot_step) & (s < steps)
+                if reached.any():
+                    result.snapshot = _snapshot_rows(ensemble, result.snapshot, reached.to(device))
             epoch_loss += per_model.detach()
             bar.update(1)
         epoch_losses.append(epoch_loss.cpu() / steps)

@@ -30,8 +30,8 @@ def toy():
     }
 
 
-def train_one_by_one(model, x, y, members, order_seed, config, mask=None):
-    """Reference: plain torch.optim.SGD, the same batch order, lr set every step."""
+def train_one_by_one(model, x, y, members, order_seed, config, mask=None, stop_after=None):
+    """Reference: plain torch.optim.SGD, the same batch order, lr set every step (optionally stopping early)."""
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     gen, steps_per_epoch, step = torch.Generator().manual_seed(order_seed), len(members) // config.batch_size, 0
     with torch.no_grad():
@@ -40,6 +40,8 @@ def train_one_by_one(model, x, y, members, order_seed, config, mask=None):
     for _ in range(config.epochs):
         order = members[torch.randperm(len(members), generator=gen)]
         for s in range(steps_per_epoch):
+            if step == stop_after:
+                return model, step
             idx = order[s * config.batch_size : (s + 1) * config.batch_size]
             for group in opt.param_groups:
                 group["lr"] = lr_at(config, step, steps_per_epoch)
@@ -204,3 +206,21 @@ def test_invalid_train_config_names_the_field():
         TrainConfig(momentum=1.5)
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig(schedule="exponential")
+
+
+def test_snapshot_holds_each_model_after_its_own_rth_update(toy):
+    x, y, subsets = toy["seq"], toy["y"], toy["subsets"]  # models 0, 1: 6 steps per epoch; model 2: 3
+    seeds, order_seeds = [1, 2, 3], [4, 5, 6]
+    ensemble = Ensemble.init("mlp_w8_d1", x.shape[1:], CLASSES, seeds)
+    snapshot = train(ensemble, x, y, subsets, order_seeds, CONFIG, snapshot_step=4).snapshot
+    for k in range(3):  # model 2 reaches its 4th update in epoch 2, the others in epoch 1
+        reference, steps = train_one_by_one(init_model("mlp_w8_d1", x.shape[1:], CLASSES, seeds[k]), x, y,
+                                            subsets[k].nonzero().squeeze(1), order_seeds[k], CONFIG, stop_after=4)
+        assert steps == 4
+        for name, value in reference.state_dict().items():
+            torch.testing.assert_close(snapshot[name][k], value, atol=1e-6, rtol=1e-5)
+    initial = train(Ensemble.init("mlp_w8_d1", x.shape[1:], CLASSES, seeds), x, y, subsets, order_seeds, CONFIG,
+                    snapshot_step=0).snapshot
+    assert torch.equal(initial["1.weight"][1], init_model("mlp_w8_d1", x.shape[1:], CLASSES, 2)[1].weight)
+    with pytest.raises(ValueError, match=r"snapshot_step=19 must lie between 0 and the last update \(9\)"):
+        train(ensemble, x, y, subsets, order_seeds, CONFIG, snapshot_step=19)
