@@ -5,9 +5,7 @@ source), so per-example results from different runs and subsets can be joined on
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -17,6 +15,7 @@ import torch
 from pydantic import Field
 
 from core.config import Config
+from core.store import atomic_write
 from core.data_sources import (DatasetError, RawData, describe_classes, int_labels, load_arrays, load_cifar,
                                load_fashion_mnist, load_image_folder)
 
@@ -111,7 +110,7 @@ def load_mnist1d(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
     on_success = None
     if d is None:
         d = _generate_mnist1d(cfg.mnist1d_samples, cfg.seed)
-        on_success = (lambda: _atomic_savez(cache, d)) if cache is not None else None
+        on_success = (lambda: _save_cache(cache, d)) if cache is not None else None
     x, xt = d["x"][:, None, :], d["x_test"][:, None, :]
     return RawData(x, d["y"], np.arange(len(x)), xt, d["y_test"], np.arange(len(xt)),
                    [str(i) for i in range(10)], on_success=on_success)
@@ -132,17 +131,10 @@ def _generate_mnist1d(samples: int, seed: int) -> dict[str, np.ndarray]:
     return {k: np.asarray(d[k]) for k in ("x", "y", "x_test", "y_test")}
 
 
-def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write an .npz under a temporary name, then rename, so readers never see half a file."""
+def _save_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write an .npz atomically, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_digits(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:

@@ -11,7 +11,7 @@ import warnings
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import pandas as pd
@@ -108,6 +108,25 @@ def read_provenance(path: Path | str) -> dict[str, Any]:
     return _decode(pq.read_schema(path).metadata)
 
 
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Run `write(file)` on a same-directory temp file, fsync, then rename onto `path` (all or nothing)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:  # the rename itself is durable only once the directory is synced
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 class RunStore:
     """The folder `<data root>/runs/<flow>/<run id>/` holding one run's config and tables."""
 
@@ -142,7 +161,7 @@ class RunStore:
         if not path.exists():
             doc = {"flow": self.flow, "run_id": self.run_id,
                    "config": self.config.model_dump(mode="json")}
-            self._atomic(path, lambda f: f.write(json.dumps(doc, indent=2).encode() + b"\n"))
+            atomic_write(path, lambda f: f.write(json.dumps(doc, indent=2).encode() + b"\n"))
             return
         try:
             stored = canonical_json(json.loads(path.read_text())["config"])
@@ -166,25 +185,6 @@ class RunStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    @staticmethod
-    def _atomic(path: Path, write) -> None:
-        """Run `write(file)` on a same-dir temp file, fsync, then rename onto `path`."""
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:  # the rename itself is durable only once the directory is synced
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
     def _provenance(self, extra: dict[str, str] | None) -> dict[bytes, bytes]:
         """Schema metadata entries for one table of this run."""
         meta = {"run_id": self.run_id, "flow": self.flow, "config": self.config_json,
@@ -203,8 +203,24 @@ class RunStore:
         meta = {**(table.schema.metadata or {}), **self._provenance(extra_metadata)}
         table = table.replace_schema_metadata(meta)
         path = self.path(name)
-        self._atomic(path, lambda f: pq.write_table(table, f))
+        atomic_write(path, lambda f: pq.write_table(table, f))
         return path
+
+    def write_tensors(self, name: str, tensors: dict[str, Any]) -> Path:
+        """Write tensors as safetensors atomically, with the run id and config as metadata."""
+        from safetensors.torch import save
+
+        data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                    metadata={"run_id": self.run_id, "config": self.config_json, "code_revision": code_revision()})
+        path = self.path(name)
+        atomic_write(path, lambda f: f.write(data))
+        return path
+
+    def read_tensors(self, name: str) -> dict[str, Any]:
+        """Tensors of a safetensors file of this run (on the CPU)."""
+        from safetensors.torch import load_file
+
+        return load_file(self._file(name))
 
     def is_complete(self, name: str) -> bool:
         """True if `name` is a readable table of this run; a bad or foreign file is deleted."""

@@ -292,3 +292,16 @@ def test_list_runs(tmp_path: Path):
     assert runs.loc[a.run_id, "size_bytes"] == size_a
     assert runs.loc[b.run_id, "size_bytes"] == (b.root / "config.json").stat().st_size
     assert runs["created"].dt.tz is not None
+
+
+def test_tensors_round_trip_with_run_metadata(run):
+    import torch
+    from safetensors import safe_open
+
+    store = run
+    tensors = {"w": torch.arange(6.0).view(2, 3), "mask": torch.tensor([[True, False]])}
+    path = store.write_tensors("weights/net/level-00.safetensors", tensors)
+    loaded = store.read_tensors("weights/net/level-00.safetensors")
+    assert torch.equal(loaded["w"], tensors["w"]) and torch.equal(loaded["mask"], tensors["mask"])
+    with safe_open(path, "pt") as f:
+        assert f.metadata()["run_id"] == store.run_id
