@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(config_class, args.config, args.set)
     data_root = str(Path(args.data_root).resolve()) if args.data_root else None
     run_folder = Path(flow_fn(config=config, data_root=data_root))
-    outputs = sorted(str(p.relative_to(run_folder)) for p in run_folder.rglob("*") if p.is_file() and p.parent.name != "shards")
+    outputs = sorted(str(p.relative_to(run_folder)) for p in [*run_folder.glob("*.*"), *run_folder.glob("figures/*")])
     print(f"\nOutputs of {run_folder.name}:\n" + "\n".join(f"  {name}" for name in outputs), file=sys.stderr)
     print(run_folder)
     return 0

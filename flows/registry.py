@@ -34,4 +34,6 @@ FLOWS: dict[str, FlowEntry] = {
                          "cheap C-score proxies: learning speed, forgetting, AUM, EL2N, densities, LOF"),
     "filter_retrain": FlowEntry("flows.filter_retrain", "filter_retrain_flow", "FilterRetrainFlowConfig",
                                 "remove the lowest-scoring examples (random / highest as controls), retrain, compare"),
+    "prune_grid": FlowEntry("flows.prune_grid", "prune_grid_flow", "PruneGridFlowConfig",
+                            "iterative magnitude pruning with rewinding over width x depth x data-fraction grids"),
 }

@@ -59,7 +59,7 @@ def train_models_shard(store: RunStore, name: str, model_ids: list[int], make_su
 
 
 @task(cache_policy=NO_CACHE, task_run_name="combine-{output}")
-def combine_shards(store: RunStore, shards: list[str], output: str, sort_by: str) -> str:
+def combine_shards(store: RunStore, shards: list[str], output: str, sort_by: str | list[tuple[str, str]]) -> str:
     """Concatenate shard tables into `output`, sorted by `sort_by`; skipped when already complete."""
     if store.is_complete(output):
         return output

@@ -1,0 +1,108 @@
+"""`prune_grid` flow: iterative magnitude pruning with rewinding over width x depth x data-fraction grids.
+
+Rosenfeld, Frankle, Carbin, Shavit, "On the Predictability of Pruning Across Scales" (ICML 2021).
+Each network is trained dense (keeping its weights at the rewind step), then at every level the
+smallest-magnitude `prune_fraction` of its remaining prunable weights is removed, the survivors are
+rewound to the rewind point and retrained for the full schedule. All seeds and data fractions of
+one shape train together in one task, level by level.
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from prefect import flow
+from pydantic import Field, field_validator
+
+from core.config import Config, RuntimeConfig
+from core.data import DatasetConfig
+from core.models import init_model
+from core.plots import error_vs_density
+from core.store import RunStore, dataset_cache
+from core.training import TrainConfig
+from flows.report import publish
+from flows.runner import configure_threads, run_shards
+from tasks.common import combine_shards, shared_dataset
+from tasks.pruning import prune_network
+
+FLOW = "prune_grid"
+
+
+class PruningConfig(Config):
+    """How much to prune per level, where to rewind to, and which weights compete."""
+
+    levels: int = Field(15, ge=1, description="pruning rounds after the dense run; density after level L is (1 - f)^L")
+    prune_fraction: float = Field(0.2, gt=0, lt=1, description="fraction f of the remaining prunable weights removed per level")
+    rewind_step: int = Field(0, ge=0, description="SGD update the survivors are rewound to (0 = the initialisation)")
+    scope: Literal["global", "layerwise"] = Field("global", description="rank magnitudes over all layers, or per layer")
+    prune_output: bool = Field(False, description="whether the classifier's weights may be pruned")
+
+
+class PruneGridFlowConfig(Config):
+    """A grid of networks (family x widths x depths), data fractions and seeds, each pruned level by level."""
+
+    dataset: DatasetConfig = Field(DatasetConfig(name="mnist1d"), description="what to train on")
+    family: Literal["mlp", "cnn1d", "cnn"] = Field("mlp", description="model family; networks are <family>_w<width>_d<depth>")
+    widths: list[int] = Field([32, 64, 128], min_length=1, description="widths (units or channels)")
+    depths: list[int] = Field([1, 2, 3], min_length=1, description="depths (hidden or conv layers)")
+    data_fractions: list[float] = Field([1.0], min_length=1, description="fractions of the training set, each in (0, 1]")
+    seeds: list[int] = Field([0, 1], min_length=1, description="seed indices; each network is trained once per seed")
+    pruning: PruningConfig = Field(PruningConfig(), description="pruning schedule")
+    train: TrainConfig = Field(TrainConfig(epochs=20, batch_size=128, lr=0.05), description="optimiser and schedule of every (re)training")
+    seed: int = Field(0, ge=0, description="run seed: model seeds and data subsets derive from it")
+    runtime: RuntimeConfig = Field(RuntimeConfig(), description="execution settings; not part of the run id")
+
+    @field_validator("widths", "depths")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        if any(v < 1 for v in values) or len(set(values)) != len(values):
+            raise ValueError(f"must be distinct positive integers; got {values}")
+        return sorted(values)
+
+    @field_validator("data_fractions")
+    @classmethod
+    def _fractions(cls, values: list[float]) -> list[float]:
+        if any(not 0 < v <= 1 for v in values) or len(set(values)) != len(values):
+            raise ValueError(f"must be distinct fractions in (0, 1]; got {values}")
+        return sorted(values)
+
+
+def networks(config: PruneGridFlowConfig) -> list[dict]:
+    """One entry per shape: its name (the registry model name), width and depth."""
+    return [{"network": f"{config.family}_w{w}_d{d}", "width": w, "depth": d}
+            for w, d in itertools.product(config.widths, config.depths)]
+
+
+def check_grid(config: PruneGridFlowConfig, dataset) -> None:
+    """Fail before any work when a network does not fit the data or the rewind step is past training."""
+    init_model(networks(config)[0]["network"], dataset.input_shape, dataset.num_classes, 0)
+    smallest = round(config.data_fractions[0] * dataset.n_train)
+    steps = config.train.epochs * (smallest // config.train.batch_size)
+    if smallest < config.train.batch_size:
+        raise ValueError(f"data_fractions={config.data_fractions[0]} gives {smallest} examples, fewer than "
+                         f"train.batch_size={config.train.batch_size}")
+    if config.pruning.rewind_step > steps:
+        raise ValueError(f"pruning.rewind_step={config.pruning.rewind_step} is after the last update of the smallest "
+                         f"data fraction ({steps} updates)")
+
+
+@flow(name=FLOW, description="Iterative magnitude pruning with rewinding over width x depth x data-fraction grids.")
+def prune_grid_flow(config: PruneGridFlowConfig = PruneGridFlowConfig(), data_root: str | None = None) -> str:
+    """Run (or resume) the pruning grid of `config`; returns the run folder."""
+    configure_threads(config.runtime)
+    dataset = shared_dataset(config.dataset, dataset_cache(data_root))
+    check_grid(config, dataset)
+    store = RunStore.open(FLOW, config, data_root)
+    plan = [{"store": store, **net} for net in networks(config)]
+    tables = [name for names in run_shards(prune_network, plan, config.runtime, "pruned networks") for name in names]
+    combine_shards(store, tables, "prune_errors.parquet", [("network", "ascending"), ("data_fraction", "ascending"),
+                                                           ("seed", "ascending"), ("level", "ascending")])
+    errors = store.read_table("prune_errors.parquet")
+    figure = error_vs_density(errors, store.root / "figures" / "error_vs_density.png")
+    summary = (errors.groupby(["network", "data_fraction", "level"])[["density", "test_error"]].mean().reset_index()
+               .pivot_table(index="level", columns="network", values="test_error").reset_index())
+    publish(store, summary, [figure], f"{len(plan)} networks x {len(config.data_fractions)} data fractions x "
+            f"{len(config.seeds)} seeds, {config.pruning.levels} levels")
+    return str(store.root)

@@ -1,0 +1,112 @@
+"""The `prune_grid` flow: exact pruning invariants on the stored weights, rewinding, resumption."""
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from core.config import derive_seed
+from core.data import DatasetConfig, load_dataset
+from core.ensemble import Ensemble
+from core.experiment import INIT_STREAM, ORDER_STREAM, model_seed
+from core.models import init_model
+from core.pruning import target_kept
+from core.training import TrainConfig, train
+from flows.prune_grid import PruneGridFlowConfig, PruningConfig, prune_grid_flow
+from tasks.pruning import fraction_subsets
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+CONFIG = PruneGridFlowConfig(
+    dataset=DatasetConfig(name="digits", n_train=400, n_test=100),
+    widths=[8, 16], depths=[1], data_fractions=[0.5, 1.0], seeds=[0, 1],
+    pruning=PruningConfig(levels=3, prune_fraction=0.2, rewind_step=2),
+    train=TrainConfig(epochs=2, batch_size=50, lr=0.05),
+)
+PRUNABLE = {"mlp_w8_d1": 64 * 8, "mlp_w16_d1": 64 * 16}  # the hidden layer; the classifier stays dense
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = Path(prune_grid_flow(CONFIG, data_root=str(tmp_path_factory.mktemp("data"))))
+    return folder, pd.read_parquet(folder / "prune_errors.parquet")
+
+
+def weights(folder: Path, network: str, level: int) -> dict:
+    return load_file(folder / "weights" / network / f"level-{level:02d}.safetensors")
+
+
+def test_error_table_covers_the_grid(run):
+    _, errors = run
+    assert len(errors) == 2 * 2 * 2 * 4  # widths x fractions x seeds x (dense + 3 levels)
+    assert list(errors.columns) == ["network", "width", "depth", "data_fraction", "seed", "level", "density",
+                                    "params_remaining", "train_error", "test_error", "test_loss"]
+    assert errors.groupby("network")["width"].first().to_dict() == {"mlp_w16_d1": 16, "mlp_w8_d1": 8}
+
+
+def test_density_is_exactly_0_8_to_the_level(run):
+    folder, errors = run
+    for network, total in PRUNABLE.items():
+        for level in range(4):
+            kept = weights(folder, network, level)["mask/1.weight"].flatten(1).sum(1)
+            assert kept.tolist() == [target_kept(total, 0.2, level)] * 4
+            rows = errors[(errors.network == network) & (errors.level == level)]
+            assert (rows["density"] * total).round().tolist() == [target_kept(total, 0.2, level)] * 4
+    dense_params = sum(p.numel() for p in init_model("mlp_w8_d1", (1, 8, 8), 10, 0).parameters())
+    assert errors[(errors.network == "mlp_w8_d1") & (errors.level == 3)]["params_remaining"].tolist() == \
+        [dense_params - (512 - target_kept(512, 0.2, 3))] * 4
+
+
+def test_pruned_weights_stay_zero_and_masks_only_shrink(run):
+    folder, _ = run
+    previous = None
+    for level in range(4):
+        saved = weights(folder, "mlp_w16_d1", level)
+        mask, trained = saved["mask/1.weight"], saved["param/1.weight"]
+        assert torch.count_nonzero(trained[~mask]) == 0
+        if previous is not None:
+            assert not (mask & ~previous).any()
+        previous = mask
+
+
+def test_rewinding_reproduces_each_level_from_the_rewind_point(run):
+    """Level 2 retrained from (rewind snapshot x level-2 mask) gives exactly the stored level-2 weights."""
+    folder, _ = run
+    dataset = load_dataset(CONFIG.dataset)
+    seeds = [model_seed(0, s) for s in (0, 1, 0, 1)]  # (fraction, seed) grid order
+    subsets = fraction_subsets(dataset.n_train, [0.5, 1.0], 0)[[0, 0, 1, 1]]
+    snapshot = load_file(folder / "weights" / "mlp_w16_d1" / "rewind.safetensors")
+    mask = weights(folder, "mlp_w16_d1", 2)["mask/1.weight"]
+    ensemble = Ensemble.init("mlp_w16_d1", dataset.input_shape, 10, [derive_seed(s, INIT_STREAM) for s in seeds])
+    with torch.no_grad():
+        for name, p in ensemble.params.items():
+            p.copy_(snapshot[name] * mask if name == "1.weight" else snapshot[name])
+    train(ensemble, dataset.x_train, dataset.y_train, subsets, [derive_seed(s, ORDER_STREAM) for s in seeds],
+          CONFIG.train, masks={"1.weight": mask})
+    torch.testing.assert_close(ensemble.params["1.weight"].detach(), weights(folder, "mlp_w16_d1", 2)["param/1.weight"])
+
+
+def test_rewind_point_is_the_state_after_rewind_step_updates(run):
+    folder, _ = run
+    snapshot = load_file(folder / "weights" / "mlp_w8_d1" / "rewind.safetensors")
+    initial = init_model("mlp_w8_d1", (1, 8, 8), 10, derive_seed(model_seed(0, 1), INIT_STREAM))
+    assert not torch.equal(snapshot["1.weight"][1], initial[1].weight)  # 2 updates away from the init
+    assert (snapshot["1.weight"][1] - initial[1].weight).abs().max() < 0.1
+
+
+def test_a_lost_level_is_recomputed_alone(run):
+    folder, errors = run
+    (folder / "shards" / "mlp_w8_d1" / "level-03.parquet").unlink()
+    (folder / "prune_errors.parquet").unlink()
+    untouched = (folder / "shards" / "mlp_w8_d1" / "level-02.parquet").stat().st_mtime_ns
+    prune_grid_flow(CONFIG, data_root=str(folder.parents[2]))
+    assert (folder / "shards" / "mlp_w8_d1" / "level-02.parquet").stat().st_mtime_ns == untouched
+    pd.testing.assert_frame_equal(pd.read_parquet(folder / "prune_errors.parquet"), errors)
+
+
+def test_rewind_step_past_training_is_refused(tmp_path):
+    config = CONFIG.model_copy(update={"pruning": PruningConfig(rewind_step=10)})
+    with pytest.raises(ValueError, match=r"pruning.rewind_step=10 is after the last update of the smallest data fraction \(8 updates\)"):
+        prune_grid_flow(config, data_root=str(tmp_path))
+    assert not (tmp_path / "runs").exists()
