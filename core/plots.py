@@ -183,3 +183,30 @@ def error_vs_density(errors, path: Path, predicted=None) -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2)
     return save(fig, path)
+
+
+def collapse_on_invariant(predictions, params: dict[str, float], path: Path) -> Path:
+    """Every network's error / eps_np against m* = l^phi w^psi d: one curve if the joint law holds."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    m = predictions["depth"] ** params["phi"] * predictions["width"] ** params["psi"] * predictions["density"]
+    for curve, rows in predictions.assign(m=m).groupby("curve"):
+        ax.plot(rows["m"], rows["test_error"] / rows["eps_np"], "o", ms=3, alpha=0.6, label=curve)
+    ax.set(xscale="log", yscale="log", xlabel=f"m* = l^{params['phi']:.2f} w^{params['psi']:.2f} d",
+           ylabel="test error / unpruned error", title="all networks on the joint invariant")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6, ncol=2)
+    return save(fig, path)
+
+
+def predicted_vs_actual(predictions, path: Path) -> Path:
+    """Joint-fit prediction against measured error (and the extrapolated ones, when present)."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.5))
+    ax.plot(predictions["test_error"], predictions["predicted_error"], "o", ms=3, alpha=0.5, label="joint fit")
+    if "predicted_error_extrapolation" in predictions:
+        held = predictions[predictions["heldout"]]
+        ax.plot(held["test_error"], held["predicted_error_extrapolation"], "x", ms=4, label="extrapolated (held out)")
+    lims = [predictions["test_error"].min() * 0.8, predictions["test_error"].max() * 1.2]
+    ax.plot(lims, lims, "k:", lw=1)
+    ax.set(xscale="log", yscale="log", xlabel="measured test error", ylabel="predicted test error", title="prediction")
+    ax.legend(fontsize=8)
+    return save(fig, path)

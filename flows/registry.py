@@ -36,4 +36,6 @@ FLOWS: dict[str, FlowEntry] = {
                                 "remove the lowest-scoring examples (random / highest as controls), retrain, compare"),
     "prune_grid": FlowEntry("flows.prune_grid", "prune_grid_flow", "PruneGridFlowConfig",
                             "iterative magnitude pruning with rewinding over width x depth x data-fraction grids"),
+    "scaling_law": FlowEntry("flows.scaling_law", "scaling_law_flow", "ScalingLawFlowConfig",
+                             "fit the error-vs-density law per network and jointly; extrapolate to the largest"),
 }

@@ -1,0 +1,52 @@
+"""`scaling_law` flow: fit the error-vs-density law to a `prune_grid` run, per network and jointly.
+
+Per curve (a network at one data fraction) the law has eps_np (its unpruned error, measured),
+eps_up, p and gamma; jointly, density is replaced by m* = l^phi w^psi d. With `extrapolate`, the
+joint law is also fitted on all but the largest width, depth and data fraction and judged on them.
+"""
+from __future__ import annotations
+
+from prefect import flow
+from pydantic import Field
+
+from core.config import Config, RuntimeConfig
+from core.plots import collapse_on_invariant, error_vs_density, predicted_vs_actual
+from core.store import RunStore, find_run
+from flows.report import publish
+from flows.runner import configure_threads
+from tasks.scaling import fit_scaling_law
+
+FLOW = "scaling_law"
+
+
+class ScalingLawFlowConfig(Config):
+    """Which pruning run to fit, and how hard to search."""
+
+    prune_run: str | None = Field(None, description="run id of a prune_grid run (see `regularity ls --flow prune_grid`)")
+    n_starts: int = Field(8, ge=1, description="least-squares starts per fit (the best is kept)")
+    n_bootstrap: int = Field(50, ge=0, description="bootstrap resamples for the parameter intervals")
+    extrapolate: bool = Field(True, description="also fit on the smaller networks and predict the largest")
+    seed: int = Field(0, ge=0, description="seed of the random starts and bootstrap resamples")
+    runtime: RuntimeConfig = Field(RuntimeConfig(), description="execution settings; not part of the run id")
+
+
+@flow(name=FLOW, description="Fit the pruning scaling law per network and jointly; extrapolate to larger networks.")
+def scaling_law_flow(config: ScalingLawFlowConfig = ScalingLawFlowConfig(), data_root: str | None = None) -> str:
+    """Run (or resume) the fits of `config`; returns the run folder."""
+    configure_threads(config.runtime)
+    if not config.prune_run:
+        raise ValueError("prune_run is required: the run id of a prune_grid run (see `regularity ls --flow prune_grid`)")
+    errors = find_run(config.prune_run, data_root) / "prune_errors.parquet"
+    if not errors.is_file():
+        raise ValueError(f"{config.prune_run} has no prune_errors.parquet yet; let the prune_grid run finish first")
+    store = RunStore.open(FLOW, config, data_root)
+    fit_scaling_law(store, str(errors))
+    fits, predictions = store.read_table("scaling_fit.parquet"), store.read_table("scaling_predictions.parquet")
+    joint = fits[fits["scope"] == "joint"].set_index("param")["value"].to_dict()
+    folder = store.root / "figures"
+    figures = [error_vs_density(predictions, folder / "error_vs_density_fit.png", predicted=predictions),
+               collapse_on_invariant(predictions, joint, folder / "collapse.png"),
+               predicted_vs_actual(predictions, folder / "predicted_vs_actual.png")]
+    summary = fits[fits["param"].isin(["mu", "sigma"])].pivot(index="scope", columns="param", values="value").reset_index()
+    publish(store, summary, figures, f"scaling law fitted to {config.prune_run}")
+    return str(store.root)

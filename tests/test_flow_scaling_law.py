@@ -1,0 +1,63 @@
+"""The `scaling_law` flow on a pruning table generated from known parameters."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.scaling import error_form, invariant
+from core.store import RunStore
+from flows.prune_grid import PruneGridFlowConfig
+from flows.scaling_law import ScalingLawFlowConfig, scaling_law_flow
+
+TRUE = {"eps_up": 0.8, "p": 0.5, "gamma": 1.2, "phi": 0.5, "psi": 0.8}
+
+
+def synthetic_prune_run(root: Path) -> str:
+    """A prune_grid run folder whose prune_errors.parquet follows the joint law with 1% noise."""
+    config = PruneGridFlowConfig(widths=[16, 32, 64], depths=[1, 2, 3], seeds=[0, 1])
+    store = RunStore.open("prune_grid", config, root)
+    rng, rows = np.random.default_rng(0), []
+    for width in config.widths:
+        for depth in config.depths:
+            eps_np = 0.3 / (width * depth) ** 0.3
+            for seed in config.seeds:
+                level = np.arange(0, 20)
+                density = 0.8**level
+                m = invariant(density, depth, width, TRUE["phi"], TRUE["psi"])
+                error = error_form(m, np.full(len(m), eps_np), TRUE["eps_up"], TRUE["p"], TRUE["gamma"])
+                rows.append(pd.DataFrame({"network": f"mlp_w{width}_d{depth}", "width": width, "depth": depth,
+                                          "data_fraction": 1.0, "seed": seed, "level": level, "density": density,
+                                          "params_remaining": 0, "train_error": error, "test_loss": 0.0,
+                                          "test_error": error * (1 + rng.normal(scale=0.01, size=len(m)))}))
+    store.write_table("prune_errors.parquet", pd.concat(rows, ignore_index=True))
+    return store.run_id
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_flow_recovers_the_law_and_extrapolates(tmp_path):
+    run = synthetic_prune_run(tmp_path)
+    folder = Path(scaling_law_flow(ScalingLawFlowConfig(prune_run=run, n_bootstrap=4, n_starts=6), data_root=str(tmp_path)))
+    fits = pd.read_parquet(folder / "scaling_fit.parquet")
+    joint = fits[fits.scope == "joint"].set_index("param")
+    for name, value in TRUE.items():
+        assert joint.loc[name, "value"] == pytest.approx(value, rel=0.15, abs=0.05), name
+        assert joint.loc[name, "low"] <= joint.loc[name, "high"]
+    assert abs(joint.loc["mu", "value"]) < 0.01 and joint.loc["sigma", "value"] < 0.02
+    extrapolation = fits[fits.scope == "extrapolation"].set_index("param")["value"]
+    assert extrapolation["n"] == 5 * 2 * 20  # width 64 or depth 3: 5 of the 9 networks, 2 seeds, 20 levels
+    assert abs(extrapolation["mu"]) < 0.03 and extrapolation["sigma"] < 0.05
+    assert set(fits.scope) == {"joint", "extrapolation"} | {f"mlp_w{w}_d{d}@1" for w in (16, 32, 64) for d in (1, 2, 3)}
+    predictions = pd.read_parquet(folder / "scaling_predictions.parquet")
+    assert len(predictions) == 9 * 2 * 20 and predictions["heldout"].sum() == 200
+    single = fits[fits.scope == "mlp_w32_d2@1"].set_index("param")["value"]
+    assert single["sigma"] < 0.02  # each curve alone fits to its noise
+    for name in ("error_vs_density_fit.png", "collapse.png", "predicted_vs_actual.png"):
+        assert (folder / "figures" / name).is_file()
+
+
+def test_missing_prune_run_is_explained(tmp_path):
+    with pytest.raises(ValueError, match="prune_run is required"):
+        scaling_law_flow.fn(ScalingLawFlowConfig(), data_root=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no run 'prune_grid-000000000000'"):
+        scaling_law_flow.fn(ScalingLawFlowConfig(prune_run="prune_grid-000000000000"), data_root=str(tmp_path))
