@@ -111,7 +111,7 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as f:
             out = _NumpyOnlyUnpickler(f, encoding="bytes").load()
     except Exception as e:  # any unpickling failure means the file is not a CIFAR batch
-        raise DatasetError(f"{path} is not a readable CIFAR pickle ({e}): re-download the python version")
+        raise DatasetError(f"{path} is not a readable CIFAR pickle ({e}): re-download the python version") from None
     if not isinstance(out, dict):
         raise DatasetError(f"{path} holds a {type(out).__name__}, not a CIFAR dict: re-download it")
     return out

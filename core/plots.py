@@ -154,7 +154,7 @@ def dynamics_curves(table, path: Path) -> Path:
     """Training accuracy per epoch, one line per C-score quantile bin."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     colors = plt.cm.viridis(np.linspace(0, 1, table["bin"].nunique()))
-    for color, (b, rows) in zip(colors, table.groupby("bin")):
+    for color, (_, rows) in zip(colors, table.groupby("bin")):
         label = f"C-score {rows['cscore_low'].iloc[0]:.2f}-{rows['cscore_high'].iloc[0]:.2f}"
         ax.plot(rows["epoch"], rows["train_accuracy"], marker="o", ms=3, color=color, label=label)
     ax.set(xlabel="epoch", ylabel="training accuracy (on the minibatch, before the update)",

@@ -9,10 +9,8 @@ one shape train together in one task, level by level.
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 from typing import Literal
 
-import pandas as pd
 from prefect import flow
 from pydantic import Field, field_validator
 
