@@ -23,6 +23,8 @@ def run_shards(task: Callable, parameters: list[dict[str, Any]], runtime: Runtim
     """Submit one task run per parameter set, at most `runtime.max_workers` at once; results in input order."""
     logger = get_run_logger()
     logger.info("%s: %d shards, %d at a time", what, len(parameters), runtime.max_workers)
+    if runtime.max_workers == 1:  # in this thread: torch runs markedly slower in worker threads (allocator, OpenMP)
+        return [task(**p) for p in tqdm(parameters, desc=what, unit="shard")]
     with ThreadPoolTaskRunner(max_workers=runtime.max_workers) as runner:
         futures = [runner.submit(task, parameters=p) for p in parameters]
         index = {f.task_run_id: i for i, f in enumerate(futures)}
