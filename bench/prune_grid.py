@@ -51,6 +51,13 @@ def time_ours(config, dataset, levels: int) -> float:
     return time.perf_counter() - start
 
 
+def masking_hook(mask: torch.Tensor):
+    """A post-accumulate-grad hook that zeroes the gradient of pruned weights."""
+    def hook(param: torch.Tensor) -> None:
+        param.grad.mul_(mask)
+    return hook
+
+
 def time_loop(config, dataset, levels: int) -> float:
     """The same trainings, one model at a time; a hook masks the gradients of pruned weights."""
     start = time.perf_counter()
@@ -62,7 +69,7 @@ def time_loop(config, dataset, levels: int) -> float:
             for level in range(levels + 1):
                 if level:
                     masks = prune(params, masks, config.pruning.prune_fraction, level)
-                hooks = [p.register_post_accumulate_grad_hook(lambda p, m=masks[n][0]: p.grad.mul_(m))
+                hooks = [p.register_post_accumulate_grad_hook(masking_hook(masks[n][0]))
                          for n, p in model.named_parameters() if n in masks]
                 train_plain(model, dataset.x_train, dataset.y_train, subset.nonzero().squeeze(1), order_seed, config.train)
                 for hook in hooks:
