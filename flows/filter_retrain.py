@@ -116,10 +116,11 @@ def filter_retrain_flow(config: FilterRetrainFlowConfig = FilterRetrainFlowConfi
     plan = [{"store": store, **p} for p in plan_shards(config)]
     names = run_shards(filter_shard, plan, config.runtime, "filter shards")
     combine_shards(store, names, "models.parquet", "model_id")
-    table = filtering_table(store.read_table("models.parquet"), store.read_table("examples.parquet"), config.score_column)
-    store.write_table("filtering.parquet", table)
-    summary = filtering_summary(table)
-    store.write_table("filtering_summary.parquet", summary)
+    if not (store.is_complete("filtering.parquet") and store.is_complete("filtering_summary.parquet")):
+        table = filtering_table(store.read_table("models.parquet"), store.read_table("examples.parquet"), config.score_column)
+        store.write_table("filtering.parquet", table)
+        store.write_table("filtering_summary.parquet", filtering_summary(table))
+    summary = store.read_table("filtering_summary.parquet")
     none = summary[summary["arm"] == "none"]
     baseline = (float(none["mean_test_accuracy"].iloc[0]), float(np.nan_to_num(none["se_test_accuracy"].iloc[0]))) if len(none) else None
     figure = filtering_curve(summary, baseline, config.score_column, store.root / "figures" / "filtering.png")

@@ -59,12 +59,13 @@ def proxies_flow(config: ProxiesFlowConfig = ProxiesFlowConfig(), data_root: str
     store = RunStore.open(FLOW, config, data_root)
     if not store.is_complete("examples.parquet"):
         store.write_table("examples.parquet", examples_table(dataset))
-    plan = [{"store": store, "shard": s, "model_ids": ids} for s, ids in enumerate(chunks(list(range(config.n_models)), config.shard_size))]
+    shards = chunks(list(range(config.n_models)), config.shard_size)
+    plan = [{"store": store, "shard": s, "model_ids": ids} for s, ids in enumerate(shards)]
     names = run_shards(record_shard, plan, config.runtime, "recorded training")
     compute_proxies(store, [r for r, _ in names], [f for _, f in names], cscores)
     figures = draw_figures(store, cscores)
-    table = "proxy_correlations.parquet" if cscores else "proxies.parquet"
-    summary = store.read_table(table) if cscores else store.read_table(table).describe().T.reset_index()
+    summary = (store.read_table("proxy_correlations.parquet") if cscores
+               else store.read_table("proxies.parquet").describe().T.reset_index())
     publish(store, summary, figures, f"C-score proxies of {dataset.n_train} {config.dataset.name} examples")
     return str(store.root)
 

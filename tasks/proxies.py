@@ -78,7 +78,8 @@ def read_records(store: RunStore, names: list[str]) -> dict[str, np.ndarray]:
 def read_finals(store: RunStore, names: list[str]) -> dict[str, np.ndarray]:
     """`[K, N]` final losses and hidden-space densities of every model (id order)."""
     table = pa.concat_tables([pq.read_table(store.path(n)) for n in names]).sort_by("model_id")
-    return {name: unpack_float_rows(table[name]) for name in table.column_names if name not in ("model_id", "seed", "test_accuracy")}
+    skip = ("model_id", "seed", "test_accuracy")
+    return {name: unpack_float_rows(table[name]) for name in table.column_names if name not in skip}
 
 
 def aligned_cscore(example_ids: pd.Series, cscores: str) -> np.ndarray:
@@ -92,6 +93,10 @@ def compute_proxies(store: RunStore, record_names: list[str], final_names: list[
     """proxies.parquet, and with a C-score table its correlations and learning dynamics; with label noise,
     how well each score finds the mislabeled examples."""
     config, dataset, written = store.config, shared_dataset(store.config.dataset, store.cache_dir), []
+    expected = ["proxies.parquet"] + (["proxy_correlations.parquet", "dynamics.parquet"] if cscores else []) + \
+        (["noise_detection.parquet"] if dataset.is_noisy.any() else [])
+    if all(store.is_complete(name) for name in expected):
+        return expected
     records, finals = read_records(store, record_names), read_finals(store, final_names)
     labels = dataset.y_train.numpy()
     columns = training_proxies(records["label_prob"], records["correct"], records["margin"], records["el2n"],

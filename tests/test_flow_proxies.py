@@ -87,9 +87,9 @@ def test_correlations_detection_and_dynamics(run):
 
 def test_rerun_skips_finished_work(run):
     folder, _, config = run
-    before = {p: p.stat().st_mtime_ns for p in folder.glob("shards/*.parquet")}
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*.parquet")}
     proxies_flow(config, data_root=str(folder.parents[2]))
-    assert {p: p.stat().st_mtime_ns for p in folder.glob("shards/*.parquet")} == before
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.parquet")} == before
 
 
 def test_el2n_epoch_must_lie_within_training():

@@ -105,6 +105,9 @@ def test_killed_run_resumes_to_the_same_tables(finished_run, tmp_path, monkeypat
         train_flow(CONFIG, data_root=str(tmp_path))
     assert (folder / "shards" / "models-00000.parquet").stat().st_mtime_ns == first_written  # skipped
     pd.testing.assert_frame_equal(pd.read_parquet(folder / "models.parquet"), expected)
+    finished = {p: p.stat().st_mtime_ns for p in folder.rglob("*.parquet")}
+    train_flow(CONFIG, data_root=str(tmp_path))  # a finished run recomputes nothing
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.parquet")} == finished
 
 
 def test_incompatible_model_fails_before_writing_anything(tmp_path):
