@@ -23,13 +23,16 @@ def run_shards(task: Callable, parameters: list[dict[str, Any]], runtime: Runtim
     """Submit one task run per parameter set, at most `runtime.max_workers` at once; results in input order."""
     logger = get_run_logger()
     logger.info("%s: %d shards, %d at a time", what, len(parameters), runtime.max_workers)
-    if runtime.max_workers == 1:  # in this thread: torch runs markedly slower in worker threads (allocator, OpenMP)
-        return [task(**p) for p in tqdm(parameters, desc=what, unit="shard")]
-    with ThreadPoolTaskRunner(max_workers=runtime.max_workers) as runner:
-        futures = [runner.submit(task, parameters=p) for p in parameters]
-        index = {f.task_run_id: i for i, f in enumerate(futures)}
-        results: list[Any] = [None] * len(futures)
-        with tqdm(total=len(futures), desc=what, unit="shard") as bar:
+    results: list[Any] = [None] * len(parameters)
+    with tqdm(total=len(parameters), desc=what, unit="shard") as bar:
+        if runtime.max_workers == 1:  # in this thread: torch trains markedly slower in worker threads
+            for i, p in enumerate(parameters):
+                results[i] = task(**p)
+                bar.update(1)
+            return results
+        with ThreadPoolTaskRunner(max_workers=runtime.max_workers) as runner:
+            futures = [runner.submit(task, parameters=p) for p in parameters]
+            index = {f.task_run_id: i for i, f in enumerate(futures)}
             for future in as_completed(futures):
                 results[index[future.task_run_id]] = future.result()
                 bar.update(1)
