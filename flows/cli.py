@@ -25,7 +25,7 @@ class ConfigError(ValueError):
 
 def _flow_list() -> str:
     """One line per flow, for --help."""
-    return "\n".join(f"  {name:12s} {entry.summary}" for name, entry in FLOWS.items())
+    return "\n".join(f"  {name:15s} {entry.summary}" for name, entry in FLOWS.items())
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="regularity", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Measure how deep networks treat their data and weights, at scale, with Prefect.",
-        epilog=f"flows:\n{_flow_list()}\n\nexample:\n  regularity run train --config flows/configs/train.yaml --set n_models=32",
+        epilog=f"flows:\n{_flow_list()}\n\nexample:\n  regularity run cscore --config flows/configs/cscore.yaml --set runs_per_ratio=8",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a flow; prints the run folder as its last line")

@@ -12,7 +12,7 @@ from flows.train import TrainFlowConfig
 
 def test_help_lists_the_flows():
     out = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, check=True).stdout
-    assert "train        train many models at once" in out
+    assert "train           train many models at once" in out and "scaling_law" in out
     assert "run" in out and "server" in out
 
 
