@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+import os
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Config(BaseModel):
@@ -15,11 +16,20 @@ class Config(BaseModel):
 
 
 class RuntimeConfig(Config):
-    """How a run executes; never part of its identity (changing it does not change results)."""
+    """How a run executes; not part of its identity (see the README on reproducibility)."""
 
-    device: str = "auto"  # "auto" picks cuda when present, else cpu
-    threads: int = 0  # torch CPU threads per task; 0 = all cores
-    max_workers: int = 1  # shards run at once by the local task runner
+    device: str = Field("auto", description="torch device; auto = cuda when present, else cpu")
+    threads: int = Field(0, ge=0, description="torch CPU threads per task; 0 = the cores divided among concurrent tasks")
+    max_workers: int = Field(1, ge=1, description="shards run at once by the local task runner")
+    task_runner: Literal["local", "dask"] = Field("local", description="local threads, or a Dask cluster (prefect-dask)")
+    dask_address: str | None = Field(None, description="address of an existing Dask scheduler, e.g. tcp://host:8786; "
+                                     "empty = start a local cluster of dask_workers processes")
+    dask_workers: int = Field(2, ge=1, description="worker processes of the local Dask cluster (one thread each)")
+
+    def torch_threads(self) -> int:
+        """Threads each task should give torch: the setting, or this machine's cores shared by its concurrent tasks."""
+        concurrent = self.dask_workers if self.task_runner == "dask" and not self.dask_address else self.max_workers
+        return self.threads or max(1, (os.cpu_count() or 1) // concurrent)
 
 
 def canonical_json(config: BaseModel | dict[str, Any]) -> str:

@@ -1,7 +1,6 @@
 """Running a flow's shards on a bounded task runner, with a progress bar and Prefect logs."""
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import torch
@@ -14,23 +13,34 @@ from core.config import RuntimeConfig
 
 
 def configure_threads(runtime: RuntimeConfig) -> None:
-    """Torch CPU threads per task: the setting, or all cores shared by the concurrent shards."""
-    threads = runtime.threads or max(1, (os.cpu_count() or 1) // runtime.max_workers)
-    torch.set_num_threads(threads)
+    """Torch CPU threads of the flow's own process (tasks set theirs, wherever they run)."""
+    torch.set_num_threads(runtime.torch_threads())
+
+
+def task_runner(runtime: RuntimeConfig):
+    """Local threads, or Dask: an existing scheduler by address, else a local cluster of worker processes."""
+    if runtime.task_runner == "local":
+        return ThreadPoolTaskRunner(max_workers=runtime.max_workers)
+    from prefect_dask import DaskTaskRunner  # optional: pip install 'regularity[dask]'
+
+    if runtime.dask_address:
+        return DaskTaskRunner(address=runtime.dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": runtime.dask_workers, "threads_per_worker": 1,
+                                         "processes": True, "dashboard_address": None})
 
 
 def run_shards(task: Callable, parameters: list[dict[str, Any]], runtime: RuntimeConfig, what: str) -> list[Any]:
     """Submit one task run per parameter set, at most `runtime.max_workers` at once; results in input order."""
     logger = get_run_logger()
-    logger.info("%s: %d shards, %d at a time", what, len(parameters), runtime.max_workers)
+    logger.info("%s: %d shards on the %s task runner", what, len(parameters), runtime.task_runner)
     results: list[Any] = [None] * len(parameters)
     with tqdm(total=len(parameters), desc=what, unit="shard") as bar:
-        if runtime.max_workers == 1:  # in this thread: torch trains markedly slower in worker threads
+        if runtime.task_runner == "local" and runtime.max_workers == 1:  # torch trains slower in worker threads
             for i, p in enumerate(parameters):
                 results[i] = task(**p)
                 bar.update(1)
             return results
-        with ThreadPoolTaskRunner(max_workers=runtime.max_workers) as runner:
+        with task_runner(runtime) as runner:
             futures = [runner.submit(task, parameters=p) for p in parameters]
             index = {f.task_run_id: i for i, f in enumerate(futures)}
             for future in as_completed(futures):

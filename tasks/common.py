@@ -29,6 +29,12 @@ def shared_dataset(config: DatasetConfig, cache_dir: Path) -> Dataset:
     return _load(config.model_dump_json(), str(cache_dir))
 
 
+def task_dataset(store: RunStore) -> Dataset:
+    """Set this process's torch threads for the run (tasks may run in Dask workers) and return its dataset."""
+    torch.set_num_threads(store.config.runtime.torch_threads())
+    return shared_dataset(store.config.dataset, store.cache_dir)
+
+
 SubsetMaker = Callable[[Dataset, list[int]], torch.Tensor]
 
 
@@ -43,8 +49,7 @@ def train_models_shard(store: RunStore, name: str, model_ids: list[int], make_su
     if store.is_complete(name):
         logger.info("%s already written, skipped", name)
         return name
-    config, start = store.config, time.perf_counter()
-    dataset = shared_dataset(config.dataset, store.cache_dir)
+    config, start, dataset = store.config, time.perf_counter(), task_dataset(store)
     seeds = seeds if seeds is not None else [model_seed(config.seed, i) for i in model_ids]
     subsets = make_subsets(dataset, seeds)
     outcome = train_on_subsets(dataset, config.model, seeds, subsets, config.train, resolve_device(config.runtime.device))

@@ -15,7 +15,7 @@ from core.ensemble import embed, resolve_device
 from core.experiment import model_seed, train_on_subsets
 from core.proxies import density_proxies, detection_metrics, learning_dynamics, rank_correlations, training_proxies
 from core.store import RunStore, pack_bool_rows, pack_float_rows, unpack_bool_rows, unpack_float_rows
-from tasks.common import shared_dataset
+from tasks.common import task_dataset
 
 RECORDED = ("label_prob", "margin", "loss", "el2n")  # float fields of the training record
 
@@ -45,7 +45,7 @@ def record_shard(store: RunStore, shard: int, model_ids: list[int]) -> tuple[str
         logger.info("shard %d already written, skipped", shard)
         return names
     config, start = store.config, time.perf_counter()
-    dataset = shared_dataset(config.dataset, store.cache_dir)
+    dataset = task_dataset(store)
     seeds = [model_seed(config.seed, i) for i in model_ids]
     everything = torch.ones(len(model_ids), dataset.n_train, dtype=torch.bool)
     outcome = train_on_subsets(dataset, config.model, seeds, everything, config.train,
@@ -92,7 +92,7 @@ def aligned_cscore(example_ids: pd.Series, cscores: str) -> np.ndarray:
 def compute_proxies(store: RunStore, record_names: list[str], final_names: list[str], cscores: str | None) -> list[str]:
     """proxies.parquet, and with a C-score table its correlations and learning dynamics; with label noise,
     how well each score finds the mislabeled examples."""
-    config, dataset, written = store.config, shared_dataset(store.config.dataset, store.cache_dir), []
+    config, dataset, written = store.config, task_dataset(store), []
     expected = ["proxies.parquet"] + (["proxy_correlations.parquet", "dynamics.parquet"] if cscores else []) + \
         (["noise_detection.parquet"] if dataset.is_noisy.any() else [])
     if all(store.is_complete(name) for name in expected):

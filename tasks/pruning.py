@@ -14,7 +14,7 @@ from core.experiment import INIT_STREAM, ORDER_STREAM, model_seed, subset_mask
 from core.pruning import dense_masks, density, prunable_names, prune, remaining_parameters, rewind
 from core.store import RunStore
 from core.training import train
-from tasks.common import shared_dataset
+from tasks.common import task_dataset
 
 
 def level_names(network: str, level: int) -> tuple[str, str]:
@@ -41,7 +41,7 @@ def _errors(ensemble, masks, dataset, subsets, rows: dict) -> pd.DataFrame:
 def prune_network(store: RunStore, network: str, width: int, depth: int) -> list[str]:
     """Train dense, then prune, rewind and retrain level by level; each finished level is kept and skipped on re-run."""
     config, logger = store.config, get_run_logger()
-    dataset = shared_dataset(config.dataset, store.cache_dir)
+    dataset = task_dataset(store)
     device = resolve_device(config.runtime.device)
     grid = [(f, s) for f in range(len(config.data_fractions)) for s in config.seeds]  # model k of the shard
     seeds = [model_seed(config.seed, s) for _, s in grid]
