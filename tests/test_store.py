@@ -81,7 +81,8 @@ def test_run_dir_layout_and_config_json(tmp_path: Path):
     doc = json.loads(text)
     assert doc == {"flow": "toy", "run_id": EXPECTED_ID,
                    "config": {"seed": 0, "lr": 0.1,
-                              "runtime": {"device": "auto", "threads": 2, "max_workers": 1}}}
+                              "runtime": {"device": "auto", "threads": 2, "max_workers": 1, "task_runner": "local",
+                                          "dask_address": None, "dask_workers": 2}}}
     assert [p.name for p in run.root.iterdir()] == ["config.json"]  # no temp file left
 
 
