@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test bench server-start server-stop system-deps clean-runs
+.PHONY: demo test bench up down server-start server-stop system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ test: $(STAMP) system-deps
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.trainer
+
+up: $(STAMP) system-deps
+	$(BIN)/regularity up
+
+down: $(STAMP)
+	$(BIN)/regularity down
 
 server-start: $(STAMP)
 	$(BIN)/regularity server start

@@ -175,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=cmd_show)
     srv = sub.add_parser("server", help="the project-local Prefect server (SQLite under .prefect/, 127.0.0.1)")
     srv.add_argument("action", choices=["start", "stop", "status"])
+    sub.add_parser("up", help="local server + every deployment + a background worker; prints the UI address").set_defaults(
+        handler=lambda args: print(f"UI: {server.up()}  (deployments of deployments/prefect.yaml, work pool "
+                                   f"'{server.WORK_POOL}'; stop with `regularity down`)") or 0)
+    sub.add_parser("down", help="stop the worker and the server that `up` started").set_defaults(
+        handler=lambda args: print(server.down()) or 0)
     srv.set_defaults(handler=cmd_server)
     return parser
 

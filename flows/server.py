@@ -5,6 +5,7 @@ Settings are environment variables, so they must be in place before `prefect` is
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -85,3 +86,53 @@ def use_local_server() -> str:
     api_url = start_server()
     os.environ.update(local_settings())
     return api_url
+
+
+WORK_POOL = "regularity"
+DEPLOYMENTS = REPO_ROOT / "deployments" / "prefect.yaml"
+
+
+def _worker_pid_file() -> Path:
+    """Where `up` records the background worker's process id."""
+    return prefect_home() / "worker.pid"
+
+
+def _alive(pid: int) -> bool:
+    """True when a process with this id exists."""
+    try:
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def up() -> str:
+    """Server, work pool, every deployment of deployments/prefect.yaml, and a background worker; returns the UI URL."""
+    api_url = start_server()
+    env = {**os.environ, **local_settings(), "REGULARITY_REPO": str(REPO_ROOT)}
+    pool = _prefect("work-pool", "create", WORK_POOL, "--type", "process")
+    if pool.returncode != 0 and "already exists" not in pool.stdout + pool.stderr:
+        raise RuntimeError(f"could not create work pool {WORK_POOL}:\n{pool.stdout}{pool.stderr}")
+    deployed = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file",
+                               str(DEPLOYMENTS)], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    if deployed.returncode != 0:
+        raise RuntimeError(f"`prefect deploy` failed:\n{deployed.stdout}{deployed.stderr}")
+    pid_file = _worker_pid_file()
+    if not (pid_file.is_file() and _alive(int(pid_file.read_text()))):
+        log = open(prefect_home() / "worker.log", "ab")  # noqa: SIM115  (the worker keeps writing to it)
+        worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", WORK_POOL],
+                                  cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        pid_file.write_text(str(worker.pid))
+    return api_url.removesuffix("/api")
+
+
+def down() -> str:
+    """Stop the worker started by `up`, then the server."""
+    pid_file, said = _worker_pid_file(), []
+    if pid_file.is_file():
+        pid = int(pid_file.read_text())
+        if _alive(pid):
+            os.killpg(pid, signal.SIGTERM)  # the worker and the flow runs it started
+            said.append(f"worker {pid} stopped")
+        pid_file.unlink()
+    return "\n".join([*said, stop_server()])
