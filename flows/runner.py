@@ -5,6 +5,7 @@ from typing import Any, Callable
 
 import torch
 from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm.auto import tqdm
@@ -34,16 +35,22 @@ def run_shards(task: Callable, parameters: list[dict[str, Any]], runtime: Runtim
     logger = get_run_logger()
     logger.info("%s: %d shards on the %s task runner", what, len(parameters), runtime.task_runner)
     results: list[Any] = [None] * len(parameters)
+    progress = create_progress_artifact(0.0, description=f"{what}: shards done (%)")
+
+    def done(i: int, result: Any, bar: tqdm) -> None:
+        """Keep a finished shard's result; move the CLI bar and the UI's progress artifact."""
+        results[i] = result
+        bar.update(1)
+        update_progress_artifact(progress, 100.0 * bar.n / len(parameters))
+
     with tqdm(total=len(parameters), desc=what, unit="shard") as bar:
         if runtime.task_runner == "local" and runtime.max_workers == 1:  # torch trains slower in worker threads
             for i, p in enumerate(parameters):
-                results[i] = task(**p)
-                bar.update(1)
+                done(i, task(**p), bar)
             return results
         with task_runner(runtime) as runner:
             futures = [runner.submit(task, parameters=p) for p in parameters]
             index = {f.task_run_id: i for i, f in enumerate(futures)}
             for future in as_completed(futures):
-                results[index[future.task_run_id]] = future.result()
-                bar.update(1)
+                done(index[future.task_run_id], future.result(), bar)
     return results
