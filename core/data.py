@@ -6,6 +6,7 @@ source), so per-example results from different runs and subsets can be joined on
 from __future__ import annotations
 
 import random
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -116,18 +117,22 @@ def load_mnist1d(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
                    [str(i) for i in range(10)], on_success=on_success)
 
 
+_GLOBAL_RNG = threading.Lock()
+
+
 def _generate_mnist1d(samples: int, seed: int) -> dict[str, np.ndarray]:
     """make_dataset's x, y, x_test, y_test; restores the global RNGs that mnist1d reseeds."""
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
     args.num_samples, args.seed = samples, seed
-    np_state, py_state = np.random.get_state(), random.getstate()
-    try:
-        d = make_dataset(args)
-    finally:
-        np.random.set_state(np_state)
-        random.setstate(py_state)
+    with _GLOBAL_RNG:  # make_dataset reseeds numpy's and Python's global generators
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:
+            d = make_dataset(args)
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
     return {k: np.asarray(d[k]) for k in ("x", "y", "x_test", "y_test")}
 
 

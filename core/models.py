@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -100,9 +101,12 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
     return builders[spec.family]()
 
 
+_GLOBAL_RNG = threading.Lock()  # nn layers draw their init from torch's global generator
+
+
 def init_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
-    """The model `name` initialised from `seed`, independent of the global RNG state and device."""
-    with torch.random.fork_rng(devices=[]):
+    """The model `name` initialised from `seed`, independent of the global RNG state, device and other threads."""
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build_model(name, input_shape, num_classes)
 

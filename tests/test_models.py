@@ -54,3 +54,18 @@ def test_prunable_parameters_are_linear_and_conv_weights():
     assert prunable_parameters(init_model("cnn1d_w4_d2", (1, 40), 10, 0)) == ["0.weight", "3.weight", "7.weight"]
     resnet = prunable_parameters(init_model("resnet18", (3, 32, 32), 10, 0))
     assert "conv1.weight" in resnet and "fc.weight" in resnet and not any("bn" in n or "bias" in n for n in resnet)
+
+
+def test_initialisation_is_thread_safe():
+    """Models built in concurrent threads get exactly their seed's weights (the global RNG is locked)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def first_weight(seed):
+        return init_model("mlp_w64_d2", (1, 40), 10, seed)[1].weight
+
+    expected = [first_weight(seed) for seed in range(8)]
+    seeds = [s for s in range(8) for _ in range(4)]
+    for _ in range(3):
+        with ThreadPoolExecutor(4) as pool:
+            built = list(pool.map(first_weight, seeds))
+        assert all(torch.equal(w, expected[s]) for s, w in zip(seeds, built))
