@@ -17,7 +17,7 @@ CONFIG = CScoreFlowConfig(dataset=DatasetConfig(name="digits", n_train=200, n_te
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_dask_cluster_writes_the_same_tables_as_local_threads(tmp_path):
-    one_thread = {"threads": 1}  # the same torch threads on both sides: float sums in the same order
+    one_thread = {"threads": 1}  # the same torch threads on both sides
     local = Path(cscore_flow(CONFIG.model_copy(update={"runtime": RuntimeConfig(**one_thread)}),
                              data_root=str(tmp_path / "local")))
     dask = Path(cscore_flow(CONFIG.model_copy(update={"runtime": RuntimeConfig(task_runner="dask", dask_workers=2,

@@ -125,8 +125,7 @@ def test_subset_smaller_than_a_batch_fails_before_writing_anything(tmp_path):
 
 
 def test_two_workers_give_the_same_tables(tmp_path):
-    """The thread-pool path (max_workers > 1) writes exactly what the in-thread path writes
-    (with the same torch thread count: another count sums floats in another order)."""
+    """The thread-pool path (max_workers > 1) writes exactly what the in-thread path writes (same torch threads)."""
     runs = {}
     for workers in (1, 2):
         config = CONFIG.model_copy(update={"runtime": RuntimeConfig(max_workers=workers, threads=1)})
