@@ -48,20 +48,20 @@ def prune_network(store: RunStore, network: str, width: int, depth: int) -> list
     subsets = fraction_subsets(dataset.n_train, config.data_fractions, config.seed)[[f for f, _ in grid]]
     ids = {"network": network, "width": width, "depth": depth,
            "data_fraction": [config.data_fractions[f] for f, _ in grid], "seed": [s for _, s in grid]}
-    init = Ensemble.init(network, dataset.input_shape, dataset.num_classes, [derive_seed(s, INIT_STREAM) for s in seeds], device)
-    names = prunable_names(init.template, config.pruning.prune_output)
+    # one ensemble for every level: level 0 trains it from its initialisation, later levels rewind it first
+    ensemble = Ensemble.init(network, dataset.input_shape, dataset.num_classes, [derive_seed(s, INIT_STREAM) for s in seeds], device)
+    names = prunable_names(ensemble.template, config.pruning.prune_output)
     order_seeds = [derive_seed(s, ORDER_STREAM) for s in seeds]
     rewind_name, written = f"weights/{network}/rewind.safetensors", []
-    masks = dense_masks(init.params, names)
+    masks = dense_masks(ensemble.params, names)
     for level in range(config.pruning.levels + 1):
         table, weights = level_names(network, level)
         if store.is_complete(table) and (store.root / weights).is_file() and (store.root / rewind_name).is_file():
             saved = store.read_tensors(weights)
-            trained, masks = {n: saved[f"param/{n}"] for n in init.params}, {n: saved[f"mask/{n}"] for n in names}
+            trained, masks = {n: saved[f"param/{n}"] for n in ensemble.params}, {n: saved[f"mask/{n}"] for n in names}
             written.append(table)
             continue
         start = time.perf_counter()
-        ensemble = Ensemble.init(network, dataset.input_shape, dataset.num_classes, [derive_seed(s, INIT_STREAM) for s in seeds], device)
         if level > 0:
             masks = prune(trained, masks, config.pruning.prune_fraction, level, config.pruning.scope)
             rewind(ensemble.params, store.read_tensors(rewind_name), masks)
