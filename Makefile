@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test bench up down server-start server-stop system-deps
+.PHONY: demo test bench up down server-start server-stop system-deps browser-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,19 +16,29 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-# Debian's dataset-fashion-mnist ships the Fashion-MNIST IDX files (offline).
-system-deps:
-	@if [ ! -d $(FASHION_MNIST) ]; then \
+# apt-get install the Debian packages $(2) unless the path $(1) exists (needs root or sudo)
+define apt_install
+	@if [ ! -e $(1) ]; then \
 	  if command -v apt-get >/dev/null; then \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
-	  else echo "note: install Debian's dataset-fashion-mnist for the Fashion-MNIST tests"; fi; \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(2); \
+	  else echo "note: install Debian's $(2) for $(3)"; fi; \
 	fi
+endef
+
+# Debian's dataset-fashion-mnist ships the Fashion-MNIST IDX files (offline).
+system-deps:
+	$(call apt_install,$(FASHION_MNIST),dataset-fashion-mnist,the Fashion-MNIST tests)
+
+# Chromium for the browser test of the Prefect UI (chromium-driver pulls in chromium). Playwright drives
+# /usr/bin/chromium, so `playwright install` (a download) is never needed.
+browser-deps:
+	$(call apt_install,/usr/bin/chromedriver,chromium chromium-driver,the browser test)
 
 demo: $(STAMP) system-deps
 	$(BIN)/regularity run cscore --config flows/configs/cscore.yaml
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps browser-deps
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -1,10 +1,12 @@
-"""`regularity up`: server, deployments of deployments/prefect.yaml and a worker; a deployment run writes
-the same tables as the same config run directly."""
+"""`regularity up`: server, deployments of deployments/prefect.yaml and a worker. A run triggered through the API,
+or through the UI in a real browser, writes the same tables as the same config run directly."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -12,11 +14,17 @@ import pytest
 import yaml
 
 from flows import server
+from flows.cscore import CScoreFlowConfig, cscore_flow
 from flows.registry import FLOWS
 from flows.train import TrainFlowConfig, train_flow
 
 SMALL = {"dataset": {"name": "digits", "n_train": 300, "n_test": 100}, "model": "mlp_w8_d1", "n_models": 3,
          "shard_size": 2, "train": {"epochs": 2, "batch_size": 32}}
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; `make test` installs it (never `playwright install`)
+# root needs --no-sandbox; the rest keeps Chromium off the (closed) network
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+RUN_TIMEOUT_MS = 300_000
 
 
 def test_every_flow_has_a_deployment():
@@ -26,19 +34,20 @@ def test_every_flow_has_a_deployment():
     assert all(d["work_pool"]["name"] == server.WORK_POOL for d in spec["deployments"])
 
 
-@pytest.fixture
-def private_server(tmp_path, monkeypatch):
-    """`up` on a free port with its own Prefect home; `down` afterwards, whatever happens."""
+@pytest.fixture(scope="module")
+def private_server(tmp_path_factory):
+    """`up` on a free port with its own Prefect home, shared by this module's tests; `down` afterwards."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setenv("REGULARITY_PREFECT_HOME", str(tmp_path / "prefect"))
-    monkeypatch.setenv(server.PORT_ENV, str(port))
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    try:
-        yield server.up()
-    finally:
-        server.down()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("REGULARITY_PREFECT_HOME", str(tmp_path_factory.mktemp("prefect")))
+        env.setenv(server.PORT_ENV, str(port))
+        env.delenv("PREFECT_API_URL", raising=False)
+        try:
+            yield server.up()
+        finally:
+            server.down()
 
 
 def run_deployment(name: str, parameters: dict) -> str:
@@ -53,11 +62,84 @@ def run_deployment(name: str, parameters: dict) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+def assert_same_tables(run_a: Path, run_b: Path, names: list[str]) -> None:
+    """Both run folders hold equal Parquet tables `names`."""
+    for name in names:
+        pd.testing.assert_frame_equal(pd.read_parquet(run_a / name), pd.read_parquet(run_b / name), obj=name)
+
+
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_deployment_run_writes_what_a_direct_run_writes(private_server, tmp_path):
     assert private_server.startswith("http://127.0.0.1:")
     assert run_deployment("train/mnist1d", {"config": SMALL, "data_root": str(tmp_path / "worker")}) == "COMPLETED"
     direct = Path(train_flow(TrainFlowConfig.model_validate(SMALL), data_root=str(tmp_path / "direct")))
-    worker = tmp_path / "worker" / "runs" / "train" / direct.name
-    pd.testing.assert_frame_equal(pd.read_parquet(worker / "models.parquet"), pd.read_parquet(direct / "models.parquet"))
+    assert_same_tables(tmp_path / "worker" / "runs" / "train" / direct.name, direct, ["models.parquet"])
     assert (server.prefect_home() / "worker.pid").is_file()
+
+
+# ---- the UI, in headless Chromium -------------------------------------------------------------------------------
+
+def form_field(page, label: str):
+    """The innermost block of the parameter form whose label reads `label` (as the UI titles pydantic fields)."""
+    return page.locator(f"xpath=//span[@class='schema-form-property__label' and normalize-space()='{label}']"
+                        "/ancestor::*[contains(concat(' ', @class, ' '), ' p-label ')][1]")
+
+
+def fill_cscore_form(page, run_name: str, data_root: str) -> dict:
+    """Fill the custom-run form of the cscore deployment as a user would; returns the config it should submit."""
+    from playwright.sync_api import expect
+
+    page.locator(".p-label", has=page.get_by_text("Run Name", exact=True)).locator("input").fill(run_name)
+    for label, value in [("N Train (Optional)", "300"), ("N Test (Optional)", "100")]:
+        block = form_field(page, label)
+        block.get_by_role("button", name="int", exact=True).click()  # the field is int | None, None selected
+        block.locator("input").fill(value)
+    form_field(page, "Model (Optional)").locator("textarea").fill("mlp_w8_d1")
+    form_field(page, "Epochs (Optional)").locator("input").fill("2")
+    form_field(page, "Runs Per Ratio (Optional)").locator("input").fill("2")
+    ratios = form_field(page, "Ratios (Optional)")
+    for n in range(9, 3, -1):  # delete the first six of the nine default ratios, one re-render at a time
+        expect(ratios.locator("input")).to_have_count(n)
+        ratios.locator(".schema-form-property-array-item__control > button").first.click()
+    expect(ratios.locator("input")).to_have_count(3)
+    ratios.locator("input").first.fill("0.75")
+    root = form_field(page, "data_root (Optional)")
+    root.get_by_role("button", name="str", exact=True).click()
+    root.locator("input, textarea").fill(data_root)
+    return {"dataset": {"name": "digits", "n_train": 300, "n_test": 100}, "model": "mlp_w8_d1",
+            "train": {**CScoreFlowConfig().train.model_dump(), "epochs": 2},  # the form starts from the flow's default
+            "ratios": [0.75, 0.8, 0.9], "runs_per_ratio": 2}
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs Debian's chromium: `make browser-deps` (in make test)")
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_started_in_the_ui_writes_what_a_direct_run_writes(private_server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with urllib.request.urlopen(f"{private_server}/api/deployments/name/cscore/digits") as response:
+        deployment = json.load(response)["id"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        try:
+            page.goto(f"{private_server}/deployments/deployment/{deployment}/run")
+            expected = fill_cscore_form(page, "browser-test", str(tmp_path / "ui"))
+            page.get_by_role("button", name="Submit").click()
+            page.wait_for_url(re.compile(r"/deployments/deployment/[^/]+\?tab=Runs"))  # the UI lists the new run
+            page.get_by_role("link", name="browser-test").first.click()
+            page.wait_for_url(re.compile(r"/runs/flow-run/"))
+            badge = page.locator(".page-heading-flow-run__meta .state-badge")
+            badge.filter(has_text=re.compile("Completed|Failed|Crashed|Cancelled")).wait_for(timeout=RUN_TIMEOUT_MS)
+            assert badge.inner_text().strip() == "Completed"
+            direct = Path(cscore_flow(CScoreFlowConfig.model_validate(expected), data_root=str(tmp_path / "direct")))
+            page.get_by_role("tablist").get_by_text("Artifacts", exact=True).click()
+            for key in [f"{direct.name}-report", f"{direct.name}-summary", "holdout shards: shards done (%)"]:
+                page.get_by_text(key, exact=True).first.wait_for()  # report, summary table and progress are listed
+        except Exception:
+            page.screenshot(path=tmp_path / "failure.png", full_page=True)
+            raise
+        finally:
+            browser.close()
+    ui_run = tmp_path / "ui" / "runs" / "cscore" / direct.name  # same config hash: the form sent `expected`
+    assert_same_tables(ui_run, direct, ["examples.parquet", "runs.parquet", "cscores.parquet"])
+    assert len(pd.read_parquet(ui_run / "cscores.parquet")) == 300
