@@ -249,17 +249,40 @@ class RunStore:
         return read_provenance(self._file(name))
 
 
+# What tells runs of a flow apart at a glance, in the order `config_summary` shows it; dataset and model bare.
+SUMMARY_KEYS = ["dataset.name", "dataset.n_train", "dataset.label_noise", "model", "family", "widths", "depths",
+                "n_models", "runs_per_ratio", "ratios", "fractions", "arms", "pruning.levels", "train.epochs",
+                "cscore_run", "scores", "prune_run"]
+
+
+def config_summary(config: dict[str, Any]) -> str:
+    """One line of a run's salient settings, e.g. `digits n_train=300 mlp_w8_d1 runs_per_ratio=2 epochs=2`."""
+    parts = []
+    for key in SUMMARY_KEYS:
+        value: Any = config
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None or (key == "dataset.label_noise" and value == 0):
+            continue
+        if isinstance(value, list):
+            value = "/".join(map(str, value)) if len(value) <= 4 else f"{value[0]}..{value[-1]} ({len(value)})"
+        name = key.rsplit(".", 1)[-1].replace("label_", "")
+        parts.append(str(value) if key in ("dataset.name", "model") else f"{name}={value}")
+    return " ".join(parts)
+
+
 def list_runs(data_root: Path | str | None = None) -> pd.DataFrame:
-    """One row per run folder: flow, run_id, path, created, n_tables, size_bytes."""
+    """One row per run folder: flow, run_id, summary, path, created, n_tables, size_bytes."""
     rows = []
     for cfg in sorted(_resolve_root(data_root).glob("runs/*/*/config.json")):
         run_dir = cfg.parent
         files = [p for p in run_dir.rglob("*") if p.is_file() and not p.name.startswith(".")]
-        rows.append({"flow": run_dir.parent.name, "run_id": run_dir.name, "path": str(run_dir),
+        rows.append({"flow": run_dir.parent.name, "run_id": run_dir.name,
+                     "summary": config_summary(json.loads(cfg.read_text())["config"]), "path": str(run_dir),
                      "created": pd.Timestamp(cfg.stat().st_mtime, unit="s", tz="UTC"),
                      "n_tables": sum(p.suffix == ".parquet" for p in files),
                      "size_bytes": sum(p.stat().st_size for p in files)})
-    columns = ["flow", "run_id", "path", "created", "n_tables", "size_bytes"]
+    columns = ["flow", "run_id", "summary", "path", "created", "n_tables", "size_bytes"]
     return pd.DataFrame(rows, columns=columns).sort_values("created", ignore_index=True)
 
 

@@ -100,7 +100,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
     runs = runs.assign(status=[run_status(Path(p)) for p in runs["path"]],
                        size=[f"{b / 1e6:.1f} MB" for b in runs["size_bytes"]],
                        created=runs["created"].dt.strftime("%Y-%m-%d %H:%M"))
-    print(runs[["flow", "run_id", "status", "created", "n_tables", "size"]].to_string(index=False))
+    text = ["flow", "run_id", "status", "created", "summary"]
+    left = {c: f"{{:<{max(runs[c].str.len().max(), len(c))}}}".format for c in text}  # pandas right-aligns text
+    table = runs[["flow", "run_id", "status", "created", "n_tables", "size", "summary"]]
+    lines = table.to_string(index=False, formatters=left, justify="left").splitlines()
+    print("\n".join(line.rstrip() for line in lines))
     return 0
 
 
@@ -165,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="print a flow's default config as YAML")
     config.add_argument("flow", choices=sorted(FLOWS))
     config.set_defaults(handler=cmd_config)
-    ls = sub.add_parser("ls", help="list runs (flow, run id, status, created, tables, size)")
+    ls = sub.add_parser("ls", help="list runs (flow, run id, status, created, tables, size, config summary)")
     ls.add_argument("--flow", choices=sorted(FLOWS))
     ls.add_argument("--data-root", help="where runs/ lives (default: $REGULARITY_DATA_ROOT or ./data)")
     ls.set_defaults(handler=cmd_ls)

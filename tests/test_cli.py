@@ -72,8 +72,9 @@ def test_run_prints_the_run_folder_last(tmp_path, capsys, monkeypatch, prefect_h
 
     assert main(["ls", "--data-root", str(tmp_path)]) == 0
     listing = capsys.readouterr().out.splitlines()
-    assert listing[0].split() == ["flow", "run_id", "status", "created", "n_tables", "size"]
+    assert listing[0].split() == ["flow", "run_id", "status", "created", "n_tables", "size", "summary"]
     assert listing[1].split()[:3] == ["train", folder.name, "complete"]
+    assert listing[1].endswith(" digits mlp_w8_d1 n_models=2 epochs=1")
     assert main(["show", folder.name, "--data-root", str(tmp_path)]) == 0
     shown = capsys.readouterr().out
     assert "model: mlp_w8_d1" in shown and "models.parquet" in shown and "2 rows" in shown

@@ -19,7 +19,7 @@ import pytest
 
 from core import store as store_mod
 from core.config import Config, RuntimeConfig, canonical_json, run_id
-from core.store import (DATA_ROOT_ENV, RunConflictError, RunStore, default_data_root, list_runs,
+from core.store import (DATA_ROOT_ENV, RunConflictError, RunStore, config_summary, default_data_root, list_runs,
                         pack_bool_rows, pack_float_rows, read_provenance, read_table,
                         unpack_bool_rows, unpack_float_rows)
 
@@ -278,7 +278,7 @@ def test_list_columns_round_trip_through_parquet(run: RunStore):
 
 def test_list_runs(tmp_path: Path):
     empty = list_runs(tmp_path)
-    assert empty.empty and list(empty.columns) == ["flow", "run_id", "path", "created",
+    assert empty.empty and list(empty.columns) == ["flow", "run_id", "summary", "path", "created",
                                                    "n_tables", "size_bytes"]
     a = RunStore.open("toy", Tiny(seed=1), data_root=tmp_path)
     a.write_table("models.parquet", frame())
@@ -293,6 +293,18 @@ def test_list_runs(tmp_path: Path):
     assert runs.loc[a.run_id, "size_bytes"] == size_a
     assert runs.loc[b.run_id, "size_bytes"] == (b.root / "config.json").stat().st_size
     assert runs["created"].dt.tz is not None
+
+
+def test_config_summary_names_what_tells_runs_apart():
+    config = {"dataset": {"name": "fashion_mnist", "n_train": 100, "n_test": None, "label_noise": 0.1},
+              "model": "mlp_w8_d1", "train": {"epochs": 3, "lr": 0.1}, "ratios": [0.1, 0.2, 0.3, 0.4, 0.5],
+              "runs_per_ratio": 4, "runtime": {"max_workers": 2}}
+    assert config_summary(config) == ("fashion_mnist n_train=100 noise=0.1 mlp_w8_d1 runs_per_ratio=4 "
+                                      "ratios=0.1..0.5 (5) epochs=3")
+    grid = {"dataset": {"name": "mnist1d", "n_train": None, "label_noise": 0.0}, "family": "cnn1d", "widths": [8, 16],
+            "depths": [1, 2, 3], "pruning": {"levels": 16}, "train": {"epochs": 20}}
+    assert config_summary(grid) == "mnist1d family=cnn1d widths=8/16 depths=1/2/3 levels=16 epochs=20"
+    assert config_summary({"prune_run": "prune_grid-0123456789ab", "seed": 0}) == "prune_run=prune_grid-0123456789ab"
 
 
 def test_tensors_round_trip_with_run_metadata(run):
