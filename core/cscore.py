@@ -57,13 +57,24 @@ def _divide(numerator: np.ndarray, denominator: np.ndarray, where: np.ndarray) -
     return np.divide(numerator, denominator, out=out, where=where)
 
 
-def memorization(in_subset: np.ndarray, correct: np.ndarray) -> np.ndarray:
-    """Feldman-Zhang estimate P(correct | trained on it) - P(correct | held out), over all models; NaN if undefined."""
-    in_subset, correct = np.asarray(in_subset, bool), np.asarray(correct, bool)
-    n_in, n_out = in_subset.sum(0), (~in_subset).sum(0)
-    p_in = _divide((in_subset & correct).sum(0), n_in, n_in > 0)
-    p_out = _divide((~in_subset & correct).sum(0), n_out, n_out > 0)
-    return p_in - p_out
+def memorization(in_subset: np.ndarray, correct: np.ndarray, ratios: np.ndarray) -> np.ndarray:
+    """Feldman-Zhang estimate P(correct | trained on it) - P(correct | held out), NaN if undefined.
+
+    Taken within each subset ratio and averaged over the ratios where both sides have a model:
+    pooled over ratios, larger subsets (more accurate, and more likely to hold the example) would
+    make even a model that memorises nothing look like it does.
+    """
+    in_subset, correct, ratios = np.asarray(in_subset, bool), np.asarray(correct, bool), np.asarray(ratios, float)
+    differences = []
+    for s in np.unique(ratios):
+        trained, hits = in_subset[ratios == s], correct[ratios == s]
+        n_in, n_out = trained.sum(0), (~trained).sum(0)
+        p_in = _divide((trained & hits).sum(0), n_in, n_in > 0)
+        p_out = _divide((~trained & hits).sum(0), n_out, n_out > 0)
+        differences.append(p_in - p_out)
+    differences = np.stack(differences).reshape(-1, in_subset.shape[1])
+    n_valid = np.isfinite(differences).sum(0)
+    return _divide(np.nansum(differences, 0), n_valid, n_valid > 0)
 
 
 def spearman_of_finite(a: np.ndarray, b: np.ndarray) -> float:
@@ -131,7 +142,7 @@ def cscore_tables(in_subset: np.ndarray, train_correct: np.ndarray, test_correct
     scores = holdout_scores(in_subset, train_correct, ratios)
     cscores = train[["example_id", "label", "true_label", "is_noisy"]].assign(
         cscore=scores.cscore, cscore_se=scores.cscore_se, n_heldout=scores.n_heldout.astype(np.int64),
-        memorization=memorization(in_subset, train_correct),
+        memorization=memorization(in_subset, train_correct, ratios),
         n_missing_ratios=(scores.heldout_counts == 0).sum(0).astype(np.int64),
     )
     unseen = scores_of_unseen(test_correct, ratios)

@@ -34,9 +34,23 @@ def test_an_example_never_held_out_anywhere_is_nan_not_zero():
 
 
 def test_memorization_by_hand():
-    # example 2: trained on by model 3 (correct) -> 1; held out by models 0, 1, 2 (0, 1, 1 correct) -> 2/3
-    np.testing.assert_allclose(memorization(IN_SUBSET, CORRECT), [1 - 0.5, 1 - 0.5, 1 - 2 / 3, 2 / 3 - 1])
-    assert np.isnan(memorization(np.ones((2, 1), bool), np.ones((2, 1), bool))[0])
+    # per ratio, then averaged. Example 0: ratio 0.5 in model 0 (right) vs out model 1 (wrong) -> 1; ratio 0.9
+    # both right -> 0; mean 0.5. Example 2: no model of ratio 0.5 trained on it -> only ratio 0.9 counts: 1 - 1.
+    # Example 3: never held out at ratio 0.5 -> ratio 0.9 only: 1 - 1.
+    np.testing.assert_allclose(memorization(IN_SUBSET, CORRECT, RATIOS), [0.5, 0.5, 0.0, 0.0])
+    assert np.isnan(memorization(np.ones((2, 1), bool), np.ones((2, 1), bool), np.array([0.5, 0.9]))[0])
+
+
+def test_memorization_is_not_fooled_by_larger_subsets_being_more_accurate():
+    # models at ratio 0.2 get everything wrong, at 0.8 everything right, whatever they trained on: nothing is
+    # memorised. Pooled over ratios, P(correct | trained) would be high only because 0.8-subsets hold more examples.
+    rng = np.random.default_rng(0)
+    ratios = np.repeat([0.2, 0.8], 50)
+    in_subset = rng.random((100, 30)) < ratios[:, None]
+    correct = np.repeat(ratios[:, None] == 0.8, 30, axis=1)
+    np.testing.assert_array_equal(memorization(in_subset, correct, ratios), np.zeros(30))
+    pooled = [correct[in_subset[:, i], i].mean() - correct[~in_subset[:, i], i].mean() for i in range(30)]
+    assert np.mean(pooled) > 0.4  # the trap is real: pooling over ratios reads this as memorisation
 
 
 def test_test_examples_count_every_model():

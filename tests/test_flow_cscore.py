@@ -58,7 +58,10 @@ def naive_scores(runs: pd.DataFrame):
         rows = np.flatnonzero(runs["ratio"].to_numpy() == ratio)
         by_ratio[ratio] = [np.mean([correct[m, i] for m in rows if not in_subset[m, i]])
                            if any(not in_subset[m, i] for m in rows) else np.nan for i in range(n)]
-    memo = [np.mean(correct[in_subset[:, i], i]) - np.mean(correct[~in_subset[:, i], i]) for i in range(n)]
+    ratio_of = runs["ratio"].to_numpy()
+    memo = [np.nanmean([np.mean(correct[(ratio_of == r) & in_subset[:, i], i])
+                        - np.mean(correct[(ratio_of == r) & ~in_subset[:, i], i]) for r in (0.3, 0.7)])
+            for i in range(n)]
     return by_ratio, np.array(memo)
 
 
