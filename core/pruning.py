@@ -47,7 +47,8 @@ def prune(params: dict[str, Tensor], masks: dict[str, Tensor], fraction: float, 
     in each layer separately (layerwise)."""
     names = list(masks)
     k = next(iter(masks.values())).shape[0]
-    magnitudes = {n: params[n].detach().abs().reshape(k, -1).float() for n in names}
+    # on the masks' device: a run's trained weights may have been moved to the CPU for saving
+    magnitudes = {n: params[n].detach().to(masks[n].device).abs().reshape(k, -1).float() for n in names}
     flat_masks = {n: masks[n].reshape(k, -1) for n in names}
     if scope == "layerwise":
         return {n: _keep_largest(magnitudes[n], flat_masks[n], target_kept(flat_masks[n].shape[1], fraction, level))

@@ -48,7 +48,7 @@ def lr_at(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     }[config.schedule]
     warmup_steps = config.warmup_epochs * steps_per_epoch
     if step < warmup_steps:
-        factor *= (step + 1) / warmup_steps
+        factor *= min(1.0, (step + 1) / warmup_steps)  # a fractional last warm-up step must not overshoot lr
     return config.lr * factor
 
 

@@ -14,6 +14,14 @@ def test_magnitude_pruning_by_hand():
     assert again["w"].tolist() == [[[False, False], [False, True]], [[False, False], [True, False]]]
 
 
+@pytest.mark.parametrize("scope", ["global", "layerwise"])
+def test_masks_stay_on_their_device_whatever_the_weights_device(scope):
+    # weights saved to the CPU, masks on the training device ("meta" stands in for CUDA on a CPU-only machine)
+    params = {"w": torch.randn(2, 3, 4)}
+    masks = prune(params, {"w": torch.ones(2, 3, 4, dtype=torch.bool, device="meta")}, 0.5, 1, scope)
+    assert masks["w"].device.type == "meta" and masks["w"].shape == (2, 3, 4)
+
+
 def test_global_scope_compares_across_layers_and_layerwise_does_not():
     params = {"a": torch.tensor([[1.0, 2.0, 3.0, 4.0]]), "b": torch.tensor([[10.0, 20.0, 30.0, 40.0]])}
     masks = dense_masks(params, ["a", "b"])

@@ -190,6 +190,9 @@ def test_learning_rate_schedules_by_hand():
     assert lr_at(TrainConfig(**base, schedule="step"), 20, 10) == pytest.approx(0.02)
     assert lr_at(TrainConfig(**base, schedule="step"), 30, 10) == pytest.approx(0.002)
     assert lr_at(TrainConfig(**base, schedule="constant", warmup_epochs=1), 4, 10) == pytest.approx(0.1)
+    # 1.5 warm-up steps: 1/1.5 of lr, then the peak, never above it
+    warm = TrainConfig(**base, schedule="constant", warmup_epochs=0.5)
+    assert [lr_at(warm, s, 3) for s in range(3)] == pytest.approx([0.2 / 1.5, 0.2, 0.2])
 
 
 def test_subset_smaller_than_a_batch_is_refused(toy):
