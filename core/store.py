@@ -174,7 +174,7 @@ class RunStore:
 
     def _file(self, name: str) -> Path:
         """Path of `name` inside the run folder; names may not escape it."""
-        path = (self.root / name).resolve()
+        path = Path(os.path.normpath(self.root / name))  # lexical: a symlinked data root or runs/ is fine
         if not path.is_relative_to(self.root) or path == self.root:
             raise ValueError(f"table name {name!r} must be a relative path inside the run folder")
         return path

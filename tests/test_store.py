@@ -102,8 +102,18 @@ def test_path_creates_parents_and_stays_inside(run: RunStore):
     p = run.path("shards/train-00003.parquet")
     assert p == run.root / "shards" / "train-00003.parquet" and p.parent.is_dir()
     for bad in ("../escape.parquet", "/tmp/abs.parquet", "."):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="must be a relative path inside the run folder"):
             run.path(bad)
+
+
+def test_a_symlinked_runs_folder_works(tmp_path: Path):
+    (tmp_path / "bigger-disk" / "runs").mkdir(parents=True)
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "runs").symlink_to(tmp_path / "bigger-disk" / "runs")
+    store = RunStore.open("toy", Tiny(), data_root=tmp_path / "root")
+    store.write_table("shards/s0.parquet", frame())
+    assert (tmp_path / "bigger-disk" / "runs" / "toy" / store.run_id / "shards" / "s0.parquet").is_file()
+    assert store.is_complete("shards/s0.parquet") and store.data_root == tmp_path / "root"
 
 
 def test_write_round_trips_dataframe_and_arrow(run: RunStore):
