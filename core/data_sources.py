@@ -204,12 +204,12 @@ def load_image_folder(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawD
 def _parquet_split(df: Any, split: str, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Features, labels and ids of one split of a Parquet table."""
     part = df[df["split"] == split]
-    if "features" in part.columns:  # one list column: every row must have the same length
-        lens = {len(v) for v in part["features"]}
+    if "features" in part.columns:  # one list column: every row of both splits must have the same length
+        lens = {len(v) for v in df["features"]}
         if len(lens) > 1:
             raise DatasetError(f"{path}: `features` lists have different lengths {sorted(lens)[:5]}; "
                                "every row needs the same number of features")
-        x = np.asarray(part["features"].tolist(), dtype=np.float64).reshape(len(part), -1)
+        x = np.asarray(part["features"].tolist(), dtype=np.float64).reshape(len(part), lens.pop() if lens else 0)
     else:  # f0..fN in numeric order (f10 after f9)
         cols = sorted((c for c in df.columns if c[:1] == "f" and c[1:].isdigit()), key=lambda c: int(c[1:]))
         x = part[cols].to_numpy(dtype=np.float64)

@@ -391,6 +391,20 @@ def test_parquet_feature_list_and_string_labels(tmp_path):
     assert d.x_test.tolist() == [[9, 9.5]] and d.y_test.tolist() == [1] and d.test_ids.tolist() == [100]
 
 
+def test_parquet_without_test_rows_loads_like_npz(tmp_path):
+    df = pd.DataFrame({"split": ["train"] * 3, "label": [0, 1, 1], "features": [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]})
+    df.to_parquet(tmp_path / "d.parquet")
+    d = load(name="arrays", path=str(tmp_path / "d.parquet"), normalize=False)
+    assert tuple(d.x_test.shape) == (0, 2) and d.n_test == 0 and d.x_train.shape[-1] == 2
+    np.savez(tmp_path / "d.npz", x_train=np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), y_train=np.array([0, 1, 1]),
+             x_test=np.zeros((0, 2)), y_test=np.zeros(0, int))
+    assert tuple(load(name="arrays", path=str(tmp_path / "d.npz"), normalize=False).x_test.shape) == (0, 2)
+    uneven = df.assign(split=["train", "train", "test"], features=[[1.0, 2.0], [3.0, 4.0], [5.0]])
+    uneven.to_parquet(tmp_path / "d.parquet")
+    with pytest.raises(DatasetError, match=r"`features` lists have different lengths \[1, 2\]"):
+        load(name="arrays", path=str(tmp_path / "d.parquet"))
+
+
 def test_parquet_numbered_columns_in_numeric_order(tmp_path):
     cols = {f"f{i}": np.arange(3) * 100.0 + i for i in range(12)}
     df = pd.DataFrame({"f11": cols["f11"], "label": [0, 1, 1], "split": ["train", "train", "test"],
