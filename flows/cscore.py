@@ -14,6 +14,7 @@ from prefect import flow
 from pydantic import Field, field_validator
 
 from core.data import DatasetConfig
+from core.experiment import subset_size
 from core.plots import detection_curves, extreme_examples, heldout_accuracy_by_ratio, per_class_histograms
 from core.proxies import detection_metrics
 from core.store import RunStore, dataset_cache
@@ -56,7 +57,7 @@ def plan_shards(config: CScoreFlowConfig, n_train: int) -> list[dict]:
         runs = list(range(config.runs_per_ratio))
         for chunk in chunks(runs, config.shard_size):
             shards.append({"model_ids": [i * config.runs_per_ratio + r for r in chunk], "runs": chunk,
-                           "ratio": ratio, "subset_size": int(ratio * n_train)})
+                           "ratio": ratio, "subset_size": subset_size(ratio, n_train)})
     return [{"shard": s, **p} for s, p in enumerate(shards)]
 
 
@@ -65,7 +66,7 @@ def cscore_flow(config: CScoreFlowConfig = CScoreFlowConfig(), data_root: str | 
     """Run (or resume) the holdout pipeline of `config`; returns the run folder."""
     configure_threads(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
-    smallest = int(config.ratios[0] * dataset.n_train)
+    smallest = subset_size(config.ratios[0], dataset.n_train)
     check_fits(config, dataset, smallest, f"ratios={config.ratios[0]}")  # before the run folder exists
     store = RunStore.open(FLOW, config, data_root)
     if not store.is_complete("examples.parquet"):

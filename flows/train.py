@@ -10,6 +10,7 @@ from prefect import flow
 from pydantic import Field
 
 from core.data import DatasetConfig
+from core.experiment import subset_size
 from core.plots import training_summary
 from core.store import RunStore, dataset_cache, unpack_float_rows
 from flows.common import SubsetTrainingConfig, check_fits, chunks, examples_table
@@ -40,7 +41,7 @@ def train_flow(config: TrainFlowConfig = TrainFlowConfig(), data_root: str | Non
     """Run (or resume) the `train` pipeline of `config`; returns the run folder."""
     configure_threads(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
-    size = int(config.subset_ratio * dataset.n_train)
+    size = subset_size(config.subset_ratio, dataset.n_train)
     check_fits(config, dataset, size, f"subset_ratio={config.subset_ratio}")  # before the run folder exists
     store = RunStore.open(FLOW, config, data_root)
     if not store.is_complete("examples.parquet"):

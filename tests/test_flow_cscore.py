@@ -7,6 +7,7 @@ import pytest
 
 from core.config import run_id
 from core.data import DatasetConfig
+from core.experiment import subset_size
 from core.store import unpack_bool_rows
 from core.training import TrainConfig
 from flows.cscore import CScoreFlowConfig, cscore_flow, plan_shards
@@ -37,6 +38,9 @@ def test_plan_never_mixes_ratios_and_numbers_models_by_ratio():
     assert [(p["ratio"], p["model_ids"], p["subset_size"]) for p in plan] == [
         (0.3, [0, 1, 2], 90), (0.3, [3], 90), (0.7, [4, 5, 6], 210), (0.7, [7], 210)]
     assert CONFIG.ratios == [0.3, 0.7]
+    # floor(s * N) exactly: 0.7 * 90 = 62.99999999999999 in floating point, 0.29 * 100 = 28.999999999999996
+    assert [p["subset_size"] for p in plan_shards(CONFIG, 90)] == [27, 27, 63, 63]
+    assert [subset_size(s, 100) for s in (0.29, 0.57, 0.999)] == [29, 57, 99]
 
 
 def test_runs_table(run):
