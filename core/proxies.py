@@ -63,22 +63,22 @@ def median_bandwidth(features: np.ndarray, sample: int = 2000, seed: int = 0) ->
 
 
 def kernel_density_proxies(features: np.ndarray, labels: np.ndarray, bandwidth: float,
-                           chunk: int = 1024) -> dict[str, np.ndarray]:
+                           chunk: int = 1024, device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
     """RBF kernel densities k(x, x') = exp(-|x - x'|^2 / (2 h^2)), leaving each example out.
 
     Returns `density` (all other examples), `same_label_density` (other examples of its label)
     and `label_contrast` (same-label minus other-label density). Rows are processed `chunk` at a
-    time, so memory stays at chunk x N kernel values.
+    time on `device` (O(N^2 F) work), so memory stays at chunk x N kernel values.
     """
-    x = torch.as_tensor(features, dtype=torch.float32).flatten(1)
+    x = torch.as_tensor(features, dtype=torch.float32).flatten(1).to(device)
     y = torch.as_tensor(labels, dtype=torch.long)
     n, classes = len(x), int(y.max()) + 1
-    onehot = torch.nn.functional.one_hot(y, classes).float()
+    onehot = torch.nn.functional.one_hot(y, classes).float().to(device)
     per_class = onehot.sum(0)
     sums = torch.empty(n, classes, dtype=torch.float64)
     for start in range(0, n, chunk):
         kernel = torch.exp(-torch.cdist(x[start : start + chunk], x).square() / (2 * bandwidth**2))
-        sums[start : start + chunk] = (kernel @ onehot).double()
+        sums[start : start + chunk] = (kernel @ onehot).double().cpu()
     own = sums.gather(1, y.unsqueeze(1)).squeeze(1) - 1.0  # drop k(x, x) = 1
     same_count, other_count = per_class[y].double() - 1, float(n) - per_class[y].double()
     same = torch.where(same_count > 0, own / same_count.clamp(min=1), torch.nan)
@@ -173,10 +173,12 @@ def training_proxies(label_prob: np.ndarray, correct: np.ndarray, margin: np.nda
 
 
 def density_proxies(features: np.ndarray, labels: np.ndarray, bandwidth: float | None, prefix: str,
-                    lof_neighbors: int | None = None, chunk: int = 1024) -> dict[str, np.ndarray]:
+                    lof_neighbors: int | None = None, chunk: int = 1024,
+                    device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
     """RBF densities (bandwidth by the median heuristic when None) and optionally LOF, names prefixed."""
     h = bandwidth or median_bandwidth(features)
-    out = {f"{prefix}_{name}": values for name, values in kernel_density_proxies(features, labels, h, chunk).items()}
+    densities = kernel_density_proxies(features, labels, h, chunk, device)
+    out = {f"{prefix}_{name}": values for name, values in densities.items()}
     if lof_neighbors:
         out[f"{prefix}_lof"] = local_outlier_factor(features, lof_neighbors)
     return out

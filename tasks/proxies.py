@@ -48,14 +48,14 @@ def record_shard(store: RunStore, shard: int, model_ids: list[int]) -> tuple[str
     dataset = task_dataset(store)
     seeds = [model_seed(config.seed, i) for i in model_ids]
     everything = torch.ones(len(model_ids), dataset.n_train, dtype=torch.bool)
-    outcome = train_on_subsets(dataset, config.model, seeds, everything, config.train,
-                               resolve_device(config.runtime.device), record=True)
+    device = resolve_device(config.runtime.device)
+    outcome = train_on_subsets(dataset, config.model, seeds, everything, config.train, device, record=True)
     hidden = embed(outcome.ensemble, dataset.x_train).numpy()  # [K, N, F] penultimate activations
     final = {"model_id": pa.array(model_ids, pa.int64()), "seed": pa.array(seeds, pa.int64()),
              "test_accuracy": pa.array(outcome.test.accuracy().numpy(), pa.float64()),
              "final_loss": pack_float_rows(outcome.train.loss.numpy())}
-    per_model = [density_proxies(h, dataset.y_train.numpy(), config.kde_bandwidth, "hidden", chunk=config.kde_chunk)
-                 for h in hidden]
+    per_model = [density_proxies(h, dataset.y_train.numpy(), config.kde_bandwidth, "hidden", chunk=config.kde_chunk,
+                                 device=device) for h in hidden]
     for name in per_model[0]:
         final[name] = pack_float_rows(np.stack([d[name] for d in per_model]))
     store.write_table(names[0], _records_table(model_ids, outcome.record))
@@ -102,7 +102,7 @@ def compute_proxies(store: RunStore, record_names: list[str], final_names: list[
     columns = training_proxies(records["label_prob"], records["correct"], records["margin"], records["el2n"],
                                records["seen"], finals.pop("final_loss"), config.el2n_epoch)
     columns.update(density_proxies(dataset.x_train.flatten(1).numpy(), labels, config.kde_bandwidth, "input",
-                                   config.lof_neighbors, config.kde_chunk))
+                                   config.lof_neighbors, config.kde_chunk, resolve_device(config.runtime.device)))
     columns.update({name: values.mean(0) for name, values in finals.items()})  # hidden densities, mean over models
     proxies = pd.DataFrame({"example_id": dataset.train_ids.numpy(), "label": labels,
                             "is_noisy": dataset.is_noisy.numpy(), **columns})

@@ -3,6 +3,7 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 from core.proxies import (area_under_margin, cumulative_accuracy, cumulative_label_probability, detection_metrics, learning_dynamics,
@@ -32,10 +33,14 @@ def test_learning_speed_and_aum_skip_unrecorded_entries():
     assert np.isnan(cumulative_accuracy(prob > 0.5, np.zeros_like(seen))).all()
 
 
-def test_kernel_densities_equal_a_double_loop():
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_kernel_densities_equal_a_double_loop(device):
     rng = np.random.default_rng(1)
     x, y, h = rng.normal(size=(9, 3)), np.array([0, 1, 0, 2, 1, 0, 2, 2, 1]), 1.3
-    got = kernel_density_proxies(x, y, h, chunk=4)  # three chunks
+    got = kernel_density_proxies(x, y, h, chunk=4, device=device)  # three chunks
     k = lambda i, j: np.exp(-np.sum((x[i] - x[j]) ** 2) / (2 * h**2))  # noqa: E731
     for i in range(9):
         others = [j for j in range(9) if j != i]
