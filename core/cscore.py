@@ -86,12 +86,16 @@ def spearman_of_finite(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.spearmanr(a, b).statistic)
 
 
+def half_cscores(in_subset: np.ndarray, correct: np.ndarray, ratios: np.ndarray,
+                 half: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """C-scores from two disjoint halves of the runs: those with `half` (bool `[R]`) True, and the rest."""
+    return tuple(holdout_scores(in_subset[h], correct[h], ratios[h]).cscore for h in (half, ~half))
+
+
 def split_half_reliability(in_subset: np.ndarray, correct: np.ndarray, ratios: np.ndarray,
                            half: np.ndarray) -> float:
     """Spearman correlation between C-scores from two disjoint halves of the runs (`half` bool `[R]`)."""
-    first = holdout_scores(in_subset[half], correct[half], ratios[half]).cscore
-    second = holdout_scores(in_subset[~half], correct[~half], ratios[~half]).cscore
-    return spearman_of_finite(first, second)
+    return spearman_of_finite(*half_cscores(in_subset, correct, ratios, half))
 
 
 def scores_of_unseen(correct: np.ndarray, ratios: np.ndarray) -> HoldoutScores:
@@ -148,8 +152,7 @@ def cscore_tables(in_subset: np.ndarray, train_correct: np.ndarray, test_correct
     unseen = scores_of_unseen(test_correct, ratios)
     test_table = test[["example_id", "label"]].assign(cscore=unseen.cscore, cscore_se=unseen.cscore_se,
                                                       n_heldout=unseen.n_heldout.astype(np.int64))
-    half = np.asarray(runs) % 2 == 0
-    halves = tuple(holdout_scores(in_subset[h], train_correct[h], ratios[h]).cscore for h in (half, ~half))
+    halves = half_cscores(in_subset, train_correct, ratios, np.asarray(runs) % 2 == 0)
     return {
         "cscores.parquet": cscores,
         "cscore_by_ratio.parquet": by_ratio_table(train["example_id"].to_numpy(), scores),

@@ -84,7 +84,7 @@ def train_on_subsets(
                         evaluate(ensemble, dataset.x_test, dataset.y_test), result)
 
 
-def _masked_mean(values: Tensor, mask: Tensor) -> np.ndarray:
+def masked_row_mean(values: Tensor, mask: Tensor) -> np.ndarray:
     """Row means over the entries where `mask` is True (NaN for rows with none)."""
     counts = mask.sum(1)
     sums = (values.float() * mask).sum(1)
@@ -99,8 +99,8 @@ def outcome_table(model_ids: list[int], seeds: list[int], subsets: Tensor, outco
         "seed": pa.array(seeds, pa.int64()),
         "n_subset": pa.array(subsets.sum(1).numpy(), pa.int64()),
         "steps": pa.array(outcome.result.steps.numpy(), pa.int64()),
-        "subset_accuracy": pa.array(_masked_mean(train_correct, subsets), pa.float64()),
-        "heldout_accuracy": pa.array(_masked_mean(train_correct, ~subsets), pa.float64()),
+        "subset_accuracy": pa.array(masked_row_mean(train_correct, subsets), pa.float64()),
+        "heldout_accuracy": pa.array(masked_row_mean(train_correct, ~subsets), pa.float64()),
         "train_accuracy": pa.array(train_correct.float().mean(1).numpy(), pa.float64()),
         "test_accuracy": pa.array(test_correct.float().mean(1).numpy(), pa.float64()),
         "test_loss": pa.array(outcome.test.loss.mean(1).numpy(), pa.float64()),

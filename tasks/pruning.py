@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from core.config import derive_seed
 from core.ensemble import Ensemble, evaluate, resolve_device
-from core.experiment import INIT_STREAM, ORDER_STREAM, model_seed, subset_mask
+from core.experiment import INIT_STREAM, ORDER_STREAM, masked_row_mean, model_seed, subset_mask
 from core.pruning import dense_masks, density, prunable_names, prune, remaining_parameters, rewind
 from core.store import RunStore
 from core.training import train
@@ -30,10 +30,9 @@ def fraction_subsets(n: int, fractions: list[float], run_seed: int) -> torch.Ten
 def _errors(ensemble, masks, dataset, subsets, rows: dict) -> pd.DataFrame:
     """Train error (on each model's own subset), test error and loss, density, parameters left."""
     train_eval, test_eval = evaluate(ensemble, dataset.x_train, dataset.y_train), evaluate(ensemble, dataset.x_test, dataset.y_test)
-    correct_on_subset = (train_eval.correct & subsets).sum(1) / subsets.sum(1)
     return pd.DataFrame({**rows, "density": density(masks).numpy(),
                          "params_remaining": remaining_parameters(ensemble.params, masks).numpy(),
-                         "train_error": 1 - correct_on_subset.numpy(), "test_error": 1 - test_eval.accuracy().numpy(),
+                         "train_error": 1 - masked_row_mean(train_eval.correct, subsets), "test_error": 1 - test_eval.accuracy().numpy(),
                          "test_loss": test_eval.loss.mean(1).numpy()})
 
 
