@@ -1,13 +1,18 @@
 """Config groups and checks shared by the flows that train models on seeded subsets."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
 from core.config import Config, RuntimeConfig
 from core.data import Dataset, DatasetConfig
 from core.models import init_model, parse_model_name
+from core.store import find_run
 from core.training import TrainConfig
 
 
@@ -36,6 +41,31 @@ def check_fits(config: SubsetTrainingConfig, dataset: Dataset, smallest_subset: 
             f"{field} gives {smallest_subset} of {dataset.n_train} examples per model, fewer than "
             f"train.batch_size={config.train.batch_size}; raise {field.split('=')[0]} or lower train.batch_size"
         )
+
+
+def upstream_table(field: str, run: str, tables: dict[str, str], data_root: str | None,
+                   dataset: DatasetConfig | None = None) -> Path:
+    """The finished table of run `run` that setting `field` names; `tables` maps the flows it may be
+    a run of to the table needed. With `dataset`, that run must have used exactly this dataset
+    (downstream flows join on example ids). Checked before any work, each failure saying what to change."""
+    folder = find_run(run, data_root)
+    stored = json.loads((folder / "config.json").read_text())
+    if stored["flow"] not in tables:
+        raise ValueError(f"{field}={run!r} is a {stored['flow']} run; give the id of a {' or '.join(tables)} run "
+                         f"(`regularity ls --flow {next(iter(tables))}`)")
+    path = folder / tables[stored["flow"]]
+    try:
+        pq.read_metadata(path)  # the footer: written last, so the table is whole
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{field}={run!r} has no readable {path.name} yet ({type(err).__name__}); let that run "
+                         "finish first (`regularity ls` shows its status)") from None
+    if dataset is not None:
+        theirs, ours = stored["config"]["dataset"], dataset.model_dump(mode="json")
+        differ = [f"dataset.{k}: {theirs.get(k)!r} there, {ours[k]!r} here" for k in ours if theirs.get(k) != ours[k]]
+        if differ:
+            raise ValueError(f"{field}={run!r} used another dataset ({'; '.join(differ)}); set the same dataset "
+                             "here, since results are joined on example ids")
+    return path
 
 
 def examples_table(dataset: Dataset) -> pd.DataFrame:

@@ -18,8 +18,8 @@ from core.data import Dataset
 from core.experiment import model_seed
 from core.filtering import filtering_summary
 from core.plots import filtering_curve
-from core.store import RunStore, dataset_cache, find_run, unpack_bool_rows
-from flows.common import SubsetTrainingConfig, check_fits, chunks, examples_table
+from core.store import RunStore, dataset_cache, unpack_bool_rows
+from flows.common import SubsetTrainingConfig, check_fits, chunks, examples_table, upstream_table
 from flows.report import publish
 from flows.runner import configure_threads, run_shards
 from tasks.common import combine_shards, shared_dataset
@@ -58,10 +58,9 @@ def aligned_scores(config: FilterRetrainFlowConfig, dataset: Dataset, data_root:
                          "or a Parquet file with example_id and a score column")
     path = Path(config.scores)
     if not path.is_file():
-        flow_name = config.scores.rsplit("-", 1)[0]
-        if flow_name not in SCORE_TABLES:
+        if config.scores.rsplit("-", 1)[0] not in SCORE_TABLES:
             raise ValueError(f"scores={config.scores!r} is neither a file nor a run id of {', '.join(SCORE_TABLES)}")
-        path = find_run(config.scores, data_root) / SCORE_TABLES[flow_name]
+        path = upstream_table("scores", config.scores, SCORE_TABLES, data_root, config.dataset)
     table = pd.read_parquet(path)
     if config.score_column not in table or "example_id" not in table:
         raise ValueError(f"{path} needs columns example_id and {config.score_column!r}; it has {list(table.columns)}")

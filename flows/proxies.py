@@ -15,9 +15,9 @@ from pydantic import Field, model_validator
 
 from core.data import DatasetConfig
 from core.plots import detection_curves, dynamics_curves, proxy_scatter
-from core.store import RunStore, dataset_cache, find_run
+from core.store import RunStore, dataset_cache
 from core.training import TrainConfig
-from flows.common import SubsetTrainingConfig, check_fits, chunks, examples_table
+from flows.common import SubsetTrainingConfig, check_fits, chunks, examples_table, upstream_table
 from flows.report import publish
 from flows.runner import configure_threads, run_shards
 from tasks.common import shared_dataset
@@ -55,7 +55,8 @@ def proxies_flow(config: ProxiesFlowConfig = ProxiesFlowConfig(), data_root: str
     configure_threads(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
     check_fits(config, dataset, dataset.n_train, "dataset.n_train")
-    cscores = str(find_run(config.cscore_run, data_root) / "cscores.parquet") if config.cscore_run else None
+    cscores = (str(upstream_table("cscore_run", config.cscore_run, {"cscore": "cscores.parquet"}, data_root,
+                                  config.dataset)) if config.cscore_run else None)
     store = RunStore.open(FLOW, config, data_root)
     if not store.is_complete("examples.parquet"):
         store.write_table("examples.parquet", examples_table(dataset))

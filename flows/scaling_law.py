@@ -11,7 +11,8 @@ from pydantic import Field
 
 from core.config import Config, RuntimeConfig
 from core.plots import collapse_on_invariant, error_vs_density, predicted_vs_actual
-from core.store import RunStore, find_run
+from core.store import RunStore
+from flows.common import upstream_table
 from flows.report import publish
 from flows.runner import configure_threads
 from tasks.scaling import fit_scaling_law
@@ -36,9 +37,7 @@ def scaling_law_flow(config: ScalingLawFlowConfig = ScalingLawFlowConfig(), data
     configure_threads(config.runtime)
     if not config.prune_run:
         raise ValueError("prune_run is required: the run id of a prune_grid run (see `regularity ls --flow prune_grid`)")
-    errors = find_run(config.prune_run, data_root) / "prune_errors.parquet"
-    if not errors.is_file():
-        raise ValueError(f"{config.prune_run} has no prune_errors.parquet yet; let the prune_grid run finish first")
+    errors = upstream_table("prune_run", config.prune_run, {"prune_grid": "prune_errors.parquet"}, data_root)
     store = RunStore.open(FLOW, config, data_root)
     fit_scaling_law(store, str(errors))
     fits, predictions = store.read_table("scaling_fit.parquet"), store.read_table("scaling_predictions.parquet")

@@ -1,4 +1,5 @@
 """The `proxies` flow end to end: proxies from the recorded shards, correlations, dynamics, detection."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -7,10 +8,12 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
+from core.config import run_id
 from core.data import DatasetConfig, load_dataset
 from core.proxies import kernel_density_proxies, median_bandwidth
 from core.store import unpack_bool_rows, unpack_float_rows
 from core.training import TrainConfig
+from flows.common import upstream_table
 from flows.cscore import CScoreFlowConfig, cscore_flow
 from flows.proxies import ProxiesFlowConfig, proxies_flow
 
@@ -95,3 +98,24 @@ def test_rerun_skips_finished_work(run):
 def test_el2n_epoch_must_lie_within_training():
     with pytest.raises(ValueError, match=r"el2n_epoch=5 is after the last epoch \(train.epochs=3\)"):
         ProxiesFlowConfig(train=TRAIN, el2n_epoch=5)
+
+
+def test_the_cscore_run_is_checked_before_any_work(run):
+    folder, cscore_run, config = run
+    root = folder.parents[2]
+    clean = config.model_copy(update={"dataset": DATA.model_copy(update={"label_noise": 0.0})})
+    message = rf"cscore_run='{cscore_run.name}' used another dataset \(dataset.label_noise: 0.1 there, 0.0 here\)"
+    with pytest.raises(ValueError, match=message):
+        proxies_flow.fn(clean, data_root=str(root))
+    assert not (root / "runs" / "proxies" / run_id("proxies", clean)).exists()
+    with pytest.raises(ValueError, match=rf"cscore_run='{folder.name}' is a proxies run; give the id of a cscore run"):
+        proxies_flow.fn(config.model_copy(update={"cscore_run": folder.name}), data_root=str(root))
+
+
+def test_an_unfinished_upstream_run_is_named(tmp_path):
+    unfinished = tmp_path / "runs" / "cscore" / "cscore-0123456789ab"
+    unfinished.mkdir(parents=True)
+    (unfinished / "config.json").write_text(json.dumps({"flow": "cscore", "config": {}}))
+    (unfinished / "cscores.parquet").write_bytes(b"PAR1 cut short")  # a killed writer never leaves this, but a copy might
+    with pytest.raises(ValueError, match=r"cscore_run='cscore-0123456789ab' has no readable cscores.parquet yet"):
+        upstream_table("cscore_run", "cscore-0123456789ab", {"cscore": "cscores.parquet"}, str(tmp_path))

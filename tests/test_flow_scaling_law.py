@@ -61,3 +61,8 @@ def test_missing_prune_run_is_explained(tmp_path):
         scaling_law_flow.fn(ScalingLawFlowConfig(), data_root=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no run 'prune_grid-000000000000'"):
         scaling_law_flow.fn(ScalingLawFlowConfig(prune_run="prune_grid-000000000000"), data_root=str(tmp_path))
+    other = tmp_path / "runs" / "cscore" / "cscore-0123456789ab"
+    other.mkdir(parents=True)
+    (other / "config.json").write_text('{"flow": "cscore", "config": {}}')
+    with pytest.raises(ValueError, match="prune_run='cscore-0123456789ab' is a cscore run; give the id of a prune_grid run"):
+        scaling_law_flow.fn(ScalingLawFlowConfig(prune_run="cscore-0123456789ab"), data_root=str(tmp_path))
