@@ -40,7 +40,11 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"--set {assignment!r}: {part!r} is a value, not a group of settings")
         node = child
-    node[leaf] = yaml.safe_load(raw)
+    try:
+        node[leaf] = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({err.__class__.__name__}); "
+                          "quote lists and strings, e.g. --set 'ratios=[0.1, 0.5]'") from err
 
 
 def load_config(config_class: type, path: str | None, overrides: list[str]) -> Any:
@@ -64,15 +68,16 @@ def load_config(config_class: type, path: str | None, overrides: list[str]) -> A
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate the config, point Prefect at an API, run the flow, print the run folder last."""
-    entry = FLOWS[args.flow]
-    settings = server.ephemeral_settings() if args.ephemeral else None
-    if settings:
+    explicit_api = os.environ.get("PREFECT_API_URL")
+    if args.ephemeral:
         os.environ.pop("PREFECT_API_URL", None)
-        os.environ.update(settings)
-    else:
-        print(f"Prefect API: {server.use_local_server()}", file=sys.stderr)
-    flow_fn, config_class = entry.load()
+        os.environ.update(server.ephemeral_settings())
+    elif not explicit_api:
+        os.environ.update(server.local_settings())  # before prefect is imported; the server starts once valid
+    flow_fn, config_class = FLOWS[args.flow].load()
     config = load_config(config_class, args.config, args.set)
+    if not args.ephemeral:
+        print(f"Prefect API: {explicit_api or server.start_server()}", file=sys.stderr)
     data_root = str(Path(args.data_root).resolve()) if args.data_root else None
     run_folder = Path(flow_fn(config=config, data_root=data_root))
     outputs = sorted(str(p.relative_to(run_folder)) for p in [*run_folder.glob("*.*"), *run_folder.glob("figures/*")])

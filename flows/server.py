@@ -4,10 +4,13 @@ Settings are environment variables, so they must be in place before `prefect` is
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -36,8 +39,11 @@ def local_settings() -> dict[str, str]:
 
 
 def ephemeral_settings() -> dict[str, str]:
-    """Environment for Prefect's per-process temporary API (tests, quick runs; records may be lost)."""
-    return {"PREFECT_HOME": str(prefect_home()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    """Environment for Prefect's per-process temporary API (quick runs): a throwaway Prefect home, so
+    its SQLite file is never the one the local server serves."""
+    home = tempfile.mkdtemp(prefix="regularity-ephemeral-prefect-")
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    return {"PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
 def is_healthy(api_url: str) -> bool:

@@ -1,4 +1,5 @@
 """The `regularity` command: config files, overrides, messages, and a real run."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows import server
 from flows.cli import ConfigError, apply_override, load_config, main
 from flows.train import TrainFlowConfig
 
@@ -55,9 +57,34 @@ def test_unreadable_config_file(tmp_path):
         load_config(TrainFlowConfig, str(tmp_path / "list.yaml"), [])
 
 
-def test_bad_config_exits_2_with_the_message(capsys):
-    assert main(["run", "train", "--ephemeral", "--set", "train.epochs=0"]) == 2
+@pytest.fixture
+def restored_prefect_env(monkeypatch):
+    """`regularity run` sets Prefect's environment for its process; give it back after the test."""
+    for key in [*server.local_settings(), "PREFECT_HOME"]:
+        if key in os.environ:
+            monkeypatch.setenv(key, os.environ[key])
+        else:
+            monkeypatch.delenv(key, raising=False)
+
+
+@pytest.mark.usefixtures("restored_prefect_env")
+def test_bad_config_exits_2_with_the_message_before_a_server_starts(capsys, monkeypatch):
+    def no_server():
+        raise AssertionError("the server was started for an invalid config")
+
+    monkeypatch.setattr(server, "start_server", no_server)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert main(["run", "train", "--set", "train.epochs=0"]) == 2
     assert "train.epochs: Input should be greater than or equal to 1" in capsys.readouterr().err
+    assert main(["run", "train", "--set", "dataset.name=[1"]) == 2
+    assert "--set 'dataset.name=[1': the value is not valid YAML" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("restored_prefect_env")
+def test_ephemeral_runs_keep_out_of_the_local_server_database():
+    first, second = server.ephemeral_settings()["PREFECT_HOME"], server.ephemeral_settings()["PREFECT_HOME"]
+    assert first != second and Path(first).is_dir()
+    assert not Path(first).is_relative_to(server.prefect_home())
 
 
 def test_run_prints_the_run_folder_last(tmp_path, capsys, monkeypatch, prefect_harness):
