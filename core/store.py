@@ -271,18 +271,28 @@ def config_summary(config: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+REPORT = "report.md"  # every flow writes its markdown report last: its presence means the run is complete
+
+
+def run_status(folder: Path) -> str:
+    """`complete` once the flow wrote its report, else how many shard tables are done."""
+    if (folder / REPORT).is_file():
+        return "complete"
+    return f"partial ({sum(1 for _ in folder.glob('shards/**/*.parquet'))} shard tables)"
+
+
 def list_runs(data_root: Path | str | None = None) -> pd.DataFrame:
-    """One row per run folder: flow, run_id, summary, path, created, n_tables, size_bytes."""
+    """One row per run folder: flow, run_id, status, summary, path, created, n_tables, size_bytes."""
     rows = []
     for cfg in sorted(_resolve_root(data_root).glob("runs/*/*/config.json")):
         run_dir = cfg.parent
         files = [p for p in run_dir.rglob("*") if p.is_file() and not p.name.startswith(".")]
-        rows.append({"flow": run_dir.parent.name, "run_id": run_dir.name,
+        rows.append({"flow": run_dir.parent.name, "run_id": run_dir.name, "status": run_status(run_dir),
                      "summary": config_summary(json.loads(cfg.read_text())["config"]), "path": str(run_dir),
                      "created": pd.Timestamp(cfg.stat().st_mtime, unit="s", tz="UTC"),
                      "n_tables": sum(p.suffix == ".parquet" for p in files),
                      "size_bytes": sum(p.stat().st_size for p in files)})
-    columns = ["flow", "run_id", "summary", "path", "created", "n_tables", "size_bytes"]
+    columns = ["flow", "run_id", "status", "summary", "path", "created", "n_tables", "size_bytes"]
     return pd.DataFrame(rows, columns=columns).sort_values("created", ignore_index=True)
 
 

@@ -100,10 +100,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if args.flow:
         runs = runs[runs["flow"] == args.flow]
     if runs.empty:
-        print(f"no runs under {Path(args.data_root or default_data_root()).resolve()}")
+        print(f"no {args.flow + ' ' if args.flow else ''}runs under {Path(args.data_root or default_data_root()).resolve()}")
         return 0
-    runs = runs.assign(status=[run_status(Path(p)) for p in runs["path"]],
-                       size=[f"{b / 1e6:.1f} MB" for b in runs["size_bytes"]],
+    runs = runs.assign(size=[f"{b / 1e6:.1f} MB" for b in runs["size_bytes"]],
                        created=runs["created"].dt.strftime("%Y-%m-%d %H:%M"))
     text = ["flow", "run_id", "status", "created", "summary"]
     left = {c: f"{{:<{max(runs[c].str.len().max(), len(c))}}}".format for c in text}  # pandas right-aligns text
@@ -113,18 +112,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_status(folder: Path) -> str:
-    """`complete` when the flow's last table exists, else how many shards are done."""
-    done = (folder / "figures").is_dir()  # figures are drawn last by every flow
-    shards = len(list((folder / "shards").glob("*.parquet"))) if (folder / "shards").is_dir() else 0
-    return "complete" if done else f"partial ({shards} shards)"
-
-
 def cmd_show(args: argparse.Namespace) -> int:
     """Print a run's config, tables (rows, columns) and summary."""
     import pyarrow.parquet as pq
 
-    from core.store import find_run
+    from core.store import find_run, run_status
 
     folder = find_run(args.run, args.data_root)
     print(f"{args.run}  ({run_status(folder)})\n{folder}\n")

@@ -96,6 +96,9 @@ def test_run_prints_the_run_folder_last(tmp_path, capsys, monkeypatch, prefect_h
     folder = Path(captured.out.strip().splitlines()[-1])
     assert folder.parent == tmp_path / "runs" / "train" and (folder / "models.parquet").is_file()
     assert "models.parquet" in captured.err and "figures/training.png" in captured.err
+    report = (folder / "report.md").read_text()  # the markdown artifact, also beside the tables
+    assert report.startswith(f"# train run `{folder.name}`") and "- `models.parquet`" in report
+    assert "- `figures/training.png`" in report
 
     assert main(["ls", "--data-root", str(tmp_path)]) == 0
     listing = capsys.readouterr().out.splitlines()
@@ -110,5 +113,7 @@ def test_run_prints_the_run_folder_last(tmp_path, capsys, monkeypatch, prefect_h
 def test_ls_and_show_explain_an_empty_data_root(tmp_path, capsys):
     assert main(["ls", "--data-root", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == f"no runs under {tmp_path}"
+    assert main(["ls", "--flow", "cscore", "--data-root", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == f"no cscore runs under {tmp_path}"
     assert main(["show", "cscore-123456789abc", "--data-root", str(tmp_path)]) == 2
     assert "no run 'cscore-123456789abc'" in capsys.readouterr().err

@@ -288,7 +288,7 @@ def test_list_columns_round_trip_through_parquet(run: RunStore):
 
 def test_list_runs(tmp_path: Path):
     empty = list_runs(tmp_path)
-    assert empty.empty and list(empty.columns) == ["flow", "run_id", "summary", "path", "created",
+    assert empty.empty and list(empty.columns) == ["flow", "run_id", "status", "summary", "path", "created",
                                                    "n_tables", "size_bytes"]
     a = RunStore.open("toy", Tiny(seed=1), data_root=tmp_path)
     a.write_table("models.parquet", frame())
@@ -303,6 +303,11 @@ def test_list_runs(tmp_path: Path):
     assert runs.loc[a.run_id, "size_bytes"] == size_a
     assert runs.loc[b.run_id, "size_bytes"] == (b.root / "config.json").stat().st_size
     assert runs["created"].dt.tz is not None
+    assert runs["status"].to_dict() == {a.run_id: "partial (1 shard tables)", b.run_id: "partial (0 shard tables)"}
+    b.write_table("shards/net/level-00.parquet", frame())  # shards may sit in sub-folders
+    (a.root / "report.md").write_text("# done\n")
+    assert list_runs(tmp_path).set_index("run_id")["status"].to_dict() == {a.run_id: "complete",
+                                                                           b.run_id: "partial (1 shard tables)"}
 
 
 def test_config_summary_names_what_tells_runs_apart():
