@@ -59,6 +59,13 @@ class PruneGridFlowConfig(Config):
             raise ValueError(f"must be distinct positive integers; got {values}")
         return sorted(values)
 
+    @field_validator("seeds")
+    @classmethod
+    def _seed_indices(cls, values: list[int]) -> list[int]:
+        if any(v < 0 for v in values) or len(set(values)) != len(values):
+            raise ValueError(f"must be distinct non-negative integers (a repeated seed repeats rows); got {values}")
+        return sorted(values)
+
     @field_validator("data_fractions")
     @classmethod
     def _fractions(cls, values: list[float]) -> list[float]:

@@ -110,3 +110,15 @@ def test_rewind_step_past_training_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"pruning.rewind_step=10 is after the last update of the smallest data fraction \(8 updates\)"):
         prune_grid_flow(config, data_root=str(tmp_path))
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("field,values,message", [
+    ("seeds", [-1], r"seeds\n.*must be distinct non-negative integers \(a repeated seed repeats rows\); got \[-1\]"),
+    ("seeds", [0, 0], r"must be distinct non-negative integers .*got \[0, 0\]"),
+    ("widths", [8, 0], r"widths\n.*must be distinct positive integers; got \[8, 0\]"),
+    ("data_fractions", [0.5, 1.5], r"must be distinct fractions in \(0, 1\]; got \[0.5, 1.5\]"),
+])
+def test_grid_lists_are_validated(field, values, message):
+    with pytest.raises(ValueError, match=message):
+        PruneGridFlowConfig(**{field: values})
+    assert PruneGridFlowConfig(seeds=[2, 0]).seeds == [0, 2]  # stored sorted: the same grid, the same run id
