@@ -16,13 +16,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-# apt-get install the Debian packages $(2) unless the path $(1) exists (needs root or sudo)
+# apt-get install the Debian packages $(2) unless the path $(1) exists; as root, or through sudo where
+# there is one; otherwise (or without apt-get) say what to install and go on
 define apt_install
 	@if [ ! -e $(1) ]; then \
-	  if command -v apt-get >/dev/null; then \
-	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else SUDO=none; fi; \
+	  if command -v apt-get >/dev/null && [ "$$SUDO" != none ]; then \
 	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(2); \
-	  else echo "note: install Debian's $(2) for $(3)"; fi; \
+	  else echo "note: install Debian's $(2) (as root) for $(3)"; fi; \
 	fi
 endef
 
