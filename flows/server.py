@@ -104,12 +104,33 @@ def _worker_pid_file() -> Path:
 
 
 def _alive(pid: int) -> bool:
-    """True when a process with this id exists."""
+    """True when a process with this id exists (one of our own children that exited is reaped, not alive)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:  # not our child: started by another `regularity up`
+        pass
     try:
         os.kill(pid, 0)
     except (OSError, ValueError):
         return False
     return True
+
+
+WORKER_STOP_TIMEOUT_S = 20
+
+
+def _stop_worker(pid: int) -> str:
+    """SIGTERM the worker's process group (it and the flow runs it started); SIGKILL what is left after
+    WORKER_STOP_TIMEOUT_S, since a worker can hang in its shutdown once the server is unreachable."""
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not _alive(pid):
+        return f"worker {pid} stopped"
+    os.killpg(pid, signal.SIGKILL)
+    return f"worker {pid} killed (it ignored SIGTERM for {WORKER_STOP_TIMEOUT_S} s)"
 
 
 def up() -> str:
@@ -138,7 +159,6 @@ def down() -> str:
     if pid_file.is_file():
         pid = int(pid_file.read_text())
         if _alive(pid):
-            os.killpg(pid, signal.SIGTERM)  # the worker and the flow runs it started
-            said.append(f"worker {pid} stopped")
+            said.append(_stop_worker(pid))
         pid_file.unlink()
     return "\n".join([*said, stop_server()])

@@ -1,5 +1,7 @@
 """The project-local Prefect server: loopback only, analytics off, starts once, stops."""
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -45,3 +47,18 @@ def test_start_is_idempotent_and_stop_stops(local, tmp_path):
 def test_an_explicit_api_url_wins(monkeypatch):
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:1/api")
     assert server.use_local_server() == "http://127.0.0.1:1/api"
+
+
+@pytest.mark.parametrize("ignores_sigterm", [False, True])
+def test_down_stops_the_worker_even_one_that_ignores_sigterm(local, tmp_path, monkeypatch, ignores_sigterm):
+    monkeypatch.setattr(server, "WORKER_STOP_TIMEOUT_S", 1)
+    handler = "signal.SIG_IGN" if ignores_sigterm else "signal.SIG_DFL"
+    code = f"import signal, time; signal.signal(signal.SIGTERM, {handler}); print('ready', flush=True); time.sleep(60)"
+    worker = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert worker.stdout.readline().strip() == "ready"
+    (tmp_path / "prefect").mkdir()
+    (tmp_path / "prefect" / "worker.pid").write_text(str(worker.pid))
+    said = server.down()
+    ending = "killed (it ignored SIGTERM for 1 s)" if ignores_sigterm else "stopped"
+    assert said.splitlines()[0] == f"worker {worker.pid} {ending}"
+    assert worker.poll() is not None and not (tmp_path / "prefect" / "worker.pid").exists()
