@@ -12,7 +12,7 @@ import itertools
 from typing import Literal
 
 from prefect import flow
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from core.config import Config, RuntimeConfig
 from core.data import DatasetConfig
@@ -52,26 +52,22 @@ class PruneGridFlowConfig(Config):
     seed: int = Field(0, ge=0, description="run seed: model seeds and data subsets derive from it")
     runtime: RuntimeConfig = Field(RuntimeConfig(), description="execution settings; not part of the run id")
 
-    @field_validator("widths", "depths")
+    @field_validator("widths", "depths", "seeds", "data_fractions")
     @classmethod
-    def _positive(cls, values: list[int]) -> list[int]:
-        if any(v < 1 for v in values) or len(set(values)) != len(values):
-            raise ValueError(f"must be distinct positive integers; got {values}")
-        return sorted(values)
+    def _distinct_and_sorted(cls, values: list, info: ValidationInfo) -> list:
+        allowed, requirement = GRID_LISTS[info.field_name]
+        if not all(map(allowed, values)) or len(set(values)) != len(values):
+            raise ValueError(f"must be {requirement}; got {values}")
+        return sorted(values)  # the same grid in any order is the same run id
 
-    @field_validator("seeds")
-    @classmethod
-    def _seed_indices(cls, values: list[int]) -> list[int]:
-        if any(v < 0 for v in values) or len(set(values)) != len(values):
-            raise ValueError(f"must be distinct non-negative integers (a repeated seed repeats rows); got {values}")
-        return sorted(values)
 
-    @field_validator("data_fractions")
-    @classmethod
-    def _fractions(cls, values: list[float]) -> list[float]:
-        if any(not 0 < v <= 1 for v in values) or len(set(values)) != len(values):
-            raise ValueError(f"must be distinct fractions in (0, 1]; got {values}")
-        return sorted(values)
+# each grid list: which values it admits, and how the error says so
+GRID_LISTS = {
+    "widths": (lambda v: v >= 1, "distinct positive integers"),
+    "depths": (lambda v: v >= 1, "distinct positive integers"),
+    "seeds": (lambda v: v >= 0, "distinct non-negative integers (a repeated seed repeats rows)"),
+    "data_fractions": (lambda v: 0 < v <= 1, "distinct fractions in (0, 1]"),
+}
 
 
 def networks(config: PruneGridFlowConfig) -> list[dict]:
