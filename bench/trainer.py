@@ -73,12 +73,13 @@ def vectorized(name, data, subsets, seeds) -> None:
     train(ensemble, data.x_train, data.y_train, subsets, seeds, TRAIN)
 
 
-def interleaved_seconds(runs: dict, repeats: int) -> dict[str, float]:
-    """Median wall time of each `runs[name]()`: one warm-up each, then rounds alternating their order.
+def interleaved_seconds(runs: dict, repeats: int, warm_up: bool = True) -> dict[str, float]:
+    """Median wall time of each `runs[name]()`: one warm-up each (unless the caller warmed up more
+    cheaply), then rounds alternating their order.
 
     Interleaving spreads a neighbour's load over both sides instead of letting it land on one.
     """
-    for fn in runs.values():
+    for fn in runs.values() if warm_up else ():
         fn()
     times = {name: [] for name in runs}
     for r in range(repeats):

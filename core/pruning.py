@@ -10,6 +10,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from core.ensemble import Ensemble
 from core.models import prunable_parameters
 
 Scope = Literal["global", "layerwise"]
@@ -21,62 +22,79 @@ def prunable_names(template: nn.Module, prune_output: bool) -> list[str]:
     return names if prune_output else names[:-1]
 
 
-def dense_masks(params: dict[str, Tensor], names: list[str]) -> dict[str, Tensor]:
-    """All-True masks for the prunable parameters."""
+def dense_masks(params: dict[str, Tensor], names: list[str], support: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """Masks of the unpruned prunable parameters: all True, or each model's `support` (its own weights)."""
+    if support is not None:
+        return {name: support[name].clone() for name in names}
     return {name: torch.ones_like(params[name], dtype=torch.bool) for name in names}
 
 
-def target_kept(total: int, fraction: float, level: int) -> int:
+def target_kept(total: int | Tensor, fraction: float, level: int) -> int | Tensor:
     """Weights kept after `level` rounds of pruning `fraction` of the remainder: round((1 - f)^L * total)."""
+    if isinstance(total, Tensor):
+        return torch.round((1.0 - fraction) ** level * total.double()).long()
     return round((1.0 - fraction) ** level * total)
 
 
-def _keep_largest(magnitudes: Tensor, mask: Tensor, keep: int) -> Tensor:
-    """Per model (row of `[K, P]`), the `keep` largest magnitudes among the weights still in `mask`."""
+def _keep_largest(magnitudes: Tensor, mask: Tensor, keep: Tensor) -> Tensor:
+    """Per model (row of `[K, P]`), the `keep[k]` largest magnitudes among the weights still in `mask`."""
     candidates = torch.where(mask, magnitudes, torch.tensor(-1.0, dtype=magnitudes.dtype, device=magnitudes.device))
     order = torch.argsort(candidates, dim=1, descending=True, stable=True)  # ties: the lower index survives
-    new = torch.zeros_like(mask)
-    new.scatter_(1, order[:, :keep], True)
-    return new & mask
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return (rank < keep.to(rank.device).unsqueeze(1)) & mask
+
+
+def _own_counts(flat: dict[str, Tensor], support: dict[str, Tensor] | None) -> dict[str, Tensor]:
+    """`[K]` weights of each model per layer: all of them, or those in its `support` (a narrow network
+    embedded in a wider one owns only a block of each layer)."""
+    k = next(iter(flat.values())).shape[0]
+    if support is None:
+        return {n: torch.full((k,), m.shape[1], dtype=torch.long) for n, m in flat.items()}
+    return {n: support[n].reshape(k, -1).sum(1).cpu() for n in flat}
 
 
 def prune(params: dict[str, Tensor], masks: dict[str, Tensor], fraction: float, level: int,
-          scope: Scope = "global") -> dict[str, Tensor]:
+          scope: Scope = "global", support: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
     """Masks for `level`: drop the smallest-magnitude surviving weights so that exactly
     target_kept(total, fraction, level) remain, over all prunable weights of a model (global) or
-    in each layer separately (layerwise)."""
+    in each layer separately (layerwise). `total` counts each model's own weights (see `_own_counts`)."""
     names = list(masks)
     k = next(iter(masks.values())).shape[0]
     # on the masks' device: a run's trained weights may have been moved to the CPU for saving
     magnitudes = {n: params[n].detach().to(masks[n].device).abs().reshape(k, -1).float() for n in names}
     flat_masks = {n: masks[n].reshape(k, -1) for n in names}
+    totals = _own_counts(flat_masks, support)
     if scope == "layerwise":
-        return {n: _keep_largest(magnitudes[n], flat_masks[n], target_kept(flat_masks[n].shape[1], fraction, level))
+        return {n: _keep_largest(magnitudes[n], flat_masks[n], target_kept(totals[n], fraction, level))
                 .view_as(masks[n]) for n in names}
     sizes = [flat_masks[n].shape[1] for n in names]
     kept = _keep_largest(torch.cat([magnitudes[n] for n in names], 1), torch.cat([flat_masks[n] for n in names], 1),
-                         target_kept(sum(sizes), fraction, level))
+                         target_kept(sum(totals.values()), fraction, level))
     return {n: part.reshape(masks[n].shape) for n, part in zip(names, kept.split(sizes, dim=1))}
 
 
-def density(masks: dict[str, Tensor]) -> Tensor:
-    """`[K]` fraction of prunable weights kept."""
+def density(masks: dict[str, Tensor], support: dict[str, Tensor] | None = None) -> Tensor:
+    """`[K]` fraction of each model's own prunable weights kept."""
     k = next(iter(masks.values())).shape[0]
-    kept = sum(m.reshape(k, -1).sum(1) for m in masks.values())
-    total = sum(m[0].numel() for m in masks.values())
-    return kept.double() / total
+    flat = {n: m.reshape(k, -1) for n, m in masks.items()}
+    kept = sum(m.sum(1) for m in flat.values())
+    return kept.double().cpu() / sum(_own_counts(flat, support).values())
 
 
-def remaining_parameters(params: dict[str, Tensor], masks: dict[str, Tensor]) -> Tensor:
-    """`[K]` parameters left: unpruned prunable weights plus every parameter that is never pruned."""
+def remaining_parameters(params: dict[str, Tensor], masks: dict[str, Tensor],
+                         support: dict[str, Tensor] | None = None) -> Tensor:
+    """`[K]` parameters left: unpruned prunable weights plus each model's own parameters that are never pruned."""
     k = next(iter(params.values())).shape[0]
-    dense = sum(p[0].numel() for n, p in params.items() if n not in masks)
-    return sum(m.reshape(k, -1).sum(1) for m in masks.values()) + dense
+    never_pruned = {n: p.reshape(k, -1) for n, p in params.items() if n not in masks}
+    dense = sum(_own_counts(never_pruned, support).values()) if never_pruned else 0
+    return sum(m.reshape(k, -1).sum(1).cpu() for m in masks.values()) + dense
 
 
 @torch.no_grad()
-def rewind(params: dict[str, Tensor], snapshot: dict[str, Tensor], masks: dict[str, Tensor]) -> None:
-    """Set the parameters (in place) to the rewind-point snapshot, with pruned weights zeroed."""
-    for name, p in params.items():
+def rewind(ensemble: Ensemble, snapshot: dict[str, Tensor], masks: dict[str, Tensor]) -> None:
+    """Set the ensemble's parameters and buffers (in place) to the rewind-point snapshot, pruned weights zeroed."""
+    for name, p in ensemble.params.items():
         value = snapshot[name].to(p.device)
         p.copy_(value * masks[name].to(p.device) if name in masks else value)
+    for name, b in ensemble.buffers.items():
+        b.copy_(snapshot[name].to(b.device))  # e.g. BatchNorm running statistics at the rewind point

@@ -199,6 +199,12 @@ def _snapshot_rows(ensemble: Ensemble, snapshot: dict[str, Tensor] | None, rows:
     return snapshot
 
 
+def _check_step(name: str, value: int, first: int, last: int) -> None:
+    """`value` must be an update count between `first` and `last`, or the error names the argument."""
+    if not first <= value <= last:
+        raise ValueError(f"{name}={value} must lie between {first} and the last update ({last})")
+
+
 def train(
     ensemble: Ensemble,
     x: Tensor,
@@ -210,11 +216,16 @@ def train(
     record: bool = False,
     progress: bool = False,
     snapshot_step: int | None = None,
+    start_step: int = 0,
 ) -> TrainResult:
     """Train every model k of `ensemble` on the examples where `subsets[k]` (bool `[K, N]`) is True.
 
     With `snapshot_step` = r, the result keeps each model's state after its own r-th update (r = 0:
     the initial state), the rewind point of lottery-ticket style pruning.
+    With `start_step` = k, each model's state is taken to be the one after its own first k updates
+    (a rewind point): training goes on from update k at the same place in the learning-rate schedule
+    and in the batch order as an uninterrupted run, for the remaining updates (open_lth's rewinding).
+    Momentum starts from zero, as with a fresh optimizer.
     """
     device = ensemble.device
     if device.type == "cpu":
@@ -227,28 +238,34 @@ def train(
             f"train.batch_size={config.batch_size} is larger than the training subset of model(s) {too_small} "
             f"(smallest has {min(len(members[k]) for k in too_small)} examples); lower batch_size or enlarge the subsets"
         )
+    steps_per_epoch = torch.tensor([len(m) // config.batch_size for m in members])
+    last = int((config.epochs * steps_per_epoch).min())
+    _check_step("start_step", start_step, 0, last)
+    if snapshot_step is not None:
+        _check_step("snapshot_step", snapshot_step, start_step, last)
     for name, mask in (masks or {}).items():
         with torch.no_grad():
             ensemble.params[name].mul_(mask.to(device))  # masked weights start, and so stay, exactly zero
     optimizer = StackedSGD(ensemble.params, config, masks)
     generators = [torch.Generator().manual_seed(int(s)) for s in order_seeds]
-    steps_per_epoch = torch.tensor([len(m) // config.batch_size for m in members])
     lr_table = _lr_table(config, steps_per_epoch).to(device, next(iter(ensemble.params.values())).dtype)
-    result, epoch_losses = TrainResult(steps=config.epochs * steps_per_epoch), []
+    result, epoch_losses = TrainResult(steps=config.epochs * steps_per_epoch - start_step), []
     if record:
         result.record = _new_record(ensemble.size, config.epochs, len(x), device)
-    if snapshot_step is not None:
-        last = int((config.epochs * steps_per_epoch).min())
-        if not 0 <= snapshot_step <= last:
-            raise ValueError(f"snapshot_step={snapshot_step} must lie between 0 and the last update ({last})")
-        result.snapshot = ensemble.state() if snapshot_step == 0 else None
-    bar = tqdm(total=config.epochs * int(steps_per_epoch.max()), disable=not progress, unit="step", leave=False)
+    if snapshot_step == start_step:
+        result.snapshot = ensemble.state()
+    bar = tqdm(total=int(result.steps.max()), disable=not progress, unit="step", leave=False)
     for epoch in range(config.epochs):
-        order, steps = _epoch_order(members, generators, config.batch_size)
-        order, everyone = order.to(device), int(steps.min())  # every model takes the first `everyone` steps
+        order, steps = _epoch_order(members, generators, config.batch_size)  # drawn even when skipped: later
+        order = order.to(device)  # epochs' orders come from the same generators
+        first = (start_step - epoch * steps_per_epoch).clamp(min=0)  # each model's first step of this epoch
+        everyone = range(int(first.max()), int(steps.min()))  # steps every model takes: the fast, common case
         epoch_loss = torch.zeros(ensemble.size, device=device)
-        for s in range(order.shape[1]):
-            active = None if s < everyone else (steps > s).to(device)  # None: the fast, common case
+        for s in range(int(first.min()), order.shape[1]):
+            takes = (first <= s) & (s < steps)
+            if not takes.any():
+                continue
+            active = None if s in everyone else takes.to(device)
             idx = order[:, s]
             xb, yb = _rows(x, idx), _rows(y, idx)
             saved = {n: b.clone() for n, b in ensemble.buffers.items()} if active is not None else {}
@@ -261,13 +278,13 @@ def train(
             if record:
                 _write_record(result.record, epoch, idx, example_outcomes(logits.detach(), yb), active)
             optimizer.step(lr_table[epoch, s], active)
-            if snapshot_step:  # models whose own update count just reached the rewind point
-                reached = (epoch * steps_per_epoch + s + 1 == snapshot_step) & (s < steps)
+            if snapshot_step and snapshot_step > start_step:  # models whose update count just reached it
+                reached = (epoch * steps_per_epoch + s + 1 == snapshot_step) & takes
                 if reached.any():
                     result.snapshot = _snapshot_rows(ensemble, result.snapshot, reached.to(device))
             epoch_loss += per_model.detach()
             bar.update(1)
-        epoch_losses.append(epoch_loss.cpu() / steps)
+        epoch_losses.append(epoch_loss.cpu() / (steps - first).clamp(min=0))  # NaN for an epoch a model skipped
     bar.close()
     result.losses = torch.stack(epoch_losses, dim=1)
     if record:

@@ -1,10 +1,11 @@
 """`prune_grid` flow: iterative magnitude pruning with rewinding over width x depth x data-fraction grids.
 
 Rosenfeld, Frankle, Carbin, Shavit, "On the Predictability of Pruning Across Scales" (ICML 2021).
-Each network is trained dense (keeping its weights at the rewind step), then at every level the
+Each network is trained dense (keeping its weights at the rewind step k), then at every level the
 smallest-magnitude `prune_fraction` of its remaining prunable weights is removed, the survivors are
-rewound to the rewind point and retrained for the full schedule. All seeds and data fractions of
-one shape train together in one task, level by level.
+rewound to their values at step k and trained on from step k, as open_lth does: the same place in
+the learning-rate schedule and the batch order, T - k updates. All seeds and data fractions of one
+shape (and, with `pass_grouping: depth`, of every width of one depth) train together, level by level.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from core.training import TrainConfig
 from flows.report import publish
 from flows.runner import configure_threads, run_shards
 from tasks.common import combine_shards, shared_dataset
-from tasks.pruning import prune_network
+from tasks.pruning import prune_networks
 
 FLOW = "prune_grid"
 
@@ -46,10 +47,13 @@ class PruneGridFlowConfig(Config):
     widths: list[int] = Field([32, 64, 128], min_length=1, description="widths (units or channels)")
     depths: list[int] = Field([1, 2, 3], min_length=1, description="depths (hidden or conv layers)")
     data_fractions: list[float] = Field([1.0], min_length=1, description="fractions of the training set, each in (0, 1]")
-    seeds: list[int] = Field([0, 1], min_length=1, description="seed indices; each network is trained once per seed")
+    seeds: list[int] = Field([0, 1, 2, 3], min_length=1, description="seed indices; each network is trained once per seed")
     pruning: PruningConfig = Field(PruningConfig(), description="pruning schedule")
     train: TrainConfig = Field(TrainConfig(epochs=20, batch_size=128, lr=0.05), description="optimiser and schedule of every (re)training")
     seed: int = Field(0, ge=0, description="run seed: model seeds and data subsets derive from it")
+    pass_grouping: Literal["shape", "depth"] = Field(
+        "depth", description="what trains together in one vectorized pass: every data fraction and seed of one shape, "
+        "or of every width of one depth (narrower networks nested in the widest; same results up to float rounding)")
     runtime: RuntimeConfig = Field(RuntimeConfig(), description="execution settings; not part of the run id")
 
     @field_validator("widths", "depths", "seeds", "data_fractions")
@@ -76,6 +80,21 @@ def networks(config: PruneGridFlowConfig) -> list[dict]:
             for w, d in itertools.product(config.widths, config.depths)]
 
 
+def passes(config: PruneGridFlowConfig) -> list[list[dict]]:
+    """The networks of each vectorized pass (each pass is one task), as `pass_grouping` asks."""
+    if config.pass_grouping == "shape":
+        return [[net] for net in networks(config)]
+    return [[net for net in networks(config) if net["depth"] == depth] for depth in config.depths]
+
+
+def pass_label(group: list[dict]) -> str:
+    """A task-run label: the network, or `<family>_w<w1>-<w2>_d<depth>` for nested widths."""
+    if len(group) == 1:
+        return group[0]["network"]
+    family = group[0]["network"].split("_w")[0]
+    return f"{family}_w{'-'.join(str(net['width']) for net in group)}_d{group[0]['depth']}"
+
+
 def check_grid(config: PruneGridFlowConfig, dataset) -> None:
     """Fail before any work when a network does not fit the data or the rewind step is past training."""
     init_model(networks(config)[0]["network"], dataset.input_shape, dataset.num_classes, 0)
@@ -96,14 +115,14 @@ def prune_grid_flow(config: PruneGridFlowConfig = PruneGridFlowConfig(), data_ro
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
     check_grid(config, dataset)
     store = RunStore.open(FLOW, config, data_root)
-    plan = [{"store": store, **net} for net in networks(config)]
-    tables = [name for names in run_shards(prune_network, plan, config.runtime, "pruned networks") for name in names]
+    plan = [{"store": store, "networks": group, "label": pass_label(group)} for group in passes(config)]
+    tables = [name for names in run_shards(prune_networks, plan, config.runtime, "pruning passes") for name in names]
     combine_shards(store, tables, "prune_errors.parquet", [("network", "ascending"), ("data_fraction", "ascending"),
                                                            ("seed", "ascending"), ("level", "ascending")])
     errors = store.read_table("prune_errors.parquet")
     figure = error_vs_density(errors, store.root / "figures" / "error_vs_density.png")
     summary = (errors.groupby(["network", "data_fraction", "level"])[["density", "test_error"]].mean().reset_index()
                .pivot_table(index="level", columns="network", values="test_error").reset_index())
-    publish(store, summary, [figure], f"{len(plan)} networks x {len(config.data_fractions)} data fractions x "
+    publish(store, summary, [figure], f"{len(networks(config))} networks x {len(config.data_fractions)} data fractions x "
             f"{len(config.seeds)} seeds, {config.pruning.levels} levels")
     return str(store.root)

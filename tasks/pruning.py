@@ -1,4 +1,5 @@
-"""Task of the `prune_grid` flow: one network shape, all its seeds and data fractions, every pruning level."""
+"""Task of the `prune_grid` flow: networks that share a pass (one shape, or every width of one depth),
+all their seeds and data fractions, every pruning level."""
 from __future__ import annotations
 
 import time
@@ -9,8 +10,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from core.config import derive_seed
-from core.ensemble import Ensemble, evaluate, resolve_device
+from core.ensemble import evaluate, resolve_device
 from core.experiment import INIT_STREAM, ORDER_STREAM, masked_row_mean, model_seed, subset_mask
+from core.nested import embed, extract, nested_ensemble, parameter_shapes, with_support
 from core.pruning import dense_masks, density, prunable_names, prune, remaining_parameters, rewind
 from core.store import RunStore
 from core.training import train
@@ -22,58 +24,90 @@ def level_names(network: str, level: int) -> tuple[str, str]:
     return f"shards/{network}/level-{level:02d}.parquet", f"weights/{network}/level-{level:02d}.safetensors"
 
 
+def rewind_name(network: str) -> str:
+    """The rewind point (parameters and buffers after `rewind_step` updates) of one network."""
+    return f"weights/{network}/rewind.safetensors"
+
+
 def fraction_subsets(n: int, fractions: list[float], run_seed: int) -> torch.Tensor:
     """Bool `[F, n]`: the training subset of each data fraction, shared by every shape and seed."""
     return torch.stack([subset_mask(n, max(1, round(f * n)), derive_seed(run_seed, 1000 + i)) for i, f in enumerate(fractions)])
 
 
-def _errors(ensemble, masks, dataset, subsets, rows: dict) -> pd.DataFrame:
+def _errors(ensemble, masks, support, dataset, subsets, rows: dict) -> pd.DataFrame:
     """Train error (on each model's own subset), test error and loss, density, parameters left."""
     train_eval, test_eval = evaluate(ensemble, dataset.x_train, dataset.y_train), evaluate(ensemble, dataset.x_test, dataset.y_test)
-    return pd.DataFrame({**rows, "density": density(masks).numpy(),
-                         "params_remaining": remaining_parameters(ensemble.params, masks).numpy(),
+    return pd.DataFrame({**rows, "density": density(masks, support).numpy(),
+                         "params_remaining": remaining_parameters(ensemble.params, masks, support).numpy(),
                          "train_error": 1 - masked_row_mean(train_eval.correct, subsets), "test_error": 1 - test_eval.accuracy().numpy(),
                          "test_loss": test_eval.loss.mean(1).numpy()})
 
 
-@task(cache_policy=NO_CACHE, task_run_name="prune-{network}")
-def prune_network(store: RunStore, network: str, width: int, depth: int) -> list[str]:
-    """Train dense, then prune, rewind and retrain level by level; each finished level is kept and skipped on re-run."""
+class NetworkRows:
+    """Which rows of the shared pass belong to each network, and each network's own parameter shapes."""
+
+    def __init__(self, networks: list[str], models_per_network: int, input_shape, num_classes: int):
+        self.rows = {n: slice(i * models_per_network, (i + 1) * models_per_network) for i, n in enumerate(networks)}
+        self.shapes = {n: parameter_shapes(n, input_shape, num_classes) for n in networks}
+
+    def split(self, state: dict[str, torch.Tensor], network: str) -> dict[str, torch.Tensor]:
+        """`network`'s rows of `state` (parameters, masks or buffers by name), each cut to its own shape."""
+        shapes = self.shapes[network]
+        # buffers are not parameters: none in the families that nest, so they are taken whole
+        return {n: extract(v[self.rows[network]].cpu(), shapes.get(n, v.shape[1:])) for n, v in state.items()}
+
+    def join(self, parts: dict[str, dict[str, torch.Tensor]], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-network states embedded back into the shared pass's `[K, ...]` tensors shaped as `like`."""
+        return {n: torch.cat([embed(parts[net][n], v.shape[1:]) for net in self.rows]).to(v.device) for n, v in like.items()}
+
+
+@task(cache_policy=NO_CACHE, task_run_name="prune-{label}")
+def prune_networks(store: RunStore, networks: list[dict], label: str) -> list[str]:
+    """Train dense, then prune, rewind and retrain level by level, all `networks` in one pass; each
+    finished level is kept per network and skipped on re-run."""
     config, logger = store.config, get_run_logger()
-    dataset = task_dataset(store)
-    device = resolve_device(config.runtime.device)
-    grid = [(f, s) for f in range(len(config.data_fractions)) for s in config.seeds]  # model k of the shard
-    seeds = [model_seed(config.seed, s) for _, s in grid]
-    subsets = fraction_subsets(dataset.n_train, config.data_fractions, config.seed)[[f for f, _ in grid]]
-    ids = {"network": network, "width": width, "depth": depth,
-           "data_fraction": [config.data_fractions[f] for f, _ in grid], "seed": [s for _, s in grid]}
+    dataset, device, pruning = task_dataset(store), resolve_device(store.config.runtime.device), store.config.pruning
+    grid = [(net, f, s) for net in networks for f in range(len(config.data_fractions)) for s in config.seeds]
+    seeds = [model_seed(config.seed, s) for _, _, s in grid]
+    subsets = fraction_subsets(dataset.n_train, config.data_fractions, config.seed)[[f for _, f, _ in grid]]
+    ids = {key: [net[key] for net, _, _ in grid] for key in ("network", "width", "depth")}
+    ids.update(data_fraction=[config.data_fractions[f] for _, f, _ in grid], seed=[s for _, _, s in grid])
     # one ensemble for every level: level 0 trains it from its initialisation, later levels rewind it first
-    ensemble = Ensemble.init(network, dataset.input_shape, dataset.num_classes, [derive_seed(s, INIT_STREAM) for s in seeds], device)
-    names = prunable_names(ensemble.template, config.pruning.prune_output)
+    ensemble, support = nested_ensemble(ids["network"], dataset.input_shape, dataset.num_classes,
+                                        [derive_seed(s, INIT_STREAM) for s in seeds], device)
+    layout = NetworkRows([net["network"] for net in networks], len(grid) // len(networks), dataset.input_shape, dataset.num_classes)
+    names = prunable_names(ensemble.template, pruning.prune_output)
     order_seeds = [derive_seed(s, ORDER_STREAM) for s in seeds]
-    rewind_name, written = f"weights/{network}/rewind.safetensors", []
-    masks = dense_masks(ensemble.params, names)
-    for level in range(config.pruning.levels + 1):
-        table, weights = level_names(network, level)
-        if store.is_complete(table) and (store.root / weights).is_file() and (store.root / rewind_name).is_file():
-            saved = store.read_tensors(weights)
-            trained, masks = {n: saved[f"param/{n}"] for n in ensemble.params}, {n: saved[f"mask/{n}"] for n in names}
-            written.append(table)
+    masks, written, snapshot = dense_masks(ensemble.params, names, support), [], None
+    for level in range(pruning.levels + 1):
+        files = {n: level_names(n, level) for n in layout.rows}
+        if all(store.is_complete(table) and (store.root / weights).is_file() and (store.root / rewind_name(n)).is_file()
+               for n, (table, weights) in files.items()):
+            saved = {n: store.read_tensors(weights) for n, (_, weights) in files.items()}
+            trained = layout.join({n: {p: s[f"param/{p}"] for p in ensemble.params} for n, s in saved.items()}, ensemble.params)
+            masks = layout.join({n: {p: s[f"mask/{p}"] for p in names} for n, s in saved.items()}, masks)
+            written += [table for table, _ in files.values()]
             continue
         start = time.perf_counter()
         if level > 0:
-            masks = prune(trained, masks, config.pruning.prune_fraction, level, config.pruning.scope)
-            rewind(ensemble.params, store.read_tensors(rewind_name), masks)
+            masks = prune(trained, masks, pruning.prune_fraction, level, pruning.scope, support)
+            snapshot = snapshot or layout.join({n: store.read_tensors(rewind_name(n)) for n in layout.rows}, ensemble.state())
+            rewind(ensemble, snapshot, masks)
         result = train(ensemble, dataset.x_train, dataset.y_train, subsets, order_seeds, config.train,
-                       masks=masks if level > 0 else None, snapshot_step=config.pruning.rewind_step if level == 0 else None)
+                       masks=with_support(masks, support) if level > 0 or support else None,
+                       snapshot_step=pruning.rewind_step if level == 0 else None,
+                       start_step=pruning.rewind_step if level > 0 else 0)  # levels go on from the rewind point
         if level == 0:
-            store.write_tensors(rewind_name, result.snapshot)
-        trained = {n: p.detach().cpu() for n, p in ensemble.params.items()}
-        store.write_tensors(weights, {**{f"param/{n}": p for n, p in trained.items()},
-                                      **{f"mask/{n}": m for n, m in masks.items()}})
-        rows = _errors(ensemble, {n: m.cpu() for n, m in masks.items()}, dataset, subsets, {**ids, "level": level})
-        store.write_table(table, rows)
-        written.append(table)
-        logger.info("%s level %d: density %.4f, mean test error %.4f, %.1f s", network, level,
+            snapshot = result.snapshot
+            for n in layout.rows:
+                store.write_tensors(rewind_name(n), layout.split(snapshot, n))
+        trained = {n: p.detach() for n, p in ensemble.params.items()}
+        rows = _errors(ensemble, masks, support, dataset, subsets, {**ids, "level": level})
+        for n, (table, weights) in files.items():
+            store.write_tensors(weights, {**{f"param/{p}": v for p, v in layout.split(trained, n).items()},
+                                          **{f"mask/{p}": m for p, m in layout.split(masks, n).items()}})
+            store.write_table(table, rows[rows["network"] == n].reset_index(drop=True))
+            written.append(table)
+        logger.info("%s level %d: density %.4f, mean test error %.4f, %.1f s", label, level,
                     float(rows["density"].mean()), float(rows["test_error"].mean()), time.perf_counter() - start)
     return written

@@ -1,4 +1,5 @@
 """The `prune_grid` flow: exact pruning invariants on the stored weights, rewinding, resumption."""
+import itertools
 from pathlib import Path
 
 import pandas as pd
@@ -8,12 +9,12 @@ from safetensors.torch import load_file
 
 from core.config import derive_seed
 from core.data import DatasetConfig, load_dataset
-from core.ensemble import Ensemble
 from core.experiment import INIT_STREAM, ORDER_STREAM, model_seed
 from core.models import init_model
 from core.pruning import target_kept
-from core.training import TrainConfig, train
+from core.training import TrainConfig
 from flows.prune_grid import PruneGridFlowConfig, PruningConfig, prune_grid_flow
+from reference import train_one_by_one
 from tasks.pruning import fraction_subsets
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 CONFIG = PruneGridFlowConfig(
     dataset=DatasetConfig(name="digits", n_train=400, n_test=100),
     widths=[8, 16], depths=[1], data_fractions=[0.5, 1.0], seeds=[0, 1],
-    pruning=PruningConfig(levels=3, prune_fraction=0.2, rewind_step=2),
+    pruning=PruningConfig(levels=3, prune_fraction=0.2, rewind_step=5),  # in epoch 1 of the 0.5 fraction (4 steps each)
     train=TrainConfig(epochs=2, batch_size=50, lr=0.05),
 )
 PRUNABLE = {"mlp_w8_d1": 64 * 8, "mlp_w16_d1": 64 * 16}  # the hidden layer; the classifier stays dense
@@ -70,29 +71,27 @@ def test_pruned_weights_stay_zero_and_masks_only_shrink(run):
         previous = mask
 
 
-def test_rewinding_reproduces_each_level_from_the_rewind_point(run):
-    """Level 2 retrained from (rewind snapshot x level-2 mask) gives exactly the stored level-2 weights."""
+@pytest.mark.parametrize("network", ["mlp_w8_d1", "mlp_w16_d1"])  # the narrow one trains nested in the wide one's pass
+def test_each_level_goes_on_from_the_rewind_point_like_one_model_alone(run, network):
+    """Independent reference, one model at a time with torch.optim.SGD: k updates from the init give W_k; from
+    W_k ⊙ (the stored level-2 mask), updates k..T give exactly the stored level-2 weights."""
     folder, _ = run
-    dataset = load_dataset(CONFIG.dataset)
-    seeds = [model_seed(0, s) for s in (0, 1, 0, 1)]  # (fraction, seed) grid order
-    subsets = fraction_subsets(dataset.n_train, [0.5, 1.0], 0)[[0, 0, 1, 1]]
-    snapshot = load_file(folder / "weights" / "mlp_w16_d1" / "rewind.safetensors")
-    mask = weights(folder, "mlp_w16_d1", 2)["mask/1.weight"]
-    ensemble = Ensemble.init("mlp_w16_d1", dataset.input_shape, 10, [derive_seed(s, INIT_STREAM) for s in seeds])
-    with torch.no_grad():
-        for name, p in ensemble.params.items():
-            p.copy_(snapshot[name] * mask if name == "1.weight" else snapshot[name])
-    train(ensemble, dataset.x_train, dataset.y_train, subsets, [derive_seed(s, ORDER_STREAM) for s in seeds],
-          CONFIG.train, masks={"1.weight": mask})
-    torch.testing.assert_close(ensemble.params["1.weight"].detach(), weights(folder, "mlp_w16_d1", 2)["param/1.weight"])
-
-
-def test_rewind_point_is_the_state_after_rewind_step_updates(run):
-    folder, _ = run
-    snapshot = load_file(folder / "weights" / "mlp_w8_d1" / "rewind.safetensors")
-    initial = init_model("mlp_w8_d1", (1, 8, 8), 10, derive_seed(model_seed(0, 1), INIT_STREAM))
-    assert not torch.equal(snapshot["1.weight"][1], initial[1].weight)  # 2 updates away from the init
-    assert (snapshot["1.weight"][1] - initial[1].weight).abs().max() < 0.1
+    dataset, k = load_dataset(CONFIG.dataset), CONFIG.pruning.rewind_step
+    subsets = fraction_subsets(dataset.n_train, [0.5, 1.0], 0)
+    snapshot, stored = load_file(folder / "weights" / network / "rewind.safetensors"), weights(folder, network, 2)
+    for m, (fraction, seed_index) in enumerate(itertools.product((0, 1), CONFIG.seeds)):  # the grid's row order
+        seed, members = model_seed(0, seed_index), subsets[fraction].nonzero().squeeze(1)
+        model = init_model(network, dataset.input_shape, 10, derive_seed(seed, INIT_STREAM))
+        w_k, _ = train_one_by_one(model, dataset.x_train, dataset.y_train, members, derive_seed(seed, ORDER_STREAM),
+                                  CONFIG.train, stop_after=k)
+        for name, value in w_k.state_dict().items():
+            torch.testing.assert_close(snapshot[name][m], value, atol=1e-6, rtol=1e-5)
+        mask = {"1.weight": stored["mask/1.weight"][m].float()}
+        reference, updates = train_one_by_one(w_k, dataset.x_train, dataset.y_train, members,
+                                              derive_seed(seed, ORDER_STREAM), CONFIG.train, mask=mask, start=k)
+        assert updates == CONFIG.train.epochs * (len(members) // CONFIG.train.batch_size) - k  # T - k: 8 - 5 or 16 - 5
+        for name, value in reference.state_dict().items():
+            torch.testing.assert_close(stored[f"param/{name}"][m], value, atol=1e-5, rtol=1e-4)
 
 
 def test_a_lost_level_is_recomputed_alone(run):

@@ -64,7 +64,7 @@ def test_rewind_restores_the_snapshot_under_the_mask_and_counts_parameters():
             p.add_(1.0)  # "training" moved everything
     names = prunable_names(ensemble.template, prune_output=False)
     masks = prune(ensemble.params, dense_masks(ensemble.params, names), 0.5, 1)
-    rewind(ensemble.params, snapshot, masks)
+    rewind(ensemble, snapshot, masks)
     w = ensemble.params["1.weight"].detach()
     assert torch.equal(w[masks["1.weight"]], snapshot["1.weight"][masks["1.weight"]])
     assert torch.count_nonzero(w[~masks["1.weight"]]) == 0

@@ -8,7 +8,9 @@ from torch import nn
 
 from core.ensemble import Ensemble, embed, evaluate, example_outcomes
 from core.models import init_model
+from core.pruning import rewind
 from core.training import TrainConfig, lr_at, train
+from reference import assert_same_weights, train_one_by_one
 
 N, CLASSES = 240, 5
 CONFIG = TrainConfig(epochs=3, batch_size=32, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine", warmup_epochs=1)
@@ -28,39 +30,6 @@ def toy():
         "y": torch.randint(0, CLASSES, (N,), generator=g),
         "subsets": subsets,
     }
-
-
-def train_one_by_one(model, x, y, members, order_seed, config, mask=None, stop_after=None):
-    """Reference: plain torch.optim.SGD, the same batch order, lr set every step (optionally stopping early)."""
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    gen, steps_per_epoch, step = torch.Generator().manual_seed(order_seed), len(members) // config.batch_size, 0
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.mul_(mask.get(name, 1.0) if mask else 1.0)
-    for _ in range(config.epochs):
-        order = members[torch.randperm(len(members), generator=gen)]
-        for s in range(steps_per_epoch):
-            if step == stop_after:
-                return model, step
-            idx = order[s * config.batch_size : (s + 1) * config.batch_size]
-            for group in opt.param_groups:
-                group["lr"] = lr_at(config, step, steps_per_epoch)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            with torch.no_grad():  # the reference masks after the step; ours masks gradients
-                for name, p in model.named_parameters():
-                    p.mul_(mask.get(name, 1.0) if mask else 1.0)
-            step += 1
-    return model, step
-
-
-def assert_same_weights(a: nn.Module, b: nn.Module, atol=1e-5):
-    state_a, state_b = a.state_dict(), b.state_dict()
-    assert state_a.keys() == state_b.keys()
-    for name in state_a:
-        torch.testing.assert_close(state_a[name], state_b[name], atol=atol, rtol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize("name,key", [("mlp_w16_d2", "seq"), ("cnn1d_w4_d2", "seq"), ("cnn_w4_d3", "img")])
@@ -227,3 +196,39 @@ def test_snapshot_holds_each_model_after_its_own_rth_update(toy):
     assert torch.equal(initial["1.weight"][1], init_model("mlp_w8_d1", x.shape[1:], CLASSES, 2)[1].weight)
     with pytest.raises(ValueError, match=r"snapshot_step=19 must lie between 0 and the last update \(9\)"):
         train(ensemble, x, y, subsets, order_seeds, CONFIG, snapshot_step=19)
+
+
+def test_training_goes_on_from_the_rewind_point_as_open_lth_does(toy):
+    """Survivors rewound to W_k ⊙ mask train on from update k: the dense run's lr schedule and batch order, T - k updates."""
+    x, y, subsets = toy["seq"], toy["y"], toy["subsets"]  # models 0, 1: 6 steps per epoch (18 in all); model 2: 3 (9)
+    seeds, order_seeds, k = [1, 2, 3], [4, 5, 6], 7  # update 7: epoch 1 of models 0, 1; epoch 2 of model 2
+    snapshot = train(Ensemble.init("mlp_w16_d2", x.shape[1:], CLASSES, seeds), x, y, subsets, order_seeds, CONFIG,
+                     snapshot_step=k).snapshot
+    g = torch.Generator().manual_seed(0)
+    masks = {name: torch.rand(snapshot[name].shape, generator=g) > 0.4 for name in ("1.weight", "3.weight")}
+    rewound = Ensemble.init("mlp_w16_d2", x.shape[1:], CLASSES, [0, 0, 0])
+    rewind(rewound, snapshot, masks)
+    restarted = Ensemble.init("mlp_w16_d2", x.shape[1:], CLASSES, [0, 0, 0])
+    rewind(restarted, snapshot, masks)
+    result = train(rewound, x, y, subsets, order_seeds, CONFIG, masks=masks, start_step=k)
+    train(restarted, x, y, subsets, order_seeds, CONFIG, masks=masks)  # the old way: the whole schedule again
+    assert result.steps.tolist() == [18 - k, 18 - k, 9 - k]
+    assert result.losses[:2, 0].isnan().all() and result.losses[2, :2].isnan().all()  # epochs before the rewind point
+    assert not result.losses[:2, 1:].isnan().any() and not result.losses[2, 2].isnan()
+    for m in range(3):
+        members, mask = subsets[m].nonzero().squeeze(1), {name: masks[name][m].float() for name in masks}
+        w_k, _ = train_one_by_one(init_model("mlp_w16_d2", x.shape[1:], CLASSES, seeds[m]), x, y, members,
+                                  order_seeds[m], CONFIG, stop_after=k)
+        reference, updates = train_one_by_one(w_k, x, y, members, order_seeds[m], CONFIG, mask=mask, start=k)
+        assert updates == int(result.steps[m])
+        assert_same_weights(rewound.model(m), reference)
+        with pytest.raises(AssertionError):
+            assert_same_weights(restarted.model(m), reference)
+
+
+def test_start_step_past_training_is_refused(toy):
+    ensemble = Ensemble.init("mlp_w8_d1", (1, 16), CLASSES, [1, 2, 3])
+    with pytest.raises(ValueError, match=r"start_step=10 must lie between 0 and the last update \(9\)"):
+        train(ensemble, toy["seq"], toy["y"], toy["subsets"], [4, 5, 6], CONFIG, start_step=10)
+    with pytest.raises(ValueError, match=r"snapshot_step=2 must lie between 3 and the last update \(9\)"):
+        train(ensemble, toy["seq"], toy["y"], toy["subsets"], [4, 5, 6], CONFIG, start_step=3, snapshot_step=2)

@@ -1,0 +1,43 @@
+"""Independent one-model references the stacked paths are tested against: plain torch.optim.SGD, one model at a time."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.training import lr_at
+
+
+def train_one_by_one(model, x, y, members, order_seed, config, mask=None, stop_after=None, start=0):
+    """Reference: plain torch.optim.SGD, the same batch order, lr set every step (optionally stopping early,
+    or starting at update `start` of the schedule with a fresh optimizer); returns the model and its updates."""
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    gen, steps_per_epoch, step = torch.Generator().manual_seed(order_seed), len(members) // config.batch_size, 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.mul_(mask.get(name, 1.0) if mask else 1.0)
+    for _ in range(config.epochs):
+        order = members[torch.randperm(len(members), generator=gen)]
+        for s in range(steps_per_epoch):
+            if step == stop_after:
+                return model, step - start
+            if step < start:
+                step += 1
+                continue
+            idx = order[s * config.batch_size : (s + 1) * config.batch_size]
+            for group in opt.param_groups:
+                group["lr"] = lr_at(config, step, steps_per_epoch)
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():  # the reference masks after the step; ours masks gradients
+                for name, p in model.named_parameters():
+                    p.mul_(mask.get(name, 1.0) if mask else 1.0)
+            step += 1
+    return model, step - start
+
+
+def assert_same_weights(a: nn.Module, b: nn.Module, atol=1e-5):
+    state_a, state_b = a.state_dict(), b.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for name in state_a:
+        torch.testing.assert_close(state_a[name], state_b[name], atol=atol, rtol=1e-4, msg=name)
