@@ -1,8 +1,23 @@
 """The error-vs-density law of Rosenfeld, Frankle, Carbin, Shavit (ICML 2021) and its fits.
 
-eps_hat(d) = eps_np * | (d - j p (eps_up / eps_np)^(1/gamma)) / (d - j p) |^gamma,  j = sqrt(-1):
+eps_hat(d) = eps_np * T(d; p, eps_up / eps_np, gamma), with the transition
+T(d; p, r, gamma) = | (d - j p r^(1/gamma)) / (d - j p) |^gamma,  j = sqrt(-1):
 flat at the unpruned error eps_np for d >> p, the high-error plateau eps_up for d -> 0, and a power
 law of slope gamma between. Jointly over networks, d is replaced by m* = l^phi * w^psi * d.
+
+The dip form, an option beside the paper's form, follows the lottery-ticket dip: pruned networks that
+beat the dense one at moderate density. It multiplies in a step of the log error from 0 (d >> s) down to
+ln delta (d << s), a logistic in ln d at the dip's edge s = p * s_over_p, of depth delta <= 1 and steepness kappa:
+  eps_hat(d) = eps_np * D(d; s, delta, kappa) * T(d; p, eps_up / (eps_np delta), gamma),
+  D(d; s, delta, kappa) = delta ** expit(kappa ln(s / d)).
+Limits: eps_np for d -> inf; delta * eps_np on the plateau p << d << s; eps_up for d -> 0 (D -> delta cancels
+the 1/delta in T's ratio). With delta = 1, D = 1 and the form is exactly the paper's. Why not a second T
+for the dip: for a shallow dip (|ln delta| << kappa), T(d; s, delta, kappa) -> exp(ln delta / (1 + (d/s)^2))
+whatever kappa, so its sharpness cannot be fitted; D is that limit at kappa = 2 with kappa left free.
+The edge is fitted as the ratio s_over_p >= 1, so that box bounds keep the dip at larger density than
+the paper's transition.
+
+Fits run on seed means: one row per (network, data fraction, level), see `seed_means`.
 """
 from __future__ import annotations
 
@@ -11,17 +26,41 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
+from scipy.special import expit
 
 SINGLE = ("eps_up", "p", "gamma")
-JOINT = ("eps_up", "p", "gamma", "phi", "psi")
-LOWER = {"eps_up": 1e-4, "p": 1e-7, "gamma": 0.05, "phi": -4.0, "psi": -4.0}
-UPPER = {"eps_up": 1.0, "p": 10.0, "gamma": 20.0, "phi": 4.0, "psi": 4.0}
+JOINT = SINGLE + ("phi", "psi")
+DIP = ("delta", "s_over_p", "kappa")
+LOWER = {"eps_up": 1e-4, "p": 1e-7, "gamma": 0.05, "phi": -4.0, "psi": -4.0, "delta": 0.05, "s_over_p": 1.0, "kappa": 0.2}
+UPPER = {"eps_up": 1.0, "p": 10.0, "gamma": 20.0, "phi": 4.0, "psi": 4.0, "delta": 1.0, "s_over_p": 1e4, "kappa": 20.0}
+GRID_POINT = ["network", "data_fraction", "level"]
+
+
+def parameter_names(joint: bool, dip: bool = False) -> tuple[str, ...]:
+    """The fitted parameters of the paper's form (or the dip form), per curve or joint."""
+    return (JOINT if joint else SINGLE) + (DIP if dip else ())
+
+
+def transition(d: np.ndarray, scale: float, ratio: float | np.ndarray, sharpness: float) -> np.ndarray:
+    """T(d; p, r, gamma): r for d -> 0, 1 for d -> inf; ((d^2 + q^2) / (d^2 + p^2))^(gamma/2), q = p r^(1/gamma)."""
+    q = scale * ratio ** (1.0 / sharpness)
+    return ((d**2 + q**2) / (d**2 + scale**2)) ** (sharpness / 2.0)
 
 
 def error_form(d: np.ndarray, eps_np: np.ndarray, eps_up: float, p: float, gamma: float) -> np.ndarray:
-    """eps_hat(d); the modulus of the complex ratio is sqrt((d^2 + q^2) / (d^2 + p^2)), q = p (eps_up/eps_np)^(1/gamma)."""
-    q = p * (eps_up / eps_np) ** (1.0 / gamma)
-    return eps_np * ((d**2 + q**2) / (d**2 + p**2)) ** (gamma / 2.0)
+    """eps_hat(d) = eps_np T(d; p, eps_up / eps_np, gamma), the paper's form."""
+    return eps_np * transition(d, p, eps_up / eps_np, gamma)
+
+
+def dip_step(d: np.ndarray, s: float, delta: float, kappa: float) -> np.ndarray:
+    """D(d; s, delta, kappa) = delta^expit(kappa ln(s / d)): delta for d << s, 1 for d >> s."""
+    return delta ** expit(kappa * np.log(s / d))
+
+
+def dip_error_form(d: np.ndarray, eps_np: np.ndarray, eps_up: float, p: float, gamma: float, delta: float,
+                   s_over_p: float, kappa: float) -> np.ndarray:
+    """The dip form eps_np D(d; s, delta, kappa) T(d; p, eps_up / (eps_np delta), gamma), s = p s_over_p."""
+    return eps_np * dip_step(d, p * s_over_p, delta, kappa) * transition(d, p, eps_up / (eps_np * delta), gamma)
 
 
 def invariant(density: np.ndarray, depth: np.ndarray, width: np.ndarray, phi: float, psi: float) -> np.ndarray:
@@ -30,11 +69,12 @@ def invariant(density: np.ndarray, depth: np.ndarray, width: np.ndarray, phi: fl
 
 
 def predict(table: pd.DataFrame, params: dict[str, float]) -> np.ndarray:
-    """eps_hat for each row (columns density, eps_np, and depth/width when the params are joint)."""
+    """eps_hat for each row (columns density, eps_np, and depth/width for joint params); the dip form if params has delta."""
     d = table["density"].to_numpy(float)
     if "phi" in params:
         d = invariant(d, table["depth"], table["width"], params["phi"], params["psi"])
-    return error_form(d, table["eps_np"].to_numpy(float), params["eps_up"], params["p"], params["gamma"])
+    form, names = (dip_error_form, SINGLE + DIP) if "delta" in params else (error_form, SINGLE)
+    return form(d, table["eps_np"].to_numpy(float), **{n: params[n] for n in names})
 
 
 @dataclass
@@ -56,25 +96,29 @@ class Fit:
 
 
 def _starts(table: pd.DataFrame, names: tuple[str, ...], n_starts: int, seed: int) -> list[np.ndarray]:
-    """Initial points: a data-driven one, then seeded draws (log-uniform for p) inside the bounds."""
+    """Initial points: a data-driven one, then seeded draws (log-uniform for p and s_over_p) inside the bounds."""
     rng = np.random.default_rng(seed)
+    lowest_ratio = float((table["test_error"] / table["eps_np"]).min())
     first = {"eps_up": min(max(table["test_error"].max(), 1.01 * LOWER["eps_up"]), UPPER["eps_up"]),
-             "p": max(float(table["density"].min()) * 3, LOWER["p"] * 10), "gamma": 1.0, "phi": 0.0, "psi": 0.0}
+             "p": max(float(table["density"].min()) * 3, LOWER["p"] * 10), "gamma": 1.0, "phi": 0.0, "psi": 0.0,
+             # delta < 1: at delta = 1 the dip factor is 1 and flat in s_over_p and kappa
+             "delta": min(lowest_ratio, 0.99), "s_over_p": 30.0, "kappa": 2.0}
     starts = [np.array([first[n] for n in names])]
     for _ in range(n_starts - 1):
         draw = {"eps_up": rng.uniform(table["test_error"].median(), 1.0), "p": 10 ** rng.uniform(-4, 0),
-                "gamma": 10 ** rng.uniform(-0.7, 0.8), "phi": rng.uniform(-1, 1), "psi": rng.uniform(-1, 1)}
+                "gamma": 10 ** rng.uniform(-0.7, 0.8), "phi": rng.uniform(-1, 1), "psi": rng.uniform(-1, 1),
+                "delta": rng.uniform(0.5, 1.0), "s_over_p": 10 ** rng.uniform(0.5, 3), "kappa": 10 ** rng.uniform(-0.3, 1)}
         starts.append(np.array([draw[n] for n in names]))
     return [np.clip(s, [LOWER[n] for n in names], [UPPER[n] for n in names]) for s in starts]
 
 
-def fit(table: pd.DataFrame, joint: bool = False, n_starts: int = 8, seed: int = 0) -> Fit:
+def fit(table: pd.DataFrame, joint: bool = False, n_starts: int = 8, seed: int = 0, dip: bool = False) -> Fit:
     """Least squares on the relative error (scipy), from several starts, with bounded parameters.
 
     `table` needs density, test_error, eps_np (the network's unpruned error), and for a joint fit
-    depth and width.
+    depth and width. `dip` fits the dip form instead of the paper's.
     """
-    names = JOINT if joint else SINGLE
+    names = parameter_names(joint, dip)
     error = table["test_error"].to_numpy(float)
     if (error <= 0).any():
         raise ValueError("test_error must be positive for a fit on the relative error; drop rows with zero error")
@@ -90,13 +134,13 @@ def fit(table: pd.DataFrame, joint: bool = False, n_starts: int = 8, seed: int =
 
 
 def bootstrap_intervals(table: pd.DataFrame, joint: bool, n_bootstrap: int, seed: int = 0, n_starts: int = 3,
-                        level: float = 0.95) -> dict[str, tuple[float, float]]:
+                        level: float = 0.95, dip: bool = False) -> dict[str, tuple[float, float]]:
     """Percentile intervals of each parameter over fits to row-resampled tables."""
     rng = np.random.default_rng(seed)
-    draws = [fit(table.iloc[rng.integers(0, len(table), len(table))], joint, n_starts, seed + b).params
+    draws = [fit(table.iloc[rng.integers(0, len(table), len(table))], joint, n_starts, seed + b, dip).params
              for b in range(n_bootstrap)]
     tail = (1 - level) / 2 * 100
-    names = JOINT if joint else SINGLE
+    names = parameter_names(joint, dip)
     if not draws:
         return {n: (np.nan, np.nan) for n in names}
     return {n: tuple(np.percentile([d[n] for d in draws], [tail, 100 - tail])) for n in names}
@@ -109,6 +153,29 @@ def with_unpruned_error(errors: pd.DataFrame) -> pd.DataFrame:
     return table.merge(dense, on="curve", how="left")
 
 
+def seed_means(errors: pd.DataFrame) -> pd.DataFrame:
+    """One row per (network, data fraction, level) of the per-seed `errors`: width, depth, density, the mean
+    test_error, n_seeds, relative_std (sample std over seeds / mean; NaN with one seed), curve and eps_np."""
+    means = errors.groupby(GRID_POINT, as_index=False).agg(
+        width=("width", "first"), depth=("depth", "first"), density=("density", "mean"),
+        test_error=("test_error", "mean"), test_error_std=("test_error", "std"), n_seeds=("test_error", "count"))
+    means["relative_std"] = means.pop("test_error_std") / means["test_error"]
+    return with_unpruned_error(means)
+
+
+def seed_spread(means: pd.DataFrame) -> float:
+    """Seed-to-seed spread: the root-mean-square of `relative_std` over the grid points that have one (>= 2 seeds,
+    mean error > 0), i.e. the typical relative deviation of one seed from its point's mean; NaN if none has."""
+    relative_std = means["relative_std"].to_numpy(float)
+    relative_std = relative_std[np.isfinite(relative_std)]
+    return float(np.sqrt(np.mean(relative_std**2))) if len(relative_std) else np.nan
+
+
+def dip_rows(table: pd.DataFrame) -> np.ndarray:
+    """The lottery-ticket dip: pruned rows (density < 1) whose test error is below their curve's eps_np."""
+    return ((table["density"] < 1) & (table["test_error"] < table["eps_np"])).to_numpy()
+
+
 def heldout_rows(table: pd.DataFrame) -> np.ndarray:
     """Rows of the largest width, depth or data fraction (each dimension with more than one value)."""
     held = np.zeros(len(table), bool)
@@ -118,10 +185,18 @@ def heldout_rows(table: pd.DataFrame) -> np.ndarray:
     return held
 
 
-def fit_rows(scope: str, result: Fit, intervals: dict[str, tuple[float, float]]) -> list[dict]:
-    """Long rows (scope, param, value, low, high) of one fit, mu and sigma included (no interval)."""
+def spread_rows(means: pd.DataFrame) -> list[dict]:
+    """Long rows of scope "data": seed_spread, n_seeds (mean per grid point), points (grid points in the spread)."""
+    values = {"seed_spread": seed_spread(means), "n_seeds": float(means["n_seeds"].mean()),
+              "points": float(np.isfinite(means["relative_std"]).sum())}
+    return [{"scope": "data", "param": name, "value": value, "low": np.nan, "high": np.nan} for name, value in values.items()]
+
+
+def fit_rows(scope: str, result: Fit, intervals: dict[str, tuple[float, float]], spread: float) -> list[dict]:
+    """Long rows (scope, param, value, low, high) of one fit; mu, sigma, n and sigma / `spread` without interval."""
     rows = [{"scope": scope, "param": name, "value": value, "low": intervals.get(name, (np.nan,))[0],
              "high": intervals.get(name, (np.nan, np.nan))[1]} for name, value in result.params.items()]
-    rows += [{"scope": scope, "param": name, "value": value, "low": np.nan, "high": np.nan}
-             for name, value in (("mu", result.mu), ("sigma", result.sigma), ("n", float(len(result.relative_deviation))))]
+    summary = (("mu", result.mu), ("sigma", result.sigma), ("n", float(len(result.relative_deviation))),
+               ("sigma_over_spread", result.sigma / spread if spread > 0 else np.nan))
+    rows += [{"scope": scope, "param": name, "value": value, "low": np.nan, "high": np.nan} for name, value in summary]
     return rows

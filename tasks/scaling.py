@@ -1,4 +1,4 @@
-"""Task of the `scaling_law` flow: per-curve and joint fits, bootstrap intervals, extrapolation."""
+"""Task of the `scaling_law` flow: per-curve and joint fits on seed means, bootstrap intervals, extrapolation."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,37 +6,58 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.scaling import Fit, bootstrap_intervals, fit, fit_rows, heldout_rows, predict, with_unpruned_error
+from core.scaling import (Fit, bootstrap_intervals, dip_rows, fit, fit_rows, heldout_rows, predict, seed_means, seed_spread,
+                          spread_rows)
 from core.store import RunStore
 
 OUTPUTS = ("scaling_fit.parquet", "scaling_predictions.parquet")
 
 
+def joint_fits(table: pd.DataFrame, config, spread: float, dip: bool) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """One form's joint fit and extrapolation to the largest networks: long rows, and prediction columns.
+
+    `config` is the run's ScalingLawFlowConfig; scopes and columns of the dip form end in `_dip`.
+    """
+    suffix = "_dip" if dip else ""
+    joint = fit(table, joint=True, n_starts=config.n_starts, seed=config.seed, dip=dip)
+    rows = fit_rows("joint" + suffix, joint, bootstrap_intervals(table, True, config.n_bootstrap, config.seed, dip=dip), spread)
+    columns = {"predicted_error" + suffix: predict(table, joint.params)}
+    held = heldout_rows(table)
+    if config.extrapolate and held.any() and (~held).any():
+        small = fit(table[~held], joint=True, n_starts=config.n_starts, seed=config.seed, dip=dip)
+        extrapolated = predict(table, small.params)
+        deviation = extrapolated[held] / table["test_error"].to_numpy()[held] - 1
+        rows += fit_rows("extrapolation" + suffix, Fit(small.params, deviation), {}, spread)  # mu, sigma on the held-out rows
+        columns |= {"heldout": held, "predicted_error_extrapolation" + suffix: extrapolated}
+    return rows, columns
+
+
 @task(cache_policy=NO_CACHE, task_run_name="fit-scaling-law")
 def fit_scaling_law(store: RunStore, prune_errors: str) -> tuple[str, str]:
-    """Fit every curve on its own and all curves jointly (m* = l^phi w^psi d); extrapolate to the largest."""
+    """Fit every curve on its own and all curves jointly (m* = l^phi w^psi d) on seed means; extrapolate to the largest."""
     if all(store.is_complete(name) for name in OUTPUTS):
         return OUTPUTS
     config, logger = store.config, get_run_logger()
-    table = with_unpruned_error(pd.read_parquet(prune_errors))
-    table = table[table["test_error"] > 0].reset_index(drop=True)  # the relative error needs eps > 0
-    rows, single = [], np.full(len(table), np.nan)
+    means = seed_means(pd.read_parquet(prune_errors))
+    spread = seed_spread(means)
+    table = means[means["test_error"] > 0].reset_index(drop=True)  # the relative error needs eps > 0
+    table["dip"] = dip_rows(table)
+    rows, single = spread_rows(means), np.full(len(table), np.nan)
     for curve, part in table.groupby("curve"):
         result = fit(part, n_starts=config.n_starts, seed=config.seed)
-        rows += fit_rows(curve, result, bootstrap_intervals(part, False, config.n_bootstrap, config.seed))
+        rows += fit_rows(curve, result, bootstrap_intervals(part, False, config.n_bootstrap, config.seed), spread)
         single[part.index] = predict(part, result.params)
-    joint = fit(table, joint=True, n_starts=config.n_starts, seed=config.seed)
-    rows += fit_rows("joint", joint, bootstrap_intervals(table, True, config.n_bootstrap, config.seed))
-    predictions = table.assign(predicted_error=predict(table, joint.params), predicted_error_single=single)
-    held = heldout_rows(table)
-    if config.extrapolate and held.any() and (~held).any():
-        small = fit(table[~held], joint=True, n_starts=config.n_starts, seed=config.seed)
-        extrapolated = predict(table, small.params)
-        deviation = extrapolated[held] / table["test_error"].to_numpy()[held] - 1
-        rows += fit_rows("extrapolation", Fit(small.params, deviation), {})  # mu, sigma on the held-out rows
-        predictions = predictions.assign(heldout=held, predicted_error_extrapolation=extrapolated)
+    columns = {"predicted_error_single": single}
+    for dip in (False, True) if config.dip_form else (False,):
+        form_rows, form_columns = joint_fits(table, config, spread, dip)
+        rows, columns = rows + form_rows, columns | form_columns
+    # how much of the joint sigma the dip explains: the paper's form fitted and judged outside the dip
+    outside = fit(table[~table["dip"]], joint=True, n_starts=config.n_starts, seed=config.seed)
+    rows += fit_rows("joint_without_dip", outside, {}, spread)
     store.write_table(OUTPUTS[0], pd.DataFrame(rows))
-    store.write_table(OUTPUTS[1], predictions)
-    logger.info("joint fit of %d rows: mu %.4f, sigma %.4f (%s)", len(table), joint.mu, joint.sigma,
-                ", ".join(f"{k}={v:.3g}" for k, v in joint.params.items()))
+    store.write_table(OUTPUTS[1], table.assign(**columns))
+    sigma = {row["scope"]: row["value"] for row in rows if row["param"] == "sigma"}
+    logger.info("%d seed means, seed spread %.4f; joint sigma %.4f, without the %d dip rows %.4f%s", len(table), spread,
+                sigma["joint"], table["dip"].sum(), sigma["joint_without_dip"],
+                f", dip form {sigma['joint_dip']:.4f}" if config.dip_form else "")
     return OUTPUTS

@@ -37,26 +37,50 @@ def synthetic_prune_run(root: Path) -> str:
 @pytest.mark.usefixtures("prefect_harness")
 def test_flow_recovers_the_law_and_extrapolates(tmp_path):
     run = synthetic_prune_run(tmp_path)
-    folder = Path(scaling_law_flow(ScalingLawFlowConfig(prune_run=run, n_bootstrap=4, n_starts=6), data_root=str(tmp_path)))
+    config = ScalingLawFlowConfig(prune_run=run, n_bootstrap=4, n_starts=6, dip_form=True)
+    folder = Path(scaling_law_flow(config, data_root=str(tmp_path)))
     fits = pd.read_parquet(folder / "scaling_fit.parquet")
     joint = fits[fits.scope == "joint"].set_index("param")
     for name, value in TRUE.items():
         assert joint.loc[name, "value"] == pytest.approx(value, rel=0.15, abs=0.05), name
         assert joint.loc[name, "low"] <= joint.loc[name, "high"]
+    assert joint.loc["n", "value"] == 9 * 20  # the seed means: 9 networks, 20 levels
     assert abs(joint.loc["mu", "value"]) < 0.01 and joint.loc["sigma", "value"] < 0.02
+    # each seed has 1% noise: the sample variance of 2 seeds estimates 0.01^2 without bias, and the rms over
+    # 180 points has a relative standard error of 1 / sqrt(2 * 180) = 5%
+    data = fits[fits.scope == "data"].set_index("param")["value"]
+    spread = data["seed_spread"]
+    assert spread == pytest.approx(0.01, rel=0.15) and data["n_seeds"] == 2 and data["points"] == 180
+    # a mean of 2 seeds has 0.01 / sqrt(2) noise, and so has each curve's measured eps_np: the joint sigma
+    # cannot fall below the first, and the law being exact it stays near sqrt(1/2 + 1/2) * 0.01
+    sigma = joint.loc["sigma", "value"]
+    assert spread / np.sqrt(2) * 0.9 < sigma < 1.5 * spread
+    assert joint.loc["sigma_over_spread", "value"] == pytest.approx(sigma / spread)
     extrapolation = fits[fits.scope == "extrapolation"].set_index("param")["value"]
-    assert extrapolation["n"] == 5 * 2 * 20  # width 64 or depth 3: 5 of the 9 networks, 2 seeds, 20 levels
+    assert extrapolation["n"] == 5 * 20  # width 64 or depth 3: 5 of the 9 networks, 20 levels
     assert abs(extrapolation["mu"]) < 0.03 and extrapolation["sigma"] < 0.05
-    assert set(fits.scope) == {"joint", "extrapolation"} | {f"mlp_w{w}_d{d}@1" for w in (16, 32, 64) for d in (1, 2, 3)}
+    curves = {f"mlp_w{w}_d{d}@1" for w in (16, 32, 64) for d in (1, 2, 3)}
+    forms = {"joint", "extrapolation", "joint_without_dip", "joint_dip", "extrapolation_dip"}
+    assert set(fits.scope) == {"data"} | forms | curves
+    assert set(fits.loc[fits.param == "sigma_over_spread", "scope"]) == forms | curves
     predictions = pd.read_parquet(folder / "scaling_predictions.parquet")
-    assert len(predictions) == 9 * 2 * 20 and predictions["heldout"].sum() == 200
+    assert len(predictions) == 9 * 20 and predictions["heldout"].sum() == 100
+    assert (predictions["n_seeds"] == 2).all() and not predictions.loc[predictions["level"] == 0, "dip"].any()
+    without_dip = fits[fits.scope == "joint_without_dip"].set_index("param")["value"]
+    assert without_dip["n"] == 180 - predictions["dip"].sum()
+    # the dip form holds the paper's (delta = 1), so its least-squares optimum is no worse
+    dip = fits[fits.scope == "joint_dip"].set_index("param")["value"]
+    assert np.hypot(dip["mu"], dip["sigma"]) <= np.hypot(joint.loc["mu", "value"], joint.loc["sigma", "value"]) * 1.001
+    assert {"predicted_error_dip", "predicted_error_extrapolation_dip"} <= set(predictions.columns)
     single = fits[fits.scope == "mlp_w32_d2@1"].set_index("param")["value"]
     assert single["sigma"] < 0.02  # each curve alone fits to its noise
-    for name in ("error_vs_density_fit.png", "collapse.png", "predicted_vs_actual.png"):
+    for name in ("error_vs_density_fit.png", "collapse.png", "predicted_vs_actual.png", "seed_scatter.png"):
         assert (folder / "figures" / name).is_file()
+    assert "| scope | mu | sigma | sigma_over_spread | seed_spread |" in (folder / "report.md").read_text()
 
 
 def test_missing_prune_run_is_explained(tmp_path):
+    assert not ScalingLawFlowConfig().dip_form  # the paper's form alone unless asked
     with pytest.raises(ValueError, match="prune_run is required"):
         scaling_law_flow.fn(ScalingLawFlowConfig(), data_root=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no run 'prune_grid-000000000000'"):
