@@ -43,7 +43,10 @@ def ephemeral_settings() -> dict[str, str]:
     its SQLite file is never the one the local server serves."""
     home = tempfile.mkdtemp(prefix="regularity-ephemeral-prefect-")
     atexit.register(shutil.rmtree, home, ignore_errors=True)
-    return {"PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    # a fresh home migrates its database first: Prefect's 20 s start-up limit was seen to run out on 2 busy cores
+    timeout = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    return {"PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": timeout}
 
 
 def is_healthy(api_url: str) -> bool:

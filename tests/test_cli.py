@@ -87,6 +87,13 @@ def test_ephemeral_runs_keep_out_of_the_local_server_database():
     assert not Path(first).is_relative_to(server.prefect_home())
 
 
+def test_ephemeral_server_gets_time_to_migrate_its_fresh_database(monkeypatch):
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    assert server.ephemeral_settings()["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == "120"  # Prefect's own: 20
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
+    assert server.ephemeral_settings()["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == "300"  # the user's wins
+
+
 def test_run_prints_the_run_folder_last(tmp_path, capsys, monkeypatch, prefect_harness):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))  # --ephemeral sets it; keep it local
     args = ["run", "train", "--ephemeral", "--data-root", str(tmp_path), "--set", "dataset.name=digits",
