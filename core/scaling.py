@@ -176,13 +176,15 @@ def dip_rows(table: pd.DataFrame) -> np.ndarray:
     return ((table["density"] < 1) & (table["test_error"] < table["eps_np"])).to_numpy()
 
 
+def heldout_by_dimension(table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per grid dimension with more than one value (width, depth, data_fraction): the rows of its largest value."""
+    return {column: (table[column] == table[column].max()).to_numpy()
+            for column in ("width", "depth", "data_fraction") if table[column].nunique() > 1}
+
+
 def heldout_rows(table: pd.DataFrame) -> np.ndarray:
     """Rows of the largest width, depth or data fraction (each dimension with more than one value)."""
-    held = np.zeros(len(table), bool)
-    for column in ("width", "depth", "data_fraction"):
-        if table[column].nunique() > 1:
-            held |= (table[column] == table[column].max()).to_numpy()
-    return held
+    return np.logical_or.reduce([np.zeros(len(table), bool), *heldout_by_dimension(table).values()])
 
 
 def spread_rows(means: pd.DataFrame) -> list[dict]:

@@ -6,8 +6,8 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.scaling import (Fit, bootstrap_intervals, dip_rows, fit, fit_rows, heldout_rows, predict, seed_means, seed_spread,
-                          spread_rows)
+from core.scaling import (Fit, bootstrap_intervals, dip_rows, fit, fit_rows, heldout_by_dimension, heldout_rows, predict,
+                          seed_means, seed_spread, spread_rows)
 from core.store import RunStore
 
 OUTPUTS = ("scaling_fit.parquet", "scaling_predictions.parquet")
@@ -22,13 +22,18 @@ def joint_fits(table: pd.DataFrame, config, spread: float, dip: bool) -> tuple[l
     joint = fit(table, joint=True, n_starts=config.n_starts, seed=config.seed, dip=dip)
     rows = fit_rows("joint" + suffix, joint, bootstrap_intervals(table, True, config.n_bootstrap, config.seed, dip=dip), spread)
     columns = {"predicted_error" + suffix: predict(table, joint.params)}
-    held = heldout_rows(table)
-    if config.extrapolate and held.any() and (~held).any():
+    if not config.extrapolate:
+        return rows, columns
+    # all the largest networks at once, then each dimension alone: which one the law cannot reach
+    for scope, held in {"": heldout_rows(table), **{f"_{k}": v for k, v in heldout_by_dimension(table).items()}}.items():
+        if not held.any() or held.all():
+            continue
         small = fit(table[~held], joint=True, n_starts=config.n_starts, seed=config.seed, dip=dip)
         extrapolated = predict(table, small.params)
         deviation = extrapolated[held] / table["test_error"].to_numpy()[held] - 1
-        rows += fit_rows("extrapolation" + suffix, Fit(small.params, deviation), {}, spread)  # mu, sigma on the held-out rows
-        columns |= {"heldout": held, "predicted_error_extrapolation" + suffix: extrapolated}
+        rows += fit_rows("extrapolation" + scope + suffix, Fit(small.params, deviation), {}, spread)  # on the held-out rows
+        if not scope:
+            columns |= {"heldout": held, "predicted_error_extrapolation" + suffix: extrapolated}
     return rows, columns
 
 

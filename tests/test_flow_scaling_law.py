@@ -59,8 +59,12 @@ def test_flow_recovers_the_law_and_extrapolates(tmp_path):
     extrapolation = fits[fits.scope == "extrapolation"].set_index("param")["value"]
     assert extrapolation["n"] == 5 * 20  # width 64 or depth 3: 5 of the 9 networks, 20 levels
     assert abs(extrapolation["mu"]) < 0.03 and extrapolation["sigma"] < 0.05
+    by_width, by_depth = (fits[fits.scope == f"extrapolation_{d}"].set_index("param")["value"] for d in ("width", "depth"))
+    assert by_width["n"] == by_depth["n"] == 3 * 20  # each dimension alone: width 64, or depth 3 (one data fraction)
+    assert by_width["sigma"] < 0.05 and by_depth["sigma"] < 0.05
     curves = {f"mlp_w{w}_d{d}@1" for w in (16, 32, 64) for d in (1, 2, 3)}
     forms = {"joint", "extrapolation", "joint_without_dip", "joint_dip", "extrapolation_dip"}
+    forms |= {f"extrapolation_{d}{form}" for d in ("width", "depth") for form in ("", "_dip")}
     assert set(fits.scope) == {"data"} | forms | curves
     assert set(fits.loc[fits.param == "sigma_over_spread", "scope"]) == forms | curves
     predictions = pd.read_parquet(folder / "scaling_predictions.parquet")
