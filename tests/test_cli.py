@@ -9,7 +9,17 @@ import yaml
 
 from flows import server
 from flows.cli import ConfigError, apply_override, load_config, main
+from flows.registry import FLOWS
 from flows.train import TrainFlowConfig
+
+
+SHIPPED = sorted((Path(__file__).parents[1] / "flows" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path):
+    flow = {"cscore": "cscore", "prune": "prune_grid", "train": "train"}[path.stem.split("-")[0]]
+    FLOWS[flow].config_class().model_validate(yaml.safe_load(path.read_text()))  # raises, naming the field, if not
 
 
 def test_help_lists_the_flows():
@@ -111,7 +121,7 @@ def test_run_prints_the_run_folder_last(tmp_path, capsys, monkeypatch, prefect_h
     listing = capsys.readouterr().out.splitlines()
     assert listing[0].split() == ["flow", "run_id", "status", "created", "n_tables", "size", "summary"]
     assert listing[1].split()[:3] == ["train", folder.name, "complete"]
-    assert listing[1].endswith(" digits mlp_w8_d1 n_models=2 epochs=1")
+    assert listing[1].endswith(" digits mlp_w8_d1 n_models=2 epochs=1 lr=0.05")
     assert main(["show", folder.name, "--data-root", str(tmp_path)]) == 0
     shown = capsys.readouterr().out
     assert "model: mlp_w8_d1" in shown and "models.parquet" in shown and "2 rows" in shown

@@ -315,10 +315,12 @@ def test_config_summary_names_what_tells_runs_apart():
               "model": "mlp_w8_d1", "train": {"epochs": 3, "lr": 0.1}, "ratios": [0.1, 0.2, 0.3, 0.4, 0.5],
               "runs_per_ratio": 4, "runtime": {"max_workers": 2}}
     assert config_summary(config) == ("fashion_mnist n_train=100 noise=0.1 mlp_w8_d1 runs_per_ratio=4 "
-                                      "ratios=0.1..0.5 (5) epochs=3")
+                                      "ratios=0.1..0.5 (5) epochs=3 lr=0.1")
     grid = {"dataset": {"name": "mnist1d", "n_train": None, "label_noise": 0.0}, "family": "cnn1d", "widths": [8, 16],
-            "depths": [1, 2, 3], "pruning": {"levels": 16}, "train": {"epochs": 20}}
-    assert config_summary(grid) == "mnist1d family=cnn1d widths=8/16 depths=1/2/3 levels=16 epochs=20"
+            "depths": [1, 2, 3], "data_fractions": [1.0], "seeds": list(range(16)), "pruning": {"levels": 16},
+            "train": {"epochs": 20, "lr": 0.2}}
+    assert config_summary(grid) == ("mnist1d family=cnn1d widths=8/16 depths=1/2/3 data_fractions=1.0 seeds=0..15 (16) "
+                                    "levels=16 epochs=20 lr=0.2")
     assert config_summary({"prune_run": "prune_grid-0123456789ab", "seed": 0}) == "prune_run=prune_grid-0123456789ab"
 
 
