@@ -6,6 +6,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -24,7 +25,7 @@ CHROMIUM = "/usr/bin/chromium"  # Debian's package; `make test` installs it (nev
 # root needs --no-sandbox; the rest keeps Chromium off the (closed) network
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
-RUN_TIMEOUT_MS = 300_000
+RUN_TIMEOUT_S = 300
 
 
 def test_every_flow_has_a_deployment():
@@ -75,6 +76,21 @@ def test_a_deployment_run_writes_what_a_direct_run_writes(private_server, tmp_pa
     direct = Path(train_flow(TrainFlowConfig.model_validate(SMALL), data_root=str(tmp_path / "direct")))
     assert_same_tables(tmp_path / "worker" / "runs" / "train" / direct.name, direct, ["models.parquet"])
     assert (server.prefect_home() / "worker.pid").is_file()
+
+
+def final_state(api: str, flow_run: str, timeout_s: float = RUN_TIMEOUT_S) -> str:
+    """The flow run's terminal state type, polled from the API; on timeout, fail with its state and the worker's log."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with urllib.request.urlopen(f"{api}/api/flow_runs/{flow_run}") as response:
+            state = json.load(response)["state"] or {}
+        if state.get("type") in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
+            return state["type"]
+        if time.monotonic() > deadline:
+            log = (server.prefect_home() / "worker.log").read_text(errors="replace")[-4000:]
+            pytest.fail(f"flow run {flow_run} still {state.get('type')} ({state.get('message')}) after "
+                        f"{timeout_s:.0f} s; the worker's log ends:\n{log}")
+        time.sleep(1)
 
 
 # ---- the UI, in headless Chromium -------------------------------------------------------------------------------
@@ -128,8 +144,11 @@ def test_a_run_started_in_the_ui_writes_what_a_direct_run_writes(private_server,
             page.wait_for_url(re.compile(r"/deployments/deployment/[^/]+\?tab=Runs"))  # the UI lists the new run
             page.get_by_role("link", name="browser-test").first.click()
             page.wait_for_url(re.compile(r"/runs/flow-run/"))
+            flow_run = re.search(r"/runs/flow-run/([0-9a-f-]+)", page.url).group(1)
+            assert final_state(private_server, flow_run) == "COMPLETED"
+            page.reload()  # the API decides; the page must then show it too
             badge = page.locator(".page-heading-flow-run__meta .state-badge")
-            badge.filter(has_text=re.compile("Completed|Failed|Crashed|Cancelled")).wait_for(timeout=RUN_TIMEOUT_MS)
+            badge.filter(has_text=re.compile("Completed|Failed|Crashed|Cancelled")).wait_for(timeout=60_000)
             assert badge.inner_text().strip() == "Completed"
             direct = Path(cscore_flow(CScoreFlowConfig.model_validate(expected), data_root=str(tmp_path / "direct")))
             page.get_by_role("tablist").get_by_text("Artifacts", exact=True).click()
