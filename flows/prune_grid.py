@@ -32,7 +32,7 @@ FLOW = "prune_grid"
 class PruningConfig(Config):
     """How much to prune per level, where to rewind to, and which weights compete."""
 
-    levels: int = Field(15, ge=1, description="pruning rounds after the dense run; density after level L is (1 - f)^L")
+    levels: int = Field(25, ge=1, description="pruning rounds after the dense run; density after level L is (1 - f)^L")
     prune_fraction: float = Field(0.2, gt=0, lt=1, description="fraction f of the remaining prunable weights removed per level")
     rewind_step: int = Field(0, ge=0, description="SGD update the survivors are rewound to (0 = the initialisation)")
     scope: Literal["global", "layerwise"] = Field("global", description="rank magnitudes over all layers, or per layer")
@@ -47,12 +47,13 @@ class PruneGridFlowConfig(Config):
     widths: list[int] = Field([32, 64, 128], min_length=1, description="widths (units or channels)")
     depths: list[int] = Field([1, 2, 3], min_length=1, description="depths (hidden or conv layers)")
     data_fractions: list[float] = Field([1.0], min_length=1, description="fractions of the training set, each in (0, 1]")
-    seeds: list[int] = Field([0, 1, 2, 3], min_length=1, description="seed indices; each network is trained once per seed")
+    seeds: list[int] = Field(list(range(16)), min_length=1, description="seed indices; each network is trained once per seed; "
+                              "the law is fitted to their mean, and their spread is its noise floor")
     pruning: PruningConfig = Field(PruningConfig(), description="pruning schedule")
-    train: TrainConfig = Field(TrainConfig(epochs=20, batch_size=128, lr=0.05), description="optimiser and schedule of every (re)training")
+    train: TrainConfig = Field(TrainConfig(epochs=20, batch_size=128, lr=0.2), description="optimiser and schedule of every (re)training")
     seed: int = Field(0, ge=0, description="run seed: model seeds and data subsets derive from it")
     pass_grouping: Literal["shape", "depth"] = Field(
-        "depth", description="what trains together in one vectorized pass: every data fraction and seed of one shape, "
+        "shape", description="what trains together in one vectorized pass: every data fraction and seed of one shape, "
         "or of every width of one depth (narrower networks nested in the widest; same results up to float rounding)")
     runtime: RuntimeConfig = Field(RuntimeConfig(), description="execution settings; not part of the run id")
 

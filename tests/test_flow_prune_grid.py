@@ -5,6 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from core.config import derive_seed
@@ -24,6 +25,7 @@ CONFIG = PruneGridFlowConfig(
     widths=[8, 16], depths=[1], data_fractions=[0.5, 1.0], seeds=[0, 1],
     pruning=PruningConfig(levels=3, prune_fraction=0.2, rewind_step=5),  # in epoch 1 of the 0.5 fraction (4 steps each)
     train=TrainConfig(epochs=2, batch_size=50, lr=0.05),
+    pass_grouping="depth",  # both widths in one pass: mlp_w8_d1 trains nested in mlp_w16_d1
 )
 PRUNABLE = {"mlp_w8_d1": 64 * 8, "mlp_w16_d1": 64 * 16}  # the hidden layer; the classifier stays dense
 
@@ -121,3 +123,9 @@ def test_grid_lists_are_validated(field, values, message):
     with pytest.raises(ValueError, match=message):
         PruneGridFlowConfig(**{field: values})
     assert PruneGridFlowConfig(seeds=[2, 0]).seeds == [0, 2]  # stored sorted: the same grid, the same run id
+
+
+def test_defaults_are_the_shipped_mnist1d_grid():
+    """The `prune_grid/mnist1d` deployment runs the defaults: the grid whose fit the README reports."""
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "flows" / "configs" / "prune-mnist1d.yaml").read_text())
+    assert PruneGridFlowConfig() == PruneGridFlowConfig.model_validate(shipped)
