@@ -28,6 +28,11 @@ def model_seed(run_seed: int, model_id: int) -> int:
     return derive_seed(run_seed, model_id)
 
 
+def ratio_seed(run_seed: int, ratio_index: int) -> int:
+    """The seed of the balanced holdout design at ratio `ratio_index` of a run seeded with `run_seed`."""
+    return derive_seed(run_seed, ratio_index, SUBSET_STREAM)
+
+
 def subset_size(ratio: float, n: int) -> int:
     """floor(ratio * n), without floating-point loss: 0.7 * 90 is 62.99999999999999 but gives 63."""
     return math.floor(round(ratio * n, 9))
@@ -46,6 +51,53 @@ def subset_mask(n: int, size: int, seed: int) -> Tensor:
 def random_subsets(n: int, size: int, seeds: list[int]) -> Tensor:
     """Bool `[K, n]`: row k is `subset_mask(n, size, seeds[k])`."""
     return torch.stack([subset_mask(n, size, seed) for seed in seeds])
+
+
+def holdout_chain(n: int, held: int, blocks: int, seed: int) -> np.ndarray:
+    """The first `blocks * held` entries of a chain of seeded permutations of range(n), cut so that no
+    block of `held` consecutive entries repeats an example.
+
+    Permutation j comes from `derive_seed(seed, j)`. Where a block straddles two permutations, the
+    examples of the first permutation's tail move behind the block in the second (a stable
+    reordering): each permutation still holds every example once, so any first r blocks hold each
+    example floor(r * held / n) or ceil(r * held / n) times.
+    """
+    if not 0 < held < n:
+        raise ValueError(f"a held-out block of {held} examples must leave 1 to {n - 1} of {n} in the subset")
+    chain: list[np.ndarray] = []
+    filled = 0
+    for j in range(-(-blocks * held // n)):
+        permutation = np.random.default_rng(derive_seed(seed, j)).permutation(n)
+        tail = chain[-1][n - filled % held:] if filled % held else np.empty(0, np.int64)
+        if len(tail):  # this block began in the previous permutation: keep its tail's examples out of its head
+            clash = np.isin(permutation, tail)
+            head = permutation[~clash][: held - len(tail)]
+            permutation = np.concatenate([head, permutation[~np.isin(permutation, head)]])
+        chain.append(permutation)
+        filled += n
+    return np.concatenate(chain)[: blocks * held] if chain else np.empty(0, np.int64)
+
+
+def balanced_subsets(n: int, size: int, runs: list[int], seed: int) -> Tensor:
+    """Bool `[K, n]`: run r trains on all but block r of `holdout_chain` (its `n - size` held-out examples).
+
+    A pure function of (n, size, run, seed): the same run gets the same subset whatever else is asked,
+    and runs 0..R-1 hold every example out floor((n - size) R / n) or ceil((n - size) R / n) times.
+    """
+    held = n - size
+    chain = holdout_chain(n, held, max(runs) + 1, seed)
+    subsets = torch.ones(len(runs), n, dtype=torch.bool)
+    for row, run in enumerate(runs):
+        subsets[row, torch.from_numpy(chain[run * held : (run + 1) * held])] = False
+    return subsets
+
+
+def holdout_subsets(design: str, n: int, size: int, runs: list[int], seeds: list[int], design_seed: int) -> Tensor:
+    """Bool `[K, n]` subsets of `size` for `runs`: balanced (blocks of one holdout chain per ratio) or
+    independent (one random subset per model seed)."""
+    if design == "balanced":
+        return balanced_subsets(n, size, runs, design_seed)
+    return random_subsets(n, size, seeds)
 
 
 @dataclass

@@ -37,9 +37,9 @@ def area_under_margin(margin: np.ndarray, seen: np.ndarray) -> np.ndarray:
 
 
 def forgetting_events(correct: np.ndarray, seen: np.ndarray) -> np.ndarray:
-    """Mean over models of correct -> incorrect transitions between consecutive recorded epochs
-    (Toneva et al. 2019). An example never classified correctly counts E events, more than any
-    learned example can have, so it ranks as the most forgettable."""
+    """Mean over the models that saw the example of its correct -> incorrect transitions between
+    consecutive recorded epochs (Toneva et al. 2019); NaN if no model saw it. A model that saw it
+    but never classified it correctly counts E events, more than any learned example can have."""
     k, epochs, n = correct.shape
     previous = np.zeros((k, n), bool)
     has_previous = np.zeros((k, n), bool)
@@ -50,7 +50,10 @@ def forgetting_events(correct: np.ndarray, seen: np.ndarray) -> np.ndarray:
         previous = np.where(recorded, now, previous)
         has_previous |= recorded
     never_learned = ~(correct & seen).any(1)
-    return np.where(never_learned, float(epochs), events).mean(0)
+    per_model = np.where(never_learned, float(epochs), events)
+    models = seen.any(1)  # a model that never drew the example has nothing to say about it
+    total, count = np.where(models, per_model, 0.0).sum(0), models.sum(0)
+    return np.divide(total, count, out=np.full(n, np.nan), where=count > 0)
 
 
 def median_bandwidth(features: np.ndarray, sample: int = 2000, seed: int = 0) -> float:
@@ -144,15 +147,16 @@ def learning_dynamics(correct: np.ndarray, seen: np.ndarray, cscore: np.ndarray,
     # quantile edges collapse when many scores tie (e.g. at 1.0): rank-based bins keep them equal-sized
     ranks = np.argsort(np.argsort(cscore[finite], kind="stable"), kind="stable")
     member = np.full(len(cscore), -1)
-    member[finite] = ranks * bins // finite.sum()
+    member[finite] = ranks * bins // max(finite.sum(), 1)
     rows = []
     for b in range(bins):
         chosen = member == b
         hits = (correct[:, :, chosen] & seen[:, :, chosen]).sum((0, 2))
         counts = seen[:, :, chosen].sum((0, 2))
         values = cscore[chosen]
+        low, high = (float(values.min()), float(values.max())) if len(values) else (np.nan, np.nan)  # fewer examples than bins
         for epoch in range(correct.shape[1]):
-            rows.append({"epoch": epoch + 1, "bin": b, "cscore_low": float(values.min()), "cscore_high": float(values.max()),
+            rows.append({"epoch": epoch + 1, "bin": b, "cscore_low": low, "cscore_high": high,
                          "n_examples": int(chosen.sum()),
                          "train_accuracy": hits[epoch] / counts[epoch] if counts[epoch] else np.nan})
     return pd.DataFrame(rows)

@@ -1,20 +1,27 @@
 """`cscore` flow: C-scores by holdout resampling (Jiang, Zhang, Talwar, Mozer, ICML 2021).
 
-For each subset ratio s and run r, a model trains on a seeded random floor(s*N) of the training
-examples and predicts every training and test example. An example's score at ratio s is its
-held-out accuracy over the models that did not train on it; its C-score is the mean over ratios.
+For each subset ratio s and run r, a model trains on floor(s*N) of the training examples and
+predicts every training and test example. By default the subsets of a ratio are balanced: their
+held-out sets are consecutive blocks of one chain of seeded permutations, so every example is held
+out by floor or ceil of (1 - s) * runs models. Drawn independently, an example falls into every
+subset of ratio s with probability s^runs and loses that ratio (its most accurate one).
+An example's score at ratio s is its held-out accuracy over the models that did not train on it;
+its C-score is the mean over ratios.
 
 Batches: each epoch drops the last partial batch (see core/training.py), so every step of every
 model sees exactly `train.batch_size` examples, whatever the ratio.
 """
 from __future__ import annotations
 
-import pandas as pd
-from prefect import flow
-from pydantic import Field, field_validator
+from typing import Literal
 
+import pandas as pd
+from prefect import flow, get_run_logger
+from pydantic import Field, field_validator, model_validator
+
+from core.cscore import rounds_until_precise
 from core.data import DatasetConfig
-from core.experiment import subset_size
+from core.experiment import ratio_seed, subset_size
 from core.plots import detection_curves, extreme_examples, heldout_accuracy_by_ratio, per_class_histograms
 from core.proxies import detection_metrics
 from core.store import RunStore, dataset_cache
@@ -23,7 +30,7 @@ from flows.common import SubsetTrainingConfig, check_fits, chunks, examples_tabl
 from flows.report import publish
 from flows.runner import configure_threads, run_shards
 from tasks.common import combine_shards, shared_dataset
-from tasks.cscore import holdout_shard, score_runs
+from tasks.cscore import holdout_outcomes, holdout_shard, score_runs
 
 FLOW = "cscore"
 DEFAULT_RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -36,8 +43,31 @@ class CScoreFlowConfig(SubsetTrainingConfig):
     model: str = Field("mlp_w128_d2", description="registry name, e.g. mlp_w128_d2, cnn1d_w32_d3, cnn_w16_d4")
     train: TrainConfig = Field(TrainConfig(epochs=15, batch_size=32, lr=0.05), description="optimiser and schedule")
     ratios: list[float] = Field(DEFAULT_RATIOS, min_length=1, description="subset ratios s in (0, 1): each model trains on floor(s*N) examples")
-    runs_per_ratio: int = Field(16, ge=2, description="models (independent subsets and seeds) per ratio; at least 2 for split-half reliability")
+    runs_per_ratio: int = Field(16, ge=2, description="models (own subsets and seeds) per ratio; at least 2 for split-half reliability")
+    holdout_design: Literal["balanced", "independent"] = Field(
+        "balanced", description="balanced: at each ratio every example is held out by floor or ceil of (1 - s) x runs "
+        "models (none misses a ratio); independent: each model draws its own random subset")
     shard_size: int = Field(64, ge=1, description="models trained together in one task (all of one ratio)")
+    target_se: float | None = Field(
+        None, gt=0, lt=0.5, description="precision on request: train rounds of runs_per_ratio models per ratio until "
+        "the 90th percentile of the per-example C-score standard error is at most this (e.g. 0.03); empty = one round")
+    max_runs_per_ratio: int = Field(256, ge=2, description="with target_se: stop after this many models per ratio "
+                                    "even if the target is not met")
+
+    @model_validator(mode="after")
+    def _rounds_fit(self) -> "CScoreFlowConfig":
+        if self.target_se is not None and self.max_runs_per_ratio < self.runs_per_ratio:
+            raise ValueError(f"max_runs_per_ratio={self.max_runs_per_ratio} is below runs_per_ratio="
+                             f"{self.runs_per_ratio}, the size of one round; raise it or lower runs_per_ratio")
+        return self
+
+    def max_runs(self) -> int:
+        """Models per ratio when every round runs (also the stride of model ids between ratios)."""
+        return self.runs_per_ratio if self.target_se is None else self.max_runs_per_ratio
+
+    def max_rounds(self) -> int:
+        """Rounds of runs_per_ratio models per ratio (the last one may be smaller)."""
+        return -(-self.max_runs() // self.runs_per_ratio)
 
     @field_validator("ratios")
     @classmethod
@@ -50,14 +80,17 @@ class CScoreFlowConfig(SubsetTrainingConfig):
         return sorted(ratios)
 
 
-def plan_shards(config: CScoreFlowConfig, n_train: int) -> list[dict]:
-    """Task parameters: model id = ratio index * runs_per_ratio + run; shards never mix ratios."""
+def plan_shards(config: CScoreFlowConfig, n_train: int, rounds: int = 1) -> list[dict]:
+    """Task parameters of rounds 0..rounds-1, numbered in that order; model id = ratio index * max_runs + run.
+    Shards never mix ratios or rounds."""
     shards = []
-    for i, ratio in enumerate(config.ratios):
-        runs = list(range(config.runs_per_ratio))
-        for chunk in chunks(runs, config.shard_size):
-            shards.append({"model_ids": [i * config.runs_per_ratio + r for r in chunk], "runs": chunk,
-                           "ratio": ratio, "subset_size": subset_size(ratio, n_train)})
+    for round_ in range(rounds):
+        first, stop = round_ * config.runs_per_ratio, min((round_ + 1) * config.runs_per_ratio, config.max_runs())
+        for i, ratio in enumerate(config.ratios):
+            for chunk in chunks(list(range(first, stop)), config.shard_size):
+                shards.append({"model_ids": [i * config.max_runs() + r for r in chunk], "runs": chunk,
+                               "ratio": ratio, "subset_size": subset_size(ratio, n_train), "round_index": round_,
+                               "design": config.holdout_design, "design_seed": ratio_seed(config.seed, i)})
     return [{"shard": s, **p} for s, p in enumerate(shards)]
 
 
@@ -71,8 +104,19 @@ def cscore_flow(config: CScoreFlowConfig = CScoreFlowConfig(), data_root: str | 
     store = RunStore.open(FLOW, config, data_root)
     if not store.is_complete("examples.parquet"):
         store.write_table("examples.parquet", examples_table(dataset))
-    plan = [{"store": store, **p} for p in plan_shards(config, dataset.n_train)]
-    names = run_shards(holdout_shard, plan, config.runtime, "holdout shards")
+    names: list[str] = []
+
+    def run_round(round_: int):
+        """Train (or find) the shards of one round; the outcomes of every model so far."""
+        plan = [{"store": store, **p} for p in plan_shards(config, dataset.n_train, round_ + 1) if p["round_index"] == round_]
+        names.extend(run_shards(holdout_shard, plan, config.runtime, f"holdout shards, round {round_ + 1}"))
+        return holdout_outcomes(store, names)
+
+    def report(rounds: int, se: float) -> None:
+        get_run_logger().info("round %d: %d models per ratio, 90th percentile of the C-score SE %.4f (target %s)", rounds,
+                              min(rounds * config.runs_per_ratio, config.max_runs()), se, config.target_se)
+
+    precision = rounds_until_precise(run_round, config.max_rounds(), config.target_se, report)
     combine_shards(store, names, "runs.parquet", "model_id")
     score_runs(store, dataset.class_names)
     if dataset.is_noisy.any() and not store.is_complete("noise_detection.parquet"):
@@ -81,8 +125,11 @@ def cscore_flow(config: CScoreFlowConfig = CScoreFlowConfig(), data_root: str | 
         store.write_table("noise_detection.parquet", pd.DataFrame([detection]))
     figures = draw_figures(store, dataset)
     summary = store.read_table("summary.parquet")
+    overall = summary.iloc[0]
+    target = "" if config.target_se is None else f" (target {config.target_se}: {'met' if precision.met else 'not met'})"
     publish(store, summary, figures, f"C-scores of {dataset.n_train} {config.dataset.name} examples, "
-            f"{len(config.ratios)} ratios x {config.runs_per_ratio} runs of {config.model}")
+            f"{len(config.ratios)} ratios x {overall['runs_per_ratio']} runs of {config.model}; 90th percentile "
+            f"of the per-example SE {overall['cscore_se_p90']:.4f}{target}")
     return str(store.root)
 
 

@@ -15,7 +15,7 @@ def publish(store: RunStore, summary: pd.DataFrame, figures: list[Path], descrip
     key = store.run_id.lower().replace("_", "-")  # artifact keys: lowercase letters, digits, dashes
     create_table_artifact(key=f"{key}-summary", table=summary.round(4).to_dict("records"), description=description)
     tables = sorted(p.relative_to(store.root) for p in store.root.glob("*.parquet"))
-    lines = [f"# {store.flow} run `{store.run_id}`", "", f"Run folder: `{store.root}`", "", "## Tables", ""]
+    lines = [f"# {store.flow} run `{store.run_id}`", "", description, "", f"Run folder: `{store.root}`", "", "## Tables", ""]
     lines += [f"- `{t}`" for t in tables] + ["", "## Figures", ""]
     lines += [f"- `{f.relative_to(store.root)}` ({f.as_uri()})" for f in figures]
     lines += ["", "## Summary", "", *markdown_table(summary.round(4))]

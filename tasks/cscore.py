@@ -1,12 +1,13 @@
 """Tasks of the `cscore` flow: shards of holdout models (one subset ratio each), then scoring."""
 from __future__ import annotations
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from core.cscore import cscore_tables
-from core.experiment import random_subsets
+from core.experiment import holdout_subsets
 from core.store import RunStore, unpack_bool_rows
 from tasks.common import train_models_shard
 
@@ -17,11 +18,20 @@ def shard_name(shard: int) -> str:
 
 
 @task(cache_policy=NO_CACHE, task_run_name="holdout-shard-{shard}-ratio-{ratio}")
-def holdout_shard(store: RunStore, shard: int, model_ids: list[int], runs: list[int], ratio: float, subset_size: int) -> str:
-    """Train `model_ids` (runs `runs` at `ratio`) on seeded subsets of `subset_size` examples each."""
+def holdout_shard(store: RunStore, shard: int, model_ids: list[int], runs: list[int], ratio: float, subset_size: int,
+                  round_index: int, design: str, design_seed: int) -> str:
+    """Train `model_ids` (runs `runs` at `ratio`, in round `round_index`) on subsets of `subset_size` examples each
+    (`holdout_subsets`)."""
     columns = {"ratio": [ratio] * len(model_ids), "run": runs}
-    return train_models_shard(store, shard_name(shard), model_ids,
-                              lambda data, seeds: random_subsets(data.n_train, subset_size, seeds), columns)
+    return train_models_shard(store, shard_name(shard), model_ids, lambda data, seeds: holdout_subsets(
+        design, data.n_train, subset_size, runs, seeds, design_seed), columns)
+
+
+def holdout_outcomes(store: RunStore, shards: list[str]):
+    """(in_subset, train_correct, ratios) of every model in `shards`, rows in shard order."""
+    table = pa.concat_tables([pq.read_table(store.path(name), columns=["in_subset", "train_correct", "ratio"])
+                              for name in shards])
+    return unpack_bool_rows(table["in_subset"]), unpack_bool_rows(table["train_correct"]), table["ratio"].to_numpy()
 
 
 SCORE_TABLES = ("cscores.parquet", "cscore_by_ratio.parquet", "test_cscores.parquet", "summary.parquet")

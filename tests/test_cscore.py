@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from core.cscore import by_ratio_table, holdout_scores, memorization, scores_of_unseen, split_half_reliability
+from core.cscore import (by_ratio_table, holdout_scores, memorization, rounds_until_precise, scores_of_unseen, se_quantile,
+                         split_half_reliability)
+from core.experiment import balanced_subsets
 
 # 4 models x 4 examples. Ratios 0.5 (models 0, 1) and 0.9 (models 2, 3).
 IN_SUBSET = np.array([[1, 0, 0, 1],
@@ -24,7 +26,9 @@ def test_scores_by_hand_including_a_never_held_out_example():
     np.testing.assert_array_equal(scores.heldout_counts, [[1, 1, 2, 0], [1, 1, 1, 1]])
     np.testing.assert_allclose(scores.by_ratio, [[0, 1, 0.5, np.nan], [1, 0, 1, 1]])
     np.testing.assert_allclose(scores.cscore, [0.5, 0.5, 0.75, 1.0])
-    np.testing.assert_allclose(scores.cscore_se, [0, 0, np.sqrt(0.5 * 0.5 / 2) / 2, 0])
+    # per ratio p(1 - p)/n at p = (h + 1/2)/(n + 1): 1 of 1 or 0 of 1 right -> 0.75 * 0.25, 1 of 2 -> 0.25 / 2
+    np.testing.assert_allclose(scores.cscore_se, [np.sqrt(0.375) / 2, np.sqrt(0.375) / 2,
+                                                  np.sqrt(0.1875 + 0.125) / 2, np.sqrt(0.1875)])
     np.testing.assert_array_equal(scores.n_heldout, [2, 2, 3, 1])
 
 
@@ -83,3 +87,72 @@ def test_long_table_keeps_example_order():
 def test_mismatched_inputs_are_refused():
     with pytest.raises(ValueError, match="must describe the same models and examples"):
         holdout_scores(IN_SUBSET, CORRECT[:, :3], RATIOS)
+
+
+class SimulatedHoldout:
+    """Holdout rounds without training: a held-out model gets example i right at ratio s with a known
+    probability p[s, i], so the true C-score and the true standard error of every estimate are known."""
+
+    ratios, n, runs_per_round = (0.2, 0.5, 0.8), 400, 8
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.p = self.rng.beta(4, 1, (len(self.ratios), self.n))
+        self.rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def run_round(self, k: int):
+        """Draw round k's models at every ratio; return every model so far."""
+        runs = list(range(k * self.runs_per_round, (k + 1) * self.runs_per_round))
+        for i, s in enumerate(self.ratios):
+            subsets = balanced_subsets(self.n, int(s * self.n), runs, seed=100 + i).numpy()
+            correct = self.rng.random((len(runs), self.n)) < self.p[i]
+            self.rows.append((subsets, correct, np.full(len(runs), s)))
+        return tuple(np.concatenate(column) for column in zip(*self.rows))
+
+
+def test_target_se_stops_at_the_first_round_that_meets_it():
+    simulation = SimulatedHoldout()
+    precision = rounds_until_precise(simulation.run_round, max_rounds=20, target_se=0.06)
+    in_subset, correct, ratios = tuple(np.concatenate(column) for column in zip(*simulation.rows))
+    # the 90th percentile of sqrt(sum_s p (1 - p) / n_s) / S at p = (h + 1/2) / (n + 1), recomputed here for every
+    # prefix of rounds
+    by_round = []
+    for k in range(1, precision.rounds + 1):
+        rows = slice(0, k * len(simulation.ratios) * simulation.runs_per_round)
+        scores = holdout_scores(in_subset[rows], correct[rows], ratios[rows])
+        counts = scores.heldout_counts
+        p = (scores.by_ratio * counts + 0.5) / (counts + 1)
+        se = np.sqrt((p * (1 - p) / counts).sum(0)) / len(simulation.ratios)
+        by_round.append(np.sort(se)[int(np.ceil(0.9 * (len(se) - 1)))])
+    assert all(se > 0.06 for se in by_round[:-1]) and by_round[-1] <= 0.06
+    assert precision.met and precision.se == pytest.approx(by_round[-1]) and precision.rounds == 7
+    assert len(simulation.rows) == precision.rounds * len(simulation.ratios)  # no round trained after the target
+    # the estimated SE is honest: the true one (known p, the same held-out counts) agrees within 3%, and the
+    # C-scores miss the true ones by about that much
+    scores = holdout_scores(in_subset, correct, ratios)
+    true_se = np.sqrt((simulation.p * (1 - simulation.p) / scores.heldout_counts).sum(0)) / len(simulation.ratios)
+    assert se_quantile(true_se) == pytest.approx(precision.se, rel=0.03)
+    rms_error = np.sqrt(np.mean((scores.cscore - simulation.p.mean(0)) ** 2))
+    assert rms_error == pytest.approx(np.sqrt(np.mean(true_se**2)), rel=0.1)
+
+
+def test_target_se_out_of_reach_stops_at_max_rounds_and_says_so():
+    simulation = SimulatedHoldout()
+    precision = rounds_until_precise(simulation.run_round, max_rounds=3, target_se=0.01)
+    assert (precision.rounds, precision.met) == (3, False) and precision.se > 0.05
+    assert rounds_until_precise(SimulatedHoldout().run_round, max_rounds=3, target_se=None).rounds == 1
+
+
+def test_se_quantile_counts_examples_without_a_score_as_unknown():
+    assert se_quantile(np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])) == 1.0  # "higher": no interpolation
+    assert se_quantile(np.r_[np.zeros(8), np.nan, np.nan]) == np.inf
+    assert se_quantile(np.r_[np.zeros(9), np.nan]) == np.inf and se_quantile(np.r_[np.zeros(10), np.nan]) == 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_standard_error_tracks_the_true_one_from_the_first_round(seed):
+    """With 4 held-out models per ratio the plain binomial error p(1 - p)/n is 20% low (agreeing models give 0)."""
+    simulation = SimulatedHoldout(seed)
+    scores = holdout_scores(*simulation.run_round(0))
+    true_se = np.sqrt((simulation.p * (1 - simulation.p) / scores.heldout_counts).sum(0)) / len(simulation.ratios)
+    assert se_quantile(scores.cscore_se) == pytest.approx(se_quantile(true_se), rel=0.05)

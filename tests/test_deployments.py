@@ -152,7 +152,7 @@ def test_a_run_started_in_the_ui_writes_what_a_direct_run_writes(private_server,
             assert badge.inner_text().strip() == "Completed"
             direct = Path(cscore_flow(CScoreFlowConfig.model_validate(expected), data_root=str(tmp_path / "direct")))
             page.get_by_role("tablist").get_by_text("Artifacts", exact=True).click()
-            for key in [f"{direct.name}-report", f"{direct.name}-summary", "holdout shards: shards done (%)"]:
+            for key in [f"{direct.name}-report", f"{direct.name}-summary", "holdout shards, round 1: shards done (%)"]:
                 page.get_by_text(key, exact=True).first.wait_for()  # report, summary table and progress are listed
         except Exception:
             page.screenshot(path=tmp_path / "failure.png", full_page=True)

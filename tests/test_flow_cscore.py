@@ -24,13 +24,14 @@ CONFIG = CScoreFlowConfig(
 )
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """One finished run and its tables."""
-    folder = Path(cscore_flow(CONFIG, data_root=str(tmp_path_factory.mktemp("data"))))
+@pytest.fixture(scope="module", params=["balanced", "independent"])
+def run(request, tmp_path_factory):
+    """One finished run of each holdout design, its tables and its config."""
+    config = CONFIG.model_copy(update={"holdout_design": request.param})
+    folder = Path(cscore_flow(config, data_root=str(tmp_path_factory.mktemp("data"))))
     tables = {name: pd.read_parquet(folder / f"{name}.parquet")
               for name in ("runs", "cscores", "cscore_by_ratio", "test_cscores", "summary", "examples")}
-    return folder, tables
+    return folder, tables, config
 
 
 def test_plan_never_mixes_ratios_and_numbers_models_by_ratio():
@@ -44,13 +45,16 @@ def test_plan_never_mixes_ratios_and_numbers_models_by_ratio():
 
 
 def test_runs_table(run):
-    folder, t = run
+    folder, t, config = run
     runs = t["runs"]
-    assert folder.name == run_id("cscore", CONFIG)
+    assert folder.name == run_id("cscore", config)
     assert runs["model_id"].tolist() == list(range(8)) and runs["run"].tolist() == [0, 1, 2, 3] * 2
     assert runs["ratio"].tolist() == [0.3] * 4 + [0.7] * 4
     np.testing.assert_array_equal(unpack_bool_rows(runs["in_subset"]).sum(1), [90] * 4 + [210] * 4)
-    assert len({tuple(row) for row in unpack_bool_rows(runs["in_subset"])}) == 8  # independent subsets
+    in_subset = unpack_bool_rows(runs["in_subset"])
+    assert len({tuple(row) for row in in_subset}) == 8  # every model its own subset
+    if config.holdout_design == "balanced":  # 4 runs hold each example out 2.8 times at s = 0.3, 1.2 at s = 0.7
+        assert set((~in_subset[:4]).sum(0).tolist()) == {2, 3} and set((~in_subset[4:]).sum(0).tolist()) == {1, 2}
 
 
 def naive_scores(runs: pd.DataFrame):
@@ -71,7 +75,7 @@ def naive_scores(runs: pd.DataFrame):
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # naive means of empty slices: examples never held out
 def test_cscores_equal_naive_loops(run):
-    _, t = run
+    _, t, config = run
     by_ratio, memo = naive_scores(t["runs"])
     expected = np.nanmean(np.stack([by_ratio[0.3], by_ratio[0.7]]), axis=0)
     scores = t["cscores"]
@@ -80,16 +84,19 @@ def test_cscores_equal_naive_loops(run):
     long = t["cscore_by_ratio"]
     np.testing.assert_allclose(long.loc[long.ratio == 0.3, "score"], by_ratio[0.3])
     np.testing.assert_allclose(long.loc[long.ratio == 0.7, "score"], by_ratio[0.7])
-    # with 4 runs of 30% subsets some examples are in every subset at a ratio: NaN there, not 0
-    missing = np.isnan(by_ratio[0.7])
-    assert missing.any() and (scores["n_missing_ratios"].to_numpy()[missing] >= 1).all()
+    # independent: 4 runs of 70% subsets put some examples in every subset (NaN at that ratio, not 0);
+    # balanced: none
+    missing = np.isnan(by_ratio[0.3]) | np.isnan(by_ratio[0.7])
+    assert missing.any() == (config.holdout_design == "independent")
+    assert (scores["n_missing_ratios"].to_numpy() >= 1).tolist() == missing.tolist()
+    assert t["summary"]["n_missing_some_ratio"].iloc[0] == missing.sum()
     train = t["examples"][t["examples"].split == "train"]
     assert scores["example_id"].tolist() == train["example_id"].tolist()
     assert scores["label"].tolist() == train["label"].tolist()
 
 
 def test_test_scores_count_every_model(run):
-    _, t = run
+    _, t, config = run
     correct = unpack_bool_rows(t["runs"]["test_correct"])
     expected = (correct[:4].mean(0) + correct[4:].mean(0)) / 2
     np.testing.assert_allclose(t["test_cscores"]["cscore"], expected)
@@ -97,7 +104,7 @@ def test_test_scores_count_every_model(run):
 
 
 def test_summary_rows(run):
-    _, t = run
+    _, t, config = run
     summary, scores = t["summary"], t["cscores"]
     overall = summary.iloc[0]
     assert overall["class_name"] == "all" and overall["n_examples"] == 300
@@ -107,15 +114,15 @@ def test_summary_rows(run):
 
 
 def test_figures_are_written(run):
-    folder, _ = run
+    folder, _, _ = run
     for name in ("cscore_histograms.png", "extremes.png", "heldout_by_ratio.png"):
         assert (folder / "figures" / name).stat().st_size > 1000
 
 
 def test_rerun_skips_everything(run):
-    folder, t = run
+    folder, t, config = run
     before = {p: p.stat().st_mtime_ns for p in folder.rglob("*.parquet")}
-    assert Path(cscore_flow(CONFIG, data_root=str(folder.parents[2]))) == folder
+    assert Path(cscore_flow(config, data_root=str(folder.parents[2]))) == folder
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.parquet")} == before
 
 
@@ -134,3 +141,31 @@ def test_smallest_subset_below_a_batch_fails_before_writing(tmp_path):
     with pytest.raises(ValueError, match=r"ratios=0.1 gives 30 of 300 examples per model, fewer than train.batch_size=32"):
         cscore_flow(config, data_root=str(tmp_path))
     assert not (tmp_path / "runs").exists()
+
+
+def test_target_se_trains_rounds_until_met_or_at_most_max_runs(tmp_path):
+    out_of_reach = CONFIG.model_copy(update={"runs_per_ratio": 2, "target_se": 0.001, "max_runs_per_ratio": 3})
+    plan = plan_shards(out_of_reach, 300, rounds=2)
+    assert [(p["round_index"], p["ratio"], p["runs"], p["model_ids"]) for p in plan] == [
+        (0, 0.3, [0, 1], [0, 1]), (0, 0.7, [0, 1], [3, 4]), (1, 0.3, [2], [2]), (1, 0.7, [2], [5])]
+    folder = Path(cscore_flow(out_of_reach, data_root=str(tmp_path)))
+    runs, summary = pd.read_parquet(folder / "runs.parquet"), pd.read_parquet(folder / "summary.parquet")
+    assert runs["model_id"].tolist() == list(range(6)) and runs["run"].tolist() == [0, 1, 2] * 2
+    assert summary["runs_per_ratio"].eq(3).all() and summary["models"].eq(6).all()
+    assert summary["cscore_se_p90"].iloc[0] == pytest.approx(
+        np.quantile(pd.read_parquet(folder / "cscores.parquet")["cscore_se"], 0.9, method="higher"))
+    assert "2 ratios x 3 runs of mlp_w16_d1; 90th percentile of the per-example SE" in (folder / "report.md").read_text()
+    assert "(target 0.001: not met)" in (folder / "report.md").read_text()
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*.parquet")}
+    assert Path(cscore_flow(out_of_reach, data_root=str(tmp_path))) == folder  # resumes: every round is found
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.parquet")} == before
+
+    within_reach = out_of_reach.model_copy(update={"target_se": 0.45})
+    runs = pd.read_parquet(Path(cscore_flow(within_reach, data_root=str(tmp_path))) / "runs.parquet")
+    assert runs["run"].tolist() == [0, 1] * 2 and runs["model_id"].tolist() == [0, 1, 3, 4]
+
+
+def test_a_round_larger_than_the_cap_is_refused():
+    with pytest.raises(ValueError, match="max_runs_per_ratio=4 is below runs_per_ratio=8, the size of one round"):
+        CScoreFlowConfig(runs_per_ratio=8, target_se=0.03, max_runs_per_ratio=4)
+    assert CScoreFlowConfig(runs_per_ratio=8, max_runs_per_ratio=4).max_runs() == 8  # the cap applies only with a target

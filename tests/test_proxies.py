@@ -24,6 +24,14 @@ def test_forgetting_events_average_over_models():
     assert forgetting_events(correct, np.ones_like(correct)).tolist() == [0.5]
 
 
+def test_forgetting_events_skip_models_that_never_saw_the_example():
+    # 2 models, 2 epochs, 2 examples; model 1 never drew example 1 (held out), example 0 it never got right
+    correct = np.array([[[1, 1], [0, 0]], [[0, 0], [0, 0]]], bool)
+    seen = np.array([[[1, 1], [1, 1]], [[1, 0], [1, 0]]], bool)
+    assert forgetting_events(correct, seen).tolist() == [1.5, 1.0]  # (1 + E) / 2, then model 0's one event alone
+    assert np.isnan(forgetting_events(correct, np.zeros_like(seen))).all()
+
+
 def test_learning_speed_and_aum_skip_unrecorded_entries():
     prob = np.array([[[0.2, 0.9], [0.6, 0.1]]])  # [K=1, E=2, N=2]
     seen = np.array([[[True, True], [True, False]]])
@@ -103,3 +111,12 @@ def test_learning_dynamics_by_hand():
     assert high["train_accuracy"].tolist() == [1.0, 1.0]
     assert low["cscore_high"].iloc[0] == 0.2 and high["cscore_low"].iloc[0] == 0.8
     assert table["n_examples"].tolist() == [2, 2, 2, 2] and table["epoch"].tolist() == [1, 2, 1, 2]
+
+
+def test_learning_dynamics_reports_an_empty_bin():
+    correct, seen = np.ones((1, 2, 3), bool), np.ones((1, 2, 3), bool)
+    table = learning_dynamics(correct, seen, np.array([0.1, np.nan, 0.9]), bins=3)  # 2 finite scores, 3 bins
+    assert table.groupby("bin")["n_examples"].first().tolist() == [1, 1, 0]
+    empty = table[table.bin == 2]
+    assert empty[["cscore_low", "cscore_high", "train_accuracy"]].isna().all().all() and len(empty) == 2
+    assert learning_dynamics(correct, seen, np.full(3, np.nan), bins=2)["n_examples"].eq(0).all()
