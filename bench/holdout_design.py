@@ -7,11 +7,15 @@ balanced` and `independent`, all else equal. Printed per design: split-half Spea
 that miss a ratio, the mean C-score of the examples that miss a ratio under the independent design
 against all the others, in both runs (the same examples, so the difference is the bias), and the
 90th percentile of the per-example SE. With label noise, also the AUROC of 1 - C-score for the
-mislabeled examples. One JSON object last.
+mislabeled examples. With several seeds, the run-to-run Spearman between the C-scores of every
+pair of seeds (the reliability of the whole estimate; split halves compare half-size designs, and
+an example that misses a ratio in both halves agrees with itself for the wrong reason).
+One JSON object last.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -21,8 +25,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
-from core.cscore import split_half_reliability
-from core.store import unpack_bool_rows
+from core.cscore import spearman_of_finite, split_half_reliability
+from core.store import find_run, unpack_bool_rows
 from flows import server
 
 CONFIGS = {"digits": "flows/configs/cscore.yaml", "fashion": "flows/configs/cscore-fashion-noisy.yaml"}
@@ -78,6 +82,17 @@ def measure(name: str, seed: int, data_root: str | None) -> dict:
     return out
 
 
+def run_to_run(by_seed: list[dict], data_root: str | None) -> dict[str, float]:
+    """Per design, the mean Spearman between the C-scores of every pair of seeds (NaN with one seed)."""
+    out = {}
+    for design in DESIGNS:
+        scores = [pd.read_parquet(find_run(r[design]["run"], data_root) / "cscores.parquet")["cscore"].to_numpy()
+                  for r in by_seed]
+        pairs = [spearman_of_finite(a, b) for a, b in itertools.combinations(scores, 2)]
+        out[design] = round(float(np.mean(pairs)), 4) if pairs else float("nan")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=sorted(CONFIGS), action="append", help="measure only these configs")
@@ -85,11 +100,14 @@ def main() -> None:
     parser.add_argument("--data-root", default=None, help="where the runs go (default: the project's data/)")
     args = parser.parse_args()
     server.use_local_server()  # before prefect is imported
-    results = {name: [measure(name, seed, args.data_root) for seed in args.seeds] for name in (args.only or CONFIGS)}
-    for name, by_seed in results.items():
+    results = {}
+    for name in args.only or CONFIGS:
+        by_seed = [measure(name, seed, args.data_root) for seed in args.seeds]
+        results[name] = {"by_seed": by_seed, "run_to_run_spearman": run_to_run(by_seed, args.data_root)}
         for result in by_seed:
             for design in DESIGNS:
                 print(f"{name:8s} seed {result['seed']} {design:12s} {result[design]}")
+        print(f"{name:8s} run-to-run Spearman over seeds {args.seeds}: {results[name]['run_to_run_spearman']}")
     print(json.dumps({"bench": "holdout_design", **results}))
 
 
