@@ -1,6 +1,7 @@
 """Tasks of the `cscore` flow: shards of holdout models (one subset ratio each), then scoring."""
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
@@ -27,7 +28,7 @@ def holdout_shard(store: RunStore, shard: int, model_ids: list[int], runs: list[
         design, data.n_train, subset_size, runs, seeds, design_seed), columns)
 
 
-def holdout_outcomes(store: RunStore, shards: list[str]):
+def holdout_outcomes(store: RunStore, shards: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(in_subset, train_correct, ratios) of every model in `shards`, rows in shard order."""
     table = pa.concat_tables([pq.read_table(store.path(name), columns=["in_subset", "train_correct", "ratio"])
                               for name in shards])
