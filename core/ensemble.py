@@ -230,6 +230,15 @@ def evaluate(ensemble: Ensemble, x: Tensor, y: Tensor, examples_per_chunk: int =
     return Evaluation(*(torch.cat(columns, dim=1) for columns in zip(*parts)))
 
 
+@torch.no_grad()
+def predict_probabilities(ensemble: Ensemble, x: Tensor, examples_per_chunk: int = 65536) -> Tensor:
+    """`[K, N, C]` softmax probabilities of every model on every example of `x`, on the CPU."""
+    chunk = max(1, examples_per_chunk // ensemble.size)
+    parts = [ensemble(x[start : start + chunk].to(ensemble.device, non_blocking=True), shared=True).softmax(-1).cpu()
+             for start in range(0, len(x), chunk)]
+    return torch.cat(parts, dim=1) if parts else torch.empty(ensemble.size, 0, 0)
+
+
 def _penultimate(template: nn.Module) -> nn.Module:
     """A copy of `template` whose last linear layer passes its input through (so it outputs features)."""
     features = copy.deepcopy(template)
