@@ -172,6 +172,7 @@ def test_a_run_started_in_the_ui_writes_what_a_direct_run_writes(private_server,
         failed_calls = []  # API errors the UI only shows as a toast: reported with any failure below
         page.on("response", lambda r: failed_calls.append(f"{r.status} {r.status_text} {r.request.method} {r.url}")
                 if r.status >= 400 and "/api/" in r.url else None)
+        page.on("requestfailed", lambda r: failed_calls.append(f"no answer ({r.failure}) {r.method} {r.url}"))
         try:
             page.goto(f"{private_server}/deployments/deployment/{deployment}/run")
             expected = fill_cscore_form(page, "browser-test", str(tmp_path / "ui"))
@@ -188,9 +189,10 @@ def test_a_run_started_in_the_ui_writes_what_a_direct_run_writes(private_server,
             badge.filter(has_text=re.compile("Completed|Failed|Crashed|Cancelled")).wait_for(timeout=60_000)
             assert badge.inner_text().strip() == "Completed"
             direct = Path(cscore_flow(CScoreFlowConfig.model_validate(expected), data_root=str(tmp_path / "direct")))
+            page.reload()  # a fresh load: the live lists were seen to lag by over 30 s in CI
             page.get_by_role("tablist").get_by_text("Artifacts", exact=True).click()
             for key in [f"{direct.name}-report", f"{direct.name}-summary", "holdout shards, round 1: shards done (%)"]:
-                page.get_by_text(key, exact=True).first.wait_for()  # report, summary table and progress are listed
+                page.get_by_text(key, exact=True).first.wait_for(timeout=60_000)  # report, summary, progress listed
         except Exception as err:
             page.screenshot(path=tmp_path / "failure.png", full_page=True)
             raise AssertionError(f"the UI test failed; API errors seen by the page: {failed_calls}") from err
