@@ -70,20 +70,27 @@ class Precision:
     """Where adaptive holdout rounds stopped."""
 
     rounds: int  # rounds trained
-    se: float  # the SE_QUANTILE of per-example C-score standard errors after them
+    se: float  # the SE_QUANTILE of per-example C-score standard errors after them (NaN when there was no target)
     met: bool  # se <= the target (True when there was none)
 
 
-def rounds_until_precise(run_round: Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]], max_rounds: int,
-                         target_se: float | None, report: Callable[[int, float], None] = lambda rounds, se: None
-                         ) -> Precision:
+Outcomes = tuple[np.ndarray, np.ndarray, np.ndarray]  # (in_subset, correct, ratios) of some models
+
+
+def rounds_until_precise(run_round: Callable[[int], Callable[[], Outcomes]], max_rounds: int, target_se: float | None,
+                         report: Callable[[int, float], None] = lambda rounds, se: None) -> Precision:
     """Call `run_round(0)`, `run_round(1)`, ... until the C-scores are as precise as `target_se` asks, or
-    `max_rounds` ran. Each call trains its round and returns (in_subset, correct, ratios) of every model so far;
-    `report(rounds done, SE reached)` follows each."""
+    `max_rounds` ran. Each call trains its round and returns a function that reads that round's outcomes:
+    each round is read once, and only when there is a target to check. `report(rounds done, SE)` follows each."""
+    if target_se is None:
+        run_round(0)
+        return Precision(1, float("nan"), True)
+    outcomes: list[Outcomes] = []
     for done in range(1, max_rounds + 1):
-        se = se_quantile(holdout_scores(*run_round(done - 1)).cscore_se)
+        outcomes.append(run_round(done - 1)())
+        se = se_quantile(holdout_scores(*(np.concatenate(column) for column in zip(*outcomes))).cscore_se)
         report(done, se)
-        if target_se is None or se <= target_se:
+        if se <= target_se:
             return Precision(done, se, True)
     return Precision(max_rounds, se, False)
 

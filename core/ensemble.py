@@ -215,14 +215,19 @@ def example_outcomes(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Te
     return correct, label_prob, label_logit - other_best, loss, el2n
 
 
+def _example_chunks(ensemble: Ensemble, n: int, examples_per_chunk: int) -> list[slice]:
+    """Slices of range(n) small enough that all models together see about `examples_per_chunk` examples each."""
+    chunk = max(1, examples_per_chunk // ensemble.size)
+    return [slice(start, start + chunk) for start in range(0, n, chunk)]
+
+
 @torch.no_grad()
 def evaluate(ensemble: Ensemble, x: Tensor, y: Tensor, examples_per_chunk: int = 65536) -> Evaluation:
     """Every model on every example of `x` (`[N, ...]`), in chunks of bounded memory."""
-    chunk = max(1, examples_per_chunk // ensemble.size)
     parts = []
-    for start in range(0, len(x), chunk):
-        xb = x[start : start + chunk].to(ensemble.device, non_blocking=True)
-        yb = y[start : start + chunk].to(ensemble.device, non_blocking=True)
+    for rows in _example_chunks(ensemble, len(x), examples_per_chunk):
+        xb = x[rows].to(ensemble.device, non_blocking=True)
+        yb = y[rows].to(ensemble.device, non_blocking=True)
         parts.append([t.cpu() for t in example_outcomes(ensemble(xb, shared=True), yb)])
     if not parts:
         empty = torch.empty(ensemble.size, 0)
@@ -233,9 +238,8 @@ def evaluate(ensemble: Ensemble, x: Tensor, y: Tensor, examples_per_chunk: int =
 @torch.no_grad()
 def predict_probabilities(ensemble: Ensemble, x: Tensor, examples_per_chunk: int = 65536) -> Tensor:
     """`[K, N, C]` softmax probabilities of every model on every example of `x`, on the CPU."""
-    chunk = max(1, examples_per_chunk // ensemble.size)
-    parts = [ensemble(x[start : start + chunk].to(ensemble.device, non_blocking=True), shared=True).softmax(-1).cpu()
-             for start in range(0, len(x), chunk)]
+    parts = [ensemble(x[rows].to(ensemble.device, non_blocking=True), shared=True).softmax(-1).cpu()
+             for rows in _example_chunks(ensemble, len(x), examples_per_chunk)]
     return torch.cat(parts, dim=1) if parts else torch.empty(ensemble.size, 0, 0)
 
 
@@ -255,8 +259,6 @@ def embed(ensemble: Ensemble, x: Tensor, examples_per_chunk: int = 65536) -> Ten
     last = [n for n, m in ensemble.template.named_modules() if isinstance(m, nn.Linear)][-1]
     params = {n: p for n, p in ensemble.params.items() if not n.startswith(f"{last}.")}
     run_one = lambda p, b, xi: functional_call(features, (p, b), (xi,))  # noqa: E731
-    chunk, parts = max(1, examples_per_chunk // ensemble.size), []
-    for start in range(0, len(x), chunk):
-        xb = x[start : start + chunk].to(ensemble.device)
-        parts.append(vmap(run_one, in_dims=(0, 0, None))(params, ensemble.buffers, xb).cpu())
+    parts = [vmap(run_one, in_dims=(0, 0, None))(params, ensemble.buffers, x[rows].to(ensemble.device)).cpu()
+             for rows in _example_chunks(ensemble, len(x), examples_per_chunk)]
     return torch.cat(parts, dim=1) if parts else torch.empty(ensemble.size, 0, 0)

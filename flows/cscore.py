@@ -107,10 +107,11 @@ def cscore_flow(config: CScoreFlowConfig = CScoreFlowConfig(), data_root: str | 
     names: list[str] = []
 
     def run_round(round_: int):
-        """Train (or find) the shards of one round; the outcomes of every model so far."""
+        """Train (or find) the shards of one round; a function that reads their outcomes."""
         plan = [{"store": store, **p} for p in plan_shards(config, dataset.n_train, round_ + 1) if p["round_index"] == round_]
-        names.extend(run_shards(holdout_shard, plan, config.runtime, f"holdout shards, round {round_ + 1}"))
-        return holdout_outcomes(store, names)
+        shards = run_shards(holdout_shard, plan, config.runtime, f"holdout shards, round {round_ + 1}")
+        names.extend(shards)
+        return lambda: holdout_outcomes(store, shards)
 
     def report(rounds: int, se: float) -> None:
         get_run_logger().info("round %d: %d models per ratio, 90th percentile of the C-score SE %.4f (target %s)", rounds,

@@ -1,13 +1,12 @@
 """Tasks of the `cscore` flow: shards of holdout models (one subset ratio each), then scoring."""
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.cscore import cscore_tables
+from core.cscore import Outcomes, cscore_tables
 from core.experiment import holdout_subsets
 from core.store import RunStore, unpack_bool_rows
 from tasks.common import train_models_shard
@@ -28,7 +27,7 @@ def holdout_shard(store: RunStore, shard: int, model_ids: list[int], runs: list[
         design, data.n_train, subset_size, runs, seeds, design_seed), columns)
 
 
-def holdout_outcomes(store: RunStore, shards: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def holdout_outcomes(store: RunStore, shards: list[str]) -> Outcomes:
     """(in_subset, train_correct, ratios) of every model in `shards`, rows in shard order."""
     table = pa.concat_tables([pq.read_table(store.path(name), columns=["in_subset", "train_correct", "ratio"])
                               for name in shards])
