@@ -7,6 +7,8 @@ example i takes its probabilities from the model of its own fold. cleanlab itsel
 """
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -32,6 +34,11 @@ def fold_subsets(fold_of: np.ndarray, folds: int) -> Tensor:
 def out_of_sample_probabilities(probabilities: Tensor, fold_of: np.ndarray) -> np.ndarray:
     """`[n, C]`: each example's row from the model of its own fold (`probabilities` is `[folds, n, C]`)."""
     return probabilities[torch.from_numpy(fold_of), torch.arange(len(fold_of))].numpy()
+
+
+def cleanlab_installed() -> bool:
+    """Whether the optional cleanlab package can be imported."""
+    return importlib.util.find_spec("cleanlab") is not None
 
 
 def cleanlab_scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, np.ndarray]:

@@ -4,16 +4,19 @@ Learning-speed proxies (cumulative label probability and accuracy, forgetting ev
 final loss) come from what the trainer records on each minibatch; kernel-density proxies and the
 local outlier factor from input space and from the models' penultimate layer. Given a `cscore`
 run on the same data, the flow also measures how well each proxy tracks the C-score, and the
-learning dynamics of each C-score bin; with label noise, how well each score finds it.
+learning dynamics of each C-score bin; with label noise, how well each score finds it. With the
+optional cleanlab installed, K fold models (trained together) give each example out-of-sample
+probabilities, and cleanlab's label-quality score and `find_label_issues` join the same tables.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from pydantic import Field, model_validator
 
-from core.data import DatasetConfig
+from core.data import Dataset, DatasetConfig
+from core.label_quality import cleanlab_installed
 from core.plots import detection_curves, dynamics_curves, proxy_scatter
 from core.store import RunStore, dataset_cache
 from core.training import TrainConfig
@@ -21,7 +24,7 @@ from flows.common import SubsetTrainingConfig, check_fits, chunks, examples_tabl
 from flows.report import publish
 from flows.runner import configure_threads, run_shards
 from tasks.common import shared_dataset
-from tasks.proxies import aligned_cscore, compute_proxies, record_shard
+from tasks.proxies import FLAGS, aligned_cscore, compute_proxies, fold_shard, record_shard
 
 FLOW = "proxies"
 
@@ -41,11 +44,15 @@ class ProxiesFlowConfig(SubsetTrainingConfig):
     cscore_run: str | None = Field(None, description="run id of a cscore run on the same data, for correlations and dynamics")
     dynamics_bins: int = Field(5, ge=2, description="C-score quantile bins of the learning-dynamics table")
     n_bootstrap: int = Field(200, ge=0, description="bootstrap resamples of the correlation intervals")
+    cleanlab_folds: int = Field(5, ge=0, description="K of the K-fold models whose out-of-sample probabilities "
+                                "feed cleanlab (with the cleanlab extra installed); 0 = none")
 
     @model_validator(mode="after")
     def _el2n_within_training(self):
         if self.el2n_epoch > self.train.epochs:
             raise ValueError(f"el2n_epoch={self.el2n_epoch} is after the last epoch (train.epochs={self.train.epochs})")
+        if self.cleanlab_folds == 1:
+            raise ValueError("cleanlab_folds=1 leaves no example out of sample: use 0 (no cleanlab) or 2 or more")
         return self
 
 
@@ -55,6 +62,7 @@ def proxies_flow(config: ProxiesFlowConfig = ProxiesFlowConfig(), data_root: str
     configure_threads(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
     check_fits(config, dataset, dataset.n_train, "dataset.n_train")
+    cleanlab = use_cleanlab(config, dataset)
     cscores = (str(upstream_table("cscore_run", config.cscore_run, {"cscore": "cscores.parquet"}, data_root,
                                   config.dataset)) if config.cscore_run else None)
     store = RunStore.open(FLOW, config, data_root)
@@ -63,7 +71,8 @@ def proxies_flow(config: ProxiesFlowConfig = ProxiesFlowConfig(), data_root: str
     shards = chunks(list(range(config.n_models)), config.shard_size)
     plan = [{"store": store, "shard": s, "model_ids": ids} for s, ids in enumerate(shards)]
     names = run_shards(record_shard, plan, config.runtime, "recorded training")
-    compute_proxies(store, [r for r, _ in names], [f for _, f in names], cscores)
+    out_of_sample = run_shards(fold_shard, [{"store": store}], config.runtime, "fold models")[0] if cleanlab else None
+    compute_proxies(store, [r for r, _ in names], [f for _, f in names], cscores, out_of_sample)
     figures = draw_figures(store, cscores)
     summary = (store.read_table("proxy_correlations.parquet") if cscores
                else store.read_table("proxies.parquet").describe().T.reset_index())
@@ -71,11 +80,25 @@ def proxies_flow(config: ProxiesFlowConfig = ProxiesFlowConfig(), data_root: str
     return str(store.root)
 
 
+def use_cleanlab(config: ProxiesFlowConfig, dataset: Dataset) -> bool:
+    """Whether this run trains fold models for cleanlab: asked for and installed (else a warning); checked to fit."""
+    folds, n = config.cleanlab_folds, dataset.n_train
+    if not folds:
+        return False
+    if folds > n:
+        raise ValueError(f"cleanlab_folds={folds} is more folds than the {n} training examples")
+    check_fits(config, dataset, n - -(-n // folds), f"cleanlab_folds={folds}")  # the largest fold is left out
+    if not cleanlab_installed():
+        get_run_logger().warning("cleanlab is not installed, so its scores are skipped: pip install -e '.[cleanlab]'")
+        return False
+    return True
+
+
 def draw_figures(store: RunStore, cscores: str | None) -> list[Path]:
     """Proxy-vs-C-score scatter and learning dynamics (with a C-score run); detection curves (with noise)."""
     folder, figures = store.root / "figures", []
     proxies = store.read_table("proxies.parquet")
-    scores = {n: proxies[n].to_numpy() for n in proxies.columns if n not in ("example_id", "label", "is_noisy")}
+    scores = {n: proxies[n].to_numpy() for n in proxies.columns if n not in ("example_id", "label", "is_noisy", *FLAGS)}
     if cscores:
         cscore = aligned_cscore(proxies["example_id"], cscores)
         spearman = store.read_table("proxy_correlations.parquet").set_index("proxy")["spearman"].to_dict()

@@ -52,11 +52,13 @@ def train_models_shard(store: RunStore, name: str, model_ids: list[int], make_su
     config, start, dataset = store.config, time.perf_counter(), task_dataset(store)
     seeds = seeds if seeds is not None else [model_seed(config.seed, i) for i in model_ids]
     subsets = make_subsets(dataset, seeds)
+    before = time.perf_counter()
     outcome = train_on_subsets(dataset, config.model, seeds, subsets, config.train, resolve_device(config.runtime.device))
+    seconds = time.perf_counter() - before
     table = outcome_table(model_ids, seeds, subsets, outcome)
     for column, values in (columns or {}).items():
         table = table.append_column(column, pa.array(values))
-    store.write_table(name, table, {"models": str(len(model_ids))})
+    store.write_table(name, table, {"models": str(len(model_ids)), "train_seconds": f"{seconds:.2f}"})
     sizes = "/".join(map(str, sorted(set(subsets.sum(1).tolist()))))
     logger.info("%s: %d models on %s examples, mean test accuracy %.4f, %.1f s", name, len(model_ids), sizes,
                 float(outcome.test.accuracy().mean()), time.perf_counter() - start)

@@ -11,13 +11,16 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.ensemble import embed, resolve_device
+from core.ensemble import embed, predict_probabilities, resolve_device
 from core.experiment import model_seed, train_on_subsets
+from core.label_quality import cleanlab_scores, fold_assignment, fold_subsets, out_of_sample_probabilities
 from core.proxies import density_proxies, detection_metrics, learning_dynamics, rank_correlations, training_proxies
 from core.store import RunStore, pack_bool_rows, pack_float_rows, unpack_bool_rows, unpack_float_rows
 from tasks.common import task_dataset
 
 RECORDED = ("label_prob", "margin", "loss", "el2n")  # float fields of the training record
+OUT_OF_SAMPLE = "out_of_sample.parquet"
+FLAGS = ("cleanlab_issue",)  # bool columns of proxies.parquet: verdicts, not scores
 
 
 def shard_names(shard: int) -> tuple[str, str]:
@@ -49,7 +52,9 @@ def record_shard(store: RunStore, shard: int, model_ids: list[int]) -> tuple[str
     seeds = [model_seed(config.seed, i) for i in model_ids]
     everything = torch.ones(len(model_ids), dataset.n_train, dtype=torch.bool)
     device = resolve_device(config.runtime.device)
+    before = time.perf_counter()
     outcome = train_on_subsets(dataset, config.model, seeds, everything, config.train, device, record=True)
+    train_seconds = time.perf_counter() - before
     hidden = embed(outcome.ensemble, dataset.x_train).numpy()  # [K, N, F] penultimate activations
     final = {"model_id": pa.array(model_ids, pa.int64()), "seed": pa.array(seeds, pa.int64()),
              "test_accuracy": pa.array(outcome.test.accuracy().numpy(), pa.float64()),
@@ -59,10 +64,45 @@ def record_shard(store: RunStore, shard: int, model_ids: list[int]) -> tuple[str
     for name in per_model[0]:
         final[name] = pack_float_rows(np.stack([d[name] for d in per_model]))
     store.write_table(names[0], _records_table(model_ids, outcome.record))
-    store.write_table(names[1], pa.table(final))  # written last: its presence means the shard is whole
+    # written last: its presence means the shard is whole
+    store.write_table(names[1], pa.table(final), {"models": str(len(model_ids)), "train_seconds": f"{train_seconds:.2f}"})
     logger.info("shard %d: %d full-data models recorded over %d epochs, test accuracy %.4f, %.1f s", shard,
                 len(model_ids), config.train.epochs, float(outcome.test.accuracy().mean()), time.perf_counter() - start)
     return names
+
+
+@task(cache_policy=NO_CACHE, task_run_name="fold-models")
+def fold_shard(store: RunStore) -> str:
+    """Train the `cleanlab_folds` fold models together; write each example's out-of-sample class probabilities."""
+    logger = get_run_logger()
+    if store.is_complete(OUT_OF_SAMPLE):
+        logger.info("%s already written, skipped", OUT_OF_SAMPLE)
+        return OUT_OF_SAMPLE
+    config, dataset = store.config, task_dataset(store)
+    folds = config.cleanlab_folds
+    fold_of = fold_assignment(dataset.n_train, folds, config.seed)
+    seeds = [model_seed(config.seed, config.n_models + k) for k in range(folds)]  # ids after the recorded models
+    before = time.perf_counter()
+    outcome = train_on_subsets(dataset, config.model, seeds, fold_subsets(fold_of, folds), config.train,
+                               resolve_device(config.runtime.device))
+    seconds, accuracy = time.perf_counter() - before, float(outcome.test.accuracy().mean())
+    probabilities = out_of_sample_probabilities(predict_probabilities(outcome.ensemble, dataset.x_train), fold_of)
+    table = pa.table({"example_id": pa.array(dataset.train_ids.numpy(), pa.int64()),
+                      "label": pa.array(dataset.y_train.numpy(), pa.int64()),
+                      "fold": pa.array(fold_of, pa.int64()),
+                      "probabilities": pack_float_rows(probabilities)})
+    store.write_table(OUT_OF_SAMPLE, table, {"models": str(folds), "train_seconds": f"{seconds:.2f}",
+                                             "test_accuracy": f"{accuracy:.4f}"})
+    sizes = "/".join(map(str, sorted(set(np.bincount(fold_of, minlength=folds).tolist()))))
+    logger.info("%d fold models, each scoring a fold of %s examples; test accuracy %.4f, %.1f s training", folds,
+                sizes, accuracy, seconds)
+    return OUT_OF_SAMPLE
+
+
+def label_issue_columns(store: RunStore, out_of_sample: str) -> dict[str, np.ndarray]:
+    """cleanlab's label-quality score and `find_label_issues` flag of each example, from the fold models."""
+    table = pq.read_table(store.path(out_of_sample))
+    return cleanlab_scores(table["label"].to_numpy(), unpack_float_rows(table["probabilities"]))
 
 
 def read_records(store: RunStore, names: list[str]) -> dict[str, np.ndarray]:
@@ -89,14 +129,16 @@ def aligned_cscore(example_ids: pd.Series, cscores: str) -> np.ndarray:
 
 
 @task(cache_policy=NO_CACHE, task_run_name="compute-proxies")
-def compute_proxies(store: RunStore, record_names: list[str], final_names: list[str], cscores: str | None) -> list[str]:
-    """proxies.parquet, and with a C-score table its correlations and learning dynamics; with label noise,
-    how well each score finds the mislabeled examples."""
+def compute_proxies(store: RunStore, record_names: list[str], final_names: list[str], cscores: str | None,
+                    out_of_sample: str | None = None) -> list[str]:
+    """proxies.parquet (with cleanlab's columns when `out_of_sample` is given), and with a C-score table its
+    correlations and learning dynamics; with label noise, how well each score finds the mislabeled examples."""
     config, dataset, written = store.config, task_dataset(store), []
     expected = ["proxies.parquet"] + (["proxy_correlations.parquet", "dynamics.parquet"] if cscores else []) + \
         (["noise_detection.parquet"] if dataset.is_noisy.any() else [])
-    if all(store.is_complete(name) for name in expected):
-        return expected
+    if all(store.is_complete(name) for name in expected) and (
+            not out_of_sample or set(FLAGS) <= set(pq.read_schema(store.path("proxies.parquet")).names)):
+        return expected  # complete, and with cleanlab's columns if they are asked for now
     records, finals = read_records(store, record_names), read_finals(store, final_names)
     labels = dataset.y_train.numpy()
     columns = training_proxies(records["label_prob"], records["correct"], records["margin"], records["el2n"],
@@ -104,8 +146,11 @@ def compute_proxies(store: RunStore, record_names: list[str], final_names: list[
     columns.update(density_proxies(dataset.x_train.flatten(1).numpy(), labels, config.kde_bandwidth, "input",
                                    config.lof_neighbors, config.kde_chunk, resolve_device(config.runtime.device)))
     columns.update({name: values.mean(0) for name, values in finals.items()})  # hidden densities, mean over models
+    cleanlab = label_issue_columns(store, out_of_sample) if out_of_sample else {}
+    flags = {name: cleanlab.pop(name) for name in FLAGS if name in cleanlab}
+    columns.update(cleanlab)
     proxies = pd.DataFrame({"example_id": dataset.train_ids.numpy(), "label": labels,
-                            "is_noisy": dataset.is_noisy.numpy(), **columns})
+                            "is_noisy": dataset.is_noisy.numpy(), **columns, **flags})
     written.append(store.write_table("proxies.parquet", proxies).name)
     scores = {name: proxies[name].to_numpy() for name in columns}
     if cscores:
@@ -117,7 +162,9 @@ def compute_proxies(store: RunStore, record_names: list[str], final_names: list[
         written.append(store.write_table("dynamics.parquet", dynamics).name)
         scores = {"cscore": cscore, **scores}
     if dataset.is_noisy.any():
-        rows = [{"score": name, **detection_metrics(values, dataset.is_noisy.numpy())} for name, values in scores.items()]
+        flagged_lowest = {name: (~flag).astype(float) for name, flag in flags.items()}
+        rows = [{"score": name, **detection_metrics(values, dataset.is_noisy.numpy())}
+                for name, values in {**scores, **flagged_lowest}.items()]
         written.append(store.write_table("noise_detection.parquet", pd.DataFrame(rows)).name)
     get_run_logger().info("proxies of %d examples from %d models: %s", len(proxies), len(records["seen"]), ", ".join(written))
     return written

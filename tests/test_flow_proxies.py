@@ -5,16 +5,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cleanlab.filter import find_label_issues
+from cleanlab.rank import get_label_quality_scores
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from core.config import run_id
 from core.data import DatasetConfig, load_dataset
-from core.proxies import kernel_density_proxies, median_bandwidth
-from core.store import unpack_bool_rows, unpack_float_rows
+from core.label_quality import fold_assignment
+from core.proxies import detection_metrics, kernel_density_proxies, median_bandwidth
+from core.store import read_provenance, unpack_bool_rows, unpack_float_rows
 from core.training import TrainConfig
 from flows.common import upstream_table
 from flows.cscore import CScoreFlowConfig, cscore_flow
+from flows import proxies as proxies_module
 from flows.proxies import ProxiesFlowConfig, proxies_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -30,7 +34,7 @@ def run(tmp_path_factory):
     cscore_run = Path(cscore_flow(CScoreFlowConfig(dataset=DATA, model="mlp_w16_d1", train=TRAIN, ratios=[0.3, 0.7],
                                                    runs_per_ratio=4), data_root=root))
     config = ProxiesFlowConfig(dataset=DATA, model="mlp_w16_d1", train=TRAIN, n_models=3, shard_size=2,
-                               cscore_run=cscore_run.name, n_bootstrap=20)
+                               cscore_run=cscore_run.name, n_bootstrap=20, cleanlab_folds=3)
     folder = Path(proxies_flow(config, data_root=root))
     return folder, cscore_run, config
 
@@ -74,18 +78,73 @@ def test_correlations_detection_and_dynamics(run):
     proxies = pd.read_parquet(folder / "proxies.parquet")
     cscores = proxies[["example_id"]].merge(pd.read_parquet(cscore_run / "cscores.parquet"), on="example_id")
     correlations = pd.read_parquet(folder / "proxy_correlations.parquet").set_index("proxy")
-    names = [c for c in proxies.columns if c not in ("example_id", "label", "is_noisy")]
-    assert list(correlations.index) == names and len(names) == 13
+    names = [c for c in proxies.columns if c not in ("example_id", "label", "is_noisy", "cleanlab_issue")]
+    assert list(correlations.index) == names and len(names) == 14
     finite = np.isfinite(cscores["cscore"])
     expected = stats.spearmanr(proxies["aum"][finite], cscores["cscore"][finite]).statistic
     assert correlations.loc["aum", "spearman"] == pytest.approx(expected)
     detection = pd.read_parquet(folder / "noise_detection.parquet").set_index("score")
-    assert list(detection.index) == ["cscore", *names] and (detection["k"] == 24).all()
+    assert list(detection.index) == ["cscore", *names, "cleanlab_issue"] and (detection["k"] == 24).all()
     assert detection.loc["aum", "auroc"] == pytest.approx(roc_auc_score(proxies["is_noisy"], -proxies["aum"]))
     dynamics = pd.read_parquet(folder / "dynamics.parquet")
     assert len(dynamics) == 3 * 5 and dynamics.groupby("bin")["n_examples"].first().sum() == finite.sum()
     for name in ("proxy_vs_cscore.png", "dynamics.png", "noise_detection.png"):
         assert (folder / "figures" / name).is_file()
+
+
+def test_out_of_sample_probabilities_come_from_the_model_of_each_examples_fold(run):
+    folder, _, config = run
+    table = pd.read_parquet(folder / "out_of_sample.parquet")
+    assert table["example_id"].tolist() == load_dataset(DATA).train_ids.tolist()
+    assert np.array_equal(table["fold"], fold_assignment(240, 3, config.seed))
+    probabilities = unpack_float_rows(table["probabilities"])
+    assert probabilities.shape == (240, 10)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, rtol=1e-5)
+    provenance = read_provenance(folder / "out_of_sample.parquet")
+    assert provenance["models"] == "3" and float(provenance["train_seconds"]) > 0
+
+
+def test_cleanlab_rows_equal_cleanlab_called_directly_on_the_same_probabilities(run):
+    folder, _, _ = run
+    table, proxies = pd.read_parquet(folder / "out_of_sample.parquet"), pd.read_parquet(folder / "proxies.parquet")
+    labels, probabilities = table["label"].to_numpy(), unpack_float_rows(table["probabilities"])
+    quality, issues = get_label_quality_scores(labels, probabilities), find_label_issues(labels, probabilities)
+    np.testing.assert_array_equal(proxies["cleanlab_label_quality"], quality)
+    np.testing.assert_array_equal(proxies["cleanlab_issue"], issues)
+    detection = pd.read_parquet(folder / "noise_detection.parquet").set_index("score")
+    noisy = proxies["is_noisy"].to_numpy()
+    assert detection.loc["cleanlab_label_quality"].to_dict() == pytest.approx(detection_metrics(quality, noisy))
+    flag = detection.loc["cleanlab_issue"]
+    assert flag["auroc"] == pytest.approx(roc_auc_score(noisy, issues))  # a flag ranks its examples first
+
+
+def test_cleanlab_installed_later_adds_its_columns_and_keeps_the_models(tmp_path, monkeypatch):
+    """Without cleanlab the flow warns and skips it; installed later, a rerun trains only the fold models."""
+    config = ProxiesFlowConfig(dataset=DATA, model="mlp_w16_d1", train=TRAIN, n_models=2, n_bootstrap=0,
+                               cleanlab_folds=2)
+    monkeypatch.setattr(proxies_module, "cleanlab_installed", lambda: False)
+    folder = Path(proxies_flow(config, data_root=str(tmp_path)))
+    assert not (folder / "out_of_sample.parquet").exists()
+    assert "cleanlab_label_quality" not in pd.read_parquet(folder / "proxies.parquet").columns
+    records = {p: p.stat().st_mtime_ns for p in folder.glob("shards/*.parquet")}
+    monkeypatch.undo()
+    proxies_flow(config, data_root=str(tmp_path))
+    assert {"cleanlab_label_quality", "cleanlab_issue"} <= set(pd.read_parquet(folder / "proxies.parquet").columns)
+    assert "cleanlab_issue" in pd.read_parquet(folder / "noise_detection.parquet")["score"].tolist()
+    assert {p: p.stat().st_mtime_ns for p in folder.glob("shards/*.parquet")} == records
+
+
+def test_cleanlab_folds_must_leave_examples_out_and_fit_the_data(tmp_path):
+    with pytest.raises(ValueError, match=r"cleanlab_folds=1 leaves no example out of sample"):
+        ProxiesFlowConfig(cleanlab_folds=1)
+    small = ProxiesFlowConfig(dataset=DATA.model_copy(update={"n_train": 40}), train=TRAIN, n_models=1)
+    with pytest.raises(ValueError, match=r"cleanlab_folds=41 is more folds than the 40 training examples"):
+        proxies_flow.fn(small.model_copy(update={"cleanlab_folds": 41}), data_root=str(tmp_path))
+    message = (r"cleanlab_folds=2 gives 20 of 40 examples per model, fewer than train.batch_size=32; "
+               r"raise cleanlab_folds or lower train.batch_size")
+    with pytest.raises(ValueError, match=message):
+        proxies_flow.fn(small.model_copy(update={"cleanlab_folds": 2}), data_root=str(tmp_path))
+    assert not (tmp_path / "runs").exists()  # refused before any work
 
 
 def test_rerun_skips_finished_work(run):
