@@ -39,10 +39,13 @@ def canonical_json(config: BaseModel | dict[str, Any]) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def run_id(flow: str, config: BaseModel | dict[str, Any]) -> str:
-    """`<flow>-<12 hex>`: the same resolved config always maps to the same id."""
-    digest = hashlib.sha256(canonical_json(config).encode()).hexdigest()[:12]
-    return f"{flow}-{digest}"
+def run_id(flow: str, config: BaseModel | dict[str, Any], inputs: dict[str, str] | None = None) -> str:
+    """`<flow>-<12 hex>`: the same resolved config, reading files of the same contents (`inputs`: name ->
+    fingerprint), always maps to the same id. Without input files the id is that of the config alone."""
+    identity = canonical_json(config)
+    if inputs:
+        identity += "\ninputs:" + json.dumps(inputs, sort_keys=True, separators=(",", ":"))
+    return f"{flow}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
 
 
 def derive_seed(*keys: int) -> int:

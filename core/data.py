@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -16,6 +16,7 @@ import torch
 from pydantic import Field
 
 from core.config import Config
+from core.fingerprint import fingerprint
 from core.store import atomic_write
 from core.data_sources import (DatasetError, RawData, describe_classes, int_labels, load_arrays, load_cifar,
                                load_fashion_mnist, load_image_folder)
@@ -75,6 +76,8 @@ class Dataset:
     true_label: torch.Tensor  # int64 [N], training labels before noise
     is_noisy: torch.Tensor  # bool [N]
     class_names: list[str]
+    sources: list[Path] = field(default_factory=list)  # the user's files it was read from; none if generated
+    fingerprint: str | None = None  # of those files' contents (core.fingerprint); part of every run's id
 
     @property
     def num_classes(self) -> int:
@@ -271,7 +274,8 @@ def load_dataset(config: DatasetConfig, cache_dir: Path | None = None) -> Datase
         name=config.name, x_train=xtr, y_train=torch.from_numpy(noisy.copy()), x_test=xte,
         y_test=torch.from_numpy(raw.y_test[te]), train_ids=torch.from_numpy(raw.train_ids[tr]),
         test_ids=torch.from_numpy(raw.test_ids[te]), true_label=torch.from_numpy(true.copy()),
-        is_noisy=torch.from_numpy(noisy != true), class_names=list(raw.class_names))
+        is_noisy=torch.from_numpy(noisy != true), class_names=list(raw.class_names), sources=raw.sources,
+        fingerprint=fingerprint(raw.sources, cache_dir))
 
 
 def load_dataset_by_name(name: str, cache_dir: Path | None = None, **options: Any) -> Dataset:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -43,6 +43,7 @@ class RawData:
     class_names: list[str]
     scale: float = 1.0  # features are divided by this when converted to float (255 for uint8 pixels)
     on_success: Callable[[], None] | None = None  # deferred cache write: nothing is written on failure
+    sources: list[Path] = field(default_factory=list)  # the user's files it was read from
 
 
 def _need_path(cfg: DatasetConfig, what: str) -> Path:
@@ -78,7 +79,7 @@ def load_fashion_mnist(cfg: DatasetConfig, cache_dir: Path | None = None) -> Raw
     """Fashion-MNIST from the four IDX files (.gz or decompressed); pixels scaled to [0, 1]."""
     root = Path(cfg.path or FASHION_MNIST_DIR).expanduser()
     dirs = [root, root / "FashionMNIST" / "raw"]  # the second is torchvision's layout
-    arrays = []
+    arrays, sources = [], []
     for stem, magic, ndim in [("train-images-idx3-ubyte", 2051, 3), ("train-labels-idx1-ubyte", 2049, 1),
                               ("t10k-images-idx3-ubyte", 2051, 3), ("t10k-labels-idx1-ubyte", 2049, 1)]:
         tried = [d / f"{stem}{ext}" for d in dirs for ext in (".gz", "")]
@@ -89,9 +90,10 @@ def load_fashion_mnist(cfg: DatasetConfig, cache_dir: Path | None = None) -> Raw
                                "`apt-get install dataset-fashion-mnist` (files land in "
                                f"{FASHION_MNIST_DIR}) or set dataset.path to the folder holding them")
         arrays.append(_read_idx(found, magic, ndim))
+        sources.append(found)
     (xtr, ytr, xte, yte) = arrays
     return RawData(xtr[:, None], ytr, np.arange(len(xtr)), xte[:, None], yte, np.arange(len(xte)),
-                   list(FASHION_CLASSES), scale=255.0)
+                   list(FASHION_CLASSES), scale=255.0, sources=sources)
 
 
 # ---------------------------------------------------------------- CIFAR-10/100 (python pickles)
@@ -156,12 +158,13 @@ def load_cifar(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
     (xtr, ytr), (xte, yte) = split(train_files), split([test_file])
     names = [n.decode() if isinstance(n, bytes) else str(n)
              for n in _get(_unpickle(found / meta_file), meta_key, found / meta_file)]
-    return RawData(xtr, ytr, np.arange(len(xtr)), xte, yte, np.arange(len(xte)), names, scale=255.0)
+    return RawData(xtr, ytr, np.arange(len(xtr)), xte, yte, np.arange(len(xte)), names, scale=255.0,
+                   sources=[found / f for f in [*train_files, test_file, meta_file]])
 
 
 # ---------------------------------------------------------------- image folder
-def _read_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """All images of one ImageFolder split as uint8 [N, 3, H, W] (RGB), labels and class names."""
+def _read_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[Path]]:
+    """All images of one ImageFolder split as uint8 [N, 3, H, W] (RGB), labels, class names and image files."""
     from torchvision.datasets import ImageFolder
     from torchvision.transforms.v2.functional import pil_to_tensor
 
@@ -179,7 +182,7 @@ def _read_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
             raise DatasetError(f"images in {root} differ in size: {s1[0]}x{s1[1]} ({p1}) and "
                                f"{s2[0]}x{s2[1]} ({p2}) (HxW); resize them all to one size first")
         images.append(img)
-    return np.stack(images), np.asarray(folder.targets), list(folder.classes)
+    return np.stack(images), np.asarray(folder.targets), list(folder.classes), [Path(p) for p, _ in folder.samples]
 
 
 def load_image_folder(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
@@ -189,15 +192,16 @@ def load_image_folder(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawD
     if missing:
         raise DatasetError(f"image folder split(s) not found: {', '.join(missing)}; dataset.path must hold "
                            "train/<class>/<image> and test/<class>/<image>")
-    xtr, ytr, classes = _read_image_folder(root / "train")
-    xte, yte, test_classes = _read_image_folder(root / "test")
+    xtr, ytr, classes, train_files = _read_image_folder(root / "train")
+    xte, yte, test_classes, test_files = _read_image_folder(root / "test")
     if test_classes != classes:
         raise DatasetError(f"test classes {test_classes} differ from train classes {classes} in {root}; "
                            "give test/ exactly the same class folders as train/")
     if xtr.shape[1:] != xte.shape[1:]:
         raise DatasetError(f"train images are {tuple(xtr.shape[2:])} but test images are "
                            f"{tuple(xte.shape[2:])} (HxW) in {root}; resize them to one size")
-    return RawData(xtr, ytr, np.arange(len(xtr)), xte, yte, np.arange(len(xte)), classes, scale=255.0)
+    return RawData(xtr, ytr, np.arange(len(xtr)), xte, yte, np.arange(len(xte)), classes, scale=255.0,
+                   sources=train_files + test_files)
 
 
 # ---------------------------------------------------------------- user arrays: .npz or Parquet
@@ -273,6 +277,7 @@ def load_arrays(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
     except Exception as e:  # unreadable container: say which file and what kind was expected
         raise DatasetError(f"cannot read {path} as {'Parquet' if is_parquet else 'npz'} "
                            f"({type(e).__name__}: {e}); check the file format and its suffix") from None
+    raw.sources = [path]
     raw.y_train = int_labels(raw.y_train, f"y_train of {path}")
     raw.y_test = int_labels(raw.y_test, f"y_test of {path}")
     if raw.class_names is None:

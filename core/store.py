@@ -25,7 +25,7 @@ from core.config import canonical_json, run_id
 DATA_ROOT_ENV = "REGULARITY_DATA_ROOT"
 META_PREFIX = "regularity."
 REPO_ROOT = Path(__file__).resolve().parent.parent
-_JSON_FIELDS = ("config", "versions", "hardware")
+_JSON_FIELDS = ("config", "inputs", "versions", "hardware")
 _PACKAGES = ("torch", "numpy", "pandas", "pyarrow", "scikit-learn", "scipy", "prefect")
 
 
@@ -130,17 +130,20 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
 class RunStore:
     """The folder `<data root>/runs/<flow>/<run id>/` holding one run's config and tables."""
 
-    def __init__(self, flow: str, config: BaseModel, root: Path):
+    def __init__(self, flow: str, config: BaseModel, root: Path, inputs: dict[str, str] | None = None):
         self.flow, self.config = flow, config
-        self.run_id = run_id(flow, config)
+        self.inputs = {name: value for name, value in (inputs or {}).items() if value is not None}
+        self.run_id = run_id(flow, config, self.inputs)
         self.config_json = canonical_json(config)
         self.root = root
 
     @classmethod
-    def open(cls, flow: str, config: BaseModel, data_root: Path | str | None = None) -> RunStore:
-        """Create or reopen the run folder of `config`, checking its config.json."""
-        rid = run_id(flow, config)
-        store = cls(flow, config, _resolve_root(data_root) / "runs" / flow / rid)
+    def open(cls, flow: str, config: BaseModel, data_root: Path | str | None = None,
+             inputs: dict[str, str | None] | None = None) -> RunStore:
+        """Create or reopen the run folder of `config` reading input files of fingerprints `inputs` (name ->
+        `core.fingerprint` value; None = no file), checking its config.json."""
+        known = {name: value for name, value in (inputs or {}).items() if value is not None}
+        store = cls(flow, config, _resolve_root(data_root) / "runs" / flow / run_id(flow, config, known), known)
         store.root.mkdir(parents=True, exist_ok=True)
         store._check_or_write_config()
         return store
@@ -160,13 +163,17 @@ class RunStore:
         path = self.root / "config.json"
         if not path.exists():
             doc = {"flow": self.flow, "run_id": self.run_id,
-                   "config": self.config.model_dump(mode="json")}
+                   "config": self.config.model_dump(mode="json"), "inputs": self.inputs}
             atomic_write(path, lambda f: f.write(json.dumps(doc, indent=2).encode() + b"\n"))
             return
         try:
-            stored = canonical_json(json.loads(path.read_text())["config"])
+            doc = json.loads(path.read_text())
+            stored, inputs = canonical_json(doc["config"]), doc.get("inputs", {})
         except (ValueError, KeyError, TypeError) as err:
             raise RunConflictError(f"{path} is unreadable ({err}); move it away to recreate") from err
+        if inputs != self.inputs:
+            raise RunConflictError(f"{path} was made from input files {inputs}, not {self.inputs} as run id "
+                                   f"{self.run_id} says (edited file?); move the folder away to recreate it")
         if stored != self.config_json:
             raise RunConflictError(f"{path} holds a different config than run id {self.run_id} "
                                    f"maps to (hash collision or edited file):\n  stored: {stored}"
@@ -188,6 +195,7 @@ class RunStore:
     def _provenance(self, extra: dict[str, str] | None) -> dict[bytes, bytes]:
         """Schema metadata entries for one table of this run."""
         meta = {"run_id": self.run_id, "flow": self.flow, "config": self.config_json,
+                "inputs": json.dumps(self.inputs, sort_keys=True),
                 "versions": json.dumps(_versions(), sort_keys=True),
                 "code_revision": code_revision(),
                 "hardware": json.dumps(_hardware(), sort_keys=True),

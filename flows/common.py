@@ -44,10 +44,11 @@ def check_fits(config: SubsetTrainingConfig, dataset: Dataset, smallest_subset: 
 
 
 def upstream_table(field: str, run: str, tables: dict[str, str], data_root: str | None,
-                   dataset: DatasetConfig | None = None) -> Path:
+                   dataset: DatasetConfig | None = None, contents: str | None = None) -> Path:
     """The finished table of run `run` that setting `field` names; `tables` maps the flows it may be
-    a run of to the table needed. With `dataset`, that run must have used exactly this dataset
-    (downstream flows join on example ids). Checked before any work, each failure saying what to change."""
+    a run of to the table needed. With `dataset`, that run must have used exactly this dataset, and files
+    of the same `contents` fingerprint (downstream flows join on example ids). Checked before any work,
+    each failure saying what to change."""
     folder = find_run(run, data_root)
     stored = json.loads((folder / "config.json").read_text())
     if stored["flow"] not in tables:
@@ -65,6 +66,10 @@ def upstream_table(field: str, run: str, tables: dict[str, str], data_root: str 
         if differ:
             raise ValueError(f"{field}={run!r} used another dataset ({'; '.join(differ)}); set the same dataset "
                              "here, since results are joined on example ids")
+        theirs = stored.get("inputs", {}).get("dataset")
+        if theirs != contents:
+            raise ValueError(f"{field}={run!r} read other contents of the dataset files (fingerprint {theirs} there, "
+                             f"{contents} here): the files changed since; run {stored['flow']} again on them first")
     return path
 
 

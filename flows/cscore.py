@@ -101,7 +101,7 @@ def cscore_flow(config: CScoreFlowConfig = CScoreFlowConfig(), data_root: str | 
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
     smallest = subset_size(config.ratios[0], dataset.n_train)
     check_fits(config, dataset, smallest, f"ratios={config.ratios[0]}")  # before the run folder exists
-    store = RunStore.open(FLOW, config, data_root)
+    store = RunStore.open(FLOW, config, data_root, inputs={"dataset": dataset.fingerprint})
     if not store.is_complete("examples.parquet"):
         store.write_table("examples.parquet", examples_table(dataset))
     names: list[str] = []

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 from core.data import Dataset
 from core.experiment import model_seed
 from core.filtering import filtering_summary
+from core.fingerprint import fingerprint
 from core.plots import filtering_curve
 from core.store import RunStore, dataset_cache, unpack_bool_rows
 from flows.common import SubsetTrainingConfig, check_fits, chunks, examples_table, upstream_table
@@ -60,7 +61,7 @@ def aligned_scores(config: FilterRetrainFlowConfig, dataset: Dataset, data_root:
     if not path.is_file():
         if config.scores.rsplit("-", 1)[0] not in SCORE_TABLES:
             raise ValueError(f"scores={config.scores!r} is neither a file nor a run id of {', '.join(SCORE_TABLES)}")
-        path = upstream_table("scores", config.scores, SCORE_TABLES, data_root, config.dataset)
+        path = upstream_table("scores", config.scores, SCORE_TABLES, data_root, config.dataset, dataset.fingerprint)
     table = pd.read_parquet(path)
     if config.score_column not in table or "example_id" not in table:
         raise ValueError(f"{path} needs columns example_id and {config.score_column!r}; it has {list(table.columns)}")
@@ -108,7 +109,9 @@ def filter_retrain_flow(config: FilterRetrainFlowConfig = FilterRetrainFlowConfi
     scores = aligned_scores(config, dataset, data_root)
     kept = dataset.n_train - round(max(config.fractions) * dataset.n_train)
     check_fits(config, dataset, kept, f"fractions={max(config.fractions)}")
-    store = RunStore.open(FLOW, config, data_root)
+    scores_file = Path(config.scores)  # a file's contents are part of the run's identity; a run's id already is
+    inputs = {"dataset": dataset.fingerprint, "scores": fingerprint([scores_file]) if scores_file.is_file() else None}
+    store = RunStore.open(FLOW, config, data_root, inputs=inputs)
     for name, table in (("examples.parquet", examples_table(dataset)), ("scores.parquet", scores)):
         if not store.is_complete(name):
             store.write_table(name, table)

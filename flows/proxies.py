@@ -64,8 +64,8 @@ def proxies_flow(config: ProxiesFlowConfig = ProxiesFlowConfig(), data_root: str
     check_fits(config, dataset, dataset.n_train, "dataset.n_train")
     cleanlab = use_cleanlab(config, dataset)
     cscores = (str(upstream_table("cscore_run", config.cscore_run, {"cscore": "cscores.parquet"}, data_root,
-                                  config.dataset)) if config.cscore_run else None)
-    store = RunStore.open(FLOW, config, data_root)
+                                  config.dataset, dataset.fingerprint)) if config.cscore_run else None)
+    store = RunStore.open(FLOW, config, data_root, inputs={"dataset": dataset.fingerprint})
     if not store.is_complete("examples.parquet"):
         store.write_table("examples.parquet", examples_table(dataset))
     shards = chunks(list(range(config.n_models)), config.shard_size)

@@ -115,7 +115,7 @@ def prune_grid_flow(config: PruneGridFlowConfig = PruneGridFlowConfig(), data_ro
     configure_threads(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
     check_grid(config, dataset)
-    store = RunStore.open(FLOW, config, data_root)
+    store = RunStore.open(FLOW, config, data_root, inputs={"dataset": dataset.fingerprint})
     plan = [{"store": store, "networks": group, "label": pass_label(group)} for group in passes(config)]
     tables = [name for names in run_shards(prune_networks, plan, config.runtime, "pruning passes") for name in names]
     combine_shards(store, tables, "prune_errors.parquet", [("network", "ascending"), ("data_fraction", "ascending"),

@@ -43,7 +43,7 @@ def train_flow(config: TrainFlowConfig = TrainFlowConfig(), data_root: str | Non
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
     size = subset_size(config.subset_ratio, dataset.n_train)
     check_fits(config, dataset, size, f"subset_ratio={config.subset_ratio}")  # before the run folder exists
-    store = RunStore.open(FLOW, config, data_root)
+    store = RunStore.open(FLOW, config, data_root, inputs={"dataset": dataset.fingerprint})
     if not store.is_complete("examples.parquet"):
         store.write_table("examples.parquet", examples_table(dataset))
     shards = chunks(list(range(config.n_models)), config.shard_size)

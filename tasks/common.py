@@ -1,7 +1,7 @@
 """What every task needs: the run's dataset, loaded once per process, and the shared shard bodies."""
 from __future__ import annotations
 
-import functools
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -12,27 +12,41 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.data import Dataset, DatasetConfig, load_dataset
+from core.data import Dataset, DatasetConfig, DatasetError, load_dataset
+from core.fingerprint import fingerprint
 from core.ensemble import resolve_device
 from core.experiment import model_seed, outcome_table, train_on_subsets
 from core.store import RunStore
 
 
-@functools.lru_cache(maxsize=4)
-def _load(config_json: str, cache_dir: str) -> Dataset:
-    """Load a dataset once per process; shards of one run share it (read-only)."""
-    return load_dataset(DatasetConfig.model_validate_json(config_json), Path(cache_dir))
+_DATASETS: dict[tuple[str, str], Dataset] = {}  # loaded once per process; shards of one run share them (read-only)
+_DATASETS_LOCK = threading.Lock()
+KEPT_DATASETS = 4
 
 
 def shared_dataset(config: DatasetConfig, cache_dir: Path) -> Dataset:
-    """The dataset of `config`, cached in memory across the shards run by this process."""
-    return _load(config.model_dump_json(), str(cache_dir))
+    """The dataset of `config`, cached in memory across the shards run by this process, and loaded
+    again when its files have changed since."""
+    key = (config.model_dump_json(), str(cache_dir))
+    with _DATASETS_LOCK:
+        dataset = _DATASETS.get(key)
+        if dataset is None or fingerprint(dataset.sources, Path(cache_dir)) != dataset.fingerprint:
+            dataset = _DATASETS[key] = load_dataset(config, Path(cache_dir))
+            while len(_DATASETS) > KEPT_DATASETS:
+                _DATASETS.pop(next(iter(_DATASETS)))  # the oldest load
+        return dataset
 
 
 def task_dataset(store: RunStore) -> Dataset:
-    """Set this process's torch threads for the run (tasks may run in Dask workers) and return its dataset."""
+    """Set this process's torch threads for the run (tasks may run in Dask workers) and return its dataset,
+    refusing files whose contents are not the ones the run's id was made from."""
     torch.set_num_threads(store.config.runtime.torch_threads())
-    return shared_dataset(store.config.dataset, store.cache_dir)
+    dataset = shared_dataset(store.config.dataset, store.cache_dir)
+    if dataset.fingerprint != store.inputs.get("dataset"):
+        raise DatasetError(f"the files of dataset {store.config.dataset.name!r} changed after run {store.run_id} "
+                           f"began (contents {store.inputs.get('dataset')} then, {dataset.fingerprint} now); "
+                           "start the run again, and it will run as a new run on the new contents")
+    return dataset
 
 
 SubsetMaker = Callable[[Dataset, list[int]], torch.Tensor]

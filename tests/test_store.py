@@ -82,8 +82,26 @@ def test_run_dir_layout_and_config_json(tmp_path: Path):
     assert doc == {"flow": "toy", "run_id": EXPECTED_ID,
                    "config": {"seed": 0, "lr": 0.1,
                               "runtime": {"device": "auto", "threads": 2, "max_workers": 1, "task_runner": "local",
-                                          "dask_address": None, "dask_workers": 2}}}
+                                          "dask_address": None, "dask_workers": 2}},
+                   "inputs": {}}
     assert [p.name for p in run.root.iterdir()] == ["config.json"]  # no temp file left
+
+
+def test_input_contents_are_part_of_the_run_id(tmp_path: Path):
+    """Runs that read files: the id hashes their fingerprints too; without files it is the config's alone."""
+    plain = RunStore.open("toy", Tiny(), data_root=tmp_path, inputs={"dataset": None})
+    assert plain.run_id == EXPECTED_ID and plain.inputs == {}
+    first = RunStore.open("toy", Tiny(), data_root=tmp_path, inputs={"dataset": "0123456789abcdef"})
+    second = RunStore.open("toy", Tiny(), data_root=tmp_path, inputs={"dataset": "fedcba9876543210"})
+    assert len({plain.run_id, first.run_id, second.run_id}) == 3
+    assert json.loads((first.root / "config.json").read_text())["inputs"] == {"dataset": "0123456789abcdef"}
+    assert first.read_metadata(first.write_table("t.parquet", pd.DataFrame({"a": [1]})).name)["inputs"] == \
+        {"dataset": "0123456789abcdef"}
+    doc = json.loads((first.root / "config.json").read_text())
+    (first.root / "config.json").write_text(json.dumps({**doc, "inputs": {"dataset": "edited"}}))
+    with pytest.raises(RunConflictError, match=r"was made from input files \{'dataset': 'edited'\}, not "
+                                               r"\{'dataset': '0123456789abcdef'\}"):
+        RunStore.open("toy", Tiny(), data_root=tmp_path, inputs={"dataset": "0123456789abcdef"})
 
 
 def test_config_json_mismatch_is_an_error(run: RunStore):
