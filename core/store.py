@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -31,6 +32,22 @@ _PACKAGES = ("torch", "numpy", "pandas", "pyarrow", "scikit-learn", "scipy", "pr
 
 class RunConflictError(RuntimeError):
     """A run folder's config.json does not match the config that maps to its id."""
+
+
+class CorruptFileError(RuntimeError):
+    """A file of a run folder is cut short, garbled, or another run's."""
+
+
+def tensor_digest(tensors: dict[str, Any]) -> str:
+    """Hex SHA-256 over the names, dtypes, shapes and bytes of `tensors` (CPU, contiguous), in name order."""
+    import torch  # deferred: only writers and readers of weights pay for the import
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def default_data_root() -> Path:
@@ -215,38 +232,62 @@ class RunStore:
         return path
 
     def write_tensors(self, name: str, tensors: dict[str, Any]) -> Path:
-        """Write tensors as safetensors atomically, with the run id and config as metadata."""
+        """Write tensors as safetensors atomically, with the run id, config and a checksum of the tensors as metadata."""
         from safetensors.torch import save
 
-        data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                    metadata={"run_id": self.run_id, "config": self.config_json, "code_revision": code_revision()})
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        data = save(tensors, metadata={"run_id": self.run_id, "config": self.config_json,
+                                       "code_revision": code_revision(), "sha256": tensor_digest(tensors)})
         path = self.path(name)
         atomic_write(path, lambda f: f.write(data))
         return path
 
     def read_tensors(self, name: str) -> dict[str, Any]:
-        """Tensors of a safetensors file of this run (on the CPU)."""
-        from safetensors.torch import load_file
+        """Tensors of a safetensors file of this run (on the CPU); CorruptFileError if the file is not whole,
+        not this run's, or its tensors do not match their checksum."""
+        from safetensors import safe_open
 
-        return load_file(self._file(name))
+        path = self._file(name)
+        try:
+            with safe_open(path, "pt") as f:
+                meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as err:  # safetensors raises its own error types for a cut or garbled header
+            raise CorruptFileError(f"{path} is unreadable ({type(err).__name__}: {err})") from err
+        if meta.get("run_id") != self.run_id:
+            raise CorruptFileError(f"{path} was written by run {meta.get('run_id')!r}, not {self.run_id!r}")
+        if "sha256" in meta and meta["sha256"] != tensor_digest(tensors):  # files written before checksums have none
+            raise CorruptFileError(f"{path} has tensors that do not match their checksum")
+        return tensors
 
-    def is_complete(self, name: str) -> bool:
-        """True if `name` is a readable table of this run; a bad or foreign file is deleted."""
+    def _kept_if_whole(self, name: str, check: Callable[[Path], Any]) -> bool:
+        """True if `name` exists and `check(path)` passes; a file it finds bad (CorruptFileError) is deleted."""
         path = self._file(name)
         if not path.exists():
             return False
         try:
+            check(path)
+        except CorruptFileError as err:
+            warnings.warn(f"{err}; deleting it, it will be recomputed", RuntimeWarning, stacklevel=3)
+            path.unlink(missing_ok=True)
+            return False
+        return True
+
+    def _check_table(self, path: Path) -> None:
+        """Raise CorruptFileError unless `path` is a readable Parquet table of this run (its footer is written last)."""
+        try:
             owner = _decode(pq.read_schema(path).metadata).get("run_id")
         except (pa.ArrowException, OSError) as err:
-            reason = f"unreadable ({type(err).__name__}: {err})"
-        else:
-            if owner == self.run_id:
-                return True
-            reason = f"written by run {owner!r}, not {self.run_id!r}"
-        warnings.warn(f"{path} is {reason}; deleting it, it will be recomputed",
-                      RuntimeWarning, stacklevel=2)
-        path.unlink(missing_ok=True)
-        return False
+            raise CorruptFileError(f"{path} is unreadable ({type(err).__name__}: {err})") from err
+        if owner != self.run_id:
+            raise CorruptFileError(f"{path} was written by run {owner!r}, not {self.run_id!r}")
+
+    def is_complete(self, name: str) -> bool:
+        """True if `name` is a readable table of this run; a bad or foreign file is deleted."""
+        return self._kept_if_whole(name, self._check_table)
+
+    def tensors_complete(self, name: str) -> bool:
+        """True if `name` is a whole safetensors file of this run; a bad or foreign file is deleted."""
+        return self._kept_if_whole(name, lambda path: self.read_tensors(name))
 
     def read_table(self, name: str) -> pd.DataFrame:
         """Table `name` of this run as a DataFrame."""

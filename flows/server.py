@@ -1,10 +1,12 @@
-"""The project-local Prefect server: SQLite under `.prefect/`, loopback only, analytics off.
+"""The project-local Prefect server: SQLite under `.prefect/`, loopback only, analytics off, and basic
+authentication when the user's environment asks for it.
 
 Settings are environment variables, so they must be in place before `prefect` is imported.
 """
 from __future__ import annotations
 
 import atexit
+import base64
 import os
 import shutil
 import signal
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -26,16 +29,49 @@ def prefect_home() -> Path:
     return Path(os.environ.get("REGULARITY_PREFECT_HOME", REPO_ROOT / ".prefect")).resolve()
 
 
-def local_settings() -> dict[str, str]:
-    """Environment of a client or server bound to the project-local API."""
+# Prefect's basic-auth settings (prefect/settings/models/server/api.py and models/api.py, Prefect 3): the server
+# answers 401 to every API request whose `Authorization: Basic` header does not decode to SERVER_AUTH (GET /health and
+# /ready excepted, for probes); clients (the CLI, workers, flow runs) send CLIENT_AUTH.
+SERVER_AUTH = "PREFECT_SERVER_API_AUTH_STRING"
+CLIENT_AUTH = "PREFECT_API_AUTH_STRING"
+
+
+def auth_settings() -> dict[str, str]:
+    """Both basic-auth settings for the local server and its clients, from the user's environment; {} when neither is set.
+
+    When only one is set, the other gets its value. Safer than failing: a server started with only the client's string
+    would run WITHOUT authentication while the user believes it has some (fails open), and one started with only the
+    server's string would refuse our own CLI and worker. Copying never sends a secret anywhere new: these settings only
+    reach the server we start on 127.0.0.1 and the clients we point at it; a PREFECT_API_URL of the user's own (another
+    server, Cloud) is left to Prefect, with whatever PREFECT_API_AUTH_STRING the user gave it. Messages name the
+    settings, never their values.
+    """
+    given = {name: os.environ[name] for name in (SERVER_AUTH, CLIENT_AUTH) if name in os.environ}
+    for name, value in given.items():
+        user, colon, password = value.partition(":")
+        if not (user and colon and password):
+            raise RuntimeError(f"{name} must read user:password (both parts non-empty)")
+    if len(set(given.values())) > 1:
+        raise RuntimeError(f"{SERVER_AUTH} and {CLIENT_AUTH} differ: the local server would refuse its own clients; "
+                           "give both the same user:password, or set only one")
+    return {name: value for value in given.values() for name in (SERVER_AUTH, CLIENT_AUTH)}
+
+
+def _loopback_settings() -> dict[str, str]:
+    """Address, home and analytics of the project-local server and its clients."""
     port = int(os.environ.get(PORT_ENV, DEFAULT_PORT))
     return {
         "PREFECT_HOME": str(prefect_home()),
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",  # always: expose it through a TLS reverse proxy (README), never directly
         "PREFECT_SERVER_API_PORT": str(port),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # also stops outbound telemetry
     }
+
+
+def local_settings() -> dict[str, str]:
+    """Environment of a client or server bound to the project-local API (with the basic-auth pair when one is set)."""
+    return {**_loopback_settings(), **auth_settings()}
 
 
 def ephemeral_settings() -> dict[str, str]:
@@ -45,17 +81,49 @@ def ephemeral_settings() -> dict[str, str]:
     atexit.register(shutil.rmtree, home, ignore_errors=True)
     # a fresh home migrates its database first: Prefect's 20 s start-up limit was seen to run out on 2 busy cores
     timeout = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # Prefect's temporary server (127.0.0.1, a free port) inherits SERVER_AUTH from the environment; its client then
+    # needs CLIENT_AUTH, so the pair goes here too
     return {"PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": timeout}
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": timeout, **auth_settings()}
+
+
+def _status(url: str, auth: str | None) -> int:
+    """HTTP status of GET `url` (a URL of the LOCAL server: it carries the local auth string when given)."""
+    headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
 
 
 def is_healthy(api_url: str) -> bool:
-    """True when a Prefect API answers its health check at `api_url`."""
+    """True when the local Prefect API answers its health check at `api_url`. The auth string goes along when one is
+    set, so this does not rest on Prefect exempting GET /health from authentication (3.9 does)."""
     try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
-            return response.status == 200
+        return _status(f"{api_url}/health", auth_settings().get(CLIENT_AUTH)) == 200
     except OSError:
         return False
+
+
+def check_auth(api_url: str) -> None:
+    """Raise, naming the fix, unless the server at `api_url` demands exactly the authentication this environment asks
+    for: none, or the basic-auth string set (a server started earlier without it would leave the API open)."""
+    auth = auth_settings().get(CLIENT_AUTH)
+    probe = f"{api_url}/admin/version"  # behind the server's authentication, unlike /health
+    anonymous = _status(probe, None)
+    if auth is None:
+        if anonymous == 401:
+            raise RuntimeError(f"the Prefect server at {api_url} requires authentication: set {CLIENT_AUTH}=user:password "
+                               "to the string it was started with")
+        return
+    if anonymous != 401:
+        raise RuntimeError(f"the Prefect server already running at {api_url} answers without authentication although "
+                           f"{SERVER_AUTH} or {CLIENT_AUTH} is set; stop it (`regularity down` or `regularity server "
+                           "stop`) and start it again with the setting in place")
+    if _status(probe, auth) == 401:
+        raise RuntimeError(f"the Prefect server at {api_url} refuses the auth string set in {CLIENT_AUTH} / {SERVER_AUTH}: "
+                           "it was started with another one; use that one, or restart the server")
 
 
 def _prefect(*args: str) -> subprocess.CompletedProcess:
@@ -65,26 +133,29 @@ def _prefect(*args: str) -> subprocess.CompletedProcess:
 
 
 def start_server() -> str:
-    """Start the local server in the background unless it is already up; returns the API URL."""
+    """Start the local server in the background unless it is already up; returns the API URL once the server is up
+    and demands the authentication the environment asks for (see `check_auth`)."""
     api_url = local_settings()["PREFECT_API_URL"]
-    if is_healthy(api_url):
-        return api_url
-    prefect_home().mkdir(parents=True, exist_ok=True)
-    started = _prefect("server", "start", "--background")
-    if started.returncode != 0:
-        raise RuntimeError(f"`prefect server start --background` failed:\n{started.stdout}{started.stderr}\n"
-                           f"If port {local_settings()['PREFECT_SERVER_API_PORT']} is taken, set {PORT_ENV}.")
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not is_healthy(api_url):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the Prefect server did not answer at {api_url} within {START_TIMEOUT_S} s")
-        time.sleep(0.5)
+    if not is_healthy(api_url):
+        prefect_home().mkdir(parents=True, exist_ok=True)
+        started = _prefect("server", "start", "--background")
+        if started.returncode != 0:
+            raise RuntimeError(f"`prefect server start --background` failed:\n{started.stdout}{started.stderr}\n"
+                               f"If port {local_settings()['PREFECT_SERVER_API_PORT']} is taken, set {PORT_ENV}.")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not is_healthy(api_url):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Prefect server did not answer at {api_url} within {START_TIMEOUT_S} s")
+            time.sleep(0.5)
+    check_auth(api_url)
     return api_url
 
 
 def stop_server() -> str:
-    """Stop the local server started by `start_server`; returns what Prefect said."""
-    stopped = _prefect("server", "stop")
+    """Stop the local server started by `start_server`; returns what Prefect said. Needs no auth setting (it stops
+    the process recorded under the Prefect home), so a wrong one never keeps a server running."""
+    env = {**os.environ, **_loopback_settings()}
+    stopped = subprocess.run([sys.executable, "-m", "prefect", "server", "stop"], env=env, capture_output=True, text=True)
     return (stopped.stdout + stopped.stderr).strip()
 
 

@@ -81,7 +81,7 @@ def prune_networks(store: RunStore, networks: list[dict], label: str) -> list[st
     masks, written, snapshot = dense_masks(ensemble.params, names, support), [], None
     for level in range(pruning.levels + 1):
         files = {n: level_names(n, level) for n in layout.rows}
-        if all(store.is_complete(table) and (store.root / weights).is_file() and (store.root / rewind_name(n)).is_file()
+        if all(store.is_complete(table) and store.tensors_complete(weights) and store.tensors_complete(rewind_name(n))
                for n, (table, weights) in files.items()):
             saved = {n: store.read_tensors(weights) for n, (_, weights) in files.items()}
             trained = layout.join({n: {p: s[f"param/{p}"] for p in ensemble.params} for n, s in saved.items()}, ensemble.params)

@@ -106,6 +106,23 @@ def test_a_lost_level_is_recomputed_alone(run):
     pd.testing.assert_frame_equal(pd.read_parquet(folder / "prune_errors.parquet"), errors)
 
 
+def test_a_damaged_weights_file_is_detected_and_recomputed(run):
+    """One flipped bit in the stored tensors: the level is trained again, to the same weights and errors."""
+    folder, errors = run
+    path = folder / "weights" / "mlp_w8_d1" / "level-03.safetensors"
+    before = {name: value.clone() for name, value in weights(folder, "mlp_w8_d1", 3).items()}  # not the file's pages
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    (folder / "prune_errors.parquet").unlink()
+    untouched = (folder / "weights" / "mlp_w8_d1" / "level-02.safetensors").stat().st_mtime_ns
+    with pytest.warns(RuntimeWarning, match="do not match their checksum; deleting it, it will be recomputed"):
+        prune_grid_flow(CONFIG, data_root=str(folder.parents[2]))
+    assert (folder / "weights" / "mlp_w8_d1" / "level-02.safetensors").stat().st_mtime_ns == untouched
+    after = weights(folder, "mlp_w8_d1", 3)
+    assert all(torch.equal(after[name], value) for name, value in before.items())
+    pd.testing.assert_frame_equal(pd.read_parquet(folder / "prune_errors.parquet"), errors)
+
+
 def test_rewind_step_past_training_is_refused(tmp_path):
     config = CONFIG.model_copy(update={"pruning": PruningConfig(rewind_step=10)})
     with pytest.raises(ValueError, match=r"pruning.rewind_step=10 is after the last update of the smallest data fraction \(8 updates\)"):

@@ -19,8 +19,8 @@ import pytest
 
 from core import store as store_mod
 from core.config import Config, RuntimeConfig, canonical_json, run_id
-from core.store import (DATA_ROOT_ENV, RunConflictError, RunStore, config_summary, default_data_root, list_runs,
-                        pack_bool_rows, pack_float_rows, read_provenance, read_table,
+from core.store import (DATA_ROOT_ENV, CorruptFileError, RunConflictError, RunStore, config_summary,
+                        default_data_root, list_runs, pack_bool_rows, pack_float_rows, read_provenance, read_table,
                         unpack_bool_rows, unpack_float_rows)
 
 # sha256('{"lr":0.1,"seed":0}')[:12], computed by hand once; must never change.
@@ -353,3 +353,24 @@ def test_tensors_round_trip_with_run_metadata(run):
     assert torch.equal(loaded["w"], tensors["w"]) and torch.equal(loaded["mask"], tensors["mask"])
     with safe_open(path, "pt") as f:
         assert f.metadata()["run_id"] == store.run_id
+    assert store.tensors_complete("weights/net/level-00.safetensors")
+    assert not store.tensors_complete("weights/net/level-01.safetensors")  # never written
+
+
+@pytest.mark.parametrize("damage, reason", [("garbage", "unreadable"), ("truncated", "unreadable"),
+                                            ("flipped", "do not match their checksum"), ("foreign", "written by run")])
+def test_damaged_weights_are_detected_and_recomputed(tmp_path: Path, run: RunStore, damage: str, reason: str):
+    import torch
+
+    name = "weights/net/level-00.safetensors"
+    writer = RunStore.open("toy", Tiny(seed=5), data_root=tmp_path) if damage == "foreign" else run
+    path = writer.write_tensors(name, {"w": torch.arange(64.0), "mask": torch.ones(8, dtype=torch.bool)})
+    data = path.read_bytes()
+    damaged = {"garbage": b"\x07garbage, not safetensors" * 10, "truncated": data[: len(data) - 16],
+               "flipped": data[:-1] + bytes([data[-1] ^ 1]), "foreign": data}[damage]
+    run.path(name).write_bytes(damaged)
+    with pytest.raises(CorruptFileError, match=reason):
+        run.read_tensors(name)
+    with pytest.warns(RuntimeWarning, match=f"{reason}.*recomputed"):
+        assert not run.tensors_complete(name)
+    assert not (run.root / name).exists()
