@@ -1,0 +1,99 @@
+"""SIGKILL at several points, one in the middle of a table write: the re-run recomputes only what is
+missing and ends with the tables of an uninterrupted run (cscore, proxies, prune_grid)."""
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from core.data import DatasetConfig
+from core.training import TrainConfig
+from flows.cscore import CScoreFlowConfig
+from flows.proxies import ProxiesFlowConfig
+from flows.prune_grid import PruneGridFlowConfig, PruningConfig
+from flows.registry import FLOWS
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+DRIVER = Path(__file__).with_name("kill_driver.py")
+DATA = DatasetConfig(name="digits", n_train=240, n_test=60, label_noise=0.1)
+TRAIN = TrainConfig(epochs=2, batch_size=32, lr=0.05)
+CONFIGS = {
+    "cscore": CScoreFlowConfig(dataset=DATA, model="mlp_w16_d1", train=TRAIN, ratios=[0.3, 0.7], runs_per_ratio=4,
+                               shard_size=2),
+    "proxies": ProxiesFlowConfig(dataset=DATA, model="mlp_w16_d1", train=TRAIN, n_models=4, shard_size=2,
+                                 n_bootstrap=0, cleanlab_folds=3),
+    "prune_grid": PruneGridFlowConfig(dataset=DATA, widths=[8], depths=[1, 2], data_fractions=[1.0], seeds=[0, 1],
+                                      pruning=PruningConfig(levels=2, rewind_step=2), train=TRAIN),
+}
+# (how, at which atomic write of that attempt): config.json is write 1 of the first; later attempts skip what exists
+KILLS = [("during", 3), ("after", 2), ("during", 3)]
+
+
+def driver(flow: str, root: Path, how: str, at: int) -> subprocess.CompletedProcess:
+    """Run `flow` in a fresh process that SIGKILLs itself at its `at`-th atomic write (`how`: during or after it)."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the test session's server
+    return subprocess.run([sys.executable, str(DRIVER), flow, CONFIGS[flow].model_dump_json(), str(root), how, str(at)],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def finished_files(folder: Path) -> dict[Path, int]:
+    """Every table and weights file a reader can see, with its modification time; each must be whole."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix in (".parquet", ".safetensors") and not p.name.startswith("."))
+    for path in files:
+        pq.read_metadata(path) if path.suffix == ".parquet" else load_file(path)  # raises on a partial file
+    return {p: p.stat().st_mtime_ns for p in files}
+
+
+def assert_same_outputs(folder: Path, reference: Path) -> None:
+    """The same tables and weights, with the same contents (provenance aside)."""
+    ours = sorted(p.relative_to(folder) for p in finished_files(folder))
+    assert ours == sorted(p.relative_to(reference) for p in finished_files(reference))
+    for name in ours:
+        if name.suffix == ".parquet":
+            pd.testing.assert_frame_equal(pd.read_parquet(folder / name), pd.read_parquet(reference / name), obj=str(name))
+        else:
+            theirs = load_file(reference / name)
+            assert all(torch.equal(value, theirs[key]) for key, value in load_file(folder / name).items()), name
+
+
+def level_table(weights: Path) -> Path:
+    """The table whose presence marks the pruning level of `weights` finished (rewind: level 0's snapshot)."""
+    level = "level-00" if weights.stem == "rewind" else weights.stem
+    return weights.parents[2] / "shards" / weights.parent.name / f"{level}.parquet"
+
+
+def finished_work(files: dict[Path, int]) -> dict[Path, int]:
+    """The files no re-run may write again: every table, and the weights of the levels whose table is written
+    (a level writes its weights first and its table last: without the table the level trains again)."""
+    return {p: t for p, t in files.items() if p.suffix == ".parquet" or level_table(p) in files}
+
+
+@pytest.mark.parametrize("flow", sorted(CONFIGS))
+def test_killed_runs_resume_to_the_tables_of_an_uninterrupted_run(flow, tmp_path):
+    run, _ = FLOWS[flow].load()
+    reference = Path(run(CONFIGS[flow], data_root=str(tmp_path / "uninterrupted")))
+    root = tmp_path / "killed"
+    folder = root / "runs" / flow / reference.name
+    before: dict[Path, int] = {}
+    for how, at in KILLS:
+        attempt = driver(flow, root, how, at)
+        assert attempt.returncode == -signal.SIGKILL, attempt.stderr[-3000:]
+        after = finished_files(folder)
+        kept = finished_work(before)
+        assert {p: after.get(p) for p in kept} == kept  # nothing finished earlier was written again
+        assert len(after) > len(before) or how == "during"  # an `after` kill always lands one more file
+        before = after
+    assert any(p.name.endswith(".tmp") for p in folder.rglob(".*")), "a `during` kill leaves a partial temp file"
+    assert Path(run(CONFIGS[flow], data_root=str(root))) == folder
+    kept = finished_work(before)
+    assert {p: t for p, t in finished_files(folder).items() if p in kept} == kept
+    assert_same_outputs(folder, reference)
