@@ -259,6 +259,13 @@ class RunStore:
             raise CorruptFileError(f"{path} has tensors that do not match their checksum")
         return tensors
 
+    def claim(self, name: str, on_wait: Callable[[dict], Any] | None = None):
+        """Context manager holding this run's claim on computing output `name` (`core.claims`): a second
+        process running the same config waits for the first to finish it instead of computing it again."""
+        from core.claims import claim
+
+        return claim(self._file(f"claims/{name.replace('/', '__')}.claim"), on_wait)
+
     def _kept_if_whole(self, name: str, check: Callable[[Path], Any]) -> bool:
         """True if `name` exists and `check(path)` passes; a file it finds bad (CorruptFileError) is deleted."""
         path = self._file(name)

@@ -52,6 +52,23 @@ def task_dataset(store: RunStore) -> Dataset:
 SubsetMaker = Callable[[Dataset, list[int]], torch.Tensor]
 
 
+def waiting(name: str) -> Callable[[dict], None]:
+    """What to log when another process holds the claim on `name`."""
+    logger = get_run_logger()
+    return lambda holder: logger.info("%s is being computed by process %s on %s; waiting for it", name,
+                                      holder.get("pid"), holder.get("host"))
+
+
+def compute_once(store: RunStore, names: list[str], compute: Callable[[], Any]) -> None:
+    """Run `compute()`, which writes `names`, unless they are all complete. It runs under the claim on
+    `names[0]`, so a second process running the same config waits for the first instead of computing again."""
+    with store.claim(names[0], on_wait=waiting(names[0])):
+        if all(store.is_complete(name) for name in names):
+            get_run_logger().info("%s already written, skipped", ", ".join(names))
+            return
+        compute()
+
+
 def train_models_shard(store: RunStore, name: str, model_ids: list[int], make_subsets: SubsetMaker,
                        columns: dict[str, list[Any]] | None = None, seeds: list[int] | None = None) -> str:
     """Train `model_ids` together, each on its row of `make_subsets(dataset, seeds)`; write their rows to `name`.
@@ -59,10 +76,14 @@ def train_models_shard(store: RunStore, name: str, model_ids: list[int], make_su
     `store.config` supplies dataset, model, train, seed and runtime; seeds default to one per
     model id; `columns` are added as they are (e.g. each model's ratio). A complete shard is skipped.
     """
+    compute_once(store, [name], lambda: _train_and_write(store, name, model_ids, make_subsets, columns, seeds))
+    return name
+
+
+def _train_and_write(store: RunStore, name: str, model_ids: list[int], make_subsets: SubsetMaker,
+                     columns: dict[str, list[Any]] | None, seeds: list[int] | None) -> None:
+    """The body of `train_models_shard`."""
     logger = get_run_logger()
-    if store.is_complete(name):
-        logger.info("%s already written, skipped", name)
-        return name
     config, start, dataset = store.config, time.perf_counter(), task_dataset(store)
     seeds = seeds if seeds is not None else [model_seed(config.seed, i) for i in model_ids]
     subsets = make_subsets(dataset, seeds)
@@ -76,7 +97,6 @@ def train_models_shard(store: RunStore, name: str, model_ids: list[int], make_su
     sizes = "/".join(map(str, sorted(set(subsets.sum(1).tolist()))))
     logger.info("%s: %d models on %s examples, mean test accuracy %.4f, %.1f s", name, len(model_ids), sizes,
                 float(outcome.test.accuracy().mean()), time.perf_counter() - start)
-    return name
 
 
 @task(cache_policy=NO_CACHE, task_run_name="combine-{output}")

@@ -16,7 +16,7 @@ from core.experiment import model_seed, train_on_subsets
 from core.label_quality import cleanlab_scores, fold_assignment, fold_subsets, out_of_sample_probabilities
 from core.proxies import density_proxies, detection_metrics, learning_dynamics, rank_correlations, training_proxies
 from core.store import RunStore, pack_bool_rows, pack_float_rows, unpack_bool_rows, unpack_float_rows
-from tasks.common import task_dataset
+from tasks.common import compute_once, task_dataset
 
 RECORDED = ("label_prob", "margin", "loss", "el2n")  # float fields of the training record
 OUT_OF_SAMPLE = "out_of_sample.parquet"
@@ -43,11 +43,14 @@ def _records_table(model_ids: list[int], record) -> pa.Table:
 @task(cache_policy=NO_CACHE, task_run_name="record-shard-{shard}")
 def record_shard(store: RunStore, shard: int, model_ids: list[int]) -> tuple[str, str]:
     """Train `model_ids` on the full training set, recording every example in every epoch."""
-    logger, names = get_run_logger(), shard_names(shard)
-    if all(store.is_complete(name) for name in names):
-        logger.info("shard %d already written, skipped", shard)
-        return names
-    config, start = store.config, time.perf_counter()
+    names = shard_names(shard)
+    compute_once(store, list(names), lambda: _record(store, shard, model_ids, names))
+    return names
+
+
+def _record(store: RunStore, shard: int, model_ids: list[int], names: tuple[str, str]) -> None:
+    """The body of `record_shard`."""
+    logger, config, start = get_run_logger(), store.config, time.perf_counter()
     dataset = task_dataset(store)
     seeds = [model_seed(config.seed, i) for i in model_ids]
     everything = torch.ones(len(model_ids), dataset.n_train, dtype=torch.bool)
@@ -68,17 +71,18 @@ def record_shard(store: RunStore, shard: int, model_ids: list[int]) -> tuple[str
     store.write_table(names[1], pa.table(final), {"models": str(len(model_ids)), "train_seconds": f"{train_seconds:.2f}"})
     logger.info("shard %d: %d full-data models recorded over %d epochs, test accuracy %.4f, %.1f s", shard,
                 len(model_ids), config.train.epochs, float(outcome.test.accuracy().mean()), time.perf_counter() - start)
-    return names
 
 
 @task(cache_policy=NO_CACHE, task_run_name="fold-models")
 def fold_shard(store: RunStore) -> str:
     """Train the `cleanlab_folds` fold models together; write each example's out-of-sample class probabilities."""
-    logger = get_run_logger()
-    if store.is_complete(OUT_OF_SAMPLE):
-        logger.info("%s already written, skipped", OUT_OF_SAMPLE)
-        return OUT_OF_SAMPLE
-    config, dataset = store.config, task_dataset(store)
+    compute_once(store, [OUT_OF_SAMPLE], lambda: _train_folds(store))
+    return OUT_OF_SAMPLE
+
+
+def _train_folds(store: RunStore) -> None:
+    """The body of `fold_shard`."""
+    logger, config, dataset = get_run_logger(), store.config, task_dataset(store)
     folds = config.cleanlab_folds
     fold_of = fold_assignment(dataset.n_train, folds, config.seed)
     seeds = [model_seed(config.seed, config.n_models + k) for k in range(folds)]  # ids after the recorded models
@@ -96,7 +100,6 @@ def fold_shard(store: RunStore) -> str:
     sizes = "/".join(map(str, sorted(set(np.bincount(fold_of, minlength=folds).tolist()))))
     logger.info("%d fold models, each scoring a fold of %s examples; test accuracy %.4f, %.1f s training", folds,
                 sizes, accuracy, seconds)
-    return OUT_OF_SAMPLE
 
 
 def label_issue_columns(store: RunStore, out_of_sample: str) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ from core.nested import embed, extract, nested_ensemble, parameter_shapes, with_
 from core.pruning import dense_masks, density, prunable_names, prune, remaining_parameters, rewind
 from core.store import RunStore
 from core.training import train
-from tasks.common import task_dataset
+from tasks.common import task_dataset, waiting
 
 
 def level_names(network: str, level: int) -> tuple[str, str]:
@@ -64,7 +64,14 @@ class NetworkRows:
 @task(cache_policy=NO_CACHE, task_run_name="prune-{label}")
 def prune_networks(store: RunStore, networks: list[dict], label: str) -> list[str]:
     """Train dense, then prune, rewind and retrain level by level, all `networks` in one pass; each
-    finished level is kept per network and skipped on re-run."""
+    finished level is kept per network and skipped on re-run. Under the claim on the pass, so a second
+    process running the same config waits for it instead of training it again."""
+    with store.claim(f"prune-pass-{label}", on_wait=waiting(label)):
+        return _prune_pass(store, networks, label)
+
+
+def _prune_pass(store: RunStore, networks: list[dict], label: str) -> list[str]:
+    """The body of `prune_networks`."""
     config, logger = store.config, get_run_logger()
     dataset, device, pruning = task_dataset(store), resolve_device(store.config.runtime.device), store.config.pruning
     grid = [(net, f, s) for net in networks for f in range(len(config.data_fractions)) for s in config.seeds]
