@@ -4,9 +4,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 class Config(BaseModel):
@@ -14,17 +18,37 @@ class Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse a boolean in a number field: YAML reads yes/on/true as True, which pydantic would take as 1."""
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            annotation = cls.model_fields[info.field_name].annotation
+            types = set(typing.get_args(annotation)) or {annotation}
+            if bool not in types and types & {int, float}:
+                raise ValueError(f"Input should be a valid number, not a boolean ({value}: YAML reads yes/no, "
+                                 "on/off and true/false as booleans)")
+        return value
+
 
 class RuntimeConfig(Config):
     """How a run executes; not part of its identity (see the README on reproducibility)."""
 
-    device: str = Field("auto", description="torch device; auto = cuda when present, else cpu")
+    device: str = Field("auto", description="torch device: auto (cuda when present, else cpu), cpu, cuda, cuda:N or mps")
     threads: int = Field(0, ge=0, description="torch CPU threads per task; 0 = the cores divided among concurrent tasks")
     max_workers: int = Field(1, ge=1, description="shards run at once by the local task runner")
     task_runner: Literal["local", "dask"] = Field("local", description="local threads, or a Dask cluster (prefect-dask)")
     dask_address: str | None = Field(None, description="address of an existing Dask scheduler, e.g. tcp://host:8786; "
                                      "empty = start a local cluster of dask_workers processes")
     dask_workers: int = Field(2, ge=1, description="worker processes of the local Dask cluster (one thread each)")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        """Refuse a device name torch would reject only inside a shard, after the run folder exists."""
+        if not DEVICE.fullmatch(device):
+            raise ValueError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N (N = 0, 1, ...), mps")
+        return device
 
     def torch_threads(self) -> int:
         """Threads each task should give torch: the setting, or this machine's cores shared by its concurrent tasks."""

@@ -180,8 +180,13 @@ def get_loader(name: str) -> Loader:
 def _check(raw: RawData, name: str) -> RawData:
     """Validate shapes, labels, ids and values; put each split in ascending example-id order."""
     C = len(raw.class_names)
+    # where the values came from, for the messages: the user's file when there is one
+    where = f" in {raw.sources[0]}" if len(raw.sources) == 1 else ""
     for split in ("train", "test"):
         x, ids = np.asarray(getattr(raw, f"x_{split}")), np.asarray(getattr(raw, f"{split}_ids"))
+        if x.ndim < 2 or 0 in x.shape[1:]:
+            raise DatasetError(f"{name} {split} features have shape {x.shape}{where}; need one row of at least one "
+                               "feature per example: [N, features] or [N, channels, ...]")
         y = int_labels(getattr(raw, f"y_{split}"), f"the {split} split of {name}")
         if not len(x) == len(y) == len(ids):
             raise DatasetError(f"{name} {split} split: features have {len(x)} examples but labels have "
@@ -195,12 +200,19 @@ def _check(raw: RawData, name: str) -> RawData:
                                f"{len(bad)} labels out of range. Fix the labels or list every class in "
                                "class_names")
         if x.dtype.kind not in "uifb":
-            raise DatasetError(f"{name} {split} features have dtype {x.dtype}; store numbers")
-        if x.dtype.kind == "f" and not np.isfinite(x).all():
-            n_bad = int((~np.isfinite(x)).sum())
-            rows = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
-            raise DatasetError(f"{name} {split} split has {n_bad} NaN/inf feature values in {len(rows)} "
-                               f"examples (first example_id {ids[rows[0]]}); remove or impute them")
+            raise DatasetError(f"{name} {split} features have dtype {x.dtype}{where}; store numbers")
+        if x.dtype.kind == "f":  # features become float32: NaN, inf, and finite values beyond its range are refused
+            flat = x.reshape(len(x), int(np.prod(x.shape[1:])))  # also for an empty split
+            with np.errstate(invalid="ignore", over="ignore"):
+                nan, inf = np.isnan(flat), np.isinf(flat)
+                big = np.isfinite(flat) & (np.abs(flat) > np.finfo(np.float32).max)
+            bad = nan | inf | big
+            if bad.any():
+                rows = np.flatnonzero(bad.any(axis=1))
+                kinds = ", ".join(f"{int(n)} {what}" for n, what in ((nan.sum(), "NaN"), (inf.sum(), "inf"),
+                                                                    (big.sum(), "too large for float32")) if n)
+                raise DatasetError(f"{name} {split} split has {int(bad.sum())} NaN/inf feature values in {len(rows)} "
+                                   f"examples (first example_id {ids[rows[0]]}){where}: {kinds}; remove or impute them")
         uniq, counts = np.unique(ids, return_counts=True)
         if (counts > 1).any():
             raise DatasetError(f"{name} {split} split: example_id {uniq[counts > 1][0]} occurs "

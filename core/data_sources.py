@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,8 +70,11 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
                            "it is not an IDX file of the right kind (images 2051, labels 2049)")
     dims = [int(d) for d in header[1:]]
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
-        raise DatasetError(f"{path}: header dims {dims} need {int(np.prod(dims))} bytes of data "
+    if min(dims) < 0:
+        raise DatasetError(f"{path}: header dims {dims} are negative: the file is corrupt, re-install or "
+                           "re-download it")
+    if body.size != math.prod(dims):  # Python ints: huge header dims must not wrap around
+        raise DatasetError(f"{path}: header dims {dims} need {math.prod(dims)} bytes of data "
                            f"but the file has {body.size}: the file is truncated or corrupt")
     return body.reshape(dims)
 
@@ -97,11 +101,14 @@ def load_fashion_mnist(cfg: DatasetConfig, cache_dir: Path | None = None) -> Raw
 
 
 # ---------------------------------------------------------------- CIFAR-10/100 (python pickles)
+_PICKLE_MODULES = {"numpy", "numpy.core.multiarray", "numpy._core.multiarray"}  # where numpy pickles arrays from
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Refuses every global except the few numpy needs, so a hostile file cannot run code."""
+    """Refuses every global except the few numpy needs, so a hostile file cannot run code (nor import a module)."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module.split(".")[0] == "numpy" and name in {"_reconstruct", "ndarray", "dtype", "scalar"}) \
+        if (module in _PICKLE_MODULES and name in {"_reconstruct", "ndarray", "dtype", "scalar"}) \
                 or (module, name) == ("_codecs", "encode"):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR file")
@@ -132,14 +139,13 @@ def _get(d: dict, key: bytes, path: Path) -> Any:
 def load_cifar(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
     """CIFAR-10 or CIFAR-100 (fine labels) from the python-pickle layout; pixels scaled to [0, 1]."""
     folder, train_files, test_file, meta_file, meta_key, label_key = CIFAR_LAYOUT[cfg.name]
-    bases = [Path(cfg.path).expanduser()] if cfg.path else ([Path(cache_dir)] if cache_dir else [])
-    tried = [p for b in bases for p in (b / folder, b)]
+    base = _need_path(cfg, f"the folder holding {folder}/ (or that folder itself); " + CIFAR_HELP.format(folder=folder))
+    tried = [base / folder, base]  # pickles are read from the user's dataset folder only, never from a data root
     found = next((d for d in tried if all((d / f).is_file() for f in [*train_files, test_file, meta_file])),
                  None)
     if found is None:
         need = ", ".join([*train_files, test_file, meta_file])
-        raise DatasetError(f"{cfg.name} files ({need}) not found; looked in: "
-                           + (", ".join(map(str, tried)) or "nowhere (dataset.path is not set)")
+        raise DatasetError(f"{cfg.name} files ({need}) not found; looked in: " + ", ".join(map(str, tried))
                            + ". To fix: " + CIFAR_HELP.format(folder=folder))
 
     def split(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -151,6 +157,17 @@ def load_cifar(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
             if x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):
                 raise DatasetError(f"{found / f}: data has shape {x.shape} and {len(y)} labels; expected "
                                    f"[n, 3072] with n labels: the file is corrupt, re-download it")
+            if x.dtype != np.uint8:  # pixels are bytes: anything else must be whole numbers in 0..255
+                if x.dtype.kind not in "uif":
+                    raise DatasetError(f"{found / f}: data has dtype {x.dtype}; expected uint8 pixels: the file "
+                                       "is corrupt, re-download it")
+                with np.errstate(invalid="ignore"):
+                    bad = ~((x >= 0) & (x <= 255) & (x == np.round(x)))  # NaN fails every comparison
+                if bad.any():
+                    first = x.flat[np.argmax(bad)]
+                    raise DatasetError(f"{found / f}: {int(bad.sum())} pixel values are not whole numbers in "
+                                       f"0..255 (NaN, inf, fractions or out of range; first: {first}): the file "
+                                       "is corrupt, re-download it")
             xs.append(x.astype(np.uint8).reshape(-1, 3, 32, 32))
             ys.append(y)
         return np.concatenate(xs), np.concatenate(ys)
@@ -175,7 +192,11 @@ def _read_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray, list[str], l
                            "holding image files (png, jpg, ...)") from None
     images, sizes = [], {}
     for path, _ in folder.samples:
-        img = pil_to_tensor(folder.loader(path)).numpy()  # the default loader converts to RGB
+        try:
+            img = pil_to_tensor(folder.loader(path)).numpy()  # the default loader converts to RGB
+        except Exception as e:  # PIL raises OSError, ValueError, SyntaxError or its own errors on a bad file
+            raise DatasetError(f"cannot read image {path} ({type(e).__name__}: {e}); replace or remove the "
+                               "file") from None
         sizes.setdefault(img.shape[1:], path)
         if len(sizes) > 1:
             (s1, p1), (s2, p2) = sizes.items()
@@ -233,6 +254,10 @@ def _load_parquet(path: Path) -> RawData:
         raise DatasetError(f"{path} lacks column(s) {missing} (has {list(df.columns)}); a Parquet dataset "
                            "needs `split` ('train'/'test'), `label`, and a list column `features` or "
                            "columns f0..fN")
+    missing_labels = np.flatnonzero(df["label"].isna().to_numpy())
+    if len(missing_labels):
+        raise DatasetError(f"{path}: column `label` has {len(missing_labels)} missing values (first in row "
+                           f"{missing_labels[0]}); every example needs a label")
     bad = sorted(set(df["split"].astype(str)) - {"train", "test"})
     if bad:
         raise DatasetError(f"{path}: column `split` has values {bad}; only 'train' and 'test' are allowed")
@@ -251,6 +276,11 @@ def _load_parquet(path: Path) -> RawData:
 
 def _load_npz(path: Path) -> RawData:
     """An .npz with x_train, y_train, x_test, y_test and optional class_names, train_ids, test_ids."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):  # an .npz is a zip archive (the second: an empty one)
+        raise DatasetError(f"{path} is not an .npz file: an .npz is a zip archive, but this file starts with "
+                           f"{head!r}; save it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
     with np.load(path, allow_pickle=False) as z:  # no pickle: a data file must not run code
         missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
         if missing:

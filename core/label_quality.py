@@ -51,4 +51,5 @@ def cleanlab_scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, 
         raise ImportError("cleanlab scores need the optional extra: pip install -e '.[cleanlab]'") from err
     labels = np.asarray(labels, np.int64)
     return {"cleanlab_label_quality": get_label_quality_scores(labels, probabilities),
-            "cleanlab_issue": find_label_issues(labels, probabilities)}
+            # n_jobs=1: cleanlab would fork workers, and a fork of a threaded process (torch, Prefect) can hang
+            "cleanlab_issue": find_label_issues(labels, probabilities, n_jobs=1)}

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import uuid
 import warnings
@@ -24,6 +25,7 @@ from pydantic import BaseModel
 from core.config import canonical_json, run_id
 
 DATA_ROOT_ENV = "REGULARITY_DATA_ROOT"
+RUN_ID = re.compile(r"[a-z_]+-[0-9a-f]{12}")
 META_PREFIX = "regularity."
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _JSON_FIELDS = ("config", "inputs", "versions", "hardware")
@@ -409,6 +411,9 @@ def unpack_float_rows(column: pa.Array | pa.ChunkedArray | pd.Series) -> np.ndar
 
 def find_run(run: str, data_root: Path | str | None = None) -> Path:
     """The folder of run id `run` (`<flow>-<hash>`) under the data root, or an error naming what exists."""
+    if not RUN_ID.fullmatch(run):  # also keeps `..` and absolute paths from leading out of the data root
+        raise ValueError(f"{run!r} is not a run id: those read <flow>-<12 hex digits>, e.g. cscore-3f9c0a1b2c3d "
+                         "(`regularity ls` lists them)")
     flow = run.rsplit("-", 1)[0]
     folder = _resolve_root(data_root) / "runs" / flow / run
     if (folder / "config.json").is_file():

@@ -34,6 +34,9 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     if not sep or not key:
         raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set train.lr=0.1")
     *parents, leaf = key.split(".")
+    if not all([*parents, leaf]):
+        raise ConfigError(f"--set {assignment!r}: the key {key!r} has an empty name between dots; "
+                          "write it like train.lr or dataset.n_train")
     node = data
     for part in parents:
         child = node.setdefault(part, {})
@@ -52,9 +55,15 @@ def load_config(config_class: type, path: str | None, overrides: list[str]) -> A
     data: Any = {}
     if path:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))  # YAML is UTF-8 text
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"cannot read config {path}: it is not UTF-8 text ({err.reason} at byte "
+                              f"{err.start}); give a YAML file") from err
         except (OSError, yaml.YAMLError) as err:
             raise ConfigError(f"cannot read config {path}: {err}") from err
+        if data is None:  # an empty file, only comments, or `null`: most likely not what was meant
+            raise ConfigError(f"config {path} is empty (no settings); write the settings to change, e.g. "
+                              "`regularity config FLOW > FILE`, or leave out --config for the defaults")
         if not isinstance(data, dict):
             raise ConfigError(f"config {path} must be a mapping of settings, not {type(data).__name__}")
     for assignment in overrides:

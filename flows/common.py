@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from pydantic import Field, field_validator
 from core.config import Config, RuntimeConfig
 from core.data import Dataset, DatasetConfig
 from core.models import init_model, parse_model_name
-from core.store import find_run
+from core.store import default_data_root, find_run
 from core.training import TrainConfig
 
 
@@ -31,6 +32,64 @@ class SubsetTrainingConfig(Config):
     def _known_model(cls, name: str) -> str:
         parse_model_name(name)  # raises with the list of valid patterns
         return name
+
+
+def _started_from_deployment() -> bool:
+    """Whether the current flow run was created from a deployment (the UI's Custom run, `run_deployment`, a
+    schedule, the API); read from the run's own context, so no API call. False outside a flow run."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    flow_run = getattr(context, "flow_run", None)
+    return getattr(flow_run, "deployment_id", None) is not None
+
+
+def checked_data_root(data_root: str | None, from_deployment: bool | None = None) -> str | None:
+    """The `data_root` a flow was given, once it is allowed to write there; else a ValueError naming it.
+
+    Who may choose what:
+      - On this machine the data root is the user's choice: `regularity run --data-root` (passed on resolved and
+        absolute), `$REGULARITY_DATA_ROOT` (data_root left empty), or a direct Python call of the flow function.
+        Such a value is returned as it is: any folder may hold runs.
+      - A value that arrives as a parameter of a flow run started from a deployment (`from_deployment`; by default
+        read from the run's context) comes from whoever can reach the Prefect server. It must
+          1. be an absolute path (not `~/...`, not relative to the worker's working directory),
+          2. have no `..` component,
+          3. lie under the default data root, or name a folder that does not exist yet, is empty, or already is a
+             data root (holds `runs/` or `cache/`), and not a file.
+        So a deployment parameter cannot make the worker write runs/ and cache/ into an existing folder of other
+        files (`/etc`, a home directory, the checkout) nor climb out of a path with `..`. It can still name a new
+        folder wherever the worker's user may create one: run the worker as a user without rights to system folders.
+    A blank value means the default data root, as an empty `--data-root` does.
+    """
+    if data_root is not None and not str(data_root).strip():
+        return None
+    if data_root is None or not (_started_from_deployment() if from_deployment is None else from_deployment):
+        return data_root
+    default = default_data_root()
+    rule = (f"a run started from a deployment writes only under the default data root {default}, or to a new or "
+            "empty folder, or to an existing data root (one holding runs/ or cache/); leave data_root empty for "
+            "the default, or run from the CLI with --data-root")
+    path = Path(data_root)
+    if not path.is_absolute():
+        raise ValueError(f"data_root={data_root!r} is refused: not an absolute path; {rule}")
+    if ".." in path.parts:
+        raise ValueError(f"data_root={data_root!r} is refused: it has a '..' component; {rule}")
+    resolved = path.resolve()  # symlinks followed: a link to /etc is /etc
+    if resolved.is_relative_to(default):
+        return data_root
+    if resolved.exists():
+        if not resolved.is_dir():
+            raise ValueError(f"data_root={data_root!r} is refused: it is a file, not a folder; {rule}")
+        try:
+            entries = set(os.listdir(resolved))
+        except OSError as err:
+            raise ValueError(f"data_root={data_root!r} is refused: it cannot be listed ({err.strerror}); "
+                             f"{rule}") from None
+        if entries and not entries & {"runs", "cache"}:
+            raise ValueError(f"data_root={data_root!r} is refused: it is an existing folder of other files "
+                             f"({len(entries)} entries, no runs/ or cache/); {rule}")
+    return data_root
 
 
 def check_fits(config: SubsetTrainingConfig, dataset: Dataset, smallest_subset: int, field: str) -> None:

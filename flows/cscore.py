@@ -26,7 +26,7 @@ from core.plots import detection_curves, extreme_examples, heldout_accuracy_by_r
 from core.proxies import detection_metrics
 from core.store import RunStore, dataset_cache
 from core.training import TrainConfig
-from flows.common import SubsetTrainingConfig, check_fits, chunks, examples_table
+from flows.common import SubsetTrainingConfig, check_fits, checked_data_root, chunks, examples_table
 from flows.report import publish
 from flows.runner import configure_threads, run_shards
 from tasks.common import combine_shards, shared_dataset
@@ -97,6 +97,7 @@ def plan_shards(config: CScoreFlowConfig, n_train: int, rounds: int = 1) -> list
 @flow(name=FLOW, description="C-scores by holdout resampling: many subset-trained models per ratio.")
 def cscore_flow(config: CScoreFlowConfig = CScoreFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the holdout pipeline of `config`; returns the run folder."""
+    data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_threads(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
     smallest = subset_size(config.ratios[0], dataset.n_train)

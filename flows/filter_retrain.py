@@ -20,7 +20,7 @@ from core.filtering import filtering_summary
 from core.fingerprint import fingerprint
 from core.plots import filtering_curve
 from core.store import RunStore, dataset_cache, unpack_bool_rows
-from flows.common import SubsetTrainingConfig, check_fits, chunks, examples_table, upstream_table
+from flows.common import SubsetTrainingConfig, check_fits, checked_data_root, chunks, examples_table, upstream_table
 from flows.report import publish
 from flows.runner import configure_threads, run_shards
 from tasks.common import combine_shards, shared_dataset
@@ -104,6 +104,7 @@ def filtering_table(models: pd.DataFrame, examples: pd.DataFrame, score: str) ->
 @flow(name=FLOW, description="Remove the lowest-scoring examples (and random / highest as controls), retrain, compare.")
 def filter_retrain_flow(config: FilterRetrainFlowConfig = FilterRetrainFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the filtering pipeline of `config`; returns the run folder."""
+    data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_threads(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
     scores = aligned_scores(config, dataset, data_root)

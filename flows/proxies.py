@@ -20,7 +20,7 @@ from core.label_quality import cleanlab_installed
 from core.plots import detection_curves, dynamics_curves, proxy_scatter
 from core.store import RunStore, dataset_cache
 from core.training import TrainConfig
-from flows.common import SubsetTrainingConfig, check_fits, chunks, examples_table, upstream_table
+from flows.common import SubsetTrainingConfig, check_fits, checked_data_root, chunks, examples_table, upstream_table
 from flows.report import publish
 from flows.runner import configure_threads, run_shards
 from tasks.common import shared_dataset
@@ -59,6 +59,7 @@ class ProxiesFlowConfig(SubsetTrainingConfig):
 @flow(name=FLOW, description="Cheap proxies of the C-score: learning speed, forgetting, AUM, EL2N, densities, LOF.")
 def proxies_flow(config: ProxiesFlowConfig = ProxiesFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the proxies pipeline of `config`; returns the run folder."""
+    data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_threads(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
     check_fits(config, dataset, dataset.n_train, "dataset.n_train")

@@ -21,6 +21,7 @@ from core.models import init_model
 from core.plots import error_vs_density
 from core.store import RunStore, dataset_cache
 from core.training import TrainConfig
+from flows.common import checked_data_root
 from flows.report import publish
 from flows.runner import configure_threads, run_shards
 from tasks.common import combine_shards, shared_dataset
@@ -112,6 +113,7 @@ def check_grid(config: PruneGridFlowConfig, dataset) -> None:
 @flow(name=FLOW, description="Iterative magnitude pruning with rewinding over width x depth x data-fraction grids.")
 def prune_grid_flow(config: PruneGridFlowConfig = PruneGridFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the pruning grid of `config`; returns the run folder."""
+    data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_threads(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
     check_grid(config, dataset)

@@ -16,7 +16,7 @@ from pydantic import Field
 from core.config import Config, RuntimeConfig
 from core.plots import collapse_on_invariant, error_vs_density, predicted_vs_actual, seed_scatter
 from core.store import RunStore
-from flows.common import upstream_table
+from flows.common import checked_data_root, upstream_table
 from flows.report import publish
 from flows.runner import configure_threads
 from tasks.scaling import fit_scaling_law
@@ -40,6 +40,7 @@ class ScalingLawFlowConfig(Config):
 @flow(name=FLOW, description="Fit the pruning scaling law per network and jointly; extrapolate to larger networks.")
 def scaling_law_flow(config: ScalingLawFlowConfig = ScalingLawFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the fits of `config`; returns the run folder."""
+    data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_threads(config.runtime)
     if not config.prune_run:
         raise ValueError("prune_run is required: the run id of a prune_grid run (see `regularity ls --flow prune_grid`)")

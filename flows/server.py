@@ -137,18 +137,46 @@ def start_server() -> str:
     and demands the authentication the environment asks for (see `check_auth`)."""
     api_url = local_settings()["PREFECT_API_URL"]
     if not is_healthy(api_url):
-        prefect_home().mkdir(parents=True, exist_ok=True)
-        started = _prefect("server", "start", "--background")
-        if started.returncode != 0:
-            raise RuntimeError(f"`prefect server start --background` failed:\n{started.stdout}{started.stderr}\n"
-                               f"If port {local_settings()['PREFECT_SERVER_API_PORT']} is taken, set {PORT_ENV}.")
+        server = _spawn_server()
         deadline = time.monotonic() + START_TIMEOUT_S
         while not is_healthy(api_url):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the Prefect server did not answer at {api_url} within {START_TIMEOUT_S} s")
+            if server.poll() is not None or time.monotonic() > deadline:
+                ended = "exited" if server.poll() is not None else f"did not answer within {START_TIMEOUT_S} s"
+                raise RuntimeError(f"the Prefect server at {api_url} {ended}; the end of {server_log()}:\n"
+                                   f"{tail(server_log())}\nIf port {local_settings()['PREFECT_SERVER_API_PORT']} is "
+                                   f"taken, set {PORT_ENV}.")
             time.sleep(0.5)
     check_auth(api_url)
     return api_url
+
+
+SERVER_PID_FILE = "server.pid"  # prefect.cli._server_utils.SERVER_PID_FILE_NAME: `prefect server stop` reads it
+
+
+def server_log() -> Path:
+    """Where the local server's output goes."""
+    return prefect_home() / "server.log"
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    """The last `lines` lines of a text file ('' if it is missing)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+def _spawn_server() -> subprocess.Popen:
+    """`prefect server start` in its own session, its output appended to `server_log()`, its pid where
+    `prefect server stop` looks. Not `--background`: that leaves the server writing to pipes nobody reads
+    once the starting command exits, and an error the server logs then fails the request it was serving."""
+    prefect_home().mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **local_settings()}
+    with open(server_log(), "ab") as log:  # the child keeps its own handle
+        server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start"], env=env, stdin=subprocess.DEVNULL,
+                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    (prefect_home() / SERVER_PID_FILE).write_text(str(server.pid))
+    return server
 
 
 def stop_server() -> str:

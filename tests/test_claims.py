@@ -112,7 +112,11 @@ def test_two_processes_on_one_config_share_its_work_and_another_config_runs_besi
     logs = [(tmp_path / f"out-{i}.txt", tmp_path / f"err-{i}.txt") for i in range(3)]
     processes = [subprocess.Popen(c, env=env, stdout=out.open("w"), stderr=err.open("w"))
                  for c, (out, err) in zip(commands, logs)]
-    assert [p.wait(timeout=600) for p in processes] == [0, 0, 0], [err.read_text()[-2000:] for _, err in logs]
+    try:
+        assert [p.wait(timeout=600) for p in processes] == [0, 0, 0], [err.read_text()[-2000:] for _, err in logs]
+    finally:
+        for process in processes:  # none may outlive a failure
+            process.kill()
     outputs = [(out.read_text(), err.read_text()) for out, err in logs]
     folders = [Path(out.strip().splitlines()[-1]) for out, _ in outputs]
     assert folders[0] == folders[1] and folders[2].parent.name == "proxies"

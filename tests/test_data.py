@@ -126,11 +126,12 @@ def test_nothing_written_on_failure(tmp_path):
 
 
 # ---------------------------------------------------------------- Fashion-MNIST (IDX files)
-def write_idx(path: Path, arr: np.ndarray, magic: int, dims=None) -> None:
+def write_idx(path: Path, arr: np.ndarray, magic: int, dims=None) -> Path:
     """An IDX file: big-endian int32 magic and dims, then the uint8 data; gzip when the name ends .gz."""
     raw = np.array([magic, *(arr.shape if dims is None else dims)], dtype=">i4").tobytes() + arr.tobytes()
     with (gzip.open if path.suffix == ".gz" else open)(path, "wb") as f:
         f.write(raw)
+    return path
 
 
 @pytest.fixture
@@ -274,8 +275,9 @@ def test_cifar_missing_says_where_and_how(tmp_path):
         load(name="cifar10", path=str(tmp_path))
     msg = str(e.value)
     assert str(tmp_path / "cifar-10-batches-py") in msg and "cs.toronto.edu" in msg and "dataset.path" in msg
-    with pytest.raises(DatasetError, match="dataset.path is not set"):
-        load(name="cifar100")
+    with pytest.raises(DatasetError, match=r"dataset 'cifar100' needs `path`: set dataset.path to the folder holding "
+                                           r"cifar-100-python/"):
+        load(name="cifar100", cache_dir=tmp_path)  # never looked for in the data root's cache
 
 
 class _Evil:

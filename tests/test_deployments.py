@@ -94,6 +94,13 @@ def created_run(api: str, deployment: str, name: str, timeout_s: float = 60) -> 
         time.sleep(1)
 
 
+def logs_end() -> str:
+    """The ends of the worker's and the server's logs, for a failure message."""
+    home = server.prefect_home()
+    return (f"the worker's log ends:\n{server.tail(home / 'worker.log')}\n"
+            f"the server's log ends:\n{server.tail(server.server_log())}")
+
+
 def final_state(api: str, flow_run: str, timeout_s: float = RUN_TIMEOUT_S) -> str:
     """The flow run's terminal state type, polled from the API; on timeout, fail with its state and the worker's log."""
     deadline = time.monotonic() + timeout_s
@@ -103,9 +110,8 @@ def final_state(api: str, flow_run: str, timeout_s: float = RUN_TIMEOUT_S) -> st
         if state.get("type") in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
             return state["type"]
         if time.monotonic() > deadline:
-            log = (server.prefect_home() / "worker.log").read_text(errors="replace")[-4000:]
             pytest.fail(f"flow run {flow_run} still {state.get('type')} ({state.get('message')}) after "
-                        f"{timeout_s:.0f} s; the worker's log ends:\n{log}")
+                        f"{timeout_s:.0f} s; {logs_end()}")
         time.sleep(1)
 
 
@@ -195,7 +201,7 @@ def test_a_run_started_in_the_ui_writes_what_a_direct_run_writes(private_server,
                 page.get_by_text(key, exact=True).first.wait_for(timeout=60_000)  # report, summary, progress listed
         except Exception as err:
             page.screenshot(path=tmp_path / "failure.png", full_page=True)
-            raise AssertionError(f"the UI test failed; API errors seen by the page: {failed_calls}") from err
+            raise AssertionError(f"the UI test failed; API errors seen by the page: {failed_calls}; {logs_end()}") from err
         finally:
             browser.close()
     ui_run = tmp_path / "ui" / "runs" / "cscore" / direct.name  # same config hash: the form sent `expected`

@@ -39,9 +39,15 @@ def test_start_is_idempotent_and_stop_stops(local, tmp_path):
         assert server.is_healthy(url)
         assert (tmp_path / "prefect" / "prefect.db").exists()  # SQLite inside the given home
         assert server.start_server() == url  # already up: no second server
+        log = (tmp_path / "prefect" / "server.log").read_text()
+        assert f"Check out the dashboard at http://127.0.0.1:{local['PREFECT_SERVER_API_PORT']}" in log  # kept, not piped away
+        assert (tmp_path / "prefect" / server.SERVER_PID_FILE).read_text().strip().isdigit()
     finally:
         server.stop_server()
     assert not server.is_healthy(url)
+    from prefect.cli._server_utils import SERVER_PID_FILE_NAME
+
+    assert server.SERVER_PID_FILE == SERVER_PID_FILE_NAME and not (tmp_path / "prefect" / SERVER_PID_FILE_NAME).exists()
 
 
 def test_an_explicit_api_url_wins(monkeypatch):
