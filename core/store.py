@@ -1,6 +1,7 @@
 """Run folders, atomic Parquet writes with provenance, and dense per-model list columns."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -136,6 +137,11 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # a full disk, no permission, a vanished folder: say which file, and what is safe
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise type(err)(err.errno, f"cannot write {path}: {err.strerror or err}; the files written before it are "
+                                   "intact, and a re-run resumes from them once this is fixed") from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

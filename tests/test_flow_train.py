@@ -1,4 +1,8 @@
 """The `train` flow end to end on tiny settings: exact tables, provenance, resumption, bad input."""
+import builtins
+import errno
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +113,40 @@ def test_killed_run_resumes_to_the_same_tables(finished_run, tmp_path, monkeypat
     finished = {p: p.stat().st_mtime_ns for p in folder.rglob("*.parquet")}
     train_flow(CONFIG, data_root=str(tmp_path))  # a finished run recomputes nothing
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.parquet")} == finished
+
+
+@pytest.mark.parametrize("fault", [OSError(errno.ENOSPC, "No space left on device"),
+                                   PermissionError(errno.EACCES, "Permission denied")])
+def test_a_failed_write_names_its_file_and_keeps_what_was_written(finished_run, tmp_path, monkeypatch, fault):
+    """A full disk (at fsync) or a permission error (at open) on the second shard: a clear error, the first
+    shard intact, no temp file left; the re-run ends with the tables of an uninterrupted run."""
+    _, expected, _ = finished_run
+    folder = tmp_path / "runs" / "train" / run_id("train", CONFIG)
+    second = folder / "shards" / "models-00001.parquet"
+    real_fsync, real_open = os.fsync, builtins.open
+
+    def failing_fsync(fd):
+        if any(p.name.startswith(f".{second.name}.") for p in second.parent.glob(".*.tmp")):
+            raise fault
+        return real_fsync(fd)
+
+    def failing_open(file, mode="r", *args, **kwargs):
+        if "w" in mode and Path(file).name.startswith(f".{second.name}."):
+            raise fault
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", failing_fsync) if fault.errno == errno.ENOSPC else \
+        monkeypatch.setattr(builtins, "open", failing_open)
+    with pytest.raises(type(fault), match=rf"cannot write {re.escape(str(second))}: {fault.strerror}; the files "
+                                          "written before it are intact"):
+        train_flow(CONFIG, data_root=str(tmp_path))
+    first = folder / "shards" / "models-00000.parquet"
+    kept = first.stat().st_mtime_ns
+    assert pd.read_parquet(first)["model_id"].tolist() == [0, 1] and not list(folder.rglob("*.tmp"))
+    monkeypatch.undo()
+    train_flow(CONFIG, data_root=str(tmp_path))
+    assert first.stat().st_mtime_ns == kept
+    pd.testing.assert_frame_equal(pd.read_parquet(folder / "models.parquet"), expected)
 
 
 def test_incompatible_model_fails_before_writing_anything(tmp_path):
