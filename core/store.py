@@ -155,20 +155,19 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
 class RunStore:
     """The folder `<data root>/runs/<flow>/<run id>/` holding one run's config and tables."""
 
-    def __init__(self, flow: str, config: BaseModel, root: Path, inputs: dict[str, str] | None = None):
+    def __init__(self, flow: str, config: BaseModel, data_root: Path, inputs: dict[str, str | None] | None = None):
         self.flow, self.config = flow, config
         self.inputs = {name: value for name, value in (inputs or {}).items() if value is not None}
         self.run_id = run_id(flow, config, self.inputs)
         self.config_json = canonical_json(config)
-        self.root = root
+        self.root = data_root / "runs" / flow / self.run_id
 
     @classmethod
     def open(cls, flow: str, config: BaseModel, data_root: Path | str | None = None,
              inputs: dict[str, str | None] | None = None) -> RunStore:
         """Create or reopen the run folder of `config` reading input files of fingerprints `inputs` (name ->
         `core.fingerprint` value; None = no file), checking its config.json."""
-        known = {name: value for name, value in (inputs or {}).items() if value is not None}
-        store = cls(flow, config, _resolve_root(data_root) / "runs" / flow / run_id(flow, config, known), known)
+        store = cls(flow, config, _resolve_root(data_root), inputs)
         store.root.mkdir(parents=True, exist_ok=True)
         store._check_or_write_config()
         return store
@@ -274,35 +273,37 @@ class RunStore:
 
         return claim(self._file(f"claims/{name.replace('/', '__')}.claim"), on_wait)
 
-    def _kept_if_whole(self, name: str, check: Callable[[Path], Any]) -> bool:
-        """True if `name` exists and `check(path)` passes; a file it finds bad (CorruptFileError) is deleted."""
+    def _if_whole(self, name: str, read: Callable[[Path], Any]) -> Any | None:
+        """`read(path)` when `name` exists and reads as whole; None when it is missing, or bad (CorruptFileError:
+        then it is deleted, with a warning)."""
         path = self._file(name)
         if not path.exists():
-            return False
+            return None
         try:
-            check(path)
+            return read(path)
         except CorruptFileError as err:
             warnings.warn(f"{err}; deleting it, it will be recomputed", RuntimeWarning, stacklevel=3)
             path.unlink(missing_ok=True)
-            return False
-        return True
+            return None
 
-    def _check_table(self, path: Path) -> None:
-        """Raise CorruptFileError unless `path` is a readable Parquet table of this run (its footer is written last)."""
+    def _check_table(self, path: Path) -> bool:
+        """True, or CorruptFileError unless `path` is a readable Parquet table of this run (its footer is written last)."""
         try:
             owner = _decode(pq.read_schema(path).metadata).get("run_id")
         except (pa.ArrowException, OSError) as err:
             raise CorruptFileError(f"{path} is unreadable ({type(err).__name__}: {err})") from err
         if owner != self.run_id:
             raise CorruptFileError(f"{path} was written by run {owner!r}, not {self.run_id!r}")
+        return True
 
     def is_complete(self, name: str) -> bool:
         """True if `name` is a readable table of this run; a bad or foreign file is deleted."""
-        return self._kept_if_whole(name, self._check_table)
+        return self._if_whole(name, self._check_table) is not None
 
-    def tensors_complete(self, name: str) -> bool:
-        """True if `name` is a whole safetensors file of this run; a bad or foreign file is deleted."""
-        return self._kept_if_whole(name, lambda path: self.read_tensors(name))
+    def whole_tensors(self, name: str) -> dict[str, Any] | None:
+        """The tensors of `name` if it is a whole safetensors file of this run, else None; a bad or foreign file
+        is deleted. One read serves both the check and the use."""
+        return self._if_whole(name, lambda path: self.read_tensors(name))
 
     def read_table(self, name: str) -> pd.DataFrame:
         """Table `name` of this run as a DataFrame."""

@@ -86,11 +86,11 @@ def _prune_pass(store: RunStore, networks: list[dict], label: str) -> list[str]:
     names = prunable_names(ensemble.template, pruning.prune_output)
     order_seeds = [derive_seed(s, ORDER_STREAM) for s in seeds]
     masks, written, snapshot = dense_masks(ensemble.params, names, support), [], None
+    rewinds = {n: store.whole_tensors(rewind_name(n)) for n in layout.rows}  # read and checked once per pass
     for level in range(pruning.levels + 1):
         files = {n: level_names(n, level) for n in layout.rows}
-        if all(store.is_complete(table) and store.tensors_complete(weights) and store.tensors_complete(rewind_name(n))
-               for n, (table, weights) in files.items()):
-            saved = {n: store.read_tensors(weights) for n, (_, weights) in files.items()}
+        saved = {n: store.whole_tensors(weights) for n, (table, weights) in files.items() if store.is_complete(table)}
+        if len(saved) == len(files) and all(v is not None for v in [*saved.values(), *rewinds.values()]):
             trained = layout.join({n: {p: s[f"param/{p}"] for p in ensemble.params} for n, s in saved.items()}, ensemble.params)
             masks = layout.join({n: {p: s[f"mask/{p}"] for p in names} for n, s in saved.items()}, masks)
             written += [table for table, _ in files.values()]
@@ -98,7 +98,7 @@ def _prune_pass(store: RunStore, networks: list[dict], label: str) -> list[str]:
         start = time.perf_counter()
         if level > 0:
             masks = prune(trained, masks, pruning.prune_fraction, level, pruning.scope, support)
-            snapshot = snapshot or layout.join({n: store.read_tensors(rewind_name(n)) for n in layout.rows}, ensemble.state())
+            snapshot = snapshot or layout.join(rewinds, ensemble.state())
             rewind(ensemble, snapshot, masks)
         result = train(ensemble, dataset.x_train, dataset.y_train, subsets, order_seeds, config.train,
                        masks=with_support(masks, support) if level > 0 or support else None,
@@ -107,7 +107,8 @@ def _prune_pass(store: RunStore, networks: list[dict], label: str) -> list[str]:
         if level == 0:
             snapshot = result.snapshot
             for n in layout.rows:
-                store.write_tensors(rewind_name(n), layout.split(snapshot, n))
+                rewinds[n] = layout.split(snapshot, n)
+                store.write_tensors(rewind_name(n), rewinds[n])
         trained = {n: p.detach() for n, p in ensemble.params.items()}
         rows = _errors(ensemble, masks, support, dataset, subsets, {**ids, "level": level})
         for n, (table, weights) in files.items():

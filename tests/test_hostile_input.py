@@ -29,7 +29,6 @@ import annotated_types as at
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 from prefect.exceptions import ParameterTypeError
 from pydantic import BaseModel
 
@@ -40,7 +39,7 @@ from flows import server
 from flows.cli import ConfigError, apply_override, load_config, main
 from flows.common import checked_data_root, upstream_table
 from flows.registry import FLOWS
-from test_data import write_idx
+from test_data import write_idx, write_png
 
 LOADED = {name: entry.load() for name, entry in FLOWS.items()}  # (flow, config class); imports prefect, starts nothing
 DATASET_NAMES = "'mnist1d', 'digits', 'fashion_mnist', 'cifar10', 'cifar100', 'image_folder' or 'arrays'"
@@ -243,7 +242,7 @@ NAME_CASES = (
     + [pytest.param(f, [f"model={m}"], [f"model: Value error, unknown model {m!r}", "Valid names:",
                                         *MODEL_PATTERNS], id=f"{f}:model={m}")
        for f in SUBSET_FLOWS for m in ("vgg16", "mlp_w0_d2", "mlp_w8", "MLP_W8_D1", "cnn_w8_d0", "lenet_300_10",
-                                       "../../etc/passwd")]
+                                       "../../x")]
     + [pytest.param("prune_grid", ["family=resnet"], ["family: Input should be 'mlp', 'cnn1d' or 'cnn' (got 'resnet')"],
                     id="prune_grid:family=resnet")]
 )
@@ -409,16 +408,10 @@ ARRAY_CASES = {  # case -> what the message says ({path} = the file)
 }
 
 
-def png(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-    return path
-
-
 def make_image_folder(case: str, folder: Path) -> tuple[Path, dict]:
     """An image tree with one defect; returns its root and the paths the message names."""
     for split, cls, i in [("train", "cat", 0), ("train", "dog", 1), ("test", "cat", 2), ("test", "dog", 3)]:
-        png(folder / split / cls / f"{i}.png", np.full((3, 4, 3), 40 * i, np.uint8))
+        write_png(folder / split / cls / f"{i}.png", np.full((3, 4, 3), 40 * i, np.uint8))
     bad = folder / "train" / "dog" / "1.png"
     if case == "png truncated":
         cut(bad)
@@ -426,9 +419,11 @@ def make_image_folder(case: str, folder: Path) -> tuple[Path, dict]:
         bad.write_text("not an image")
     elif case == "png empty":
         bad.write_bytes(b"")
-    elif case == "png links to /etc/passwd":
+    elif case == "png links to a text file outside":
         bad.unlink()
-        bad.symlink_to("/etc/passwd")
+        outside = folder.parent / "notes.txt"
+        outside.write_text("not an image")
+        bad.symlink_to(outside)
     elif case == "train has no class folders":
         for child in (folder / "train").rglob("*.png"):
             child.unlink()
@@ -439,7 +434,7 @@ def make_image_folder(case: str, folder: Path) -> tuple[Path, dict]:
         (bad.parent / "notes.txt").write_text("no images here")
     elif case == "test images of another size":
         for i, cls in ((2, "cat"), (3, "dog")):
-            png(folder / "test" / cls / f"{i}.png", np.zeros((5, 4, 3), np.uint8))
+            write_png(folder / "test" / cls / f"{i}.png", np.zeros((5, 4, 3), np.uint8))
     elif case == "path is an image file":
         return bad, {"path": bad}
     else:
@@ -451,7 +446,7 @@ IMAGE_CASES = {
     "png truncated": "cannot read image {path} (",
     "png is text": "cannot read image {path} (UnidentifiedImageError",
     "png empty": "cannot read image {path} (UnidentifiedImageError",
-    "png links to /etc/passwd": "cannot read image {path} (UnidentifiedImageError",
+    "png links to a text file outside": "cannot read image {path} (UnidentifiedImageError",
     "train has no class folders": "cannot read image folder {root}/train (Couldn't find any class folder",
     "class folder without images": "cannot read image folder {root}/train (Found no valid file for the classes dog",
     "test images of another size": "train images are (3, 4) but test images are (5, 4) (HxW) in {root}",
@@ -671,7 +666,7 @@ def test_bad_set_is_refused_naming_it(cli, capsys, tmp_path, assignment, expecte
 
 
 # ==================================================================== 5. paths out of the data root
-# Table names inside a run folder (`RunStore._file`): tests/test_store.py refuses ../escape.parquet, /tmp/abs.parquet, "."
+# Table names inside a run folder (`RunStore._file`): tests/test_store.py refuses `..`, absolute names and "."
 @pytest.fixture
 def data_root(tmp_path, monkeypatch):
     """A data root holding one (fake) cscore run, the default one; and a folder of other files beside it."""
@@ -691,8 +686,9 @@ def runs_unchanged(root: Path) -> None:
     assert written(root / "runs") == ["cscore", "cscore/cscore-aaaaaaaaaaaa", "cscore/cscore-aaaaaaaaaaaa/config.json"]
 
 
-@pytest.mark.parametrize("run_id", ["../../other", "/etc", "cscore-aaaaaaaaaaaa/../../../other", "cscore-../../x", ""])
+@pytest.mark.parametrize("run_id", ["../../other", "{tmp}/other", "cscore-aaaaaaaaaaaa/../../../other", "cscore-../../x", ""])
 def test_show_refuses_a_run_id_that_is_not_a_run(cli, capsys, data_root, run_id):
+    run_id = run_id.format(tmp=data_root.parent)
     assert cli(["show", run_id, "--data-root", str(data_root)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"regularity: error: {run_id!r} is not a run id: those read <flow>-<12 hex digits>"), err
@@ -707,12 +703,12 @@ def flow_settings(flow: str, **extra) -> dict:
 
 @pytest.mark.parametrize("flow,field,value,expected", [
     ("proxies", "cscore_run", "../../other", "'../../other' is not a run id"),
-    ("proxies", "cscore_run", "/etc/cscore-aaaaaaaaaaaa", "'/etc/cscore-aaaaaaaaaaaa' is not a run id"),
+    ("proxies", "cscore_run", "{tmp}/other/cscore-aaaaaaaaaaaa", "'{tmp}/other/cscore-aaaaaaaaaaaa' is not a run id"),
     ("proxies", "cscore_run", "cscore-aaaaaaaaaaaa/../../..", "'cscore-aaaaaaaaaaaa/../../..' is not a run id"),
-    ("scaling_law", "prune_run", "/etc", "'/etc' is not a run id"),
+    ("scaling_law", "prune_run", "{tmp}/other", "'{tmp}/other' is not a run id"),
     ("scaling_law", "prune_run", "../../prune_grid-aaaaaaaaaaaa", "'../../prune_grid-aaaaaaaaaaaa' is not a run id"),
     ("filter_retrain", "scores", "../../other", "scores='../../other' is neither a file nor a run id of cscore, proxies"),
-    ("filter_retrain", "scores", "/etc", "scores='/etc' is neither a file nor a run id of cscore, proxies"),
+    ("filter_retrain", "scores", "{tmp}/other", "scores='{tmp}/other' is neither a file nor a run id of cscore, proxies"),
     ("filter_retrain", "scores", "cscore-../../other", "'cscore-../../other' is not a run id"),
     ("filter_retrain", "scores", "{tmp}/other/passwd", "Could not open Parquet input source '{tmp}/other/passwd'"),
 ])
@@ -756,7 +752,6 @@ def test_show_does_not_read_a_planted_run_outside_the_data_root(cli, capsys, dat
 
 # ---- data_root from a deployment's parameters (flows/common.py checked_data_root)
 @pytest.mark.parametrize("value,why", [
-    ("/etc", "it is an existing folder of other files"),
     ("{tmp}/other", "it is an existing folder of other files (1 entries, no runs/ or cache/)"),
     ("{tmp}/other/passwd", "it is a file, not a folder"),
     ("{tmp}/link-to-other", "it is an existing folder of other files"),
@@ -764,7 +759,7 @@ def test_show_does_not_read_a_planted_run_outside_the_data_root(cli, capsys, dat
     ("relative/data", "not an absolute path"),
     ("~/data", "not an absolute path"),
     ("{tmp}/root/../other", "it has a '..' component"),
-    ("{tmp}/root/../../../../etc", "it has a '..' component"),
+    ("{tmp}/root/../../../../x", "it has a '..' component"),
     ("{tmp}/root/runs/..", "it has a '..' component"),  # even when it would land inside
 ])
 def test_deployment_data_root_outside_is_refused(data_root, value, why):
@@ -790,8 +785,9 @@ def test_deployment_data_root_that_is_ours_is_accepted(data_root, value):
     assert not (tmp / "new").exists()  # checking creates nothing
 
 
-@pytest.mark.parametrize("value", ["/etc", "../../x", "relative/data", "~/data"])
+@pytest.mark.parametrize("value", ["{tmp}/other", "../../x", "relative/data", "~/data"])
 def test_data_root_chosen_on_this_machine_is_the_users(data_root, value):
+    value = value.format(tmp=data_root.parent)  # an existing folder of other files: refused only from a deployment
     assert checked_data_root(value, from_deployment=False) == value  # the CLI passes --data-root resolved
     assert checked_data_root(value) == value  # outside a flow run: a direct call
 
@@ -806,10 +802,11 @@ def test_a_deployment_run_is_recognised_from_its_context(data_root, monkeypatch)
 
     run = SimpleNamespace(flow_run=SimpleNamespace(deployment_id="a-deployment"))
     monkeypatch.setattr(FlowRunContext, "get", classmethod(lambda cls: run))
-    with pytest.raises(ValueError, match=r"data_root='/etc' is refused"):
-        checked_data_root("/etc")
+    other = str(data_root.parent / "other")
+    with pytest.raises(ValueError, match=re.escape(f"data_root={other!r} is refused")):
+        checked_data_root(other)
     run.flow_run.deployment_id = None  # a flow run started directly (CLI, Python)
-    assert checked_data_root("/etc") == "/etc"
+    assert checked_data_root(other) == other
 
 
 # each config fails a check of its own soon after the flow starts, so that a flow that does not call the guard

@@ -353,8 +353,8 @@ def test_tensors_round_trip_with_run_metadata(run):
     assert torch.equal(loaded["w"], tensors["w"]) and torch.equal(loaded["mask"], tensors["mask"])
     with safe_open(path, "pt") as f:
         assert f.metadata()["run_id"] == store.run_id
-    assert store.tensors_complete("weights/net/level-00.safetensors")
-    assert not store.tensors_complete("weights/net/level-01.safetensors")  # never written
+    assert torch.equal(store.whole_tensors("weights/net/level-00.safetensors")["w"], tensors["w"])
+    assert store.whole_tensors("weights/net/level-01.safetensors") is None  # never written
 
 
 @pytest.mark.parametrize("damage, reason", [("garbage", "unreadable"), ("truncated", "unreadable"),
@@ -372,5 +372,5 @@ def test_damaged_weights_are_detected_and_recomputed(tmp_path: Path, run: RunSto
     with pytest.raises(CorruptFileError, match=reason):
         run.read_tensors(name)
     with pytest.warns(RuntimeWarning, match=f"{reason}.*recomputed"):
-        assert not run.tensors_complete(name)
+        assert run.whole_tensors(name) is None
     assert not (run.root / name).exists()
