@@ -41,6 +41,9 @@ class RuntimeConfig(Config):
     dask_address: str | None = Field(None, description="address of an existing Dask scheduler, e.g. tcp://host:8786; "
                                      "empty = start a local cluster of dask_workers processes")
     dask_workers: int = Field(2, ge=1, description="worker processes of the local Dask cluster (one thread each)")
+    recompute: list[str] = Field([], description="files of the run to delete and compute again, with everything built "
+                                 "from them: names or patterns inside the run folder (runs.parquet, shards/*), "
+                                 "outdated (written by another code revision than the current one), or all")
 
     @field_validator("device")
     @classmethod
@@ -49,6 +52,16 @@ class RuntimeConfig(Config):
         if not DEVICE.fullmatch(device):
             raise ValueError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N (N = 0, 1, ...), mps")
         return device
+
+    @field_validator("recompute")
+    @classmethod
+    def _patterns_inside_the_run(cls, patterns: list[str]) -> list[str]:
+        """Refuse patterns that could only name files outside the run folder, or nothing."""
+        bad = [p for p in patterns if not p.strip() or p.startswith(("/", "~")) or ".." in p.split("/")]
+        if bad:
+            raise ValueError(f"recompute patterns name files inside the run folder (e.g. runs.parquet, shards/*, "
+                             f"outdated, all); got {bad}")
+        return patterns
 
     def torch_threads(self) -> int:
         """Threads each task should give torch: the setting, or this machine's cores shared by its concurrent tasks."""

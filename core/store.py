@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import functools
 import hashlib
 import json
@@ -9,6 +10,7 @@ import os
 import platform
 import re
 import subprocess
+import time
 import uuid
 import warnings
 from datetime import datetime, timezone
@@ -29,7 +31,8 @@ DATA_ROOT_ENV = "REGULARITY_DATA_ROOT"
 RUN_ID = re.compile(r"[a-z_]+-[0-9a-f]{12}")
 META_PREFIX = "regularity."
 REPO_ROOT = Path(__file__).resolve().parent.parent
-_JSON_FIELDS = ("config", "inputs", "versions", "hardware")
+TMP_ABANDONED_S = 3600  # a temp file untouched this long belongs to a write that a kill interrupted
+_JSON_FIELDS = ("config", "inputs", "versions", "hardware", "built_from")
 _PACKAGES = ("torch", "numpy", "pandas", "pyarrow", "scikit-learn", "scipy", "prefect")
 
 
@@ -83,16 +86,28 @@ def _versions() -> dict[str, str | None]:
 
 @functools.cache
 def code_revision() -> str:
-    """Git commit of the repo, `+dirty` with local changes, `unknown` without git or commits."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()
+    """Git commit of the repo; with local changes `+dirty.<8 hex>` of what changed (so two different edits are two
+    revisions); `unknown` without git or commits."""
+    def git(*args: str) -> bytes:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, check=True, timeout=30).stdout
     try:
-        commit = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain")  # untracked source counts: it changes results too
+        commit = git("rev-parse", "HEAD").decode().strip()
+        if not git("status", "--porcelain"):
+            return commit
+        changes = hashlib.sha256(git("diff", "HEAD", "--binary"))
+        for name in sorted(git("ls-files", "--others", "--exclude-standard", "-z").split(b"\0")):
+            if name:  # untracked source changes results too; named with its size and time, not read
+                stat = (REPO_ROOT / os.fsdecode(name)).stat()
+                changes.update(name + f"|{stat.st_size}|{stat.st_mtime_ns}\0".encode())
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return commit + ("+dirty" if dirty else "")
+    return f"{commit}+dirty.{changes.hexdigest()[:8]}"
+
+
+def short_revision(revision: str) -> str:
+    """A commit cut to 12 hex digits, keeping a `+dirty.<hash>` suffix."""
+    commit, plus, dirty = revision.partition("+")
+    return commit[:12] + plus + dirty
 
 
 def _hardware() -> dict[str, Any]:
@@ -126,6 +141,42 @@ def read_table(path: Path | str) -> pd.DataFrame:
 def read_provenance(path: Path | str) -> dict[str, Any]:
     """Decoded provenance of any Parquet file of the project (footer only)."""
     return _decode(pq.read_schema(path).metadata)
+
+
+def _tensor_metadata(path: Path) -> dict[str, Any]:
+    """The string metadata of a safetensors file's header, built_from parsed."""
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        meta = dict(f.metadata() or {})
+    if "built_from" in meta:
+        meta["built_from"] = json.loads(meta["built_from"])
+    return meta
+
+
+def file_metadata(path: Path) -> dict[str, Any] | None:
+    """Provenance of a table (Parquet footer) or weights file (safetensors header); None if missing or unreadable."""
+    try:
+        return _tensor_metadata(path) if path.suffix == ".safetensors" else read_provenance(path)
+    except Exception:  # noqa: BLE001 (pyarrow and safetensors raise their own types for cut or garbled files)
+        return None
+
+
+def file_stamp(meta: dict[str, Any] | None) -> dict[str, str] | None:
+    """What identifies one write of a file: its `table_id` (files written before ids: `created_at` or checksum),
+    and the code revision that wrote it."""
+    if meta is None:
+        return None
+    return {"id": meta.get("table_id") or meta.get("created_at") or meta.get("sha256") or "",
+            "code_revision": meta.get("code_revision", "unknown")}
+
+
+def changed_inputs(folder: Path, meta: dict[str, Any]) -> list[str]:
+    """The inputs in `meta`'s `built_from` (names inside `folder`, or absolute paths) that were rewritten or
+    removed after it was built."""
+    recorded = meta.get("built_from") or {}
+    return [name for name, stamp in recorded.items()
+            if (file_stamp(file_metadata(folder / name)) or {}).get("id") != stamp.get("id")]
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
@@ -170,6 +221,10 @@ class RunStore:
         store = cls(flow, config, _resolve_root(data_root), inputs)
         store.root.mkdir(parents=True, exist_ok=True)
         store._check_or_write_config()
+        store._remove_abandoned_writes()
+        runtime = getattr(config, "runtime", None)
+        if runtime is not None and runtime.recompute:
+            store.forget(runtime.recompute)
         return store
 
     @property
@@ -187,7 +242,9 @@ class RunStore:
         path = self.root / "config.json"
         if not path.exists():
             doc = {"flow": self.flow, "run_id": self.run_id,
-                   "config": self.config.model_dump(mode="json"), "inputs": self.inputs}
+                   # recompute is a one-off request, so running this config.json again does not repeat it
+                   "config": self.config.model_dump(mode="json", exclude={"runtime": {"recompute"}}),
+                   "inputs": self.inputs}
             atomic_write(path, lambda f: f.write(json.dumps(doc, indent=2).encode() + b"\n"))
             return
         try:
@@ -203,6 +260,45 @@ class RunStore:
                                    f"maps to (hash collision or edited file):\n  stored: {stored}"
                                    f"\n  wanted: {self.config_json}")
 
+    def _remove_abandoned_writes(self) -> None:
+        """Delete temp files of writes interrupted by a kill: untouched for TMP_ABANDONED_S, so never a live write."""
+        for tmp in self.root.rglob(".*.tmp"):
+            with contextlib.suppress(OSError):  # another process may remove it first
+                if time.time() - tmp.stat().st_mtime > TMP_ABANDONED_S:
+                    tmp.unlink()
+
+    def files(self) -> list[str]:
+        """Relative paths of the run's tables, weights, figures and report (config.json, claims, temp files left out)."""
+        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file()
+                      and not p.name.startswith(".") and p.name != "config.json" and p.parts[len(self.root.parts)] != "claims")
+
+    def forget(self, patterns: list[str]) -> list[str]:
+        """Delete the files `patterns` name (see RuntimeConfig.recompute) and the report, so the next run of the flow
+        computes them again and rebuilds whatever was built from them. Returns the deleted names."""
+        files, current = self.files(), code_revision()
+        chosen: set[str] = set()
+        for pattern in patterns:
+            if pattern == "all":
+                matched = files
+            elif pattern == "outdated":
+                matched = [f for f in files if f.endswith((".parquet", ".safetensors"))
+                           and (file_stamp(file_metadata(self.root / f)) or {}).get("code_revision") != current]
+            else:
+                matched = [f for f in files if fnmatch.fnmatchcase(f, pattern)]
+                if not matched and files:
+                    tables = [f for f in files if not f.startswith(("shards/", "weights/", "figures/"))]
+                    raise ValueError(f"recompute: {pattern!r} names no file of run {self.run_id}; its files are "
+                                     f"{', '.join(tables)} and shards/*, weights/*, figures/* (or say all or outdated)")
+            chosen.update(matched)
+        if chosen:
+            chosen.add(REPORT)  # the run is not complete until they are back
+        for name in sorted(chosen):
+            (self.root / name).unlink(missing_ok=True)
+        if chosen:
+            warnings.warn(f"recompute: deleted {len(chosen)} files of run {self.run_id} to compute them again: "
+                          f"{', '.join(sorted(chosen)[:8])}{' ...' if len(chosen) > 8 else ''}", RuntimeWarning, stacklevel=2)
+        return sorted(chosen)
+
     def _file(self, name: str) -> Path:
         """Path of `name` inside the run folder; names may not escape it."""
         path = Path(os.path.normpath(self.root / name))  # lexical: a symlinked data root or runs/ is fine
@@ -216,35 +312,53 @@ class RunStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _provenance(self, extra: dict[str, str] | None) -> dict[bytes, bytes]:
+    def _stamps(self, built_from: list[str] | None) -> str:
+        """JSON of `built_from` (names inside the run, or absolute paths of other runs' tables) -> their stamps now."""
+        stamps = {}
+        for name in built_from or []:
+            stamp = file_stamp(file_metadata(self._input(name)))
+            if stamp is None:
+                raise FileNotFoundError(f"{self._input(name)} is missing or unreadable, so nothing can be built from it")
+            stamps[str(name)] = stamp
+        return json.dumps(stamps, sort_keys=True)
+
+    def _input(self, name: str | Path) -> Path:
+        """Path of an input: a file of this run by name, or any file by absolute path."""
+        return Path(name) if Path(name).is_absolute() else self._file(str(name))
+
+    def _provenance(self, extra: dict[str, str] | None, built_from: list[str] | None) -> dict[bytes, bytes]:
         """Schema metadata entries for one table of this run."""
         meta = {"run_id": self.run_id, "flow": self.flow, "config": self.config_json,
                 "inputs": json.dumps(self.inputs, sort_keys=True),
                 "versions": json.dumps(_versions(), sort_keys=True),
                 "code_revision": code_revision(),
                 "hardware": json.dumps(_hardware(), sort_keys=True),
-                "created_at": datetime.now(timezone.utc).isoformat()}
+                "created_at": datetime.now(timezone.utc).isoformat(),
+                "table_id": uuid.uuid4().hex, "built_from": self._stamps(built_from)}
         meta.update({k: str(v) for k, v in (extra or {}).items()})
         return {(META_PREFIX + k).encode(): v.encode() for k, v in meta.items()}
 
-    def write_table(self, name: str, table: pd.DataFrame | pa.Table,
-                    extra_metadata: dict[str, str] | None = None) -> Path:
-        """Write `table` atomically with provenance; returns its path."""
+    def write_table(self, name: str, table: pd.DataFrame | pa.Table, extra_metadata: dict[str, str] | None = None,
+                    built_from: list[str] | None = None) -> Path:
+        """Write `table` atomically with provenance, recording which write of each file in `built_from` it was
+        made from (so it is rebuilt once one of them is rewritten); returns its path."""
         if isinstance(table, pd.DataFrame):
             table = pa.Table.from_pandas(table)  # keeps the `pandas` metadata for round-trips
-        meta = {**(table.schema.metadata or {}), **self._provenance(extra_metadata)}
+        meta = {**(table.schema.metadata or {}), **self._provenance(extra_metadata, built_from)}
         table = table.replace_schema_metadata(meta)
         path = self.path(name)
         atomic_write(path, lambda f: pq.write_table(table, f))
         return path
 
-    def write_tensors(self, name: str, tensors: dict[str, Any]) -> Path:
-        """Write tensors as safetensors atomically, with the run id, config and a checksum of the tensors as metadata."""
+    def write_tensors(self, name: str, tensors: dict[str, Any], built_from: list[str] | None = None) -> Path:
+        """Write tensors as safetensors atomically, with the run id, config, a checksum of the tensors and the
+        files they were made from (as `write_table`) as metadata."""
         from safetensors.torch import save
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         data = save(tensors, metadata={"run_id": self.run_id, "config": self.config_json,
-                                       "code_revision": code_revision(), "sha256": tensor_digest(tensors)})
+                                       "code_revision": code_revision(), "sha256": tensor_digest(tensors),
+                                       "table_id": uuid.uuid4().hex, "built_from": self._stamps(built_from)})
         path = self.path(name)
         atomic_write(path, lambda f: f.write(data))
         return path
@@ -252,9 +366,12 @@ class RunStore:
     def read_tensors(self, name: str) -> dict[str, Any]:
         """Tensors of a safetensors file of this run (on the CPU); CorruptFileError if the file is not whole,
         not this run's, or its tensors do not match their checksum."""
+        return self._read_tensor_file(self._file(name))[1]
+
+    def _read_tensor_file(self, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(metadata, tensors) of a safetensors file of this run, checked as `read_tensors` says."""
         from safetensors import safe_open
 
-        path = self._file(name)
         try:
             with safe_open(path, "pt") as f:
                 meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
@@ -264,7 +381,7 @@ class RunStore:
             raise CorruptFileError(f"{path} was written by run {meta.get('run_id')!r}, not {self.run_id!r}")
         if "sha256" in meta and meta["sha256"] != tensor_digest(tensors):  # files written before checksums have none
             raise CorruptFileError(f"{path} has tensors that do not match their checksum")
-        return tensors
+        return {**meta, "built_from": json.loads(meta.get("built_from") or "{}")}, tensors
 
     def claim(self, name: str, on_wait: Callable[[dict], Any] | None = None):
         """Context manager holding this run's claim on computing output `name` (`core.claims`): a second
@@ -286,24 +403,49 @@ class RunStore:
             path.unlink(missing_ok=True)
             return None
 
-    def _check_table(self, path: Path) -> bool:
-        """True, or CorruptFileError unless `path` is a readable Parquet table of this run (its footer is written last)."""
+    def _table_metadata(self, path: Path) -> dict[str, Any]:
+        """Provenance of `path`, or CorruptFileError unless it is a readable Parquet table of this run (its footer
+        is written last)."""
         try:
-            owner = _decode(pq.read_schema(path).metadata).get("run_id")
+            meta = _decode(pq.read_schema(path).metadata)
         except (pa.ArrowException, OSError) as err:
             raise CorruptFileError(f"{path} is unreadable ({type(err).__name__}: {err})") from err
-        if owner != self.run_id:
-            raise CorruptFileError(f"{path} was written by run {owner!r}, not {self.run_id!r}")
-        return True
+        if meta.get("run_id") != self.run_id:
+            raise CorruptFileError(f"{path} was written by run {meta.get('run_id')!r}, not {self.run_id!r}")
+        return meta
 
-    def is_complete(self, name: str) -> bool:
-        """True if `name` is a readable table of this run; a bad or foreign file is deleted."""
-        return self._if_whole(name, self._check_table) is not None
+    def _is_current(self, name: str, meta: dict[str, Any], built_from: list[str] | None) -> bool:
+        """Whether `name` (provenance `meta`) was built from `built_from` when given, and from its recorded inputs
+        as they are now; if not, says why with a warning (the caller rebuilds it)."""
+        recorded = sorted(meta.get("built_from") or {})
+        if built_from is not None and recorded != sorted(map(str, built_from)):
+            warnings.warn(f"{self._file(name)} was built from {len(recorded)} files, not from the {len(built_from)} "
+                          "it is built from now; rebuilding it", RuntimeWarning, stacklevel=3)
+            return False
+        changed = changed_inputs(self.root, meta)
+        if changed:
+            warnings.warn(f"{self._file(name)} was built from {', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}"
+                          " before they were rewritten (or removed); rebuilding it", RuntimeWarning, stacklevel=3)
+        return not changed
+
+    def is_complete(self, name: str, built_from: list[str] | None = None) -> bool:
+        """True if `name` is a readable table of this run, built from `built_from` (when given) and from the files it
+        recorded as they are now; a bad or foreign file is deleted."""
+        meta = self._if_whole(name, self._table_metadata)
+        return meta is not None and self._is_current(name, meta, built_from)
 
     def whole_tensors(self, name: str) -> dict[str, Any] | None:
-        """The tensors of `name` if it is a whole safetensors file of this run, else None; a bad or foreign file
-        is deleted. One read serves both the check and the use."""
-        return self._if_whole(name, lambda path: self.read_tensors(name))
+        """The tensors of `name` if it is a whole safetensors file of this run, built from its recorded inputs as
+        they are now, else None; a bad or foreign file is deleted. One read serves both the check and the use."""
+        found = self._if_whole(name, self._read_tensor_file)
+        return found[1] if found is not None and self._is_current(name, found[0], None) else None
+
+    def revisions(self, names: list[str]) -> dict[str, list[str]]:
+        """Code revision -> the files among `names` it wrote."""
+        out: dict[str, list[str]] = {}
+        for name in names:
+            out.setdefault((file_stamp(file_metadata(self._file(name))) or {}).get("code_revision", "missing"), []).append(name)
+        return out
 
     def read_table(self, name: str) -> pd.DataFrame:
         """Table `name` of this run as a DataFrame."""
@@ -359,6 +501,24 @@ def list_runs(data_root: Path | str | None = None) -> pd.DataFrame:
                      "size_bytes": sum(p.stat().st_size for p in files)})
     columns = ["flow", "run_id", "status", "summary", "path", "created", "n_tables", "size_bytes"]
     return pd.DataFrame(rows, columns=columns).sort_values("created", ignore_index=True)
+
+
+def audit_run(folder: Path | str) -> pd.DataFrame:
+    """One row per table and weights file of a run folder: name, rows, columns, code_revision, created_at, and
+    `changed`: the inputs it was built from that were rewritten or removed since (it is out of date)."""
+    folder, rows = Path(folder), []
+    for path in sorted([*folder.rglob("*.parquet"), *folder.rglob("*.safetensors")]):
+        if path.name.startswith("."):
+            continue
+        meta = file_metadata(path)
+        shape = pq.read_metadata(path) if meta is not None and path.suffix == ".parquet" else None
+        rows.append({"name": path.relative_to(folder).as_posix(), "rows": shape.num_rows if shape else None,
+                     "columns": shape.num_columns if shape else None,
+                     "code_revision": (meta or {}).get("code_revision", "unreadable"),
+                     "created_at": (meta or {}).get("created_at"),
+                     "changed": changed_inputs(folder, meta) if meta else []})
+    columns = ["name", "rows", "columns", "code_revision", "created_at", "changed"]
+    return pd.DataFrame(rows, columns=columns).astype({"rows": "Int64", "columns": "Int64"})
 
 
 def _pack_rows(matrix: Any, dtype: type, pa_type: pa.DataType) -> pa.Array:

@@ -50,8 +50,9 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
                           "quote lists and strings, e.g. --set 'ratios=[0.1, 0.5]'") from err
 
 
-def load_config(config_class: type, path: str | None, overrides: list[str]) -> Any:
-    """The flow config from an optional YAML file plus `--set` overrides, validated."""
+def load_config(config_class: type, path: str | None, overrides: list[str], flow: str | None = None) -> Any:
+    """The flow config from an optional YAML file (or the config.json of a run of `flow`) plus `--set` overrides,
+    validated."""
     data: Any = {}
     if path:
         try:
@@ -66,6 +67,10 @@ def load_config(config_class: type, path: str | None, overrides: list[str]) -> A
                               "`regularity config FLOW > FILE`, or leave out --config for the defaults")
         if not isinstance(data, dict):
             raise ConfigError(f"config {path} must be a mapping of settings, not {type(data).__name__}")
+        if {"flow", "run_id", "config"} <= set(data):  # a run folder's config.json: run that run again
+            if flow is not None and data["flow"] != flow:
+                raise ConfigError(f"config {path} is the config.json of a {data['flow']} run, not of a {flow} run")
+            data = data["config"]
     for assignment in overrides:
         apply_override(data, assignment)
     try:
@@ -84,7 +89,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif not explicit_api:
         os.environ.update(server.local_settings())  # before prefect is imported; the server starts once valid
     flow_fn, config_class = FLOWS[args.flow].load()
-    config = load_config(config_class, args.config, args.set)
+    recompute = [f"runtime.recompute={json.dumps(args.recompute)}"] if args.recompute else []
+    config = load_config(config_class, args.config, args.set + recompute, args.flow)
     if not args.ephemeral:
         print(f"Prefect API: {explicit_api or server.start_server()}", file=sys.stderr)
     data_root = str(Path(args.data_root).resolve()) if args.data_root else None
@@ -121,23 +127,59 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_show(args: argparse.Namespace) -> int:
-    """Print a run's config, tables (rows, columns) and summary."""
-    import pyarrow.parquet as pq
+def code_lines(audit, rerun: str) -> list[str]:
+    """What `show` says about the code revisions of a run's files, and what is out of date, with the fix."""
+    from core.store import code_revision, short_revision
 
-    from core.store import find_run, run_status
+    if audit.empty:
+        return []
+    current, lines = code_revision(), []
+    counts = audit["code_revision"].value_counts()
+    written = ", ".join(f"{short_revision(rev)} ({n} file{'s' * (n != 1)})" for rev, n in counts.items())
+    lines.append(f"Code: written by {written}; the code is now at {short_revision(current)}")
+    if len(counts) > 1:
+        for folder, part in audit.groupby(audit["name"].str.rpartition("/")[0]):
+            revisions = part["code_revision"].value_counts()
+            if len(revisions) > 1:
+                lines.append(f"! {folder or 'the run folder'}/ mixes {len(revisions)} code revisions: " + ", ".join(
+                    f"{short_revision(rev)} ({n}, e.g. {part.loc[part['code_revision'] == rev, 'name'].iloc[0]})"
+                    for rev, n in revisions.items()))
+    for row in audit[audit["changed"].map(len) > 0].itertuples():
+        lines.append(f"! {row.name} is out of date: built from {', '.join(row.changed[:3])}"
+                     f"{' ...' if len(row.changed) > 3 else ''} before it was rewritten or removed; the next run rebuilds it")
+    older = int((audit["code_revision"] != current).sum())
+    if older:
+        lines.append(f"  to compute the {older} files of other revisions again with the current code:\n"
+                     f"    {rerun} --recompute outdated")
+    return lines
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print a run's config, tables (rows, columns, code revision), figures, summary, and what is out of date."""
+    import pandas as pd
+
+    from core.store import audit_run, find_run, run_status, short_revision
 
     folder = find_run(args.run, args.data_root)
+    doc = json.loads((folder / "config.json").read_text())
     print(f"{args.run}  ({run_status(folder)})\n{folder}\n")
-    print(yaml.safe_dump(json.loads((folder / "config.json").read_text())["config"], sort_keys=False))
-    for table in sorted(folder.glob("*.parquet")):
-        meta = pq.read_metadata(table)
-        print(f"  {table.name:32s} {meta.num_rows:>9,d} rows  {meta.num_columns:>3d} columns")
+    print(yaml.safe_dump(doc["config"], sort_keys=False))
+    audit = audit_run(folder)
+    nested = audit["name"].str.contains("/")
+    for row in audit[~nested].itertuples():
+        shape = "unreadable" if pd.isna(row.rows) else f"{row.rows:,d} rows  {row.columns:>3d} columns"
+        flag = "  OUT OF DATE" if row.changed else ""
+        print(f"  {row.name:32s} {shape:>24s}  {short_revision(row.code_revision)}{flag}")
+    for group, part in audit[nested].groupby(audit.loc[nested, "name"].str.split("/").str[0]):
+        revisions = ", ".join(short_revision(r) for r in part["code_revision"].unique())
+        print(f"  {group + '/':32s} {f'{len(part):,d} files':>24s}  {revisions}")
     for figure in sorted(folder.glob("figures/*.png")):
         print(f"  {figure.relative_to(folder)}")
+    data_root = f" --data-root {args.data_root}" if args.data_root else ""
+    lines = code_lines(audit, f"regularity run {doc['flow']} --config {folder / 'config.json'}{data_root}")
+    if lines:
+        print("\n" + "\n".join(lines))
     if (folder / "summary.parquet").is_file():
-        import pandas as pd
-
         print("\n" + pd.read_parquet(folder / "summary.parquet").to_string(index=False))
     return 0
 
@@ -167,10 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a flow; prints the run folder as its last line")
     run.add_argument("flow", choices=sorted(FLOWS))
-    run.add_argument("--config", help="YAML file mirroring the flow's config (see `regularity config FLOW`)")
+    run.add_argument("--config", help="YAML file mirroring the flow's config (see `regularity config FLOW`), or the "
+                                      "config.json of a run folder to run that run again")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field, e.g. train.lr=0.1")
     run.add_argument("--data-root", help="where runs/ and cache/ live (default: $REGULARITY_DATA_ROOT or ./data)")
     run.add_argument("--ephemeral", action="store_true", help="use a temporary in-process Prefect API instead of the local server")
+    run.add_argument("--recompute", action="append", default=[], metavar="FILES",
+                     help="delete these files of the run and compute them again, with everything built from them: a "
+                          "name or pattern in the run folder (runs.parquet, 'shards/*'), outdated (files written by "
+                          "another code revision), or all; repeatable (sets runtime.recompute)")
     run.set_defaults(handler=cmd_run)
     config = sub.add_parser("config", help="print a flow's default config as YAML")
     config.add_argument("flow", choices=sorted(FLOWS))

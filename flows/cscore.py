@@ -121,10 +121,10 @@ def cscore_flow(config: CScoreFlowConfig = CScoreFlowConfig(), data_root: str | 
     precision = rounds_until_precise(run_round, config.max_rounds(), config.target_se, report)
     combine_shards(store, names, "runs.parquet", "model_id")
     score_runs(store, dataset.class_names)
-    if dataset.is_noisy.any() and not store.is_complete("noise_detection.parquet"):
+    if dataset.is_noisy.any() and not store.is_complete("noise_detection.parquet", ["cscores.parquet"]):
         scores = store.read_table("cscores.parquet")
         detection = {"score": "cscore", **detection_metrics(scores["cscore"], scores["is_noisy"])}
-        store.write_table("noise_detection.parquet", pd.DataFrame([detection]))
+        store.write_table("noise_detection.parquet", pd.DataFrame([detection]), built_from=["cscores.parquet"])
     figures = draw_figures(store, dataset)
     summary = store.read_table("summary.parquet")
     overall = summary.iloc[0]

@@ -28,6 +28,7 @@ from tasks.filter_retrain import filter_shard
 
 FLOW = "filter_retrain"
 SCORE_TABLES = {"cscore": "cscores.parquet", "proxies": "proxies.parquet"}
+FILTERED_FROM = ["models.parquet", "examples.parquet"]
 
 
 class FilterRetrainFlowConfig(SubsetTrainingConfig):
@@ -52,8 +53,9 @@ class FilterRetrainFlowConfig(SubsetTrainingConfig):
         return sorted(fractions)
 
 
-def aligned_scores(config: FilterRetrainFlowConfig, dataset: Dataset, data_root: str | None) -> pd.DataFrame:
-    """The score of every training example, in dataset order, from the run or file named by `scores`."""
+def aligned_scores(config: FilterRetrainFlowConfig, dataset: Dataset, data_root: str | None) -> tuple[pd.DataFrame, Path]:
+    """The score of every training example, in dataset order, from the run or file named by `scores`; and the
+    absolute path of the table read."""
     if not config.scores:
         raise ValueError("scores is required: the run id of a cscore or proxies run (see `regularity ls`) "
                          "or a Parquet file with example_id and a score column")
@@ -71,7 +73,7 @@ def aligned_scores(config: FilterRetrainFlowConfig, dataset: Dataset, data_root:
     if covered < len(ids) // 2:
         raise ValueError(f"{path} scores only {covered} of the {len(ids)} training examples: the dataset config "
                          "must match the run that produced the scores")
-    return joined.rename(columns={config.score_column: "score"})
+    return joined.rename(columns={config.score_column: "score"}), path.resolve()
 
 
 def plan_shards(config: FilterRetrainFlowConfig) -> list[dict]:
@@ -107,22 +109,24 @@ def filter_retrain_flow(config: FilterRetrainFlowConfig = FilterRetrainFlowConfi
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_threads(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
-    scores = aligned_scores(config, dataset, data_root)
+    scores, scores_path = aligned_scores(config, dataset, data_root)
     kept = dataset.n_train - round(max(config.fractions) * dataset.n_train)
     check_fits(config, dataset, kept, f"fractions={max(config.fractions)}")
     scores_file = Path(config.scores)  # a file's contents are part of the run's identity; a run's id already is
     inputs = {"dataset": dataset.fingerprint, "scores": fingerprint([scores_file]) if scores_file.is_file() else None}
     store = RunStore.open(FLOW, config, data_root, inputs=inputs)
-    for name, table in (("examples.parquet", examples_table(dataset)), ("scores.parquet", scores)):
-        if not store.is_complete(name):
-            store.write_table(name, table)
+    if not store.is_complete("examples.parquet"):
+        store.write_table("examples.parquet", examples_table(dataset))
+    source = [str(scores_path)]  # another run's table: when it is recomputed, so is everything after it
+    if not store.is_complete("scores.parquet", source):
+        store.write_table("scores.parquet", scores, built_from=source)
     plan = [{"store": store, **p} for p in plan_shards(config)]
     names = run_shards(filter_shard, plan, config.runtime, "filter shards")
     combine_shards(store, names, "models.parquet", "model_id")
-    if not (store.is_complete("filtering.parquet") and store.is_complete("filtering_summary.parquet")):
+    if not (store.is_complete("filtering.parquet", FILTERED_FROM) and store.is_complete("filtering_summary.parquet", FILTERED_FROM)):
         table = filtering_table(store.read_table("models.parquet"), store.read_table("examples.parquet"), config.score_column)
-        store.write_table("filtering.parquet", table)
-        store.write_table("filtering_summary.parquet", filtering_summary(table))
+        store.write_table("filtering.parquet", table, built_from=FILTERED_FROM)
+        store.write_table("filtering_summary.parquet", filtering_summary(table), built_from=FILTERED_FROM)
     summary = store.read_table("filtering_summary.parquet")
     none = summary[summary["arm"] == "none"]
     baseline = (float(none["mean_test_accuracy"].iloc[0]), float(np.nan_to_num(none["se_test_accuracy"].iloc[0]))) if len(none) else None

@@ -52,8 +52,8 @@ def train_flow(config: TrainFlowConfig = TrainFlowConfig(), data_root: str | Non
     names = run_shards(train_shard, parameters, config.runtime, "train shards")
     combine_shards(store, names, "models.parquet", "model_id")
     models = store.read_table("models.parquet")
-    if not store.is_complete("summary.parquet"):
-        store.write_table("summary.parquet", summarise(models))
+    if not store.is_complete("summary.parquet", ["models.parquet"]):
+        store.write_table("summary.parquet", summarise(models), built_from=["models.parquet"])
     summary = store.read_table("summary.parquet")
     figure = training_summary(unpack_float_rows(models["epoch_loss"]), models["test_accuracy"].to_numpy(),
                               f"{config.model} on {config.dataset.name}", store.root / "figures" / "training.png")

@@ -16,7 +16,7 @@ from core.data import Dataset, DatasetConfig, DatasetError, load_dataset
 from core.fingerprint import fingerprint
 from core.ensemble import resolve_device
 from core.experiment import model_seed, outcome_table, train_on_subsets
-from core.store import RunStore
+from core.store import RunStore, code_revision, short_revision
 
 
 _DATASETS: dict[tuple[str, str], Dataset] = {}  # loaded once per process; shards of one run share them (read-only)
@@ -59,29 +59,33 @@ def waiting(name: str) -> Callable[[dict], None]:
                                       holder.get("pid"), holder.get("host"))
 
 
-def compute_once(store: RunStore, names: list[str], compute: Callable[[], Any]) -> None:
-    """Run `compute()`, which writes `names`, unless they are all complete. It runs under the claim on
-    `names[0]`, so a second process running the same config waits for the first instead of computing again."""
+def compute_once(store: RunStore, names: list[str], compute: Callable[[], Any], built_from: list[str] | None = None) -> None:
+    """Run `compute()`, which writes `names`, unless they are all complete (and built from `built_from`, when
+    given). It runs under the claim on `names[0]`, so a second process running the same config waits for the
+    first instead of computing again."""
     with store.claim(names[0], on_wait=waiting(names[0])):
-        if all(store.is_complete(name) for name in names):
+        if all(store.is_complete(name, built_from) for name in names):
             get_run_logger().info("%s already written, skipped", ", ".join(names))
             return
         compute()
 
 
 def train_models_shard(store: RunStore, name: str, model_ids: list[int], make_subsets: SubsetMaker,
-                       columns: dict[str, list[Any]] | None = None, seeds: list[int] | None = None) -> str:
+                       columns: dict[str, list[Any]] | None = None, seeds: list[int] | None = None,
+                       built_from: list[str] | None = None) -> str:
     """Train `model_ids` together, each on its row of `make_subsets(dataset, seeds)`; write their rows to `name`.
 
     `store.config` supplies dataset, model, train, seed and runtime; seeds default to one per
-    model id; `columns` are added as they are (e.g. each model's ratio). A complete shard is skipped.
+    model id; `columns` are added as they are (e.g. each model's ratio); `built_from` names the run's tables
+    the subsets come from. A complete shard is skipped.
     """
-    compute_once(store, [name], lambda: _train_and_write(store, name, model_ids, make_subsets, columns, seeds))
+    compute_once(store, [name], lambda: _train_and_write(store, name, model_ids, make_subsets, columns, seeds, built_from),
+                 built_from)
     return name
 
 
 def _train_and_write(store: RunStore, name: str, model_ids: list[int], make_subsets: SubsetMaker,
-                     columns: dict[str, list[Any]] | None, seeds: list[int] | None) -> None:
+                     columns: dict[str, list[Any]] | None, seeds: list[int] | None, built_from: list[str] | None) -> None:
     """The body of `train_models_shard`."""
     logger = get_run_logger()
     config, start, dataset = store.config, time.perf_counter(), task_dataset(store)
@@ -93,19 +97,32 @@ def _train_and_write(store: RunStore, name: str, model_ids: list[int], make_subs
     table = outcome_table(model_ids, seeds, subsets, outcome)
     for column, values in (columns or {}).items():
         table = table.append_column(column, pa.array(values))
-    store.write_table(name, table, {"models": str(len(model_ids)), "train_seconds": f"{seconds:.2f}"})
+    store.write_table(name, table, {"models": str(len(model_ids)), "train_seconds": f"{seconds:.2f}"}, built_from)
     sizes = "/".join(map(str, sorted(set(subsets.sum(1).tolist()))))
     logger.info("%s: %d models on %s examples, mean test accuracy %.4f, %.1f s", name, len(model_ids), sizes,
                 float(outcome.test.accuracy().mean()), time.perf_counter() - start)
 
 
+def warn_mixed_revisions(store: RunStore, names: list[str], output: str) -> None:
+    """A warning in the run's log when the files `output` is built from were written by different code revisions."""
+    revisions = store.revisions(names)
+    if len(revisions) > 1:
+        counts = ", ".join(f"{short_revision(rev)} ({len(files)} file{'s' * (len(files) != 1)}, e.g. {files[0]})"
+                           for rev, files in sorted(revisions.items(), key=lambda kv: -len(kv[1])))
+        get_run_logger().warning("%s combines files written by %d code revisions: %s. The code is now at %s; to compute "
+                                 "them all again with it, run again with --recompute outdated (runtime.recompute)",
+                                 output, len(revisions), counts, short_revision(code_revision()))
+
+
 @task(cache_policy=NO_CACHE, task_run_name="combine-{output}")
 def combine_shards(store: RunStore, shards: list[str], output: str, sort_by: str | list[tuple[str, str]]) -> str:
-    """Concatenate shard tables into `output`, sorted by `sort_by`; skipped when already complete."""
-    if store.is_complete(output):
+    """Concatenate shard tables into `output`, sorted by `sort_by`; skipped when already built from these shards
+    as they are. Says so first when the shards come from different code revisions."""
+    if store.is_complete(output, built_from=shards):
         return output
+    warn_mixed_revisions(store, shards, output)
     table = pa.concat_tables([pq.read_table(store.path(name)) for name in shards])
     table = table.sort_by(sort_by).replace_schema_metadata(None)  # fresh provenance is added on write
-    store.write_table(output, table, {"shards": str(len(shards)), "rows": str(table.num_rows)})
+    store.write_table(output, table, {"shards": str(len(shards)), "rows": str(table.num_rows)}, built_from=shards)
     get_run_logger().info("%s: %d rows from %d shards", output, table.num_rows, len(shards))
     return output

@@ -35,12 +35,13 @@ def holdout_outcomes(store: RunStore, shards: list[str]) -> Outcomes:
 
 
 SCORE_TABLES = ("cscores.parquet", "cscore_by_ratio.parquet", "test_cscores.parquet", "summary.parquet")
+SCORED_FROM = ["runs.parquet", "examples.parquet"]
 
 
 @task(cache_policy=NO_CACHE, task_run_name="score-holdout-runs")
 def score_runs(store: RunStore, class_names: list[str]) -> list[str]:
     """C-scores, memorization, per-ratio scores and the summary from `runs.parquet`."""
-    if all(store.is_complete(name) for name in SCORE_TABLES):
+    if all(store.is_complete(name, SCORED_FROM) for name in SCORE_TABLES):
         return list(SCORE_TABLES)
     runs = pq.read_table(store.path("runs.parquet"))
     tables = cscore_tables(
@@ -49,7 +50,7 @@ def score_runs(store: RunStore, class_names: list[str]) -> list[str]:
         store.read_table("examples.parquet"), class_names,
     )
     for name, table in tables.items():
-        store.write_table(name, table, {"models": str(runs.num_rows)})
+        store.write_table(name, table, {"models": str(runs.num_rows)}, SCORED_FROM)
     overall = tables["summary.parquet"].iloc[0]
     get_run_logger().info("C-scores of %d examples from %d models; split-half Spearman %.3f; %d never held out",
                           overall["n_examples"], runs.num_rows, overall["split_half_spearman"], overall["n_never_heldout"])

@@ -26,4 +26,5 @@ def filter_shard(store: RunStore, shard: int, model_ids: list[int], fraction: fl
         return torch.stack([kept_examples(scores, fraction, rule(a), s) for a, s in zip(arms, model_seeds)])
 
     columns = {"arm": arms, "fraction_removed": [fraction] * len(model_ids), "seed_index": seed_indices}
-    return train_models_shard(store, shard_name(shard), model_ids, make_subsets, columns, seeds=seeds)
+    return train_models_shard(store, shard_name(shard), model_ids, make_subsets, columns, seeds=seeds,
+                              built_from=["scores.parquet"])

@@ -139,9 +139,9 @@ def compute_proxies(store: RunStore, record_names: list[str], final_names: list[
     config, dataset, written = store.config, task_dataset(store), []
     expected = ["proxies.parquet"] + (["proxy_correlations.parquet", "dynamics.parquet"] if cscores else []) + \
         (["noise_detection.parquet"] if dataset.is_noisy.any() else [])
-    if all(store.is_complete(name) for name in expected) and (
-            not out_of_sample or set(FLAGS) <= set(pq.read_schema(store.path("proxies.parquet")).names)):
-        return expected  # complete, and with cleanlab's columns if they are asked for now
+    built_from = [*record_names, *final_names, *([out_of_sample] if out_of_sample else []), *([cscores] if cscores else [])]
+    if all(store.is_complete(name, built_from) for name in expected):
+        return expected  # built from these inputs as they are: with cleanlab's columns if they are asked for now
     records, finals = read_records(store, record_names), read_finals(store, final_names)
     labels = dataset.y_train.numpy()
     columns = training_proxies(records["label_prob"], records["correct"], records["margin"], records["el2n"],
@@ -154,20 +154,20 @@ def compute_proxies(store: RunStore, record_names: list[str], final_names: list[
     columns.update(cleanlab)
     proxies = pd.DataFrame({"example_id": dataset.train_ids.numpy(), "label": labels,
                             "is_noisy": dataset.is_noisy.numpy(), **columns, **flags})
-    written.append(store.write_table("proxies.parquet", proxies).name)
+    written.append(store.write_table("proxies.parquet", proxies, built_from=built_from).name)
     scores = {name: proxies[name].to_numpy() for name in columns}
     if cscores:
         cscore = aligned_cscore(proxies["example_id"], cscores)
         rows = [{"proxy": name, **rank_correlations(values, cscore, config.n_bootstrap, config.seed)}
                 for name, values in scores.items()]
-        written.append(store.write_table("proxy_correlations.parquet", pd.DataFrame(rows)).name)
+        written.append(store.write_table("proxy_correlations.parquet", pd.DataFrame(rows), built_from=built_from).name)
         dynamics = learning_dynamics(records["correct"], records["seen"], cscore, config.dynamics_bins)
-        written.append(store.write_table("dynamics.parquet", dynamics).name)
+        written.append(store.write_table("dynamics.parquet", dynamics, built_from=built_from).name)
         scores = {"cscore": cscore, **scores}
     if dataset.is_noisy.any():
         flagged_lowest = {name: (~flag).astype(float) for name, flag in flags.items()}
         rows = [{"score": name, **detection_metrics(values, dataset.is_noisy.numpy())}
                 for name, values in {**scores, **flagged_lowest}.items()]
-        written.append(store.write_table("noise_detection.parquet", pd.DataFrame(rows)).name)
+        written.append(store.write_table("noise_detection.parquet", pd.DataFrame(rows), built_from=built_from).name)
     get_run_logger().info("proxies of %d examples from %d models: %s", len(proxies), len(records["seen"]), ", ".join(written))
     return written

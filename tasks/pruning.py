@@ -89,7 +89,10 @@ def _prune_pass(store: RunStore, networks: list[dict], label: str) -> list[str]:
     rewinds = {n: store.whole_tensors(rewind_name(n)) for n in layout.rows}  # read and checked once per pass
     for level in range(pruning.levels + 1):
         files = {n: level_names(n, level) for n in layout.rows}
-        saved = {n: store.whole_tensors(weights) for n, (table, weights) in files.items() if store.is_complete(table)}
+        # a level is made from the level before and the rewind point: when they were rewritten, it is redone
+        sources = {n: [level_names(n, level - 1)[1], rewind_name(n)] if level else [] for n in layout.rows}
+        saved = {n: store.whole_tensors(weights) for n, (table, weights) in files.items()
+                 if store.is_complete(table, sources[n])}
         if len(saved) == len(files) and all(v is not None for v in [*saved.values(), *rewinds.values()]):
             trained = layout.join({n: {p: s[f"param/{p}"] for p in ensemble.params} for n, s in saved.items()}, ensemble.params)
             masks = layout.join({n: {p: s[f"mask/{p}"] for p in names} for n, s in saved.items()}, masks)
@@ -113,8 +116,8 @@ def _prune_pass(store: RunStore, networks: list[dict], label: str) -> list[str]:
         rows = _errors(ensemble, masks, support, dataset, subsets, {**ids, "level": level})
         for n, (table, weights) in files.items():
             store.write_tensors(weights, {**{f"param/{p}": v for p, v in layout.split(trained, n).items()},
-                                          **{f"mask/{p}": m for p, m in layout.split(masks, n).items()}})
-            store.write_table(table, rows[rows["network"] == n].reset_index(drop=True))
+                                          **{f"mask/{p}": m for p, m in layout.split(masks, n).items()}}, sources[n])
+            store.write_table(table, rows[rows["network"] == n].reset_index(drop=True), built_from=sources[n])
             written.append(table)
         logger.info("%s level %d: density %.4f, mean test error %.4f, %.1f s", label, level,
                     float(rows["density"].mean()), float(rows["test_error"].mean()), time.perf_counter() - start)

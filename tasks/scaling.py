@@ -40,7 +40,7 @@ def joint_fits(table: pd.DataFrame, config, spread: float, dip: bool) -> tuple[l
 @task(cache_policy=NO_CACHE, task_run_name="fit-scaling-law")
 def fit_scaling_law(store: RunStore, prune_errors: str) -> tuple[str, str]:
     """Fit every curve on its own and all curves jointly (m* = l^phi w^psi d) on seed means; extrapolate to the largest."""
-    if all(store.is_complete(name) for name in OUTPUTS):
+    if all(store.is_complete(name, [prune_errors]) for name in OUTPUTS):
         return OUTPUTS
     config, logger = store.config, get_run_logger()
     means = seed_means(pd.read_parquet(prune_errors))
@@ -59,8 +59,8 @@ def fit_scaling_law(store: RunStore, prune_errors: str) -> tuple[str, str]:
     # how much of the joint sigma the dip explains: the paper's form fitted and judged outside the dip
     outside = fit(table[~table["dip"]], joint=True, n_starts=config.n_starts, seed=config.seed)
     rows += fit_rows("joint_without_dip", outside, {}, spread)
-    store.write_table(OUTPUTS[0], pd.DataFrame(rows))
-    store.write_table(OUTPUTS[1], table.assign(**columns))
+    store.write_table(OUTPUTS[0], pd.DataFrame(rows), built_from=[prune_errors])
+    store.write_table(OUTPUTS[1], table.assign(**columns), built_from=[prune_errors])
     sigma = {row["scope"]: row["value"] for row in rows if row["param"] == "sigma"}
     logger.info("%d seed means, seed spread %.4f; joint sigma %.4f, without the %d dip rows %.4f%s", len(table), spread,
                 sigma["joint"], table["dip"].sum(), sigma["joint_without_dip"],

@@ -134,3 +134,13 @@ def test_ls_and_show_explain_an_empty_data_root(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == f"no cscore runs under {tmp_path}"
     assert main(["show", "cscore-123456789abc", "--data-root", str(tmp_path)]) == 2
     assert "no run 'cscore-123456789abc'" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("restored_prefect_env")
+def test_recompute_is_checked_with_the_config_before_a_server_starts(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(server, "start_server", lambda: pytest.fail("no server for a bad config"))
+    assert main(["run", "train", "--data-root", str(tmp_path), "--recompute", "runs.parquet",
+                 "--recompute", "../elsewhere/x.parquet"]) == 2
+    err = capsys.readouterr().err
+    assert "runtime.recompute: Value error, recompute patterns name files inside the run folder" in err
+    assert "['../elsewhere/x.parquet']" in err and not (tmp_path / "runs").exists()

@@ -96,13 +96,19 @@ def test_each_level_goes_on_from_the_rewind_point_like_one_model_alone(run, netw
             torch.testing.assert_close(stored[f"param/{name}"][m], value, atol=1e-5, rtol=1e-4)
 
 
-def test_a_lost_level_is_recomputed_alone(run):
+def test_a_lost_level_is_recomputed_with_the_levels_made_from_it(run):
+    """Level 2 of one network is lost: levels 0-1 are kept, levels 2-3 of the pass are trained again (level 3 was
+    made from level 2's weights, so it is out of date once they are rewritten), and the errors are the same."""
     folder, errors = run
-    (folder / "shards" / "mlp_w8_d1" / "level-03.parquet").unlink()
-    (folder / "prune_errors.parquet").unlink()
-    untouched = (folder / "shards" / "mlp_w8_d1" / "level-02.parquet").stat().st_mtime_ns
-    prune_grid_flow(CONFIG, data_root=str(folder.parents[2]))
-    assert (folder / "shards" / "mlp_w8_d1" / "level-02.parquet").stat().st_mtime_ns == untouched
+    files = sorted(p for p in [*folder.glob("shards/*/*.parquet"), *folder.glob("weights/*/*.safetensors")])
+    before = {p: p.stat().st_mtime_ns for p in files}
+    (folder / "shards" / "mlp_w8_d1" / "level-02.parquet").unlink()
+    with pytest.warns(RuntimeWarning, match=r"level-03.parquet was built from weights/mlp_w16_d1/level-02.safetensors"
+                                            r" before they were rewritten \(or removed\); rebuilding it"):
+        prune_grid_flow(CONFIG, data_root=str(folder.parents[2]))
+    redone = sorted(p.relative_to(folder).as_posix() for p in files if before[p] != p.stat().st_mtime_ns)
+    assert redone == [f"{kind}/{net}/level-{level:02d}.{ext}" for kind, ext in (("shards", "parquet"), ("weights", "safetensors"))
+                      for net in ("mlp_w16_d1", "mlp_w8_d1") for level in (2, 3)]
     pd.testing.assert_frame_equal(pd.read_parquet(folder / "prune_errors.parquet"), errors)
 
 

@@ -209,9 +209,21 @@ def test_code_revision_of_a_git_repo(tmp_path: Path, monkeypatch: pytest.MonkeyP
                           check=True).stdout.strip()
     store_mod.code_revision.cache_clear()
     assert store_mod.code_revision() == head
-    (repo / "a.py").write_text("x = 2\n")
+    revisions = []
+    for edit in ("x = 2\n", "x = 3\n"):
+        (repo / "a.py").write_text(edit)
+        diff = subprocess.run([*git, "diff", "HEAD", "--binary"], capture_output=True, check=True).stdout
+        store_mod.code_revision.cache_clear()
+        revisions.append(store_mod.code_revision())
+        assert revisions[-1] == f"{head}+dirty.{hashlib.sha256(diff).hexdigest()[:8]}"
+    assert revisions[0] != revisions[1]  # two different edits are two revisions
+    (repo / "b.py").write_text("y = 1\n")  # untracked source changes the revision too
     store_mod.code_revision.cache_clear()
-    assert store_mod.code_revision() == head + "+dirty"
+    assert store_mod.code_revision().startswith(head + "+dirty.") and store_mod.code_revision() != revisions[1]
+    (repo / "a.py").write_text("x = 1\n")
+    (repo / "b.py").unlink()
+    store_mod.code_revision.cache_clear()
+    assert store_mod.code_revision() == head  # back to the commit
     store_mod.code_revision.cache_clear()
 
 
@@ -374,3 +386,152 @@ def test_damaged_weights_are_detected_and_recomputed(tmp_path: Path, run: RunSto
     with pytest.warns(RuntimeWarning, match=f"{reason}.*recomputed"):
         assert run.whole_tensors(name) is None
     assert not (run.root / name).exists()
+
+
+# ---- what a table was built from, recomputing, abandoned temp files ----
+
+def stamp_of(run: RunStore, name: str) -> dict:
+    """The id and code revision `name` was written with, read back as a later table would record them."""
+    meta = read_provenance(run.root / name) if name.endswith(".parquet") else store_mod._tensor_metadata(run.root / name)
+    return {"id": meta["table_id"], "code_revision": meta["code_revision"]}
+
+
+def test_a_derived_table_records_its_inputs_and_is_rebuilt_when_one_is_rewritten(run: RunStore):
+    run.write_table("shards/a.parquet", frame())
+    run.write_table("shards/b.parquet", frame())
+    run.write_table("combined.parquet", frame(), built_from=["shards/a.parquet", "shards/b.parquet"])
+    recorded = run.read_metadata("combined.parquet")["built_from"]
+    assert recorded == {name: stamp_of(run, name) for name in ("shards/a.parquet", "shards/b.parquet")}
+    assert len({stamp["id"] for stamp in recorded.values()}) == 2 and run.read_metadata("shards/a.parquet")["built_from"] == {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run.is_complete("combined.parquet")
+        assert run.is_complete("combined.parquet", ["shards/b.parquet", "shards/a.parquet"])  # order is no matter
+    with pytest.warns(RuntimeWarning, match=r"built from 2 files, not from the 1 it is built from now; rebuilding it"):
+        assert not run.is_complete("combined.parquet", ["shards/a.parquet"])
+    run.write_table("shards/a.parquet", frame())  # the same rows written again: another write all the same
+    with pytest.warns(RuntimeWarning, match=r"combined.parquet was built from shards/a.parquet before they were "
+                                            r"rewritten \(or removed\); rebuilding it"):
+        assert not run.is_complete("combined.parquet")
+    assert (run.root / "combined.parquet").exists()  # out of date is not damaged: kept until rebuilt
+    run.write_table("combined.parquet", frame(), built_from=["shards/a.parquet", "shards/b.parquet"])
+    assert run.is_complete("combined.parquet")
+    (run.root / "shards/b.parquet").unlink()
+    with pytest.warns(RuntimeWarning, match="built from shards/b.parquet before"):
+        assert not run.is_complete("combined.parquet")
+
+
+def test_weights_record_their_inputs_too_and_inputs_may_be_other_runs_tables(run: RunStore, tmp_path: Path):
+    other = RunStore.open("toy", Tiny(seed=1), data_root=tmp_path)
+    upstream = other.write_table("scores.parquet", frame())
+    run.write_tensors("weights/w0.safetensors", {"w": torch_ones()})
+    run.write_tensors("weights/w1.safetensors", {"w": torch_ones()}, ["weights/w0.safetensors", str(upstream)])
+    assert store_mod._tensor_metadata(run.root / "weights/w1.safetensors")["built_from"] == {
+        "weights/w0.safetensors": stamp_of(run, "weights/w0.safetensors"),
+        str(upstream): {"id": read_provenance(upstream)["table_id"], "code_revision": store_mod.code_revision()}}
+    assert run.whole_tensors("weights/w1.safetensors")["w"].sum() == 4
+    other.write_table("scores.parquet", frame())  # the other run recomputed its table
+    with pytest.warns(RuntimeWarning, match=f"built from {upstream} before"):
+        assert run.whole_tensors("weights/w1.safetensors") is None
+    assert (run.root / "weights/w1.safetensors").exists()
+    with pytest.raises(FileNotFoundError, match=r"weights/w9.safetensors is missing or unreadable, so nothing can be "
+                                                r"built from it"):
+        run.write_table("t.parquet", frame(), built_from=["weights/w9.safetensors"])
+    assert not (run.root / "t.parquet").exists()
+
+
+def torch_ones():
+    import torch
+
+    return torch.ones(4)
+
+
+def test_every_write_has_its_own_id(run: RunStore):
+    ids = {run.write_table("t.parquet", frame()) and run.read_metadata("t.parquet")["table_id"] for _ in range(3)}
+    assert len(ids) == 3 and all(len(i) == 32 for i in ids)
+
+
+def fill(run: RunStore) -> None:
+    """A finished-looking toy run: tables, shards, weights, a figure and the report."""
+    for name in ("runs.parquet", "cscores.parquet", "shards/s0.parquet", "shards/s1.parquet"):
+        run.write_table(name, frame())
+    run.write_tensors("weights/n/level-00.safetensors", {"w": torch_ones()})
+    (run.root / "figures").mkdir()
+    (run.root / "figures/f.png").write_bytes(b"png")
+    (run.root / "report.md").write_text("# done\n")
+
+
+@pytest.mark.parametrize("patterns,deleted", [
+    (["runs.parquet"], ["report.md", "runs.parquet"]),
+    (["shards/*"], ["report.md", "shards/s0.parquet", "shards/s1.parquet"]),
+    (["shards/s1.parquet", "weights/*/*"], ["report.md", "shards/s1.parquet", "weights/n/level-00.safetensors"]),
+    (["all"], ["cscores.parquet", "figures/f.png", "report.md", "runs.parquet", "shards/s0.parquet",
+               "shards/s1.parquet", "weights/n/level-00.safetensors"]),
+])
+def test_recompute_deletes_what_it_names_and_the_report(tmp_path: Path, patterns, deleted):
+    run = RunStore.open("toy", Tiny(), data_root=tmp_path)
+    fill(run)
+    before = run.files()
+    with pytest.warns(RuntimeWarning, match=rf"recompute: deleted {len(deleted)} files of run {EXPECTED_ID}"):
+        again = RunStore.open("toy", Tiny(runtime=RuntimeConfig(recompute=patterns)), data_root=tmp_path)
+    assert again.files() == sorted(set(before) - set(deleted))
+    assert (run.root / "config.json").is_file()
+    assert "recompute" not in json.loads((run.root / "config.json").read_text())["config"]["runtime"]
+
+
+def test_recompute_outdated_deletes_what_other_code_wrote(run: RunStore, monkeypatch: pytest.MonkeyPatch):
+    fill(run)
+    monkeypatch.setattr(store_mod, "code_revision", lambda: "f" * 40)
+    run.write_table("shards/s1.parquet", frame())
+    run.write_tensors("weights/n/level-01.safetensors", {"w": torch_ones()})
+    monkeypatch.undo()
+    assert run.revisions(["shards/s0.parquet", "shards/s1.parquet", "runs.parquet"]) == {
+        store_mod.code_revision(): ["shards/s0.parquet", "runs.parquet"], "f" * 40: ["shards/s1.parquet"]}
+    with pytest.warns(RuntimeWarning, match="deleted 3 files"):
+        assert run.forget(["outdated"]) == ["report.md", "shards/s1.parquet", "weights/n/level-01.safetensors"]
+    assert run.forget(["outdated"]) == []  # nothing left to do: no report deleted either, nothing said
+    with pytest.warns(RuntimeWarning, match="deleted 6 files"):
+        assert run.forget(["all"]) and run.files() == []
+    assert run.forget(["runs.parquet"]) == []  # an empty run has nothing to name
+
+
+def test_recompute_of_a_name_the_run_lacks_is_an_error_naming_its_files(run: RunStore):
+    fill(run)
+    message = (rf"recompute: 'run.parquet' names no file of run {EXPECTED_ID}; its files are cscores.parquet, "
+               r"report.md, runs.parquet and shards/\*, weights/\*, figures/\* \(or say all or outdated\)")
+    with pytest.raises(ValueError, match=message):
+        run.forget(["runs.parquet", "run.parquet"])
+    assert (run.root / "runs.parquet").exists() and (run.root / "report.md").exists()  # nothing deleted
+
+
+@pytest.mark.parametrize("pattern", ["", " ", "/etc/passwd", "../other/x.parquet", "shards/../../x", "~/x"])
+def test_recompute_patterns_stay_inside_the_run_folder(pattern):
+    with pytest.raises(ValueError, match="recompute patterns name files inside the run folder"):
+        RuntimeConfig(recompute=[pattern])
+
+
+def test_abandoned_temp_files_are_removed_and_live_ones_kept(tmp_path: Path):
+    run = RunStore.open("toy", Tiny(), data_root=tmp_path)
+    (run.root / "shards").mkdir()
+    old, live = run.root / "shards/.s0.parquet.123.ab.tmp", run.root / ".runs.parquet.456.cd.tmp"
+    for path in (old, live):
+        path.write_bytes(b"half a table")
+    hour_ago = old.stat().st_mtime - store_mod.TMP_ABANDONED_S - 1
+    os.utime(old, (hour_ago, hour_ago))
+    RunStore.open("toy", Tiny(), data_root=tmp_path)
+    assert not old.exists() and live.exists()
+
+
+def test_audit_lists_revisions_and_out_of_date_tables(run: RunStore, monkeypatch: pytest.MonkeyPatch):
+    fill(run)
+    run.write_table("runs.parquet", frame(), built_from=["shards/s0.parquet", "shards/s1.parquet"])
+    monkeypatch.setattr(store_mod, "code_revision", lambda: "f" * 40)
+    run.write_table("shards/s1.parquet", frame().head(2))
+    monkeypatch.undo()
+    audit = store_mod.audit_run(run.root).set_index("name")
+    assert audit.index.tolist() == ["cscores.parquet", "runs.parquet", "shards/s0.parquet", "shards/s1.parquet",
+                                    "weights/n/level-00.safetensors"]
+    assert audit.loc["shards/s1.parquet", ["rows", "columns"]].tolist() == [2, 4]  # 3 columns and the index
+    assert pd.isna(audit.loc["weights/n/level-00.safetensors", "rows"])
+    assert audit["code_revision"].tolist() == [store_mod.code_revision()] * 3 + ["f" * 40, store_mod.code_revision()]
+    assert audit["changed"].tolist() == [[], ["shards/s1.parquet"], [], [], []]
