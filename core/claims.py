@@ -4,8 +4,12 @@ A claim is a small file created with O_EXCL (atomic on local and NFS v3+ file sy
 holder: host, pid, a random token. While held, a thread touches it every HEARTBEAT_S seconds. A process
 that finds a claim waits until it is released, or takes it over once it is stale: its holder is a dead
 process on this host, or its file has not been touched for STALE_S seconds (a holder on another host
-that died). Claims only save work: every output is still written atomically and checked when read, so
-a claim lost to a race costs a duplicate computation, never a wrong table.
+that died). Two processes that find the same stale claim at once both try to move it aside by rename;
+each checks that the file it moved is the stale one it judged (same holder, inode and modification time:
+inode numbers alone are reused at once), and puts back a fresh claim
+it moved by mistake, so one of them takes over and the other waits. Claims only save work: every output
+is still written atomically and checked when read, so a claim lost to a race costs a duplicate
+computation, never a wrong table.
 """
 from __future__ import annotations
 
@@ -38,23 +42,56 @@ def _holder_alive(holder: dict) -> bool:
     return True
 
 
-def _read_holder(path: Path) -> dict | None:
-    """The holder recorded in a claim file; None if it is gone, {} if it cannot be read (being written)."""
+def _read_claim(path: Path) -> tuple[dict, os.stat_result] | None:
+    """The holder recorded in a claim file ({} if it cannot be read: being written) and the file's stat, both
+    from one open file; None if it is gone."""
     try:
-        return json.loads(path.read_text())
+        with open(path, "rb") as f:
+            stat, raw = os.fstat(f.fileno()), f.read()
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
-        return {}
-
-
-def _stale(path: Path, holder: dict) -> bool:
-    """Whether the claim at `path` has lost its holder."""
     try:
-        untouched = time.time() - path.stat().st_mtime
+        return json.loads(raw), stat
+    except ValueError:
+        return {}, stat
+
+
+def _read_holder(path: Path) -> dict | None:
+    """The holder recorded in a claim file; None if it is gone, {} if it cannot be read (being written)."""
+    found = _read_claim(path)
+    return None if found is None else found[0]
+
+
+def _stale(holder: dict, stat: os.stat_result) -> bool:
+    """Whether a claim file of `holder` and `stat` has lost its holder."""
+    return time.time() - stat.st_mtime > STALE_S or (bool(holder) and not _holder_alive(holder))
+
+
+def _same_claim(a: tuple[dict, os.stat_result], b: tuple[dict, os.stat_result]) -> bool:
+    """Whether two reads of claim files saw the same file, untouched in between."""
+    (holder_a, stat_a), (holder_b, stat_b) = a, b
+    return holder_a == holder_b and (stat_a.st_dev, stat_a.st_ino, stat_a.st_mtime_ns) == \
+        (stat_b.st_dev, stat_b.st_ino, stat_b.st_mtime_ns)
+
+
+def _take_over(path: Path, judged: tuple[dict, os.stat_result]) -> bool:
+    """Move the claim file read as `judged` (and found stale) away from `path`; False if another process moved
+    it first. A fresh claim that replaced it meanwhile is moved back, untouched (its holder's heartbeat goes on)."""
+    aside = path.with_name(f"{path.name}.{uuid.uuid4().hex}.stale")
+    try:
+        os.rename(path, aside)
     except FileNotFoundError:
-        return False  # released meanwhile
-    return untouched > STALE_S or (bool(holder) and not _holder_alive(holder))
+        return False
+    moved = _read_claim(aside)
+    if moved is not None and _same_claim(moved, judged):
+        os.unlink(aside)
+        return True
+    try:
+        os.link(aside, path)  # back where it was, unless a third claim is there already (then: work done twice)
+    except FileExistsError:
+        pass
+    os.unlink(aside)
+    return False
 
 
 def _try_create(path: Path, holder: dict) -> bool:
@@ -74,7 +111,7 @@ def _heartbeat(path: Path, stop: threading.Event) -> None:
         try:
             os.utime(path)
         except FileNotFoundError:
-            return
+            pass  # moved aside for an instant by a process taking over a stale claim; it puts it back
 
 
 @contextmanager
@@ -85,10 +122,11 @@ def claim(path: Path, on_wait=None) -> Iterator[None]:
     holder = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex, "since": time.time()}
     waited = False
     while not _try_create(path, holder):
-        other = _read_holder(path)
-        if other is not None and _stale(path, other):
-            warnings.warn(f"{path}: taking over a claim whose holder is gone ({other})", RuntimeWarning, stacklevel=3)
-            path.unlink(missing_ok=True)
+        found = _read_claim(path)
+        other = None if found is None else found[0]
+        if found is not None and _stale(*found):
+            if _take_over(path, found):
+                warnings.warn(f"{path}: taking over a claim whose holder is gone ({other})", RuntimeWarning, stacklevel=3)
             continue
         if not waited and on_wait is not None and other:
             on_wait(other)

@@ -88,6 +88,25 @@ def test_another_hosts_claim_is_taken_over_only_when_its_heartbeat_stops(tmp_pat
     assert acquired.is_set()
 
 
+def test_two_processes_judging_one_claim_stale_take_it_over_once(tmp_path):
+    """The race of a stale-claim takeover, played in order: A and B both judged the dead holder's file stale;
+    A moves it away and claims; B, late, moves A's fresh claim instead, sees it is not the file it judged, and
+    puts it back. A keeps its claim, and B goes on waiting for it."""
+    path = tmp_path / "shard.claim"
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": 1, "token": "dead"}))
+    judged_by_a, judged_by_b = core.claims._read_claim(path), core.claims._read_claim(path)
+    assert core.claims._take_over(path, judged_by_a)
+    fresh = {"host": socket.gethostname(), "pid": os.getpid(), "token": "A"}
+    assert core.claims._try_create(path, fresh)
+    inode = path.stat().st_ino  # often the dead holder's inode number again: the file system reuses it
+    assert not core.claims._take_over(path, judged_by_b)
+    assert json.loads(path.read_text()) == fresh and path.stat().st_ino == inode  # the same file, put back
+    assert not core.claims._try_create(path, {"token": "B"})  # B must wait
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard.claim"]  # nothing left aside
+    path.unlink()
+    assert not core.claims._take_over(path, judged_by_b)  # gone: nothing to take over
+
+
 def test_a_holder_keeps_its_claim_fresh_and_never_removes_anothers(tmp_path, monkeypatch):
     monkeypatch.setattr(core.claims, "HEARTBEAT_S", 0.05)
     path = tmp_path / "shard.claim"
