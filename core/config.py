@@ -35,7 +35,8 @@ class RuntimeConfig(Config):
     """How a run executes; not part of its identity (see the README on reproducibility)."""
 
     device: str = Field("auto", description="torch device: auto (cuda when present, else cpu), cpu, cuda, cuda:N or mps")
-    threads: int = Field(0, ge=0, description="torch CPU threads per task; 0 = the cores divided among concurrent tasks")
+    threads: int = Field(0, ge=0, description="torch CPU threads per task; 0 = the cores divided among concurrent "
+                         "tasks (in a Dask worker: what that worker has, its OMP_NUM_THREADS or its cores per thread)")
     max_workers: int = Field(1, ge=1, description="shards run at once by the local task runner")
     task_runner: Literal["local", "dask"] = Field("local", description="local threads, or a Dask cluster (prefect-dask)")
     dask_address: str | None = Field(None, description="address of an existing Dask scheduler, e.g. tcp://host:8786; "
@@ -64,9 +65,21 @@ class RuntimeConfig(Config):
         return patterns
 
     def torch_threads(self) -> int:
-        """Threads each task should give torch: the setting, or this machine's cores shared by its concurrent tasks."""
-        concurrent = self.dask_workers if self.task_runner == "dask" and not self.dask_address else self.max_workers
-        return self.threads or max(1, (os.cpu_count() or 1) // concurrent)
+        """Threads a task of this process should give torch: the setting, or this machine's cores shared by the
+        local runner's concurrent tasks (tasks in Dask workers size theirs there: `tasks.common.task_threads`)."""
+        return self.threads or max(1, available_cores() // self.max_workers)
+
+    def dask_worker_threads(self) -> int:
+        """Torch threads per worker of the local Dask cluster: the setting, or the cores shared by its workers."""
+        return self.threads or max(1, available_cores() // self.dask_workers)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity, which containers and taskset narrow), else the count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def canonical_json(config: BaseModel | dict[str, Any]) -> str:

@@ -26,8 +26,10 @@ def task_runner(runtime: RuntimeConfig):
 
     if runtime.dask_address:
         return DaskTaskRunner(address=runtime.dask_address)
+    # each worker process runs one task at a time with its share of the cores (Dask's nanny would give it 1)
     return DaskTaskRunner(cluster_kwargs={"n_workers": runtime.dask_workers, "threads_per_worker": 1,
-                                         "processes": True, "dashboard_address": None})
+                                         "processes": True, "dashboard_address": None,
+                                         "env": {"OMP_NUM_THREADS": str(runtime.dask_worker_threads())}})
 
 
 def run_shards(task: Callable, parameters: list[dict[str, Any]], runtime: RuntimeConfig, what: str) -> list[Any]:

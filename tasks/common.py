@@ -1,6 +1,8 @@
 """What every task needs: the run's dataset, loaded once per process, and the shared shard bodies."""
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,6 +14,7 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from core.config import RuntimeConfig, available_cores
 from core.data import Dataset, DatasetConfig, DatasetError, load_dataset
 from core.fingerprint import fingerprint
 from core.ensemble import resolve_device
@@ -37,10 +40,38 @@ def shared_dataset(config: DatasetConfig, cache_dir: Path) -> Dataset:
         return dataset
 
 
+def task_threads(runtime: RuntimeConfig) -> int:
+    """Torch threads for a task: `runtime.threads` if set; in a Dask worker, what that worker has (the
+    OMP_NUM_THREADS its nanny sets, else its cores shared by its threads), never the client's view of cores and
+    workers (2 worker processes each given the client's 2 threads on 2 cores ran 20x slower); else the
+    local runner's share of the cores."""
+    if runtime.threads:
+        return runtime.threads
+    worker = dask_worker()
+    if worker is None:
+        return runtime.torch_threads()
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
+    return max(1, available_cores() // worker.state.nthreads)
+
+
+def dask_worker():
+    """The Dask worker running this task, or None (without importing distributed when nothing did)."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import get_worker
+
+    try:
+        return get_worker()
+    except ValueError:
+        return None
+
+
 def task_dataset(store: RunStore) -> Dataset:
-    """Set this process's torch threads for the run (tasks may run in Dask workers) and return its dataset,
+    """Set this process's torch threads for the task (`task_threads`) and return the run's dataset,
     refusing files whose contents are not the ones the run's id was made from."""
-    torch.set_num_threads(store.config.runtime.torch_threads())
+    torch.set_num_threads(task_threads(store.config.runtime))
     dataset = shared_dataset(store.config.dataset, store.cache_dir)
     if dataset.fingerprint != store.inputs.get("dataset"):
         raise DatasetError(f"the files of dataset {store.config.dataset.name!r} changed after run {store.run_id} "
