@@ -42,6 +42,11 @@ class RuntimeConfig(Config):
     dask_address: str | None = Field(None, description="address of an existing Dask scheduler, e.g. tcp://host:8786; "
                                      "empty = start a local cluster of dask_workers processes")
     dask_workers: int = Field(2, ge=1, description="worker processes of the local Dask cluster (one thread each)")
+    precision: Literal["fp32", "bf16", "tf32"] = Field(
+        "fp32", description="fp32: IEEE float32 everywhere, bit-reproducible; bf16: bfloat16 autocast of matmuls and "
+        "convs (GPUs, and CPUs with AVX-512 BF16 or AMX; refused on other CPUs, where it is hundreds of times "
+        "slower), weights and optimizer in fp32; tf32: TF32 matmuls and convs on NVIDIA GPUs (as fp32 elsewhere). "
+        "Changes results, so a precision other than fp32 is part of the run id")
     recompute: list[str] = Field([], description="files of the run to delete and compute again, with everything built "
                                  "from them: names or patterns inside the run folder (runs.parquet, shards/*), "
                                  "outdated (written by another code revision than the current one), or all")
@@ -83,9 +88,12 @@ def available_cores() -> int:
 
 
 def canonical_json(config: BaseModel | dict[str, Any]) -> str:
-    """Stable JSON of a resolved config with the `runtime` group left out."""
+    """Stable JSON of a resolved config with the `runtime` group left out, but for a precision other than fp32
+    (it changes the numbers; fp32 runs keep the ids they always had)."""
     data = config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config)
-    data.pop("runtime", None)
+    runtime = data.pop("runtime", None) or {}
+    if runtime.get("precision", "fp32") != "fp32":
+        data["precision"] = runtime["precision"]
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 

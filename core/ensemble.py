@@ -27,6 +27,31 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU does bfloat16 arithmetic natively (oneDNN's test: AVX-512 BF16 or AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a precision this device cannot run fast, before any work (see RuntimeConfig.precision)."""
+    if precision != "bf16":
+        return
+    if device.type == "cpu" and not cpu_has_bf16():
+        raise ValueError("runtime.precision=bf16: this CPU has no native bfloat16 arithmetic (AVX-512 BF16 or AMX), "
+                         "so bf16 matmuls run hundreds of times slower than fp32 here; use precision fp32")
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise ValueError(f"runtime.precision=bf16: {torch.cuda.get_device_name(device)} has no native bfloat16; "
+                         "use precision fp32 or tf32")
+
+
+def use_precision(precision: str) -> None:
+    """This process's float32 matmul and conv mode on NVIDIA GPUs: TF32 for `tf32`, else IEEE fp32 (cuDNN would
+    pick TF32 convs by default). Process-wide, as torch's threads are; CPUs compute fp32 either way."""
+    mode = "tf32" if precision == "tf32" else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = mode
+    torch.backends.cudnn.conv.fp32_precision = mode
+
+
 def _is_stackable(template: nn.Module) -> bool:
     """True when every layer of a Sequential has a batched-matmul / grouped-conv equivalent."""
     if not isinstance(template, nn.Sequential):
@@ -104,12 +129,14 @@ def _to_batch(x: Tensor, layout: str, k: int) -> Tensor:
 class Ensemble:
     """K independent models whose parameters live in stacked `[K, ...]` leaf tensors."""
 
-    def __init__(self, template: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor]):
+    def __init__(self, template: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor],
+                 precision: str = "fp32"):
         self.template = template
         self.params = {name: p.detach().requires_grad_(True) for name, p in params.items()}
         self.buffers = buffers
         self.size = next(iter(self.params.values())).shape[0]
         self.stacked = _is_stackable(template)
+        self.precision = precision  # bf16: forward under autocast; parameters, gradients and logits stay fp32
 
     @classmethod
     def from_models(cls, models: list[nn.Module]) -> Ensemble:
@@ -118,10 +145,14 @@ class Ensemble:
         return cls(copy.deepcopy(models[0]), params, buffers)
 
     @classmethod
-    def init(cls, name: str, input_shape, num_classes: int, seeds: list[int], device="cpu") -> Ensemble:
+    def init(cls, name: str, input_shape, num_classes: int, seeds: list[int], device="cpu",
+             precision: str = "fp32") -> Ensemble:
         """K models of registry `name`, model k initialised exactly as `init_model(..., seeds[k])`."""
+        check_precision(precision, torch.device(device))
         models = [init_model(name, tuple(input_shape), num_classes, s) for s in seeds]
-        return cls.from_models(models).to(device)
+        ensemble = cls.from_models(models).to(device)
+        ensemble.precision = precision
+        return ensemble
 
     def to(self, device) -> Ensemble:
         """Move parameters, buffers and template to `device`."""
@@ -135,7 +166,14 @@ class Ensemble:
         return next(iter(self.params.values())).device
 
     def __call__(self, x: Tensor, shared: bool = False, train: bool = False) -> Tensor:
-        """Logits `[K, B, C]` for inputs `[K, B, ...]`, or `[B, ...]` fed to every model when `shared`."""
+        """Logits `[K, B, C]` (float32) for inputs `[K, B, ...]`, or `[B, ...]` fed to every model when `shared`."""
+        if self.precision == "bf16":
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                return self._forward(x, shared, train).float()
+        return self._forward(x, shared, train)
+
+    def _forward(self, x: Tensor, shared: bool, train: bool) -> Tensor:
+        """The forward pass of `__call__`, at the ambient precision."""
         self.template.train(train)
         if self.stacked:
             return self._forward_stacked(x.expand(self.size, *x.shape) if shared else x)

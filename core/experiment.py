@@ -125,11 +125,12 @@ def train_on_subsets(
     record: bool = False,
     masks: dict[str, Tensor] | None = None,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> ShardOutcome:
-    """Train model k (init and batch order from `seeds[k]`) on the examples where `subsets[k]`."""
+    """Train model k (init and batch order from `seeds[k]`) on the examples where `subsets[k]`, at `precision`."""
     init_seeds = [derive_seed(s, INIT_STREAM) for s in seeds]
     order_seeds = [derive_seed(s, ORDER_STREAM) for s in seeds]
-    ensemble = Ensemble.init(model, dataset.input_shape, dataset.num_classes, init_seeds, device)
+    ensemble = Ensemble.init(model, dataset.input_shape, dataset.num_classes, init_seeds, device, precision)
     result = train(ensemble, dataset.x_train, dataset.y_train, subsets, order_seeds, config,
                    masks=masks, record=record, progress=progress)
     return ShardOutcome(ensemble, evaluate(ensemble, dataset.x_train, dataset.y_train),

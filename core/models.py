@@ -12,6 +12,7 @@ from torch import nn
 
 MODEL_PATTERNS = {
     "mlp_w{width}_d{depth}": "MLP with `depth` hidden layers of `width` units (any input)",
+    "mlp_h{w1}-{w2}-...": "MLP with hidden layers of these widths, e.g. mlp_h512-256 (the C-score paper's MNIST MLP)",
     "cnn1d_w{width}_d{depth}": "1-D CNN with `depth` conv layers of `width` channels (MNIST-1D, [C, L] inputs)",
     "cnn_w{width}_d{depth}": "2-D CNN with `depth` 3x3 conv layers of `width` channels (images, [C, H, W])",
     "lenet_300_100": "LeNet-300-100 fully connected network (any input)",
@@ -31,9 +32,11 @@ class ModelSpec:
     family: str
     width: int | None = None
     depth: int | None = None
+    hidden: tuple[int, ...] = ()  # hidden widths of an mlp_h network
 
 
 _GRID_NAME = re.compile(r"^(mlp|cnn1d|cnn)_w(\d+)_d(\d+)$")
+_HIDDEN_NAME = re.compile(r"^mlp_h(\d+(?:-\d+)*)$")
 
 
 def parse_model_name(name: str) -> ModelSpec:
@@ -43,6 +46,9 @@ def parse_model_name(name: str) -> ModelSpec:
     match = _GRID_NAME.match(name)
     if match and int(match[2]) >= 1 and int(match[3]) >= 1:
         return ModelSpec(name, match[1], int(match[2]), int(match[3]))
+    match = _HIDDEN_NAME.match(name)
+    if match and all(int(w) >= 1 for w in match[1].split("-")):
+        return ModelSpec(name, "mlp_h", hidden=tuple(int(w) for w in match[1].split("-")))
     valid = "\n".join(f"  {pattern:26s} {text}" for pattern, text in MODEL_PATTERNS.items())
     raise ModelNameError(
         f"unknown model {name!r}; width and depth must be positive integers. Valid names:\n{valid}\n"
@@ -89,6 +95,7 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
     flat = math.prod(input_shape)
     builders: dict[str, Callable[[], nn.Module]] = {
         "mlp": lambda: _mlp(flat, [spec.width] * (spec.depth or 0), num_classes),
+        "mlp_h": lambda: _mlp(flat, list(spec.hidden), num_classes),
         "lenet_300_100": lambda: _mlp(flat, [300, 100], num_classes),
         "cnn1d": lambda: _cnn(input_shape, spec.width, spec.depth, num_classes),
         "cnn": lambda: _cnn(input_shape, spec.width, spec.depth, num_classes),

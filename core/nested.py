@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from core.ensemble import Ensemble
+from core.ensemble import Ensemble, check_precision
 from core.models import build_model, init_model, parse_model_name
 
 
@@ -42,12 +42,13 @@ def host_name(names: list[str]) -> str:
 
 
 def nested_ensemble(names: list[str], input_shape, num_classes: int, seeds: list[int],
-                    device="cpu") -> tuple[Ensemble, dict[str, Tensor] | None]:
+                    device="cpu", precision: str = "fp32") -> tuple[Ensemble, dict[str, Tensor] | None]:
     """Model k is `init_model(names[k], ..., seeds[k])` embedded in the widest of `names`; returns the
-    ensemble and its support (bool `[K, ...]` per parameter; None when every model is the widest)."""
+    ensemble (at `precision`) and its support (bool `[K, ...]` per parameter; None when every model is the widest)."""
     host = host_name(names)
     if all(n == host for n in names):
-        return Ensemble.init(host, input_shape, num_classes, seeds, device), None
+        return Ensemble.init(host, input_shape, num_classes, seeds, device, precision), None
+    check_precision(precision, torch.device(device))
     template = init_model(host, tuple(input_shape), num_classes, 0)
     params = {n: torch.zeros(len(names), *p.shape) for n, p in template.named_parameters()}
     support = {n: torch.zeros(p.shape, dtype=torch.bool) for n, p in params.items()}
@@ -56,7 +57,7 @@ def nested_ensemble(names: list[str], input_shape, num_classes: int, seeds: list
             block = (k, *leading_block(value.shape))
             params[param_name][block] = value.detach()
             support[param_name][block] = True
-    return Ensemble(template, params, {}).to(device), {n: s.to(device) for n, s in support.items()}
+    return Ensemble(template, params, {}, precision).to(device), {n: s.to(device) for n, s in support.items()}
 
 
 def parameter_shapes(name: str, input_shape, num_classes: int) -> dict[str, tuple[int, ...]]:

@@ -28,7 +28,7 @@ from core.store import RunStore, dataset_cache
 from core.training import TrainConfig
 from flows.common import SubsetTrainingConfig, check_fits, checked_data_root, chunks, examples_table
 from flows.report import publish
-from flows.runner import configure_threads, run_shards
+from flows.runner import configure_runtime, run_shards
 from tasks.common import combine_shards, shared_dataset
 from tasks.cscore import holdout_outcomes, holdout_shard, score_runs
 
@@ -98,7 +98,7 @@ def plan_shards(config: CScoreFlowConfig, n_train: int, rounds: int = 1) -> list
 def cscore_flow(config: CScoreFlowConfig = CScoreFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the holdout pipeline of `config`; returns the run folder."""
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
-    configure_threads(config.runtime)
+    configure_runtime(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
     smallest = subset_size(config.ratios[0], dataset.n_train)
     check_fits(config, dataset, smallest, f"ratios={config.ratios[0]}")  # before the run folder exists

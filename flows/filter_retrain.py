@@ -22,7 +22,7 @@ from core.plots import filtering_curve
 from core.store import RunStore, dataset_cache, unpack_bool_rows
 from flows.common import SubsetTrainingConfig, check_fits, checked_data_root, chunks, examples_table, upstream_table
 from flows.report import publish
-from flows.runner import configure_threads, run_shards
+from flows.runner import configure_runtime, run_shards
 from tasks.common import combine_shards, shared_dataset
 from tasks.filter_retrain import filter_shard
 
@@ -107,7 +107,7 @@ def filtering_table(models: pd.DataFrame, examples: pd.DataFrame, score: str) ->
 def filter_retrain_flow(config: FilterRetrainFlowConfig = FilterRetrainFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the filtering pipeline of `config`; returns the run folder."""
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
-    configure_threads(config.runtime)
+    configure_runtime(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
     scores, scores_path = aligned_scores(config, dataset, data_root)
     kept = dataset.n_train - round(max(config.fractions) * dataset.n_train)

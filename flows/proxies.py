@@ -22,7 +22,7 @@ from core.store import RunStore, dataset_cache
 from core.training import TrainConfig
 from flows.common import SubsetTrainingConfig, check_fits, checked_data_root, chunks, examples_table, upstream_table
 from flows.report import publish
-from flows.runner import configure_threads, run_shards
+from flows.runner import configure_runtime, run_shards
 from tasks.common import shared_dataset
 from tasks.proxies import FLAGS, aligned_cscore, compute_proxies, fold_shard, record_shard
 
@@ -60,7 +60,7 @@ class ProxiesFlowConfig(SubsetTrainingConfig):
 def proxies_flow(config: ProxiesFlowConfig = ProxiesFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the proxies pipeline of `config`; returns the run folder."""
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
-    configure_threads(config.runtime)
+    configure_runtime(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
     check_fits(config, dataset, dataset.n_train, "dataset.n_train")
     cleanlab = use_cleanlab(config, dataset)

@@ -23,7 +23,7 @@ from core.store import RunStore, dataset_cache
 from core.training import TrainConfig
 from flows.common import checked_data_root
 from flows.report import publish
-from flows.runner import configure_threads, run_shards
+from flows.runner import configure_runtime, run_shards
 from tasks.common import combine_shards, shared_dataset
 from tasks.pruning import prune_networks
 
@@ -114,7 +114,7 @@ def check_grid(config: PruneGridFlowConfig, dataset) -> None:
 def prune_grid_flow(config: PruneGridFlowConfig = PruneGridFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the pruning grid of `config`; returns the run folder."""
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
-    configure_threads(config.runtime)
+    configure_runtime(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
     check_grid(config, dataset)
     store = RunStore.open(FLOW, config, data_root, inputs={"dataset": dataset.fingerprint})

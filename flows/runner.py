@@ -11,11 +11,15 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm.auto import tqdm
 
 from core.config import RuntimeConfig
+from core.ensemble import check_precision, resolve_device, use_precision
 
 
-def configure_threads(runtime: RuntimeConfig) -> None:
-    """Torch CPU threads of the flow's own process (tasks set theirs, wherever they run)."""
+def configure_runtime(runtime: RuntimeConfig) -> None:
+    """Torch CPU threads and float32 mode of the flow's own process (tasks set theirs, wherever they run); a
+    precision this device cannot run is refused here, before any work."""
     torch.set_num_threads(runtime.torch_threads())
+    check_precision(runtime.precision, resolve_device(runtime.device))
+    use_precision(runtime.precision)
 
 
 def task_runner(runtime: RuntimeConfig):

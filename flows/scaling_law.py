@@ -18,7 +18,7 @@ from core.plots import collapse_on_invariant, error_vs_density, predicted_vs_act
 from core.store import RunStore
 from flows.common import checked_data_root, upstream_table
 from flows.report import publish
-from flows.runner import configure_threads
+from flows.runner import configure_runtime
 from tasks.scaling import fit_scaling_law
 
 FLOW = "scaling_law"
@@ -41,7 +41,7 @@ class ScalingLawFlowConfig(Config):
 def scaling_law_flow(config: ScalingLawFlowConfig = ScalingLawFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the fits of `config`; returns the run folder."""
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
-    configure_threads(config.runtime)
+    configure_runtime(config.runtime)
     if not config.prune_run:
         raise ValueError("prune_run is required: the run id of a prune_grid run (see `regularity ls --flow prune_grid`)")
     errors = upstream_table("prune_run", config.prune_run, {"prune_grid": "prune_errors.parquet"}, data_root)

@@ -15,7 +15,7 @@ from core.plots import training_summary
 from core.store import RunStore, dataset_cache, unpack_float_rows
 from flows.common import SubsetTrainingConfig, check_fits, checked_data_root, chunks, examples_table
 from flows.report import publish
-from flows.runner import configure_threads, run_shards
+from flows.runner import configure_runtime, run_shards
 from tasks.common import combine_shards, shared_dataset
 from tasks.train import train_shard
 
@@ -40,7 +40,7 @@ def summarise(models: pd.DataFrame) -> pd.DataFrame:
 def train_flow(config: TrainFlowConfig = TrainFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the `train` pipeline of `config`; returns the run folder."""
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
-    configure_threads(config.runtime)
+    configure_runtime(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
     size = subset_size(config.subset_ratio, dataset.n_train)
     check_fits(config, dataset, size, f"subset_ratio={config.subset_ratio}")  # before the run folder exists

@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from core.config import RuntimeConfig, available_cores
 from core.data import Dataset, DatasetConfig, DatasetError, load_dataset
 from core.fingerprint import fingerprint
-from core.ensemble import resolve_device
+from core.ensemble import resolve_device, use_precision
 from core.experiment import model_seed, outcome_table, train_on_subsets
 from core.store import RunStore, code_revision, short_revision
 
@@ -69,9 +69,10 @@ def dask_worker():
 
 
 def task_dataset(store: RunStore) -> Dataset:
-    """Set this process's torch threads for the task (`task_threads`) and return the run's dataset,
-    refusing files whose contents are not the ones the run's id was made from."""
+    """Set this process's torch threads (`task_threads`) and float32 mode for the task, and return the run's
+    dataset, refusing files whose contents are not the ones the run's id was made from."""
     torch.set_num_threads(task_threads(store.config.runtime))
+    use_precision(store.config.runtime.precision)
     dataset = shared_dataset(store.config.dataset, store.cache_dir)
     if dataset.fingerprint != store.inputs.get("dataset"):
         raise DatasetError(f"the files of dataset {store.config.dataset.name!r} changed after run {store.run_id} "
@@ -123,7 +124,8 @@ def _train_and_write(store: RunStore, name: str, model_ids: list[int], make_subs
     seeds = seeds if seeds is not None else [model_seed(config.seed, i) for i in model_ids]
     subsets = make_subsets(dataset, seeds)
     before = time.perf_counter()
-    outcome = train_on_subsets(dataset, config.model, seeds, subsets, config.train, resolve_device(config.runtime.device))
+    outcome = train_on_subsets(dataset, config.model, seeds, subsets, config.train, resolve_device(config.runtime.device),
+                               precision=config.runtime.precision)
     seconds = time.perf_counter() - before
     table = outcome_table(model_ids, seeds, subsets, outcome)
     for column, values in (columns or {}).items():

@@ -56,7 +56,8 @@ def _record(store: RunStore, shard: int, model_ids: list[int], names: tuple[str,
     everything = torch.ones(len(model_ids), dataset.n_train, dtype=torch.bool)
     device = resolve_device(config.runtime.device)
     before = time.perf_counter()
-    outcome = train_on_subsets(dataset, config.model, seeds, everything, config.train, device, record=True)
+    outcome = train_on_subsets(dataset, config.model, seeds, everything, config.train, device, record=True,
+                               precision=config.runtime.precision)
     train_seconds = time.perf_counter() - before
     hidden = embed(outcome.ensemble, dataset.x_train).numpy()  # [K, N, F] penultimate activations
     final = {"model_id": pa.array(model_ids, pa.int64()), "seed": pa.array(seeds, pa.int64()),
@@ -88,7 +89,7 @@ def _train_folds(store: RunStore) -> None:
     seeds = [model_seed(config.seed, config.n_models + k) for k in range(folds)]  # ids after the recorded models
     before = time.perf_counter()
     outcome = train_on_subsets(dataset, config.model, seeds, fold_subsets(fold_of, folds), config.train,
-                               resolve_device(config.runtime.device))
+                               resolve_device(config.runtime.device), precision=config.runtime.precision)
     seconds, accuracy = time.perf_counter() - before, float(outcome.test.accuracy().mean())
     probabilities = out_of_sample_probabilities(predict_probabilities(outcome.ensemble, dataset.x_train), fold_of)
     table = pa.table({"example_id": pa.array(dataset.train_ids.numpy(), pa.int64()),

@@ -81,7 +81,7 @@ def _prune_pass(store: RunStore, networks: list[dict], label: str) -> list[str]:
     ids.update(data_fraction=[config.data_fractions[f] for _, f, _ in grid], seed=[s for _, _, s in grid])
     # one ensemble for every level: level 0 trains it from its initialisation, later levels rewind it first
     ensemble, support = nested_ensemble(ids["network"], dataset.input_shape, dataset.num_classes,
-                                        [derive_seed(s, INIT_STREAM) for s in seeds], device)
+                                        [derive_seed(s, INIT_STREAM) for s in seeds], device, config.runtime.precision)
     layout = NetworkRows([net["network"] for net in networks], len(grid) // len(networks), dataset.input_shape, dataset.num_classes)
     names = prunable_names(ensemble.template, pruning.prune_output)
     order_seeds = [derive_seed(s, ORDER_STREAM) for s in seeds]

@@ -13,9 +13,13 @@ def test_names_carry_grid_coordinates():
     spec = parse_model_name("cnn1d_w32_d3")
     assert (spec.family, spec.width, spec.depth) == ("cnn1d", 32, 3)
     assert parse_model_name("lenet_300_100").width is None
+    spec = parse_model_name("mlp_h512-256")
+    assert (spec.family, spec.hidden, spec.width) == ("mlp_h", (512, 256), None)
+    assert parse_model_name("mlp_h7").hidden == (7,)
 
 
-@pytest.mark.parametrize("name", ["mlp_w0_d2", "mlp_w64", "mlp_w64_d0", "vgg16", "MLP_w64_d2", "mlp_w64_d2 "])
+@pytest.mark.parametrize("name", ["mlp_w0_d2", "mlp_w64", "mlp_w64_d0", "vgg16", "MLP_w64_d2", "mlp_w64_d2 ",
+                                  "mlp_h", "mlp_h512-", "mlp_h512-0", "mlp_h-256", "mlp_h512_256"])
 def test_invalid_names_list_the_valid_patterns(name):
     with pytest.raises(ModelNameError, match=r"(?s)unknown model.*mlp_w\{width\}_d\{depth\}.*cnn1d_w\{width\}.*resnet18"):
         parse_model_name(name)
@@ -24,6 +28,7 @@ def test_invalid_names_list_the_valid_patterns(name):
 def test_parameter_counts_by_hand():
     assert n_params(init_model("mlp_w64_d2", (1, 40), 10, 0)) == (40 * 64 + 64) + (64 * 64 + 64) + (64 * 10 + 10)
     assert n_params(init_model("lenet_300_100", (1, 28, 28), 10, 0)) == (784 * 300 + 300) + (300 * 100 + 100) + (100 * 10 + 10)
+    assert n_params(init_model("mlp_h512-256", (1, 28, 28), 10, 0)) == (784 * 512 + 512) + (512 * 256 + 256) + (256 * 10 + 10)
     # 40 -> 20 -> 10 -> 5 after three pooled conv layers
     assert n_params(init_model("cnn1d_w8_d3", (1, 40), 10, 0)) == (1 * 8 * 3 + 8) + 2 * (8 * 8 * 3 + 8) + (8 * 5 * 10 + 10)
     # 8x8 -> 4x4 -> 2x2; the third layer no longer pools (side < 4)

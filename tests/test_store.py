@@ -63,8 +63,11 @@ def test_run_id_is_stable_across_processes():
 def test_run_id_follows_results_not_runtime(tmp_path: Path):
     assert run_id("toy", Tiny(seed=1)) != EXPECTED_ID
     assert run_id("toy", Tiny(lr=0.2)) != EXPECTED_ID
-    fast = Tiny(runtime=RuntimeConfig(device="cpu", threads=3, max_workers=8))
+    fast = Tiny(runtime=RuntimeConfig(device="cpu", threads=3, max_workers=8, precision="fp32"))
     assert run_id("toy", fast) == EXPECTED_ID
+    # another precision changes the numbers, so it is part of the identity; fp32 runs keep their ids
+    assert canonical_json(Tiny(runtime=RuntimeConfig(precision="bf16"))) == '{"lr":0.1,"precision":"bf16","seed":0}'
+    assert len({run_id("toy", Tiny(runtime=RuntimeConfig(precision=p))) for p in ("fp32", "bf16", "tf32")}) == 3
     a = RunStore.open("toy", Tiny(), data_root=tmp_path)
     b = RunStore.open("toy", fast, data_root=tmp_path)  # reopening with another runtime is fine
     assert a.root == b.root and b.run_id == EXPECTED_ID
@@ -82,7 +85,7 @@ def test_run_dir_layout_and_config_json(tmp_path: Path):
     assert doc == {"flow": "toy", "run_id": EXPECTED_ID,
                    "config": {"seed": 0, "lr": 0.1,
                               "runtime": {"device": "auto", "threads": 2, "max_workers": 1, "task_runner": "local",
-                                          "dask_address": None, "dask_workers": 2}},
+                                          "dask_address": None, "dask_workers": 2, "precision": "fp32"}},
                    "inputs": {}}
     assert [p.name for p in run.root.iterdir()] == ["config.json"]  # no temp file left
 
