@@ -1,6 +1,7 @@
 """Running a flow's shards on a bounded task runner, with a progress bar and Prefect logs."""
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import torch
@@ -12,6 +13,8 @@ from tqdm.auto import tqdm
 
 from core.config import RuntimeConfig
 from core.ensemble import check_precision, resolve_device, use_precision
+
+PROGRESS_EVERY_S = 2.0  # least seconds between updates of the UI's progress artifact
 
 
 def configure_runtime(runtime: RuntimeConfig) -> None:
@@ -42,12 +45,16 @@ def run_shards(task: Callable, parameters: list[dict[str, Any]], runtime: Runtim
     logger.info("%s: %d shards on the %s task runner", what, len(parameters), runtime.task_runner)
     results: list[Any] = [None] * len(parameters)
     progress = create_progress_artifact(0.0, description=f"{what}: shards done (%)")
+    last_update = [time.monotonic()]
 
     def done(i: int, result: Any, bar: tqdm) -> None:
-        """Keep a finished shard's result; move the CLI bar and the UI's progress artifact."""
+        """Keep a finished shard's result; move the CLI bar, and the UI's progress artifact at most every
+        PROGRESS_EVERY_S (each update is an API call: thousands of small shards would pay one each)."""
         results[i] = result
         bar.update(1)
-        update_progress_artifact(progress, 100.0 * bar.n / len(parameters))
+        if bar.n == len(parameters) or time.monotonic() - last_update[0] >= PROGRESS_EVERY_S:
+            update_progress_artifact(progress, 100.0 * bar.n / len(parameters))
+            last_update[0] = time.monotonic()
 
     with tqdm(total=len(parameters), desc=what, unit="shard") as bar:
         if runtime.task_runner == "local" and runtime.max_workers == 1:  # torch trains slower in worker threads

@@ -190,3 +190,22 @@ def test_progress_artifact_reaches_100(tmp_path):
             return [a.data for a in found]
 
     assert asyncio.run(progress_values()) == [100.0]
+
+
+@pytest.mark.parametrize("every,updates", [(3600.0, [100.0]), (0.0, [5.0 * i for i in range(1, 21)])])
+def test_progress_artifact_updates_at_most_every_few_seconds(monkeypatch, every, updates):
+    """20 quick shards: one update at the end when they take less than PROGRESS_EVERY_S, else one each."""
+    from prefect import flow
+
+    import flows.runner
+
+    calls = []
+    monkeypatch.setattr(flows.runner, "PROGRESS_EVERY_S", every)
+    monkeypatch.setattr(flows.runner, "update_progress_artifact", lambda artifact, value: calls.append(value))
+
+    @flow
+    def twenty_shards() -> list[int]:
+        return flows.runner.run_shards(lambda i: i * i, [{"i": i} for i in range(20)], RuntimeConfig(), "squares")
+
+    assert twenty_shards() == [i * i for i in range(20)]
+    assert calls == updates
