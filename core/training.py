@@ -17,10 +17,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
+from torch.optim.sgd import sgd
 from tqdm.auto import tqdm
 
 from core.config import Config
 from core.ensemble import Ensemble, example_outcomes
+
+FUSED_SGD_DEVICES = ("cpu", "cuda")  # where torch's fused SGD kernel exists
 
 
 class TrainConfig(Config):
@@ -77,10 +80,13 @@ class StackedSGD:
         self.momentum = {n: torch.zeros_like(p) for n, p in params.items()}
 
     @torch.no_grad()
-    def step(self, lr: Tensor, active: Tensor | None = None) -> None:
+    def step(self, lr: Tensor, active: Tensor | None = None, shared_lr: Tensor | None = None) -> None:
         """One update; models with `active[k] == False` are left exactly as they were.
 
-        When all models are active (the common case): foreach ops in place, one call per stage for all
+        When all models are active and share one learning rate (`shared_lr`, a 0-d tensor: models of equal
+        subsets): torch's fused SGD, one pass over each parameter, its gradient and momentum (2-5x faster than
+        the three foreach passes; the optimizer step is most of the memory traffic of small-batch training).
+        When all are active with their own rates: foreach ops in place, one call per stage for all
         parameters, no extra multi-MB tensors; the gradients (dropped after the step anyway) become
         the new momentum buffers.
         """
@@ -88,6 +94,12 @@ class StackedSGD:
         grads = [p.grad for p in params]
         for name, mask in self.masks.items():
             self.params[name].grad.mul_(mask)  # masked weights get no update, so they stay exactly zero
+        if active is None and shared_lr is not None and params[0].device.type in FUSED_SGD_DEVICES:
+            sgd(params, grads, list(self.momentum.values()), fused=True, weight_decay=self.config.weight_decay,
+                momentum=self.config.momentum, lr=shared_lr, dampening=0.0, nesterov=False, maximize=False)
+            for p in params:
+                p.grad = None
+            return
         if self.config.weight_decay:
             torch._foreach_add_(grads, params, alpha=self.config.weight_decay)  # SGD's grad + wd * p
         if active is None:
@@ -248,7 +260,9 @@ def train(
             ensemble.params[name].mul_(mask.to(device))  # masked weights start, and so stay, exactly zero
     optimizer = StackedSGD(ensemble.params, config, masks)
     generators = [torch.Generator().manual_seed(int(s)) for s in order_seeds]
-    lr_table = _lr_table(config, steps_per_epoch).to(device, next(iter(ensemble.params.values())).dtype)
+    lr_table = _lr_table(config, steps_per_epoch)
+    shared_lr = bool((lr_table == lr_table[..., :1]).all())  # every model on one schedule: one rate per step
+    lr_table = lr_table.to(device, next(iter(ensemble.params.values())).dtype)
     result, epoch_losses = TrainResult(steps=config.epochs * steps_per_epoch - start_step), []
     if record:
         result.record = _new_record(ensemble.size, config.epochs, len(x), device)
@@ -277,7 +291,7 @@ def train(
             _restore_idle(ensemble.buffers, saved, active)  # after backward, which may still read them
             if record:
                 _write_record(result.record, epoch, idx, example_outcomes(logits.detach(), yb), active)
-            optimizer.step(lr_table[epoch, s], active)
+            optimizer.step(lr_table[epoch, s], active, lr_table[epoch, s, 0] if shared_lr else None)
             if snapshot_step and snapshot_step > start_step:  # models whose update count just reached it
                 reached = (epoch * steps_per_epoch + s + 1 == snapshot_step) & takes
                 if reached.any():

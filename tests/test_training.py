@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core import training
 from core.ensemble import Ensemble, embed, evaluate, example_outcomes
 from core.models import init_model
 from core.pruning import rewind
@@ -45,6 +46,32 @@ def test_together_equals_one_by_one(toy, name, key):
         )
         assert int(result.steps[k]) == steps == CONFIG.epochs * (int(subsets[k].sum()) // CONFIG.batch_size)
         assert_same_weights(ensemble.model(k), reference)
+
+
+@pytest.mark.parametrize("name,key", [("mlp_w16_d2", "seq"), ("cnn_w4_d3", "img")])
+def test_equal_subsets_take_the_fused_step_and_still_equal_one_by_one(toy, name, key, monkeypatch):
+    """Models of equal subsets share each step's learning rate, so the optimizer takes torch's fused SGD;
+    each model still ends as torch.optim.SGD trains it alone, and as the foreach step trains it."""
+    x, y = toy[key], toy["y"]
+    subsets = torch.zeros(3, N, dtype=torch.bool)
+    for k in range(3):
+        subsets[k, 40 * k : 40 * k + 160] = True  # 160 examples each: 5 steps an epoch for every model
+    seeds, order_seeds = [11, 12, 13], [21, 22, 23]
+    fused_calls = []
+    real = training.sgd
+    monkeypatch.setattr(training, "sgd", lambda *a, **kw: fused_calls.append(kw["fused"]) or real(*a, **kw))
+    fused = Ensemble.init(name, x.shape[1:], CLASSES, seeds)
+    train(fused, x, y, subsets, order_seeds, CONFIG)
+    assert fused_calls == [True] * (CONFIG.epochs * 5)
+    monkeypatch.setattr(training, "FUSED_SGD_DEVICES", ())
+    foreach = Ensemble.init(name, x.shape[1:], CLASSES, seeds)
+    train(foreach, x, y, subsets, order_seeds, CONFIG)
+    assert len(fused_calls) == CONFIG.epochs * 5  # the foreach step this time
+    for k in range(3):
+        reference, _ = train_one_by_one(init_model(name, x.shape[1:], CLASSES, seeds[k]), x, y,
+                                        subsets[k].nonzero().squeeze(1), order_seeds[k], CONFIG)
+        assert_same_weights(fused.model(k), reference)
+        assert_same_weights(fused.model(k), foreach.model(k), atol=1e-6)
 
 
 class TinyBatchNormNet(nn.Module):
