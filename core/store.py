@@ -313,18 +313,28 @@ class RunStore:
         return path
 
     def _stamps(self, built_from: list[str] | None) -> str:
-        """JSON of `built_from` (names inside the run, or absolute paths of other runs' tables) -> their stamps now."""
+        """JSON of `built_from` (names inside the run, or absolute paths of other files) -> their stamps now."""
         stamps = {}
         for name in built_from or []:
-            stamp = file_stamp(file_metadata(self._input(name)))
+            key = self._input_key(name)
+            stamp = file_stamp(file_metadata(self._input(key)))
             if stamp is None:
-                raise FileNotFoundError(f"{self._input(name)} is missing or unreadable, so nothing can be built from it")
-            stamps[str(name)] = stamp
+                raise FileNotFoundError(f"{self._input(key)} is missing or unreadable, so nothing can be built from it")
+            stamps[key] = stamp
         return json.dumps(stamps, sort_keys=True)
 
-    def _input(self, name: str | Path) -> Path:
-        """Path of an input: a file of this run by name, or any file by absolute path."""
-        return Path(name) if Path(name).is_absolute() else self._file(str(name))
+    def _input_key(self, name: str | Path) -> str:
+        """How `built_from` records an input: a file of this run by its name; another run's table by its path
+        from this run folder (`../../cscore/<run id>/cscores.parquet`), so a data root moved elsewhere keeps its
+        records; any other file by its absolute path."""
+        path = Path(name)
+        if path.is_absolute() and path.is_relative_to(self.data_root):
+            return os.path.relpath(path, self.root)
+        return str(name)
+
+    def _input(self, key: str) -> Path:
+        """Path of an input recorded as `key` (read only, so it may lie outside the run folder)."""
+        return Path(os.path.normpath(self.root / key))
 
     def _provenance(self, extra: dict[str, str] | None, built_from: list[str] | None) -> dict[bytes, bytes]:
         """Schema metadata entries for one table of this run."""
@@ -418,7 +428,7 @@ class RunStore:
         """Whether `name` (provenance `meta`) was built from `built_from` when given, and from its recorded inputs
         as they are now; if not, says why with a warning (the caller rebuilds it)."""
         recorded = sorted(meta.get("built_from") or {})
-        if built_from is not None and recorded != sorted(map(str, built_from)):
+        if built_from is not None and recorded != sorted(map(self._input_key, built_from)):
             warnings.warn(f"{self._file(name)} was built from {len(recorded)} files, not from the {len(built_from)} "
                           "it is built from now; rebuilding it", RuntimeWarning, stacklevel=3)
             return False

@@ -429,18 +429,35 @@ def test_weights_record_their_inputs_too_and_inputs_may_be_other_runs_tables(run
     upstream = other.write_table("scores.parquet", frame())
     run.write_tensors("weights/w0.safetensors", {"w": torch_ones()})
     run.write_tensors("weights/w1.safetensors", {"w": torch_ones()}, ["weights/w0.safetensors", str(upstream)])
+    from_here = f"../{other.run_id}/scores.parquet"  # another run's table, from this run's folder
     assert store_mod._tensor_metadata(run.root / "weights/w1.safetensors")["built_from"] == {
         "weights/w0.safetensors": stamp_of(run, "weights/w0.safetensors"),
-        str(upstream): {"id": read_provenance(upstream)["table_id"], "code_revision": store_mod.code_revision()}}
+        from_here: {"id": read_provenance(upstream)["table_id"], "code_revision": store_mod.code_revision()}}
     assert run.whole_tensors("weights/w1.safetensors")["w"].sum() == 4
     other.write_table("scores.parquet", frame())  # the other run recomputed its table
-    with pytest.warns(RuntimeWarning, match=f"built from {upstream} before"):
+    with pytest.warns(RuntimeWarning, match=f"built from {from_here} before"):
         assert run.whole_tensors("weights/w1.safetensors") is None
     assert (run.root / "weights/w1.safetensors").exists()
     with pytest.raises(FileNotFoundError, match=r"weights/w9.safetensors is missing or unreadable, so nothing can be "
                                                 r"built from it"):
         run.write_table("t.parquet", frame(), built_from=["weights/w9.safetensors"])
     assert not (run.root / "t.parquet").exists()
+
+
+def test_records_of_another_runs_table_survive_moving_the_data_root(tmp_path: Path):
+    first = tmp_path / "first"
+    upstream = RunStore.open("toy", Tiny(seed=1), data_root=first).write_table("scores.parquet", frame())
+    run = RunStore.open("toy", Tiny(), data_root=first)
+    run.write_table("derived.parquet", frame(), built_from=[str(upstream)])
+    (tmp_path / "first").rename(tmp_path / "moved")
+    moved = RunStore.open("toy", Tiny(), data_root=tmp_path / "moved")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert moved.is_complete("derived.parquet", [str(tmp_path / "moved" / upstream.relative_to(first))])
+    outside = tmp_path / "user_scores.parquet"  # a file outside the data root is recorded by its absolute path
+    frame().to_parquet(outside)
+    moved.write_table("from_user.parquet", frame(), built_from=[str(outside)])
+    assert list(moved.read_metadata("from_user.parquet")["built_from"]) == [str(outside)]
 
 
 def torch_ones():
