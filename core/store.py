@@ -143,15 +143,19 @@ def read_provenance(path: Path | str) -> dict[str, Any]:
     return _decode(pq.read_schema(path).metadata)
 
 
+def _decode_tensor_metadata(raw: dict[str, str] | None) -> dict[str, Any]:
+    """A safetensors header's string metadata, `built_from` parsed."""
+    meta = dict(raw or {})
+    meta["built_from"] = json.loads(meta.get("built_from") or "{}")
+    return meta
+
+
 def _tensor_metadata(path: Path) -> dict[str, Any]:
-    """The string metadata of a safetensors file's header, built_from parsed."""
+    """The metadata of a safetensors file's header (the tensors are not read)."""
     from safetensors import safe_open
 
     with safe_open(path, "pt") as f:
-        meta = dict(f.metadata() or {})
-    if "built_from" in meta:
-        meta["built_from"] = json.loads(meta["built_from"])
-    return meta
+        return _decode_tensor_metadata(f.metadata())
 
 
 def file_metadata(path: Path) -> dict[str, Any] | None:
@@ -290,14 +294,14 @@ class RunStore:
                     raise ValueError(f"recompute: {pattern!r} names no file of run {self.run_id}; its files are "
                                      f"{', '.join(tables)} and shards/*, weights/*, figures/* (or say all or outdated)")
             chosen.update(matched)
-        if chosen:
-            chosen.add(REPORT)  # the run is not complete until they are back
-        for name in sorted(chosen):
+        if not chosen:
+            return []
+        deleted = sorted(chosen | {REPORT})  # the run is not complete until they are back
+        for name in deleted:
             (self.root / name).unlink(missing_ok=True)
-        if chosen:
-            warnings.warn(f"recompute: deleted {len(chosen)} files of run {self.run_id} to compute them again: "
-                          f"{', '.join(sorted(chosen)[:8])}{' ...' if len(chosen) > 8 else ''}", RuntimeWarning, stacklevel=2)
-        return sorted(chosen)
+        warnings.warn(f"recompute: deleted {len(deleted)} files of run {self.run_id} to compute them again: "
+                      f"{', '.join(deleted[:8])}{' ...' if len(deleted) > 8 else ''}", RuntimeWarning, stacklevel=2)
+        return deleted
 
     def _file(self, name: str) -> Path:
         """Path of `name` inside the run folder; names may not escape it."""
@@ -391,7 +395,7 @@ class RunStore:
             raise CorruptFileError(f"{path} was written by run {meta.get('run_id')!r}, not {self.run_id!r}")
         if "sha256" in meta and meta["sha256"] != tensor_digest(tensors):  # files written before checksums have none
             raise CorruptFileError(f"{path} has tensors that do not match their checksum")
-        return {**meta, "built_from": json.loads(meta.get("built_from") or "{}")}, tensors
+        return _decode_tensor_metadata(meta), tensors
 
     def claim(self, name: str, on_wait: Callable[[dict], Any] | None = None):
         """Context manager holding this run's claim on computing output `name` (`core.claims`): a second
@@ -520,8 +524,15 @@ def audit_run(folder: Path | str) -> pd.DataFrame:
     for path in sorted([*folder.rglob("*.parquet"), *folder.rglob("*.safetensors")]):
         if path.name.startswith("."):
             continue
-        meta = file_metadata(path)
-        shape = pq.read_metadata(path) if meta is not None and path.suffix == ".parquet" else None
+        shape = None
+        if path.suffix == ".parquet":  # one footer read gives both the shape and the provenance
+            try:
+                shape = pq.read_metadata(path)
+            except (pa.ArrowException, OSError):
+                pass
+            meta = None if shape is None else _decode(shape.metadata)
+        else:
+            meta = file_metadata(path)
         rows.append({"name": path.relative_to(folder).as_posix(), "rows": shape.num_rows if shape else None,
                      "columns": shape.num_columns if shape else None,
                      "code_revision": (meta or {}).get("code_revision", "unreadable"),

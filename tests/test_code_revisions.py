@@ -105,7 +105,7 @@ def test_show_flags_a_table_built_from_shards_that_changed_later(tmp_path, capsy
             "the next run rebuilds it") in shown
 
 
-def test_a_run_folder_config_json_runs_that_run_again(tmp_path, capsys):
+def test_a_run_folder_config_json_runs_that_run_again(tmp_path):
     folder = Path(cscore_flow(CONFIG, data_root=str(tmp_path)))
     from flows.cli import ConfigError, load_config
 

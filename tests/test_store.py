@@ -555,3 +555,6 @@ def test_audit_lists_revisions_and_out_of_date_tables(run: RunStore, monkeypatch
     assert pd.isna(audit.loc["weights/n/level-00.safetensors", "rows"])
     assert audit["code_revision"].tolist() == [store_mod.code_revision()] * 3 + ["f" * 40, store_mod.code_revision()]
     assert audit["changed"].tolist() == [[], ["shards/s1.parquet"], [], [], []]
+    (run.root / "shards/s2.parquet").write_bytes(b"cut short")
+    garbled = store_mod.audit_run(run.root).set_index("name").loc["shards/s2.parquet"]
+    assert garbled["code_revision"] == "unreadable" and pd.isna(garbled["rows"]) and garbled["changed"] == []
