@@ -19,8 +19,8 @@ from core.ensemble import Ensemble, Evaluation, evaluate
 from core.store import pack_bool_rows, pack_float_rows
 from core.training import TrainConfig, TrainingRecord, TrainResult, train
 
-# independent random streams derived from one model seed
-INIT_STREAM, ORDER_STREAM, SUBSET_STREAM = 0, 1, 2
+# independent random streams derived from one model seed (a second initialisation; a sparse mask)
+INIT_STREAM, ORDER_STREAM, SUBSET_STREAM, REINIT_STREAM, MASK_STREAM = 0, 1, 2, 3, 4
 
 
 def model_seed(run_seed: int, model_id: int) -> int:

@@ -229,6 +229,7 @@ def train(
     progress: bool = False,
     snapshot_step: int | None = None,
     start_step: int = 0,
+    lr_scale: Tensor | None = None,
 ) -> TrainResult:
     """Train every model k of `ensemble` on the examples where `subsets[k]` (bool `[K, N]`) is True.
 
@@ -238,6 +239,8 @@ def train(
     (a rewind point): training goes on from update k at the same place in the learning-rate schedule
     and in the batch order as an uninterrupted run, for the remaining updates (open_lth's rewinding).
     Momentum starts from zero, as with a fresh optimizer.
+    With `lr_scale` (`[K]`), model k's learning rate is `lr_scale[k]` times the schedule's (a sweep of
+    learning rates in one pass).
     """
     device = ensemble.device
     if device.type == "cpu":
@@ -261,6 +264,10 @@ def train(
     optimizer = StackedSGD(ensemble.params, config, masks)
     generators = [torch.Generator().manual_seed(int(s)) for s in order_seeds]
     lr_table = _lr_table(config, steps_per_epoch)
+    if lr_scale is not None:
+        if lr_scale.shape != (ensemble.size,):
+            raise ValueError(f"lr_scale has shape {list(lr_scale.shape)}; it needs one factor per model: [{ensemble.size}]")
+        lr_table *= lr_scale.to(lr_table.dtype).cpu()
     shared_lr = bool((lr_table == lr_table[..., :1]).all())  # every model on one schedule: one rate per step
     lr_table = lr_table.to(device, next(iter(ensemble.params.values())).dtype)
     result, epoch_losses = TrainResult(steps=config.epochs * steps_per_epoch - start_step), []

@@ -38,4 +38,6 @@ FLOWS: dict[str, FlowEntry] = {
                             "iterative magnitude pruning with rewinding over width x depth x data-fraction grids"),
     "scaling_law": FlowEntry("flows.scaling_law", "scaling_law_flow", "ScalingLawFlowConfig",
                              "fit the error-vs-density law per network and jointly; extrapolate to the largest"),
+    "weight_correlation": FlowEntry("flows.weight_correlation", "weight_correlation_flow", "WeightCorrelationFlowConfig",
+                                    "R_p across learning rates; lottery ticket vs rewinding vs pruning and fine-tuning"),
 }

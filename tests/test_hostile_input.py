@@ -209,6 +209,10 @@ VALIDATOR_CASES = [
     ("prune_grid", ["data_fractions=[0]"], ["data_fractions: Value error, must be distinct fractions in (0, 1]"]),
     ("prune_grid", ["data_fractions=[1.5]"], ["data_fractions: Value error, must be distinct fractions in (0, 1]"]),
     ("prune_grid", ["widths=[1.5]"], ["widths.0: Input should be a valid integer, got a number with a fractional part"]),
+    ("weight_correlation", ["learning_rates=[0.1, 0.1]"],
+     ["learning_rates: Value error, must be distinct positive learning rates; got [0.1, 0.1]"]),
+    ("weight_correlation", ["correlation_fractions=[0, 0.5]"],
+     ["correlation_fractions: Value error, must be distinct fractions in (0, 1]; got [0.0, 0.5]"]),
     ("train", ["trian.lr=1"], ["trian: Extra inputs are not permitted"]),
     ("prune_grid", ["pruning.level=3"], ["pruning.level: Extra inputs are not permitted"]),
     ("train", ["train.lr=0.1", "train.lr=-0.1", "dataset.seed=-1"],  # every bad field is listed, not just the first
@@ -238,10 +242,11 @@ def test_a_boolean_is_not_a_number(cli, capsys, tmp_path, assignment, expected):
 SUBSET_FLOWS = ["train", "cscore", "proxies", "filter_retrain"]
 NAME_CASES = (
     [pytest.param(f, [f"dataset.name={n}"], [f"dataset.name: Input should be {DATASET_NAMES} (got {n!r})"],
-                  id=f"{f}:dataset={n}") for f in [*SUBSET_FLOWS, "prune_grid"] for n in ("imagenet", "Digits")]
+                  id=f"{f}:dataset={n}") for f in [*SUBSET_FLOWS, "prune_grid", "weight_correlation"]
+                  for n in ("imagenet", "Digits")]
     + [pytest.param(f, [f"model={m}"], [f"model: Value error, unknown model {m!r}", "Valid names:",
                                         *MODEL_PATTERNS], id=f"{f}:model={m}")
-       for f in SUBSET_FLOWS for m in ("vgg16", "mlp_w0_d2", "mlp_w8", "MLP_W8_D1", "cnn_w8_d0", "lenet_300_10",
+       for f in [*SUBSET_FLOWS, "weight_correlation"] for m in ("vgg16", "mlp_w0_d2", "mlp_w8", "MLP_W8_D1", "cnn_w8_d0", "lenet_300_10",
                                        "../../x")]
     + [pytest.param("prune_grid", ["family=resnet"], ["family: Input should be 'mlp', 'cnn1d' or 'cnn' (got 'resnet')"],
                     id="prune_grid:family=resnet")]

@@ -259,3 +259,18 @@ def test_start_step_past_training_is_refused(toy):
         train(ensemble, toy["seq"], toy["y"], toy["subsets"], [4, 5, 6], CONFIG, start_step=10)
     with pytest.raises(ValueError, match=r"snapshot_step=2 must lie between 3 and the last update \(9\)"):
         train(ensemble, toy["seq"], toy["y"], toy["subsets"], [4, 5, 6], CONFIG, start_step=3, snapshot_step=2)
+
+
+def test_lr_scale_trains_each_model_at_its_own_rate_like_one_by_one(toy):
+    """A learning-rate sweep in one pass: model k equals torch.optim.SGD alone at lr_scale[k] x the schedule."""
+    x, y, subsets = toy["seq"], toy["y"], toy["subsets"]
+    scale = torch.tensor([1.0, 0.25, 2.0])
+    ensemble = Ensemble.init("mlp_w16_d2", x.shape[1:], CLASSES, [11, 12, 13])
+    train(ensemble, x, y, subsets, [21, 22, 23], CONFIG, lr_scale=scale)
+    for k in range(3):
+        config = CONFIG.model_copy(update={"lr": CONFIG.lr * float(scale[k])})
+        reference, _ = train_one_by_one(init_model("mlp_w16_d2", x.shape[1:], CLASSES, 11 + k), x, y,
+                                        subsets[k].nonzero().squeeze(1), 21 + k, config)
+        assert_same_weights(ensemble.model(k), reference)
+    with pytest.raises(ValueError, match=r"lr_scale has shape \[2\]; it needs one factor per model: \[3\]"):
+        train(ensemble, x, y, subsets, [21, 22, 23], CONFIG, lr_scale=scale[:2])

@@ -1,0 +1,107 @@
+"""`weight_correlation` flow: is a lottery ticket a mark of under-training? A learning-rate sweep, R_p at each rate,
+and four ways to train a pruned network at an equal budget of updates.
+
+Liu et al., "Lottery Ticket Preserves Weight Correlation: Is It Desirable or Not?" (ICML 2021). Every base model
+(one learning rate, one seed) trains dense for T updates; R_p measures how much of its top-p weights by magnitude
+are where initialisation put them. Then round by round, each method prunes `prune_fraction` of its remaining
+prunable weights by magnitude and trains the survivors for the same T updates of the same schedule and batch order:
+  lottery_ticket  from the dense run's initialisation;
+  rewind          from the dense run's weights after `pruning.rewind_step` updates (the schedule starts again, so the
+                  budget stays equal; prune_grid's open_lth rewinding goes on from step k for T - k updates instead);
+  fine_tune       from its own weights of the round before (pruning and fine-tuning);
+  random_reinit   from a fresh initialisation, under the lottery ticket's mask (the control).
+After round L every method has spent (L + 1) x T updates. All of it trains in one vectorized pass.
+"""
+from __future__ import annotations
+
+from prefect import flow
+from pydantic import Field, field_validator
+
+from core.config import Config, RuntimeConfig
+from core.data import DatasetConfig
+from core.models import init_model, parse_model_name
+from core.plots import accuracy_by_method, correlation_vs_fraction
+from core.store import RunStore, dataset_cache
+from core.training import TrainConfig
+from core.weight_correlation import method_gaps
+from flows.common import checked_data_root
+from flows.prune_grid import PruningConfig
+from flows.report import publish
+from flows.runner import configure_runtime, run_shards
+from tasks.common import combine_shards, shared_dataset
+from tasks.weight_correlation import CORRELATION, compare_methods
+
+FLOW = "weight_correlation"
+
+
+class WeightCorrelationFlowConfig(Config):
+    """A learning-rate sweep of one network: R_p of each rate, then lottery tickets against pruning and fine-tuning."""
+
+    dataset: DatasetConfig = Field(DatasetConfig(name="mnist1d"), description="what to train on")
+    model: str = Field("mlp_w128_d2", description="registry name, e.g. mlp_w128_d2, cnn1d_w32_d2, lenet_300_100")
+    learning_rates: list[float] = Field([0.005, 0.01, 0.02, 0.05, 0.1, 0.2], min_length=1,
+                                        description="peak learning rates of the sweep (log-spaced); each replaces train.lr")
+    correlation_fractions: list[float] = Field([0.05, 0.1, 0.2, 0.3, 0.5], min_length=1,
+                                               description="the fractions p of weights by magnitude whose overlap R_p measures")
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="seed indices; every rate and method trains once per seed")
+    pruning: PruningConfig = Field(PruningConfig(levels=10, rewind_step=31), description="rounds of pruning; rewind_step "
+                                   "is the `rewind` method's point (31 updates: one epoch of MNIST-1D at batch 128)")
+    train: TrainConfig = Field(TrainConfig(epochs=20, batch_size=128, lr=0.1), description="optimiser and schedule of every "
+                               "training; its lr is replaced by each of learning_rates")
+    seed: int = Field(0, ge=0, description="run seed: model seeds and batch orders derive from it")
+    runtime: RuntimeConfig = Field(RuntimeConfig(), description="execution settings; not part of the run id")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        parse_model_name(name)  # raises with the list of valid patterns
+        return name
+
+    @field_validator("learning_rates", "correlation_fractions", "seeds")
+    @classmethod
+    def _distinct_and_sorted(cls, values: list, info) -> list:
+        allowed, requirement = SWEEP_LISTS[info.field_name]
+        if not all(map(allowed, values)) or len(set(values)) != len(values):
+            raise ValueError(f"must be {requirement}; got {values}")
+        return sorted(values)  # the same sweep in any order is the same run id
+
+
+SWEEP_LISTS = {
+    "learning_rates": (lambda v: v > 0, "distinct positive learning rates"),
+    "correlation_fractions": (lambda v: 0 < v <= 1, "distinct fractions in (0, 1]"),
+    "seeds": (lambda v: v >= 0, "distinct non-negative integers (a repeated seed repeats rows)"),
+}
+
+
+def check_sweep(config: WeightCorrelationFlowConfig, dataset) -> None:
+    """Fail before any work when the model does not fit the data or the rewind step is past training."""
+    init_model(config.model, dataset.input_shape, dataset.num_classes, 0)
+    updates = config.train.epochs * (dataset.n_train // config.train.batch_size)
+    if dataset.n_train < config.train.batch_size:
+        raise ValueError(f"train.batch_size={config.train.batch_size} is larger than the training set ({dataset.n_train})")
+    if config.pruning.rewind_step > updates:
+        raise ValueError(f"pruning.rewind_step={config.pruning.rewind_step} is after the last update ({updates})")
+
+
+@flow(name=FLOW, description="Lottery tickets vs pruning and fine-tuning across learning rates, and the weight "
+                             "correlation R_p that explains them.")
+def weight_correlation_flow(config: WeightCorrelationFlowConfig = WeightCorrelationFlowConfig(),
+                            data_root: str | None = None) -> str:
+    """Run (or resume) the sweep of `config`; returns the run folder."""
+    data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
+    configure_runtime(config.runtime)
+    dataset = shared_dataset(config.dataset, dataset_cache(data_root))
+    check_sweep(config, dataset)
+    store = RunStore.open(FLOW, config, data_root, inputs={"dataset": dataset.fingerprint})
+    [rounds] = run_shards(compare_methods, [{"store": store}], config.runtime, "lottery-ticket pass")
+    combine_shards(store, rounds, "lt_vs_pf.parquet", [("lr", "ascending"), ("method", "ascending"),
+                                                       ("seed", "ascending"), ("density", "descending")])
+    results, correlations = store.read_table("lt_vs_pf.parquet"), store.read_table(CORRELATION)
+    folder = store.root / "figures"
+    figures = [correlation_vs_fraction(correlations, folder / "r_p_vs_p.png"),
+               accuracy_by_method(results, folder / "accuracy_by_method.png")]
+    r_p = correlations.pivot_table(index="lr", columns="p", values="r_p").add_prefix("r_p@").reset_index()
+    summary = method_gaps(results).merge(r_p, on="lr")
+    publish(store, summary, figures, f"{config.model} on {config.dataset.name}: {len(config.learning_rates)} learning "
+            f"rates x {len(config.seeds)} seeds, {config.pruning.levels} rounds of pruning")
+    return str(store.root)
