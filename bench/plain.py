@@ -26,6 +26,13 @@ def train_plain(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, member
     return model
 
 
+def masking_hook(mask: torch.Tensor):
+    """A post-accumulate-grad hook that zeroes the gradient of masked (pruned or sparse) weights."""
+    def hook(param: torch.Tensor) -> None:
+        param.grad.mul_(mask)
+    return hook
+
+
 @torch.no_grad()
 def correct_plain(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Bool `[N]`: which examples the model classifies correctly."""

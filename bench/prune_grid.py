@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from bench.plain import train_plain
+from bench.plain import masking_hook, train_plain
 from bench.trainer import interleaved_seconds
 from core.config import derive_seed
 from core.data import load_dataset
@@ -52,13 +52,6 @@ def run_ours(config, dataset, levels: int) -> None:
                 masks = prune(ensemble.params, masks, config.pruning.prune_fraction, level, config.pruning.scope, support)
             train(ensemble, dataset.x_train, dataset.y_train, subsets, order_seeds, config.train,
                   masks=with_support(masks, support) if level or support else None)
-
-
-def masking_hook(mask: torch.Tensor):
-    """A post-accumulate-grad hook that zeroes the gradient of pruned weights."""
-    def hook(param: torch.Tensor) -> None:
-        param.grad.mul_(mask)
-    return hook
 
 
 def run_loop(config, dataset, levels: int) -> None:

@@ -2,6 +2,11 @@
 
 Sequential models of Linear/Conv/elementwise/pooling layers run as batched matmuls and grouped
 convolutions (the fast path); any other module (e.g. ResNet-18) runs through torch.func.vmap.
+
+Another layer type joins the fast path by offering its own stacked implementation: a `stacked_layout`
+attribute ("features": activations `[K, F, B]`, as linear layers take them; "channels": `[B, K*C, *spatial]`
+channels-last, as convs take them) and `forward_stacked(x, params, k)`, which maps that layout to itself
+given the layer's stacked `[K, ...]` parameters by their names within the layer (e.g. core.dct_sparse).
 """
 from __future__ import annotations
 
@@ -52,15 +57,21 @@ def use_precision(precision: str) -> None:
     torch.backends.cudnn.conv.fp32_precision = mode
 
 
+def _own_stacked_layout(layer: nn.Module) -> str | None:
+    """The layout a layer with its own `forward_stacked` runs on ("features" or "channels"), else None."""
+    layout = getattr(layer, "stacked_layout", None) if callable(getattr(layer, "forward_stacked", None)) else None
+    return layout if layout in ("features", "channels") else None
+
+
 def _is_stackable(template: nn.Module) -> bool:
-    """True when every layer of a Sequential has a batched-matmul / grouped-conv equivalent."""
+    """True when every layer of a Sequential has a batched-matmul / grouped-conv equivalent or its own stacked one."""
     if not isinstance(template, nn.Sequential):
         return False
     for layer in template:
         if isinstance(layer, _CONV):
             if layer.groups != 1 or layer.padding_mode != "zeros" or set(layer.dilation) != {1}:
                 return False
-        elif not isinstance(layer, (nn.Linear, *_PARAMETER_FREE)):
+        elif not (isinstance(layer, (nn.Linear, *_PARAMETER_FREE)) or _own_stacked_layout(layer)):
             return False
     return True
 
@@ -91,9 +102,10 @@ def _to_channels(x: Tensor) -> Tensor:
 
 
 def _grouped_conv(layer: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None, k: int) -> Tensor:
-    """All K models' conv layer as one grouped conv; a 1-D conv runs as a 2-D one of height 1 (channels-last)."""
+    """All K models' conv layer (`weight` `[K, out, in, *kernel]`; `layer` gives stride and padding) as one grouped
+    conv; a 1-D conv runs as a 2-D one of height 1 (channels-last)."""
     weight, bias = weight.flatten(0, 1), None if bias is None else bias.flatten()
-    if isinstance(layer, nn.Conv2d):
+    if weight.dim() == 4:  # [K*out, in, kh, kw]: a 2-D conv
         return F.conv2d(x, weight, bias, stride=layer.stride, padding=layer.padding, groups=k)
     padding = layer.padding if isinstance(layer.padding, str) else (0, *layer.padding)
     out = F.conv2d(x.unsqueeze(2), weight.unsqueeze(2), bias, stride=(1, *layer.stride), padding=padding, groups=k)
@@ -124,6 +136,14 @@ def _to_batch(x: Tensor, layout: str, k: int) -> Tensor:
     if layout == "channels":
         return x.unflatten(1, (k, -1)).transpose(0, 1)
     return x
+
+
+def _to_layout(x: Tensor, layout: str, wanted: str, k: int) -> Tensor:
+    """`x` from `layout` into `wanted`: "features" `[K, F, B]` or "channels" `[B, K*C, *spatial]` channels-last."""
+    if layout == wanted:
+        return x
+    x = _to_batch(x, layout, k)
+    return x.transpose(1, 2) if wanted == "features" else _to_channels(x)
 
 
 class Ensemble:
@@ -195,6 +215,10 @@ class Ensemble:
             elif isinstance(layer, _CONV):
                 x = _grouped_conv(layer, x if layout == "channels" else _to_channels(x), weight, bias, k)
                 layout, fresh = "channels", False  # 1-D results are views: in place, autograd would be slow
+            elif own_layout := _own_stacked_layout(layer):
+                params = {name: self.params[f"{i}.{name}"] for name, _ in layer.named_parameters()}
+                x = layer.forward_stacked(_to_layout(x, layout, own_layout, k), params, k)
+                layout, fresh = own_layout, False  # its output may be a view, or needed by its own backward
             elif isinstance(layer, nn.Flatten) and layout == "channels":
                 x, layout, fresh = _channels_to_features(x, k), "features", False
             elif isinstance(layer, nn.Flatten):
@@ -281,10 +305,15 @@ def predict_probabilities(ensemble: Ensemble, x: Tensor, examples_per_chunk: int
     return torch.cat(parts, dim=1) if parts else torch.empty(ensemble.size, 0, 0)
 
 
+def _last_linear(template: nn.Module) -> str:
+    """The name of the last linear-like layer: an nn.Linear, or a layer whose stacked form takes features."""
+    return [n for n, m in template.named_modules() if isinstance(m, nn.Linear) or _own_stacked_layout(m) == "features"][-1]
+
+
 def _penultimate(template: nn.Module) -> nn.Module:
     """A copy of `template` whose last linear layer passes its input through (so it outputs features)."""
     features = copy.deepcopy(template)
-    name = [n for n, m in features.named_modules() if isinstance(m, nn.Linear)][-1]
+    name = _last_linear(features)
     parent, _, leaf = name.rpartition(".")
     setattr(features.get_submodule(parent) if parent else features, leaf, nn.Identity())
     return features
@@ -294,7 +323,7 @@ def _penultimate(template: nn.Module) -> nn.Module:
 def embed(ensemble: Ensemble, x: Tensor, examples_per_chunk: int = 65536) -> Tensor:
     """Penultimate-layer activations `[K, N, F]` (the input of each model's last linear layer), on the CPU."""
     features = _penultimate(ensemble.template).eval()
-    last = [n for n, m in ensemble.template.named_modules() if isinstance(m, nn.Linear)][-1]
+    last = _last_linear(ensemble.template)
     params = {n: p for n, p in ensemble.params.items() if not n.startswith(f"{last}.")}
     run_one = lambda p, b, xi: functional_call(features, (p, b), (xi,))  # noqa: E731
     parts = [vmap(run_one, in_dims=(0, 0, None))(params, ensemble.buffers, x[rows].to(ensemble.device)).cpu()

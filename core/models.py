@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -17,7 +17,9 @@ MODEL_PATTERNS = {
     "cnn_w{width}_d{depth}": "2-D CNN with `depth` 3x3 conv layers of `width` channels (images, [C, H, W])",
     "lenet_300_100": "LeNet-300-100 fully connected network (any input)",
     "resnet18": "torchvision ResNet-18 (images; meant for GPU users)",
+    "dct_{any above but resnet18}": "every Linear/Conv a DCT+Sparse layer (Price & Tanner 2021), e.g. dct_mlp_w64_d2",
 }
+DCT_FAMILIES = ("mlp", "mlp_h", "lenet_300_100", "cnn1d", "cnn")  # those the stacked fast path runs
 
 
 class ModelNameError(ValueError):
@@ -33,14 +35,15 @@ class ModelSpec:
     width: int | None = None
     depth: int | None = None
     hidden: tuple[int, ...] = ()  # hidden widths of an mlp_h network
+    dct_plus_sparse: bool = False  # a dct_ name: every Linear/Conv a DCT+Sparse layer
 
 
 _GRID_NAME = re.compile(r"^(mlp|cnn1d|cnn)_w(\d+)_d(\d+)$")
 _HIDDEN_NAME = re.compile(r"^mlp_h(\d+(?:-\d+)*)$")
 
 
-def parse_model_name(name: str) -> ModelSpec:
-    """Parse a registry name, or fail with the list of valid patterns."""
+def _parse_plain_name(name: str) -> ModelSpec | None:
+    """The spec of a registry name without the dct_ prefix, or None."""
     if name in ("lenet_300_100", "resnet18"):
         return ModelSpec(name, name)
     match = _GRID_NAME.match(name)
@@ -49,10 +52,21 @@ def parse_model_name(name: str) -> ModelSpec:
     match = _HIDDEN_NAME.match(name)
     if match and all(int(w) >= 1 for w in match[1].split("-")):
         return ModelSpec(name, "mlp_h", hidden=tuple(int(w) for w in match[1].split("-")))
-    valid = "\n".join(f"  {pattern:26s} {text}" for pattern, text in MODEL_PATTERNS.items())
+    return None
+
+
+def parse_model_name(name: str) -> ModelSpec:
+    """Parse a registry name, or fail with the list of valid patterns."""
+    plain = name.removeprefix("dct_")
+    spec = _parse_plain_name(plain)
+    if spec is not None and plain == name:
+        return spec
+    if spec is not None and spec.family in DCT_FAMILIES:
+        return replace(spec, name=name, dct_plus_sparse=True)
+    valid = "\n".join(f"  {pattern:30s} {text}" for pattern, text in MODEL_PATTERNS.items())
     raise ModelNameError(
         f"unknown model {name!r}; width and depth must be positive integers. Valid names:\n{valid}\n"
-        "e.g. mlp_w64_d2, cnn1d_w32_d3, cnn_w16_d4"
+        "e.g. mlp_w64_d2, cnn1d_w32_d3, cnn_w16_d4, dct_mlp_w64_d2"
     )
 
 
@@ -105,6 +119,10 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
     if rank is not None and len(input_shape) != rank:
         kind = "[C, L] sequences" if rank == 2 else "[C, H, W] images"
         raise ModelNameError(f"model {name!r} needs {kind}, but the dataset's examples have shape {list(input_shape)}")
+    if spec.dct_plus_sparse:
+        from core.dct_sparse import dct_plus_sparse  # not at the top: it needs core.ensemble, which imports us
+
+        return dct_plus_sparse(builders[spec.family]())  # the plain network's initial weights become S
     return builders[spec.family]()
 
 
@@ -119,9 +137,12 @@ def init_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed: 
 
 
 def prunable_parameters(model: nn.Module) -> list[str]:
-    """Names of weights of linear and conv layers (biases and normalisation stay dense)."""
+    """Names of weights of linear and conv layers, DCT+Sparse layers' S included, in layer order (biases, the
+    DCT+Sparse alphas and normalisation stay dense)."""
+    from core.dct_sparse import DCTPlusSparseConv, DCTPlusSparseLinear  # not at the top: see build_model
+
     return [
         f"{module_name}.weight" if module_name else "weight"
         for module_name, module in model.named_modules()
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, DCTPlusSparseLinear, DCTPlusSparseConv))
     ]

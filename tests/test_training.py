@@ -166,7 +166,7 @@ def test_example_outcomes_by_hand():
     torch.testing.assert_close(el2n, (logits.softmax(-1) - onehot).norm(dim=-1))
 
 
-@pytest.mark.parametrize("name,shape", [("mlp_w8_d2", (1, 16)), ("cnn_w4_d2", (1, 8, 8))])
+@pytest.mark.parametrize("name,shape", [("mlp_w8_d2", (1, 16)), ("cnn_w4_d2", (1, 8, 8)), ("dct_mlp_w8_d2", (1, 16))])
 def test_embed_returns_the_input_of_the_last_linear_layer(name, shape):
     ensemble = Ensemble.init(name, shape, CLASSES, [4, 5])
     x = torch.randn(7, *shape)

@@ -1,0 +1,324 @@
+"""DCT plus Sparse layers (Price & Tanner, ICML 2021, "Dense for the Price of Sparse"): y = alpha * D x + S x + b.
+
+D is the frozen orthonormal DCT-II (scipy.fft.dct(norm="ortho")) of size n = max(in, out), cut to `[out, in]`: x is
+zero-padded to length n, transformed, and the first `out` coefficients are kept. It is a constant held once per
+(size, device, dtype) in a cache and shared by every layer and all K models of an ensemble: never a parameter, never
+a buffer, never copied per model. S (the layer's `weight`) trains and is kept sparse by the trainer's masks
+(`random_masks`, with per-layer densities from `layer_densities`); alpha is a trainable scalar.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+from torch.nn.modules.utils import _pair, _single
+
+from core.ensemble import _grouped_conv, _linear
+
+Transform = Literal["auto", "fft", "matrix"]
+Heuristic = Literal["uniform", "erk", "epl"]
+
+# "auto" runs D[:out, :in] by FFT when the dense D's multiply-adds per row, in x out, reach FFT_WORK_RATIO times the
+# FFT's n log2 n (n = max(in, out)), else by the matmul. Measured by `.venv/bin/python -m bench.dct_sparse` (2-core
+# AVX2 CPU, 2 threads, stacked [K*B = 8192, in] activations, forward and forward+backward, medians of 5 interleaved,
+# two runs): where the FFT was faster (squares from n = 256 to 4096, 784 -> 300, 1024 -> 300), in x out / n log2 n
+# is 30 or more; where the matmul was (squares up to 128, 40 -> 256, 256 -> 10, 300 -> 100, 512 -> 128), 18 or
+# less. 24 lies between, so "auto" picked the faster side on every measured shape (bench/README.md). A size alone
+# would not do: a 256 -> 10 layer needs 10 rows of D, which the matmul applies 5x faster than a 256-point FFT.
+FFT_WORK_RATIO = 24
+
+
+@functools.cache
+def _dct_basis(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The `[n, n]` orthonormal DCT-II matrix, row k = c_k cos(pi k (2j + 1) / 2n), computed in float64."""
+    with torch.inference_mode(False), torch.no_grad():  # a normal tensor even if first asked for in inference mode
+        k, j = torch.arange(n, dtype=torch.float64).unsqueeze(1), torch.arange(n, dtype=torch.float64)
+        basis = torch.cos(math.pi * k * (2 * j + 1) / (2 * n)) * math.sqrt(2 / n)
+        basis[0] /= math.sqrt(2)
+        return basis.to(device, dtype)
+
+
+@functools.cache
+def dct_matrix(out_features: int, in_features: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """D = the first `out_features` rows and `in_features` columns of the DCT-II of size max(in, out): a view of
+    the one cached basis, and the same tensor object on every call (pass a tensor's own `.device` and `.dtype`)."""
+    return _dct_basis(max(in_features, out_features), device, dtype)[:out_features, :in_features]
+
+
+@functools.cache
+def dct_kernel(out_channels: int, in_channels: int, kernel_size: tuple[int, ...], device: torch.device,
+               dtype: torch.dtype) -> Tensor:
+    """The conv kernel `[out, in, *kernel_size]` whose conv applies D of size max(in * prod(kernel), out) to each
+    flattened input patch (PyTorch's flatten order of a conv weight); a view of the cached basis, one per size."""
+    patch = in_channels * math.prod(kernel_size)
+    return dct_matrix(out_channels, patch, device, dtype).view(out_channels, in_channels, *kernel_size)
+
+
+@functools.cache
+def _makhoul_order(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The even samples, then the odd ones reversed (the sequence whose DFT yields the DCT-II), and where each
+    sample lands in it (the inverse permutation)."""
+    order = torch.cat([torch.arange(0, n, 2), torch.arange(1, n, 2).flip(0)])
+    return order.to(device), order.argsort().to(device)
+
+
+@functools.cache
+def _twiddles(n: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """t_k = c_k e^{-i pi k / 2n} for k <= n/2 (c_k the ortho scale) and 1 / t_k, complex, of `dtype`'s precision."""
+    with torch.inference_mode(False):
+        k = torch.arange(n // 2 + 1, dtype=torch.float64)
+        scale = torch.full_like(k, math.sqrt(2 / n))
+        scale[0] = math.sqrt(1 / n)
+        twiddle = torch.polar(scale, -math.pi * k / (2 * n))
+        complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        return twiddle.to(device, complex_dtype), (1 / twiddle).to(device, complex_dtype)
+
+
+def _along(values: Tensor, x: Tensor, dim: int) -> Tensor:
+    """`[n]` values viewed to broadcast along `dim` of `x`."""
+    return values.view(-1, *[1] * (x.dim() - 1 - dim))
+
+
+def _pad_along(x: Tensor, dim: int, length: int) -> Tensor:
+    """`x` zero-padded at the end of `dim` to `length`."""
+    return F.pad(x, (0, 0) * (x.dim() - 1 - dim) + (0, length - x.shape[dim]))
+
+
+def _dct_fft(x: Tensor, out_features: int, dim: int) -> Tensor:
+    """D x along `dim` in O(n log n): Makhoul's (1980) reordering, one real FFT V, z_k = t_k V_k; then the
+    coefficients are X_k = Re z_k for k <= n/2 and X_{n-k} = -Im z_k above (V_{n-k} = conj(V_k))."""
+    n = max(x.shape[dim], out_features)
+    half = n // 2 + 1
+    x = _pad_along(x, dim, n) if n > x.shape[dim] else x
+    twiddle, _ = _twiddles(n, x.device, x.dtype)
+    # along `dim` itself (the stacked [K, n, B]): 42 ms forward and backward at K = 64, n = 784, against 61 ms
+    # through a moved view along the last dim (2 threads)
+    z = torch.fft.rfft(x.index_select(dim, _makhoul_order(n, x.device)[0]), dim=dim) * _along(twiddle, x, dim)
+    low = z.narrow(dim, 0, min(out_features, half)).real
+    if out_features <= half:
+        return low
+    high = z.narrow(dim, n - out_features + 1, out_features - half).imag.flip(dim)  # k = half .. out - 1
+    return torch.cat([low, high.neg()], dim)
+
+
+def _dct_transposed_fft(g: Tensor, in_features: int, dim: int) -> Tensor:
+    """D^T g along `dim` by FFT, `g` holding `out` coefficients: D is orthonormal, so D^T g is the inverse DCT of
+    g zero-padded to n, cut to `in_features`; it undoes `_dct_fft` step by step (z_k = X_k - i X_{n-k})."""
+    n = max(g.shape[dim], in_features)
+    half = n // 2 + 1
+    padded = _pad_along(g, dim, n + 1)  # X_k = 0 for k >= out, and X_n = 0
+    z = torch.complex(padded.narrow(dim, 0, half), -padded.narrow(dim, n - half + 1, half).flip(dim))
+    _, inverse = _twiddles(n, g.device, g.dtype)
+    reordered = torch.fft.irfft(z * _along(inverse, g, dim), n=n, dim=dim)
+    return reordered.index_select(dim, _makhoul_order(n, g.device)[1][:in_features])
+
+
+class _DCTByFFT(torch.autograd.Function):
+    """D x by FFT, with the backward D^T g by FFT too: half the time of autograd through rfft (bench/README.md)."""
+
+    generate_vmap_rule = True  # so that the vmap fallback of core.ensemble can run it
+
+    @staticmethod
+    def forward(x: Tensor, out_features: int, dim: int) -> Tensor:
+        return _dct_fft(x, out_features, dim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, _, dim = inputs
+        ctx.in_features, ctx.dim = x.shape[dim], dim
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        return _dct_transposed_fft(grad, ctx.in_features, ctx.dim), None, None
+
+
+def _dct_by_matrix(x: Tensor, out_features: int, dim: int) -> Tensor:
+    """D x along `dim` by the cached dense D: one matmul for all rows (of all models) at once."""
+    basis = dct_matrix(out_features, x.shape[dim], x.device, x.dtype)
+    if dim == x.dim() - 1:
+        return F.linear(x, basis)
+    return torch.matmul(basis, x.movedim(dim, -2)).movedim(-2, dim)  # [K, n, B]: one bmm, D broadcast, x not copied
+
+
+def uses_fft(in_features: int, out_features: int, transform: Transform) -> bool:
+    """Whether `transform` runs D[:out, :in] by FFT ("auto": when in x out >= FFT_WORK_RATIO x n log2 n)."""
+    if transform not in ("auto", "fft", "matrix"):
+        raise ValueError(f"transform must be 'auto', 'fft' or 'matrix', not {transform!r}")
+    n = max(in_features, out_features)
+    fft_work = n * math.log2(max(n, 2))
+    return transform == "fft" or (transform == "auto" and in_features * out_features >= FFT_WORK_RATIO * fft_work)
+
+
+def dct(x: Tensor, out_features: int | None = None, dim: int = -1, transform: Transform = "auto") -> Tensor:
+    """D[:out, :in] applied along `dim`: the first `out_features` (default: in) orthonormal DCT-II coefficients of
+    `x` zero-padded to max(in, out) along `dim`, by the dense matrix or by FFT (`transform`)."""
+    dim = dim % x.dim()
+    out_features = out_features or x.shape[dim]
+    if uses_fft(x.shape[dim], out_features, transform):
+        exact = x if x.dtype in (torch.float32, torch.float64) else x.float()  # torch.fft has no bf16 (autocast's)
+        return _DCTByFFT.apply(exact, out_features, dim).to(x.dtype)
+    return _dct_by_matrix(x, out_features, dim)
+
+
+def _default_init(layer: nn.Module) -> None:
+    """nn.Linear's default init of `layer.weight` and `layer.bias` (Kaiming-uniform, bias in +-1/sqrt(fan_in));
+    nn.Conv's is the same code. It reads nothing but those two attributes."""
+    nn.Linear.reset_parameters(layer)
+
+
+class DCTPlusSparseLinear(nn.Module):
+    """y = alpha * D x + S x + b, with D the shared DCT `[out, in]`, S = `weight` (sparse through masks)."""
+
+    stacked_layout = "features"  # core.ensemble's stacked fast path: forward_stacked takes and gives [K, F, B]
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, transform: Transform = "auto",
+                 device=None, dtype=None):
+        super().__init__()
+        uses_fft(in_features, out_features, transform)  # refuses an unknown transform now, not mid-training
+        self.in_features, self.out_features, self.transform = in_features, out_features, transform
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
+        self.alpha = nn.Parameter(torch.ones((), device=device, dtype=dtype))
+        _default_init(self)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, transform: Transform = "auto") -> DCTPlusSparseLinear:
+        """The DCT+Sparse version of `linear`: S and b are copies of its weight and bias, alpha = 1."""
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, transform,
+                    linear.weight.device, linear.weight.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(linear.weight)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        return layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        """One model on `[..., in]`."""
+        return self.alpha * dct(x, self.out_features, -1, self.transform) + F.linear(x, self.weight, self.bias)
+
+    def forward_stacked(self, x: Tensor, params: dict[str, Tensor], k: int) -> Tensor:
+        """All K models on `[K, in, B]`: S x + b by one batched matmul, D x by one transform of all K models' inputs."""
+        transformed = dct(x, self.out_features, 1, self.transform)
+        return torch.addcmul(_linear(x, params["weight"], params["bias"]), params["alpha"].view(k, 1, 1), transformed)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, transform={self.transform}"
+
+
+class DCTPlusSparseConv(nn.Module):
+    """y = alpha * conv(x, D_kernel) + conv(x, S) + b for 1-D or 2-D inputs, D_kernel the shared `dct_kernel`."""
+
+    stacked_layout = "channels"  # core.ensemble's stacked fast path: [B, K*C, *spatial], channels-last
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True,
+                 spatial_dims: int = 2, device=None, dtype=None):
+        super().__init__()
+        as_tuple = {1: _single, 2: _pair}[spatial_dims]
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = as_tuple(kernel_size), as_tuple(stride)
+        self.padding = padding if isinstance(padding, str) else as_tuple(padding)  # as nn.Conv keeps them
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype)) if bias else None
+        self.alpha = nn.Parameter(torch.ones((), device=device, dtype=dtype))
+        _default_init(self)
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv1d | nn.Conv2d) -> DCTPlusSparseConv:
+        """The DCT+Sparse version of `conv` (zero padding, no groups or dilation): S, b copied, alpha = 1."""
+        if conv.groups != 1 or conv.padding_mode != "zeros" or set(conv.dilation) != {1}:
+            raise ValueError(f"DCT+Sparse convs have zero padding, one group and no dilation; got {conv}")
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.bias is not None, len(conv.kernel_size), conv.weight.device, conv.weight.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias)
+        return layer
+
+    def _shared_kernel(self, x: Tensor) -> Tensor:
+        """D_kernel for this layer's sizes on `x`'s device and dtype (the cached one)."""
+        return dct_kernel(self.out_channels, self.in_channels, self.kernel_size, x.device, x.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """One model on `[B, C, *spatial]`: a conv is linear in its kernel, so one conv with S + alpha D_kernel."""
+        conv = F.conv1d if len(self.kernel_size) == 1 else F.conv2d
+        return conv(x, self.weight + self.alpha * self._shared_kernel(x), self.bias, self.stride, self.padding)
+
+    def forward_stacked(self, x: Tensor, params: dict[str, Tensor], k: int) -> Tensor:
+        """All K models on `[B, K*C, *spatial]` as one grouped conv with kernels S_k + alpha_k D_kernel.
+
+        The grouped conv needs a kernel per group, so the shared D_kernel is expanded K times here, inside this
+        transient `[K, out, in, *kernel]` sum (freed after the backward; never stored). One conv with the summed
+        kernel costs what the S conv alone costs, half of two convs.
+        """
+        d_kernel = self._shared_kernel(x)
+        kernels = torch.addcmul(params["weight"], params["alpha"].view(k, *[1] * d_kernel.dim()), d_kernel)
+        return _grouped_conv(self, x, kernels, params["bias"], k)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}")
+
+
+def dct_plus_sparse(model: nn.Module, transform: Transform = "auto") -> nn.Module:
+    """`model` with every nn.Linear, nn.Conv1d and nn.Conv2d replaced (in place) by its DCT+Sparse version."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.Linear):
+            setattr(model, name, DCTPlusSparseLinear.from_linear(child, transform))
+        elif isinstance(child, (nn.Conv1d, nn.Conv2d)):
+            setattr(model, name, DCTPlusSparseConv.from_conv(child))
+        else:
+            dct_plus_sparse(child, transform)
+    return model
+
+
+def _scaled_to_budget(scores: dict[str, float], sizes: dict[str, int], budget: float) -> dict[str, float]:
+    """density_l = eps * score_l with eps such that the nonzeros sum to `budget`; a layer that would pass 1 is
+    dense and the others share its excess (RigL's ERK). Capping only raises eps, so a capped layer stays capped."""
+    dense: set[str] = set()
+    eps = 0.0
+    while len(dense) < len(scores):
+        free = [name for name in scores if name not in dense]
+        eps = (budget - sum(sizes[name] for name in dense)) / sum(scores[name] * sizes[name] for name in free)
+        over = [name for name in free if eps * scores[name] > 1]
+        if not over:
+            break
+        dense.update(over)
+    return {name: 1.0 if name in dense else min(1.0, eps * scores[name]) for name in scores}
+
+
+def layer_densities(shapes: dict[str, tuple[int, ...]], density: float, heuristic: Heuristic) -> dict[str, float]:
+    """Each layer's density for an overall `density` of the weights `shapes` ({name: shape}):
+
+    uniform: every layer `density`; erk (Erdos-Renyi-Kernel, Evci et al. 2020): proportional to
+    sum(shape) / prod(shape); epl: the same number of nonzeros in every layer. No layer passes 1: a capped layer's
+    excess goes to the others, so the nonzeros add up to `density` x all weights (before `random_masks` rounds).
+    """
+    if not 0 < density <= 1:
+        raise ValueError(f"density must lie in (0, 1], got {density}")
+    sizes = {name: math.prod(shape) for name, shape in shapes.items()}
+    score = {"uniform": lambda shape: 1.0, "erk": lambda shape: sum(shape) / math.prod(shape),
+             "epl": lambda shape: 1.0 / math.prod(shape)}
+    if heuristic not in score:
+        raise ValueError(f"heuristic must be one of {sorted(score)}, not {heuristic!r}")
+    scores = {name: score[heuristic](shape) for name, shape in shapes.items()}
+    return _scaled_to_budget(scores, sizes, density * sum(sizes.values()))
+
+
+def random_masks(shapes: dict[str, tuple[int, ...]], densities: dict[str, float], seeds: list[int]) -> dict[str, Tensor]:
+    """Bool `[K, *shape]` per layer. Model k's mask of layer l has exactly max(1, round(densities[l] * numel_l))
+    True entries (Python's round), at positions uniform at random drawn from a torch.Generator seeded `seeds[k]`
+    (layers in the order of `shapes`), so each model's masks depend on its own seed only."""
+    flat = {name: torch.zeros(len(seeds), math.prod(shape), dtype=torch.bool) for name, shape in shapes.items()}
+    for k, seed in enumerate(seeds):
+        generator = torch.Generator().manual_seed(int(seed))
+        for name, mask in flat.items():
+            kept = max(1, round(densities[name] * mask.shape[1]))
+            mask[k, torch.randperm(mask.shape[1], generator=generator)[:kept]] = True
+    return {name: mask.view(len(seeds), *shapes[name]) for name, mask in flat.items()}
