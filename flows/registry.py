@@ -40,4 +40,6 @@ FLOWS: dict[str, FlowEntry] = {
                              "fit the error-vs-density law per network and jointly; extrapolate to the largest"),
     "weight_correlation": FlowEntry("flows.weight_correlation", "weight_correlation_flow", "WeightCorrelationFlowConfig",
                                     "R_p across learning rates; lottery ticket vs rewinding vs pruning and fine-tuning"),
+    "dct_sparse": FlowEntry("flows.dct_sparse", "dct_sparse_flow", "DCTSparseFlowConfig",
+                            "dense vs sparse vs DCT+Sparse layers, sparse from initialisation, down to extreme sparsity"),
 }

@@ -78,7 +78,7 @@ def _dense_round(store: RunStore, sweep: Sweep, dataset, device) -> dict[str, to
                        lr_scale=sweep.lr)  # the sweep's rates: 1.0 x each model's own
         saved = {**_prefixed("state", dense.state()), **_prefixed("rewind", result.snapshot), "updates": result.steps}
         store.write_tensors(weights, saved)
-        accuracy = evaluate(dense, dataset.x_test, dataset.y_test).accuracy()
+        accuracy = evaluate(dense, dataset.x_test, dataset.y_test).accuracy().double()
         store.write_table(table, sweep.table(["dense"], 1.0, result.steps.numpy(), accuracy.numpy()), built_from=[weights])
     if not store.is_complete(CORRELATION, [weights]):
         store.write_table(CORRELATION, _correlations(store, sweep, dataset, _state(saved, "state")), built_from=[weights])
@@ -128,7 +128,7 @@ def _compare(store: RunStore) -> list[str]:
                        config.train.model_copy(update={"lr": 1.0}), masks=masks, lr_scale=sweep.lr.repeat(repeat))
         state, spent = ensemble.state(), budget(spent, result.steps, base)
         store.write_tensors(weights, {**_prefixed("state", state), **_prefixed("mask", masks), "updates": spent}, [previous])
-        accuracy = evaluate(ensemble, dataset.x_test, dataset.y_test).accuracy()
+        accuracy = evaluate(ensemble, dataset.x_test, dataset.y_test).accuracy().double()
         store.write_table(table, sweep.table(list(METHODS), density(masks).numpy(), spent.numpy(), accuracy.numpy()),
                           built_from=[previous])
         written.append(table)

@@ -213,6 +213,9 @@ VALIDATOR_CASES = [
      ["learning_rates: Value error, must be distinct positive learning rates; got [0.1, 0.1]"]),
     ("weight_correlation", ["correlation_fractions=[0, 0.5]"],
      ["correlation_fractions: Value error, must be distinct fractions in (0, 1]; got [0.0, 0.5]"]),
+    ("dct_sparse", ["densities=[0.1, 1.0]"], ["densities: Value error, must be distinct fractions in (0, 1); got [0.1, 1.0]"]),
+    ("dct_sparse", ["model=dct_mlp_w8_d1"], ["model: Value error, 'dct_mlp_w8_d1' is not a plain network of mlp, mlp_h"]),
+    ("dct_sparse", ["layer_types=[sparse, lowrank]"], ["layer_types.1: Input should be 'dense', 'sparse' or 'dct_sparse'"]),
     ("train", ["trian.lr=1"], ["trian: Extra inputs are not permitted"]),
     ("prune_grid", ["pruning.level=3"], ["pruning.level: Extra inputs are not permitted"]),
     ("train", ["train.lr=0.1", "train.lr=-0.1", "dataset.seed=-1"],  # every bad field is listed, not just the first
@@ -823,6 +826,8 @@ EARLY_FAILURE = {
     "filter_retrain": {"dataset": {"name": "digits", "n_train": 10}},
     "prune_grid": {"dataset": {"name": "digits", "n_train": 10}},
     "scaling_law": {},
+    "weight_correlation": {"dataset": {"name": "digits", "n_train": 10}},
+    "dct_sparse": {"dataset": {"name": "digits", "n_train": 10}},
 }
 
 

@@ -1,0 +1,104 @@
+"""`dct_sparse` flow: networks sparse from initialisation, with and without a frozen DCT offset, down to extreme sparsity.
+
+Price & Tanner, "Dense for the Price of Sparse: Improved Performance of Sparsely Initialized Networks via a
+Subspace Offset" (ICML 2021). Every Linear/Conv layer of `model` is
+  dense       the plain layer, all weights trained;
+  sparse      the plain layer with a random mask fixed at initialisation (per-layer densities by `heuristic`);
+  dct_sparse  y = alpha * D x + S x + b: D a frozen orthonormal DCT-II shared by all models, S trained under the
+              same mask as `sparse` of the same seed (and from the same initial values), alpha a trained scalar.
+The claim to check: at extreme sparsity DCT+Sparse keeps training where plain sparse layers collapse.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow
+from pydantic import Field, field_validator
+
+from core.config import Config, RuntimeConfig
+from core.data import DatasetConfig
+from core.models import DCT_FAMILIES, init_model, parse_model_name
+from core.plots import accuracy_vs_trainable_params
+from core.store import RunStore, dataset_cache
+from core.training import TrainConfig
+from flows.common import checked_data_root
+from flows.report import publish
+from flows.runner import configure_runtime, run_shards
+from tasks.common import combine_shards, shared_dataset
+from tasks.dct_sparse import train_layer_type
+
+FLOW = "dct_sparse"
+LayerType = Literal["dense", "sparse", "dct_sparse"]
+
+
+class DCTSparseFlowConfig(Config):
+    """One network trained dense, sparse and DCT+Sparse at a sweep of densities fixed at initialisation."""
+
+    dataset: DatasetConfig = Field(DatasetConfig(name="mnist1d"), description="what to train on")
+    model: str = Field("mlp_w256_d2", description="registry name of the plain network (no dct_ prefix): "
+                       "mlp_w256_d2, mlp_h300-100, lenet_300_100, cnn1d_w32_d2, cnn_w16_d2")
+    layer_types: list[LayerType] = Field(["dense", "sparse", "dct_sparse"], min_length=1,
+                                         description="how every Linear/Conv layer is built (one task each)")
+    densities: list[float] = Field([0.1, 0.03, 0.01, 0.003, 0.001, 0.0003], min_length=1,
+                                   description="fractions of each network's Linear/Conv weights that train (sparse "
+                                   "and dct_sparse); every layer keeps at least one")
+    heuristic: Literal["uniform", "erk", "epl"] = Field(
+        "erk", description="how a density is split over layers: uniform (every layer alike), erk (Erdős–Rényi-Kernel: "
+        "~ (fan-in + fan-out + kernel) / weights) or epl (equal nonzeros per layer)")
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="seed indices; every layer type and density trains "
+                             "once per seed, sparse and dct_sparse of one seed on the same mask")
+    train: TrainConfig = Field(TrainConfig(epochs=20, batch_size=128, lr=0.1), description="optimiser and schedule")
+    seed: int = Field(0, ge=0, description="run seed: model seeds, masks and batch orders derive from it")
+    runtime: RuntimeConfig = Field(RuntimeConfig(), description="execution settings; not part of the run id")
+
+    @field_validator("model")
+    @classmethod
+    def _plain_stackable_model(cls, name: str) -> str:
+        spec = parse_model_name(name)  # raises with the list of valid patterns
+        if spec.dct_plus_sparse or spec.family not in DCT_FAMILIES:
+            raise ValueError(f"{name!r} is not a plain network of {', '.join(DCT_FAMILIES)}; layer_types decides "
+                             "which layers it gets (dct_sparse builds dct_<model>)")
+        return name
+
+    @field_validator("layer_types", "densities", "seeds")
+    @classmethod
+    def _distinct_and_sorted(cls, values: list, info) -> list:
+        allowed, requirement = SWEEP_LISTS[info.field_name]
+        if not all(map(allowed, values)) or len(set(values)) != len(values):
+            raise ValueError(f"must be {requirement}; got {values}")
+        return sorted(values, reverse=info.field_name == "densities")  # any order: the same run id
+
+
+SWEEP_LISTS = {
+    "layer_types": (lambda v: True, "distinct layer types"),
+    "densities": (lambda v: 0 < v < 1, "distinct fractions in (0, 1)"),
+    "seeds": (lambda v: v >= 0, "distinct non-negative integers (a repeated seed repeats rows)"),
+}
+
+
+def check_sweep(config: DCTSparseFlowConfig, dataset) -> None:
+    """Fail before any work when the model does not fit the data or a batch is larger than the training set."""
+    init_model(config.model, dataset.input_shape, dataset.num_classes, 0)
+    if dataset.n_train < config.train.batch_size:
+        raise ValueError(f"train.batch_size={config.train.batch_size} is larger than the training set ({dataset.n_train})")
+
+
+@flow(name=FLOW, description="Sparse-at-initialisation networks, plain and DCT+Sparse, at densities down to 0.03%.")
+def dct_sparse_flow(config: DCTSparseFlowConfig = DCTSparseFlowConfig(), data_root: str | None = None) -> str:
+    """Run (or resume) the sweep of `config`; returns the run folder."""
+    data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
+    configure_runtime(config.runtime)
+    dataset = shared_dataset(config.dataset, dataset_cache(data_root))
+    check_sweep(config, dataset)
+    store = RunStore.open(FLOW, config, data_root, inputs={"dataset": dataset.fingerprint})
+    plan = [{"store": store, "layer_type": layer_type} for layer_type in config.layer_types]
+    shards = run_shards(train_layer_type, plan, config.runtime, "layer types")
+    combine_shards(store, shards, "dct_sparse.parquet", [("layer_type", "ascending"), ("density", "descending"),
+                                                         ("seed", "ascending")])
+    results = store.read_table("dct_sparse.parquet")
+    figure = accuracy_vs_trainable_params(results, 1 / dataset.num_classes, store.root / "figures" / "accuracy_vs_trainable_params.png")
+    summary = (results.pivot_table(index="density", columns="layer_type", values="test_accuracy")
+               .sort_index(ascending=False).reset_index())
+    publish(store, summary, [figure], f"{config.model} on {config.dataset.name}: {', '.join(config.layer_types)} at "
+            f"{len(config.densities)} densities ({config.heuristic}) x {len(config.seeds)} seeds")
+    return str(store.root)

@@ -1,0 +1,75 @@
+"""Task of the `dct_sparse` flow: one layer type, all its densities and seeds trained together from sparse masks
+fixed at initialisation."""
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from core.config import derive_seed
+from core.dct_sparse import layer_densities, random_masks
+from core.ensemble import Ensemble, evaluate, resolve_device
+from core.experiment import INIT_STREAM, MASK_STREAM, ORDER_STREAM, model_seed
+from core.models import prunable_parameters
+from core.pruning import remaining_parameters
+from core.store import RunStore
+from core.training import train
+from tasks.common import compute_once, task_dataset
+
+
+def shard_name(layer_type: str) -> str:
+    """The table of one layer type's models."""
+    return f"shards/{layer_type}.parquet"
+
+
+def model_name(base: str, layer_type: str) -> str:
+    """The registry name of `base` built with `layer_type` layers (a sparse network is the plain one, masked)."""
+    return f"dct_{base}" if layer_type == "dct_sparse" else base
+
+
+def sparse_masks(shapes: dict[str, tuple[int, ...]], densities: list[float], heuristic: str,
+                 seeds: list[int]) -> dict[str, torch.Tensor]:
+    """Masks `[len(densities) * len(seeds), ...]`, density-major: each density's per-layer split by `heuristic`,
+    each model's positions from its own seed (so `sparse` and `dct_sparse` of one seed share their masks)."""
+    parts = [random_masks(shapes, layer_densities(shapes, d, heuristic), seeds) for d in densities]
+    return {name: torch.cat([part[name] for part in parts]) for name in shapes}
+
+
+@task(cache_policy=NO_CACHE, task_run_name="sparse-init-{layer_type}")
+def train_layer_type(store: RunStore, layer_type: str) -> str:
+    """Train every (density, seed) of `layer_type` (one seed per model for `dense`) in one pass; skipped when done."""
+    name = shard_name(layer_type)
+    compute_once(store, [name], lambda: _train(store, layer_type, name))
+    return name
+
+
+def _train(store: RunStore, layer_type: str, name: str) -> None:
+    """The body of `train_layer_type`."""
+    config, start, dataset = store.config, time.perf_counter(), task_dataset(store)
+    densities = [1.0] if layer_type == "dense" else config.densities
+    rows = [(d, s) for d in densities for s in config.seeds]
+    seeds = [model_seed(config.seed, s) for _, s in rows]
+    ensemble = Ensemble.init(model_name(config.model, layer_type), dataset.input_shape, dataset.num_classes,
+                             [derive_seed(s, INIT_STREAM) for s in seeds], resolve_device(config.runtime.device),
+                             config.runtime.precision)
+    masks = None
+    if layer_type != "dense":
+        shapes = {n: tuple(ensemble.params[n].shape[1:]) for n in prunable_parameters(ensemble.template)}
+        masks = sparse_masks(shapes, config.densities, config.heuristic,
+                             [derive_seed(model_seed(config.seed, s), MASK_STREAM) for s in config.seeds])
+    everything = torch.ones(len(rows), dataset.n_train, dtype=torch.bool)
+    result = train(ensemble, dataset.x_train, dataset.y_train, everything, [derive_seed(s, ORDER_STREAM) for s in seeds],
+                   config.train, masks=masks)
+    accuracy = evaluate(ensemble, dataset.x_test, dataset.y_test).accuracy()
+    trainable = remaining_parameters(ensemble.params, masks) if masks else \
+        torch.full((len(rows),), sum(p[0].numel() for p in ensemble.params.values()))
+    store.write_table(name, pd.DataFrame({
+        "layer_type": layer_type, "density": [d for d, _ in rows], "heuristic": "none" if masks is None else config.heuristic,
+        "trainable_params": trainable.numpy(), "seed": [s for _, s in rows], "test_accuracy": accuracy.double().numpy(),
+        "train_loss": result.losses[:, -1].double().numpy()}))
+    get_run_logger().info("%s: %d models, test accuracy by density %s, %.1f s", layer_type, len(rows),
+                          " ".join(f"{d:g}: {float(accuracy[i * len(config.seeds):(i + 1) * len(config.seeds)].mean()):.3f}"
+                                   for i, d in enumerate(densities)), time.perf_counter() - start)

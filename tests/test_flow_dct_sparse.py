@@ -1,0 +1,88 @@
+"""The `dct_sparse` flow: its table against hand counts and against one model trained alone."""
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from core.config import derive_seed
+from core.data import DatasetConfig, load_dataset
+from core.dct_sparse import layer_densities, random_masks
+from core.ensemble import Ensemble, evaluate
+from core.experiment import INIT_STREAM, MASK_STREAM, ORDER_STREAM, model_seed
+from core.models import init_model
+from core.training import TrainConfig
+from flows.dct_sparse import DCTSparseFlowConfig, dct_sparse_flow
+from reference import train_one_by_one
+from tasks.dct_sparse import sparse_masks
+
+CONFIG = DCTSparseFlowConfig(dataset=DatasetConfig(name="digits", n_train=400, n_test=100), model="mlp_w32_d1",
+                             densities=[0.1, 0.01], heuristic="erk", seeds=[0, 1],
+                             train=TrainConfig(epochs=2, batch_size=50, lr=0.1))
+SHAPES = {"1.weight": (32, 64), "3.weight": (10, 32)}  # digits: 8 x 8 inputs, 10 classes
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, prefect_harness):
+    folder = Path(dct_sparse_flow(CONFIG, data_root=str(tmp_path_factory.mktemp("data"))))
+    return folder, pd.read_parquet(folder / "dct_sparse.parquet")
+
+
+def test_table_columns_rows_and_trainable_parameters_by_hand(run):
+    folder, results = run
+    assert list(results.columns) == ["layer_type", "density", "heuristic", "trainable_params", "seed",
+                                     "test_accuracy", "train_loss"]
+    assert results[["layer_type", "density", "seed"]].values.tolist() == [
+        ["dct_sparse", 0.1, 0], ["dct_sparse", 0.1, 1], ["dct_sparse", 0.01, 0], ["dct_sparse", 0.01, 1],
+        ["dense", 1.0, 0], ["dense", 1.0, 1],
+        ["sparse", 0.1, 0], ["sparse", 0.1, 1], ["sparse", 0.01, 0], ["sparse", 0.01, 1]]
+    biases = 32 + 10
+    for density in CONFIG.densities:
+        kept = sum(max(1, round(d * 32 * s)) for d, s in zip(layer_densities(SHAPES, density, "erk").values(), [64, 10]))
+        rows = results[results["density"] == density].set_index("layer_type")["trainable_params"]
+        assert rows["sparse"].tolist() == [kept + biases] * 2
+        assert rows["dct_sparse"].tolist() == [kept + biases + 2] * 2  # one alpha per layer
+    assert results[results["layer_type"] == "dense"]["trainable_params"].tolist() == [64 * 32 + 32 * 10 + biases] * 2
+    assert (folder / "figures" / "accuracy_vs_trainable_params.png").is_file()
+
+
+def test_sparse_and_dct_sparse_of_one_seed_share_their_masks_and_draw_per_layer_counts():
+    seeds = [derive_seed(model_seed(0, s), MASK_STREAM) for s in (0, 1)]
+    masks = sparse_masks(SHAPES, [0.1, 0.01], "erk", seeds)
+    assert masks["1.weight"].shape == (4, 32, 64)
+    for i, density in enumerate([0.1, 0.01]):
+        expected = random_masks(SHAPES, layer_densities(SHAPES, density, "erk"), seeds)
+        for name in SHAPES:
+            assert torch.equal(masks[name][2 * i:2 * i + 2], expected[name])
+    assert not torch.equal(masks["1.weight"][0], masks["1.weight"][1])  # each seed its own positions
+
+
+@pytest.mark.parametrize("layer_type,row", [("dct_sparse", 2), ("sparse", 8)])  # density 0.01, seed 0
+def test_a_row_equals_one_model_trained_alone(run, layer_type, row):
+    """torch.optim.SGD, one model: init from the seed, the seed's mask of density 0.01, the seed's batch order."""
+    _, results = run
+    data = load_dataset(CONFIG.dataset)
+    seed = model_seed(CONFIG.seed, 0)
+    name = "dct_mlp_w32_d1" if layer_type == "dct_sparse" else "mlp_w32_d1"
+    mask = random_masks(SHAPES, layer_densities(SHAPES, 0.01, "erk"), [derive_seed(seed, MASK_STREAM)])
+    model, _ = train_one_by_one(init_model(name, data.input_shape, 10, derive_seed(seed, INIT_STREAM)), data.x_train,
+                                data.y_train, torch.arange(data.n_train), derive_seed(seed, ORDER_STREAM), CONFIG.train,
+                                mask={n: m[0].float() for n, m in mask.items()})
+    alone = float(evaluate(Ensemble.from_models([model]), data.x_test, data.y_test).accuracy()[0])
+    assert results.loc[row, ["layer_type", "density", "seed"]].tolist() == [layer_type, 0.01, 0]
+    assert results.loc[row, "test_accuracy"] == pytest.approx(alone, abs=0.011)  # one test example of 100 may flip
+
+
+def test_a_rerun_skips_every_layer_type(run):
+    folder, results = run
+    stamps = {p.name: p.stat().st_mtime_ns for p in (folder / "shards").iterdir()}
+    assert Path(dct_sparse_flow(CONFIG, data_root=str(folder.parents[2]))) == folder
+    assert {p.name: p.stat().st_mtime_ns for p in (folder / "shards").iterdir()} == stamps
+
+
+@pytest.mark.parametrize("model,message", [
+    ("dct_mlp_w8_d1", "'dct_mlp_w8_d1' is not a plain network of mlp, mlp_h, lenet_300_100, cnn1d, cnn"),
+    ("resnet18", "'resnet18' is not a plain network")])
+def test_a_dct_or_unstackable_model_name_is_refused(model, message):
+    with pytest.raises(ValueError, match=message):
+        DCTSparseFlowConfig(model=model)
