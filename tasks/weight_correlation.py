@@ -99,7 +99,8 @@ def _compare(store: RunStore) -> list[str]:
     """The body of `compare_methods`."""
     config, logger = store.config, get_run_logger()
     dataset, device, pruning = task_dataset(store), resolve_device(config.runtime.device), config.pruning
-    sweep, base, repeat = Sweep(config.learning_rates, config.seeds, config.seed), len(config.learning_rates) * len(config.seeds), len(METHODS)
+    sweep, repeat = Sweep(config.learning_rates, config.seeds, config.seed), len(METHODS)
+    base = len(sweep.rows)
     start = time.perf_counter()
     dense = _dense_round(store, sweep, dataset, device)
     logger.info("dense round: %d models, %.1f s", base, time.perf_counter() - start)

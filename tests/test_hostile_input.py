@@ -249,8 +249,8 @@ NAME_CASES = (
                   for n in ("imagenet", "Digits")]
     + [pytest.param(f, [f"model={m}"], [f"model: Value error, unknown model {m!r}", "Valid names:",
                                         *MODEL_PATTERNS], id=f"{f}:model={m}")
-       for f in [*SUBSET_FLOWS, "weight_correlation"] for m in ("vgg16", "mlp_w0_d2", "mlp_w8", "MLP_W8_D1", "cnn_w8_d0", "lenet_300_10",
-                                       "../../x")]
+       for f in [*SUBSET_FLOWS, "weight_correlation"]
+       for m in ("vgg16", "mlp_w0_d2", "mlp_w8", "MLP_W8_D1", "cnn_w8_d0", "lenet_300_10", "../../x")]
     + [pytest.param("prune_grid", ["family=resnet"], ["family: Input should be 'mlp', 'cnn1d' or 'cnn' (got 'resnet')"],
                     id="prune_grid:family=resnet")]
 )
