@@ -18,8 +18,10 @@ MODEL_PATTERNS = {
     "lenet_300_100": "LeNet-300-100 fully connected network (any input)",
     "resnet18": "torchvision ResNet-18 (images; meant for GPU users)",
     "dct_{any above but resnet18}": "every Linear/Conv a DCT+Sparse layer (Price & Tanner 2021), e.g. dct_mlp_w64_d2",
+    "subspace{m}_{any above but resnet18}": "every Linear/Conv holds m = 2..9 endpoints (Wortsman et al. 2021), "
+                                            "e.g. subspace2_mlp_w64_d2",
 }
-DCT_FAMILIES = ("mlp", "mlp_h", "lenet_300_100", "cnn1d", "cnn")  # those the stacked fast path runs
+DCT_FAMILIES = ("mlp", "mlp_h", "lenet_300_100", "cnn1d", "cnn")  # those the stacked fast path runs (dct_, subspace)
 
 
 class ModelNameError(ValueError):
@@ -36,10 +38,12 @@ class ModelSpec:
     depth: int | None = None
     hidden: tuple[int, ...] = ()  # hidden widths of an mlp_h network
     dct_plus_sparse: bool = False  # a dct_ name: every Linear/Conv a DCT+Sparse layer
+    endpoints: int = 0  # a subspace{m}_ name: every Linear/Conv a subspace layer of m endpoints (core.subspaces)
 
 
 _GRID_NAME = re.compile(r"^(mlp|cnn1d|cnn)_w(\d+)_d(\d+)$")
 _HIDDEN_NAME = re.compile(r"^mlp_h(\d+(?:-\d+)*)$")
+_SUBSPACE_PREFIX = re.compile(r"^subspace([2-9])_")
 
 
 def _parse_plain_name(name: str) -> ModelSpec | None:
@@ -57,12 +61,14 @@ def _parse_plain_name(name: str) -> ModelSpec | None:
 
 def parse_model_name(name: str) -> ModelSpec:
     """Parse a registry name, or fail with the list of valid patterns."""
-    plain = name.removeprefix("dct_")
+    subspace = _SUBSPACE_PREFIX.match(name)
+    rest = name[subspace.end():] if subspace else name
+    plain = rest.removeprefix("dct_")
     spec = _parse_plain_name(plain)
     if spec is not None and plain == name:
         return spec
-    if spec is not None and spec.family in DCT_FAMILIES:
-        return replace(spec, name=name, dct_plus_sparse=True)
+    if spec is not None and spec.family in DCT_FAMILIES and (subspace is None) != (plain == rest):  # one prefix
+        return replace(spec, name=name, dct_plus_sparse=plain != rest, endpoints=int(subspace[1]) if subspace else 0)
     valid = "\n".join(f"  {pattern:30s} {text}" for pattern, text in MODEL_PATTERNS.items())
     raise ModelNameError(
         f"unknown model {name!r}; width and depth must be positive integers. Valid names:\n{valid}\n"
@@ -123,6 +129,10 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
         from core.dct_sparse import dct_plus_sparse  # not at the top: it needs core.ensemble, which imports us
 
         return dct_plus_sparse(builders[spec.family]())  # the plain network's initial weights become S
+    if spec.endpoints:
+        from core.subspaces import subspace_network  # not at the top: see dct_plus_sparse
+
+        return subspace_network(builders[spec.family](), spec.endpoints)  # fresh endpoints after the plain init
     return builders[spec.family]()
 
 

@@ -34,12 +34,13 @@ def extract(values: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 def host_name(names: list[str]) -> str:
-    """The widest of `names`, which must share family and depth (e.g. mlp_w32_d2 and mlp_w128_d2)."""
+    """The widest of `names`, which must share family, depth and subspace endpoints (e.g. mlp_w32_d2 and mlp_w128_d2)."""
     specs = [parse_model_name(n) for n in names]
     if len(set(names)) > 1 and any(s.dct_plus_sparse for s in specs):  # a DCT+Sparse layer's D depends on its width
         raise ValueError(f"a DCT+Sparse network shares a pass only with its own name; got {sorted(set(names))}")
-    if any(s.width is None for s in specs) or len({(s.family, s.depth) for s in specs}) != 1:
-        raise ValueError(f"only networks of one family and depth with a width can share a pass; got {sorted(set(names))}")
+    if any(s.width is None for s in specs) or len({(s.family, s.depth, s.endpoints) for s in specs}) != 1:
+        raise ValueError("only networks of one family, depth and endpoint count with a width can share a pass; "
+                         f"got {sorted(set(names))}")
     return max(specs, key=lambda s: s.width).name
 
 

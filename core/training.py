@@ -11,7 +11,7 @@ import ctypes.util
 import functools
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -230,6 +230,8 @@ def train(
     snapshot_step: int | None = None,
     start_step: int = 0,
     lr_scale: Tensor | None = None,
+    step_hook: Callable[[Tensor], None] | None = None,
+    regularizer: Callable[[dict[str, Tensor]], Tensor] | None = None,
 ) -> TrainResult:
     """Train every model k of `ensemble` on the examples where `subsets[k]` (bool `[K, N]`) is True.
 
@@ -241,6 +243,11 @@ def train(
     Momentum starts from zero, as with a fresh optimizer.
     With `lr_scale` (`[K]`), model k's learning rate is `lr_scale[k]` times the schedule's (a sweep of
     learning rates in one pass).
+    With `step_hook`, `step_hook(takes)` runs before each step's forward, `takes` the bool `[K]` CPU tensor of
+    the models that take this step (never a model's skipped or padding steps): e.g. per-model random draws that
+    must follow a model's own steps, as they would were it trained alone (core.subspaces).
+    With `regularizer`, `regularizer(ensemble.params)` (`[K]`, differentiable) is added to each model's loss on
+    every step it takes; `losses` still holds the cross-entropy alone.
     """
     device = ensemble.device
     if device.type == "cpu":
@@ -290,11 +297,17 @@ def train(
             idx = order[:, s]
             xb, yb = _rows(x, idx), _rows(y, idx)
             saved = {n: b.clone() for n, b in ensemble.buffers.items()} if active is not None else {}
+            if step_hook is not None:
+                step_hook(takes)
             logits = ensemble(xb, train=True)
             # classes on dim 1: log-softmax over a contiguous dim of 10 classes is ~10x slower on the CPU
             per_model = F.cross_entropy(logits.transpose(1, 2), yb, reduction="none").mean(1)
             per_model = per_model if active is None else per_model * active
-            per_model.sum().backward()
+            if regularizer is None:
+                per_model.sum().backward()
+            else:
+                extra = regularizer(ensemble.params)
+                (per_model + (extra if active is None else extra * active)).sum().backward()
             _restore_idle(ensemble.buffers, saved, active)  # after backward, which may still read them
             if record:
                 _write_record(result.record, epoch, idx, example_outcomes(logits.detach(), yb), active)

@@ -30,8 +30,16 @@ class SubsetTrainingConfig(Config):
     @field_validator("model")
     @classmethod
     def _known_model(cls, name: str) -> str:
-        parse_model_name(name)  # raises with the list of valid patterns
-        return name
+        return sgd_trainable_model(name)
+
+
+def sgd_trainable_model(name: str) -> str:
+    """`name`, if the registry knows it (else the list of valid patterns) and plain training trains it: a subspace
+    network needs its coefficients drawn every step (core.subspaces.SubspaceTraining), which these flows do not."""
+    if parse_model_name(name).endpoints:
+        raise ValueError(f"{name!r} is a subspace network: its coefficients are drawn every step by "
+                         "core.subspaces.SubspaceTraining, which this flow does not run; use the plain name")
+    return name
 
 
 def _started_from_deployment() -> bool:

@@ -55,7 +55,7 @@ class DCTSparseFlowConfig(Config):
     @classmethod
     def _plain_stackable_model(cls, name: str) -> str:
         spec = parse_model_name(name)  # raises with the list of valid patterns
-        if spec.dct_plus_sparse or spec.family not in DCT_FAMILIES:
+        if spec.dct_plus_sparse or spec.endpoints or spec.family not in DCT_FAMILIES:
             raise ValueError(f"{name!r} is not a plain network of {', '.join(DCT_FAMILIES)}; layer_types decides "
                              "which layers it gets (dct_sparse builds dct_<model>)")
         return name

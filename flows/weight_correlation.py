@@ -19,12 +19,12 @@ from pydantic import Field, field_validator
 
 from core.config import Config, RuntimeConfig
 from core.data import DatasetConfig
-from core.models import init_model, parse_model_name
+from core.models import init_model
 from core.plots import accuracy_by_method, correlation_vs_fraction
 from core.store import RunStore, dataset_cache
 from core.training import TrainConfig
 from core.weight_correlation import method_gaps
-from flows.common import checked_data_root
+from flows.common import checked_data_root, sgd_trainable_model
 from flows.prune_grid import PruningConfig
 from flows.report import publish
 from flows.runner import configure_runtime, run_shards
@@ -54,8 +54,7 @@ class WeightCorrelationFlowConfig(Config):
     @field_validator("model")
     @classmethod
     def _known_model(cls, name: str) -> str:
-        parse_model_name(name)  # raises with the list of valid patterns
-        return name
+        return sgd_trainable_model(name)
 
     @field_validator("learning_rates", "correlation_fractions", "seeds")
     @classmethod

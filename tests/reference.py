@@ -6,9 +6,10 @@ from torch import nn
 from core.training import lr_at
 
 
-def train_one_by_one(model, x, y, members, order_seed, config, mask=None, stop_after=None, start=0):
+def train_one_by_one(model, x, y, members, order_seed, config, mask=None, stop_after=None, start=0, before_step=None):
     """Reference: plain torch.optim.SGD, the same batch order, lr set every step (optionally stopping early,
-    or starting at update `start` of the schedule with a fresh optimizer); returns the model and its updates."""
+    or starting at update `start` of the schedule with a fresh optimizer); returns the model and its updates.
+    `before_step(model)`, called before each update's forward, returns an extra loss term (or 0)."""
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     gen, steps_per_epoch, step = torch.Generator().manual_seed(order_seed), len(members) // config.batch_size, 0
     with torch.no_grad():
@@ -25,7 +26,8 @@ def train_one_by_one(model, x, y, members, order_seed, config, mask=None, stop_a
             idx = order[s * config.batch_size : (s + 1) * config.batch_size]
             for group in opt.param_groups:
                 group["lr"] = lr_at(config, step, steps_per_epoch)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            extra = before_step(model) if before_step else 0.0
+            loss = F.cross_entropy(model(x[idx]), y[idx]) + extra
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -82,7 +82,8 @@ def test_a_rerun_skips_every_layer_type(run):
 
 @pytest.mark.parametrize("model,message", [
     ("dct_mlp_w8_d1", "'dct_mlp_w8_d1' is not a plain network of mlp, mlp_h, lenet_300_100, cnn1d, cnn"),
-    ("resnet18", "'resnet18' is not a plain network")])
+    ("resnet18", "'resnet18' is not a plain network"),
+    ("subspace2_mlp_w8_d1", "'subspace2_mlp_w8_d1' is not a plain network")])
 def test_a_dct_or_unstackable_model_name_is_refused(model, message):
     with pytest.raises(ValueError, match=message):
         DCTSparseFlowConfig(model=model)

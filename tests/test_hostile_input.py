@@ -216,6 +216,9 @@ VALIDATOR_CASES = [
     ("dct_sparse", ["densities=[0.1, 1.0]"], ["densities: Value error, must be distinct fractions in (0, 1); got [0.1, 1.0]"]),
     ("dct_sparse", ["model=dct_mlp_w8_d1"], ["model: Value error, 'dct_mlp_w8_d1' is not a plain network of mlp, mlp_h"]),
     ("dct_sparse", ["layer_types=[sparse, lowrank]"], ["layer_types.1: Input should be 'dense', 'sparse' or 'dct_sparse'"]),
+    ("train", ["model=subspace2_mlp_w8_d1"], ["model: Value error, 'subspace2_mlp_w8_d1' is a subspace network"]),
+    ("weight_correlation", ["model=subspace3_mlp_w8_d1"],
+     ["model: Value error, 'subspace3_mlp_w8_d1' is a subspace network"]),
     ("train", ["trian.lr=1"], ["trian: Extra inputs are not permitted"]),
     ("prune_grid", ["pruning.level=3"], ["pruning.level: Extra inputs are not permitted"]),
     ("train", ["train.lr=0.1", "train.lr=-0.1", "dataset.seed=-1"],  # every bad field is listed, not just the first

@@ -90,8 +90,10 @@ def test_embed_and_extract_are_inverse():
 
 
 def test_only_one_family_and_depth_can_share_a_pass():
-    with pytest.raises(ValueError, match=r"only networks of one family and depth with a width can share a pass; "
-                                          r"got \['mlp_w4_d1', 'mlp_w8_d2'\]"):
+    with pytest.raises(ValueError, match=r"only networks of one family, depth and endpoint count with a width can share "
+                                          r"a pass; got \['mlp_w4_d1', 'mlp_w8_d2'\]"):
         nested_ensemble(["mlp_w8_d2", "mlp_w4_d1"], (1, 16), CLASSES, [0, 1])
+    with pytest.raises(ValueError, match=r"endpoint count .* got \['subspace2_mlp_w8_d2', 'subspace3_mlp_w8_d2'\]"):
+        nested_ensemble(["subspace2_mlp_w8_d2", "subspace3_mlp_w8_d2"], (1, 16), CLASSES, [0, 1])
     ensemble, support = nested_ensemble(["mlp_w8_d2", "mlp_w8_d2"], (1, 16), CLASSES, [0, 1])
     assert support is None and ensemble.params["1.weight"].shape == (2, 8, 16)

@@ -1,0 +1,241 @@
+"""Learning Neural Network Subspaces (Wortsman et al., ICML 2021): lines, curves and simplexes of networks.
+
+A subspace layer holds m endpoint weight sets W_1..W_m (`weight` `[m, out, in, *kernel]`, `bias` `[m, out]`), each
+initialised independently, and runs with the weights sum_i c_i W_i for coefficients c set on it before the forward
+(`coefficients`: `[m]` for one model, `[K, m]` on a stacked ensemble's template). Each training step draws c from a
+generator per model (a line, a quadratic Bezier curve with a trained control point, or a uniform point of the
+simplex; one draw for the network or one per layer) through core.training.train's `step_hook`, and adds
+beta cos^2(w_i, w_j) of a random endpoint pair through its `regularizer`. One backward trains every endpoint: the
+gradient of W_i is c_i times that of the combined weight.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair, _single
+
+from core.ensemble import Ensemble, _grouped_conv, _linear
+
+Kind = Literal["line", "curve", "simplex"]
+ENDPOINTS = {"line": 2, "curve": 3}  # a simplex takes any m >= 2
+
+
+class _SubspaceLayer(nn.Module):
+    """What subspace linear and conv layers share: m endpoints, their coefficients, their combination."""
+
+    def _endpoints(self, m: int, shape: tuple[int, ...], bias: bool, device, dtype) -> None:
+        """Parameters `weight` `[m, *shape]` and `bias` `[m, out]`, endpoint after endpoint drawn as nn.Linear and
+        nn.Conv draw their default init (the same code), from the global RNG."""
+        self.endpoints, self.coefficients = m, None  # coefficients: set per step, not a parameter
+        self.weight = nn.Parameter(torch.empty(m, *shape, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(m, shape[0], device=device, dtype=dtype)) if bias else None
+        with torch.no_grad():
+            for i in range(m):
+                nn.Linear.reset_parameters(SimpleNamespace(weight=self.weight[i],
+                                                           bias=None if self.bias is None else self.bias[i]))
+
+    def _combined(self) -> tuple[Tensor, Tensor | None]:
+        """This one model's weight and bias at its coefficients `[m]`."""
+        c = self.coefficients
+        if c is None or c.shape != (self.endpoints,):
+            raise ValueError(f"a single subspace model needs coefficients of shape [{self.endpoints}] (set_coefficients"
+                             f" or fix_coefficients), not {None if c is None else list(c.shape)}")
+        return torch.tensordot(c, self.weight, 1), None if self.bias is None else torch.tensordot(c, self.bias, 1)
+
+    def _combined_stacked(self, params: dict[str, Tensor], k: int) -> tuple[Tensor, Tensor | None]:
+        """All K models' weights and biases `[K, ...]` from `[K, m, ...]` endpoints, by one einsum each."""
+        if self.coefficients is None:
+            raise ValueError("set the subspace coefficients before the forward (set_coefficients or fix_coefficients)")
+        c = self.coefficients.expand(k, self.endpoints)  # [m]: every model at the same point
+        bias = params.get("bias")
+        return (torch.einsum("km,km...->k...", c, params["weight"]),
+                None if bias is None else torch.einsum("km,kmo->ko", c, bias))
+
+
+class SubspaceLinear(_SubspaceLayer):
+    """nn.Linear with weights sum_i c_i W_i over m endpoints."""
+
+    stacked_layout = "features"  # core.ensemble's stacked fast path: [K, F, B]
+
+    def __init__(self, in_features: int, out_features: int, endpoints: int, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self._endpoints(endpoints, (out_features, in_features), bias, device, dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """One model on `[..., in]`."""
+        return F.linear(x, *self._combined())
+
+    def forward_stacked(self, x: Tensor, params: dict[str, Tensor], k: int) -> Tensor:
+        """All K models on `[K, in, B]`: one batched matmul with each model's combined weight."""
+        return _linear(x, *self._combined_stacked(params, k))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, endpoints={self.endpoints}"
+
+
+class SubspaceConv(_SubspaceLayer):
+    """nn.Conv1d / nn.Conv2d (zero padding, one group, no dilation) with kernels sum_i c_i W_i over m endpoints."""
+
+    stacked_layout = "channels"  # core.ensemble's stacked fast path: [B, K*C, *spatial], channels-last
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, endpoints: int, stride=1, padding=0,
+                 bias: bool = True, spatial_dims: int = 2, device=None, dtype=None):
+        super().__init__()
+        as_tuple = {1: _single, 2: _pair}[spatial_dims]
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = as_tuple(kernel_size), as_tuple(stride)
+        self.padding = padding if isinstance(padding, str) else as_tuple(padding)  # as nn.Conv keeps them
+        self._endpoints(endpoints, (out_channels, in_channels, *self.kernel_size), bias, device, dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """One model on `[B, C, *spatial]`."""
+        conv = F.conv1d if len(self.kernel_size) == 1 else F.conv2d
+        return conv(x, *self._combined(), self.stride, self.padding)
+
+    def forward_stacked(self, x: Tensor, params: dict[str, Tensor], k: int) -> Tensor:
+        """All K models on `[B, K*C, *spatial]`: one grouped conv with each model's combined kernel."""
+        return _grouped_conv(self, x, *self._combined_stacked(params, k), k)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, endpoints={self.endpoints}")
+
+
+def subspace_network(model: nn.Module, endpoints: int) -> nn.Module:
+    """`model` with every nn.Linear, nn.Conv1d and nn.Conv2d replaced (in place, in layer order) by a subspace layer
+    of the same shape with `endpoints` fresh endpoints drawn from the global RNG (the plain weights are dropped)."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.Linear):
+            layer = SubspaceLinear(child.in_features, child.out_features, endpoints, child.bias is not None)
+        elif isinstance(child, (nn.Conv1d, nn.Conv2d)):
+            if child.groups != 1 or child.padding_mode != "zeros" or set(child.dilation) != {1}:
+                raise ValueError(f"subspace convs have zero padding, one group and no dilation; got {child}")
+            layer = SubspaceConv(child.in_channels, child.out_channels, child.kernel_size, endpoints, child.stride,
+                                 child.padding, child.bias is not None, len(child.kernel_size))
+        else:
+            layer = subspace_network(child, endpoints)
+        setattr(model, name, layer)
+    return model
+
+
+def subspace_layers(model: nn.Module) -> list[_SubspaceLayer]:
+    """The subspace layers of `model` in layer order (the `layers` axis of coefficients)."""
+    return [module for module in model.modules() if isinstance(module, _SubspaceLayer)]
+
+
+def set_coefficients(model: nn.Module, coefficients: Tensor) -> None:
+    """Layer l of `model` gets `coefficients[..., l, :]`: `[layers, m]` for one model, `[K, layers, m]` for the
+    template of a stacked ensemble."""
+    layers = subspace_layers(model)
+    coefficients = coefficients.to(layers[0].weight.device, layers[0].weight.dtype)  # one copy to the device a step
+    for l, layer in enumerate(layers):
+        layer.coefficients = coefficients[..., l, :]
+
+
+def fix_coefficients(model: nn.Module, coefficients) -> None:
+    """Every subspace layer at the same point `coefficients` (`[m]`, or `[K, m]` on an ensemble's template), e.g.
+    line_coefficients(0.5) for the midpoint of a line."""
+    coefficients = torch.as_tensor(coefficients)
+    set_coefficients(model, coefficients.unsqueeze(-2).expand(*coefficients.shape[:-1], len(subspace_layers(model)), -1))
+
+
+def line_coefficients(t) -> Tensor:
+    """`[..., 2]` coefficients (1 - t, t) of the point t of the line from W_0 to W_1."""
+    t = torch.as_tensor(t, dtype=torch.get_default_dtype())
+    return torch.stack([1 - t, t], -1)
+
+
+def curve_coefficients(t) -> Tensor:
+    """`[..., 3]` coefficients ((1-t)^2, 2t(1-t), t^2) of the point t of the quadratic Bezier curve from W_0 to W_2
+    with control point W_1."""
+    t = torch.as_tensor(t, dtype=torch.get_default_dtype())
+    return torch.stack([(1 - t).square(), 2 * t * (1 - t), t.square()], -1)
+
+
+def draw_coefficients(kind: Kind, generator: torch.Generator, layers: int, m: int, layerwise: bool) -> Tensor:
+    """`[layers, m]` coefficients of one model for one step: one draw for all layers, or one per layer."""
+    draws = layers if layerwise else 1
+    if kind == "simplex":  # normalised Exp(1) draws: Dirichlet(1, ..., 1), uniform on the simplex
+        exponentials = torch.empty(draws, m).exponential_(generator=generator)
+        coefficients = exponentials / exponentials.sum(1, keepdim=True)
+    else:
+        point = {"line": line_coefficients, "curve": curve_coefficients}[kind]
+        coefficients = point(torch.rand(draws, generator=generator))
+    return coefficients.expand(layers, m)
+
+
+def sample_coefficients(kind: Kind, generators: list[torch.Generator], takes: Tensor, layers: int, m: int,
+                        layerwise: bool, out: Tensor | None = None) -> Tensor:
+    """`[K, layers, m]`: model k's `draw_coefficients` from `generators[k]` where `takes[k]` (bool `[K]`); the other
+    rows of `out` stay as they were (zeros when `out` is None), and their generators are not touched."""
+    out = torch.zeros(len(generators), layers, m) if out is None else out
+    for k in takes.nonzero().flatten().tolist():
+        out[k] = draw_coefficients(kind, generators[k], layers, m, layerwise)
+    return out
+
+
+def draw_pair(generator: torch.Generator, m: int) -> Tensor:
+    """Two distinct endpoints `[2]`, uniform over ordered pairs."""
+    return torch.randperm(m, generator=generator)[:2]
+
+
+def endpoint_cosine_squared(weights: list[Tensor], pairs: Tensor) -> Tensor:
+    """`[K]` cos^2(w_i, w_j) for model k's pair (i, j) = `pairs[k]`, w_e = endpoint e's weights of all layers
+    (`weights`: stacked `[K, m, ...]` per layer) flattened and concatenated."""
+    rows = torch.arange(len(pairs), device=pairs.device)
+    dot = first = second = 0
+    for weight in weights:
+        a, b = weight[rows, pairs[:, 0]].flatten(1), weight[rows, pairs[:, 1]].flatten(1)
+        dot, first, second = dot + (a * b).sum(1), first + a.square().sum(1), second + b.square().sum(1)
+    return dot.square() / (first * second)
+
+
+def expected_calibration_error(probs: Tensor, labels: Tensor, bins: int = 20) -> Tensor:
+    """`[K]` ECE of predictions `probs` `[K, N, C]`: the |accuracy - mean confidence| of each of `bins` equal-width
+    confidence bins ((b/bins, (b+1)/bins]), weighted by its share of the N examples."""
+    confidence, predicted = probs.max(-1)
+    correct = (predicted == labels.to(probs.device)).to(probs.dtype)
+    bin_index = (confidence * bins).ceil().long().clamp(1, bins) - 1  # a confidence of 0 joins the first bin
+    # |B| |acc_B - conf_B| = |sum over B of (correct - confidence)|: one scatter, no per-bin counts
+    gaps = torch.zeros(probs.shape[0], bins, dtype=probs.dtype, device=probs.device)
+    return gaps.scatter_add_(1, bin_index, correct - confidence).abs().sum(1) / probs.shape[1]
+
+
+class SubspaceTraining:
+    """core.training.train's hooks for a subspace ensemble: `step` draws each stepping model's coefficients and
+    endpoint pair from its own generator; `regularizer` is beta cos^2 of that pair. Pass both to train()."""
+
+    def __init__(self, ensemble: Ensemble, kind: Kind, seeds: list[int], layerwise: bool = False, beta: float = 1.0):
+        self.template, self.layers = ensemble.template, subspace_layers(ensemble.template)
+        if not self.layers or len(seeds) != ensemble.size:
+            raise ValueError(f"need a subspace network and one seed per model ({ensemble.size}); got {len(seeds)} "
+                             f"seeds and {len(self.layers)} subspace layers")
+        self.m = self.layers[0].endpoints
+        if kind not in ("line", "curve", "simplex") or ENDPOINTS.get(kind, self.m) != self.m:
+            raise ValueError(f"a {kind!r} subspace needs {ENDPOINTS.get(kind, 'two or more')} endpoints; the network "
+                             f"has {self.m}")
+        self.kind, self.layerwise, self.beta = kind, layerwise, beta
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.coefficients = torch.zeros(ensemble.size, len(self.layers), self.m)
+        self.pairs = torch.tensor([[0, 1]]).repeat(ensemble.size, 1)  # until a model first steps
+        self.weight_names = [f"{name}.weight" for name, module in self.template.named_modules()
+                             if isinstance(module, _SubspaceLayer)]
+
+    def step(self, takes: Tensor) -> None:
+        """Draw coefficients, then a pair, for each model with `takes[k]` (bool `[K]`); set them on the template."""
+        takes = takes.cpu()
+        sample_coefficients(self.kind, self.generators, takes, len(self.layers), self.m, self.layerwise,
+                            self.coefficients)
+        for k in takes.nonzero().flatten().tolist():  # each generator is one model's: it draws c, then the pair
+            self.pairs[k] = draw_pair(self.generators[k], self.m)
+        set_coefficients(self.template, self.coefficients)
+
+    def regularizer(self, params: dict[str, Tensor]) -> Tensor:
+        """`[K]` beta cos^2 between each model's two drawn endpoints (weights only: biases left out)."""
+        weights = [params[name] for name in self.weight_names]
+        return self.beta * endpoint_cosine_squared(weights, self.pairs.to(weights[0].device))
