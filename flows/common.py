@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,14 @@ class SubsetTrainingConfig(Config):
     @classmethod
     def _known_model(cls, name: str) -> str:
         return sgd_trainable_model(name)
+
+
+def distinct_values(values: list, allowed: Callable[[Any], bool], requirement: str, descending: bool = False) -> list:
+    """A config list's values sorted (the same grid in any order is the same run id), once each is `allowed` and
+    none repeats; else a ValueError saying they must be `requirement`."""
+    if not all(map(allowed, values)) or len(set(values)) != len(values):
+        raise ValueError(f"must be {requirement}; got {values}")
+    return sorted(values, reverse=descending)
 
 
 def sgd_trainable_model(name: str) -> str:

@@ -21,7 +21,7 @@ from core.models import DCT_FAMILIES, init_model, parse_model_name
 from core.plots import accuracy_vs_trainable_params
 from core.store import RunStore, dataset_cache
 from core.training import TrainConfig
-from flows.common import checked_data_root
+from flows.common import checked_data_root, distinct_values
 from flows.report import publish
 from flows.runner import configure_runtime, run_shards
 from tasks.common import combine_shards, shared_dataset
@@ -63,10 +63,7 @@ class DCTSparseFlowConfig(Config):
     @field_validator("layer_types", "densities", "seeds")
     @classmethod
     def _distinct_and_sorted(cls, values: list, info) -> list:
-        allowed, requirement = SWEEP_LISTS[info.field_name]
-        if not all(map(allowed, values)) or len(set(values)) != len(values):
-            raise ValueError(f"must be {requirement}; got {values}")
-        return sorted(values, reverse=info.field_name == "densities")  # any order: the same run id
+        return distinct_values(values, *SWEEP_LISTS[info.field_name], descending=info.field_name == "densities")
 
 
 SWEEP_LISTS = {

@@ -21,7 +21,7 @@ from core.models import init_model
 from core.plots import error_vs_density
 from core.store import RunStore, dataset_cache
 from core.training import TrainConfig
-from flows.common import checked_data_root
+from flows.common import checked_data_root, distinct_values
 from flows.report import publish
 from flows.runner import configure_runtime, run_shards
 from tasks.common import combine_shards, shared_dataset
@@ -61,10 +61,7 @@ class PruneGridFlowConfig(Config):
     @field_validator("widths", "depths", "seeds", "data_fractions")
     @classmethod
     def _distinct_and_sorted(cls, values: list, info: ValidationInfo) -> list:
-        allowed, requirement = GRID_LISTS[info.field_name]
-        if not all(map(allowed, values)) or len(set(values)) != len(values):
-            raise ValueError(f"must be {requirement}; got {values}")
-        return sorted(values)  # the same grid in any order is the same run id
+        return distinct_values(values, *GRID_LISTS[info.field_name])
 
 
 # each grid list: which values it admits, and how the error says so

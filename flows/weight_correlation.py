@@ -24,7 +24,7 @@ from core.plots import accuracy_by_method, correlation_vs_fraction
 from core.store import RunStore, dataset_cache
 from core.training import TrainConfig
 from core.weight_correlation import method_gaps
-from flows.common import checked_data_root, sgd_trainable_model
+from flows.common import checked_data_root, distinct_values, sgd_trainable_model
 from flows.prune_grid import PruningConfig
 from flows.report import publish
 from flows.runner import configure_runtime, run_shards
@@ -59,10 +59,7 @@ class WeightCorrelationFlowConfig(Config):
     @field_validator("learning_rates", "correlation_fractions", "seeds")
     @classmethod
     def _distinct_and_sorted(cls, values: list, info) -> list:
-        allowed, requirement = SWEEP_LISTS[info.field_name]
-        if not all(map(allowed, values)) or len(set(values)) != len(values):
-            raise ValueError(f"must be {requirement}; got {values}")
-        return sorted(values)  # the same sweep in any order is the same run id
+        return distinct_values(values, *SWEEP_LISTS[info.field_name])
 
 
 SWEEP_LISTS = {
