@@ -172,6 +172,15 @@ def _default_init(layer: nn.Module) -> None:
     nn.Linear.reset_parameters(layer)
 
 
+def _copied(layer: nn.Module, source: nn.Module) -> nn.Module:
+    """`layer` with S and b set to copies of `source`'s weight and bias (alpha stays 1)."""
+    with torch.no_grad():
+        layer.weight.copy_(source.weight)
+        if source.bias is not None:
+            layer.bias.copy_(source.bias)
+    return layer
+
+
 class DCTPlusSparseLinear(nn.Module):
     """y = alpha * D x + S x + b, with D the shared DCT `[out, in]`, S = `weight` (sparse through masks)."""
 
@@ -190,13 +199,8 @@ class DCTPlusSparseLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, transform: Transform = "auto") -> DCTPlusSparseLinear:
         """The DCT+Sparse version of `linear`: S and b are copies of its weight and bias, alpha = 1."""
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, transform,
-                    linear.weight.device, linear.weight.dtype)
-        with torch.no_grad():
-            layer.weight.copy_(linear.weight)
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
-        return layer
+        return _copied(cls(linear.in_features, linear.out_features, linear.bias is not None, transform,
+                           linear.weight.device, linear.weight.dtype), linear)
 
     def forward(self, x: Tensor) -> Tensor:
         """One model on `[..., in]`."""
@@ -233,13 +237,8 @@ class DCTPlusSparseConv(nn.Module):
         """The DCT+Sparse version of `conv` (zero padding, no groups or dilation): S, b copied, alpha = 1."""
         if conv.groups != 1 or conv.padding_mode != "zeros" or set(conv.dilation) != {1}:
             raise ValueError(f"DCT+Sparse convs have zero padding, one group and no dilation; got {conv}")
-        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.bias is not None, len(conv.kernel_size), conv.weight.device, conv.weight.dtype)
-        with torch.no_grad():
-            layer.weight.copy_(conv.weight)
-            if conv.bias is not None:
-                layer.bias.copy_(conv.bias)
-        return layer
+        return _copied(cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                           conv.bias is not None, len(conv.kernel_size), conv.weight.device, conv.weight.dtype), conv)
 
     def _shared_kernel(self, x: Tensor) -> Tensor:
         """D_kernel for this layer's sizes on `x`'s device and dtype (the cached one)."""

@@ -64,8 +64,7 @@ def _train(store: RunStore, layer_type: str, name: str) -> None:
     result = train(ensemble, dataset.x_train, dataset.y_train, everything, [derive_seed(s, ORDER_STREAM) for s in seeds],
                    config.train, masks=masks)
     accuracy = evaluate(ensemble, dataset.x_test, dataset.y_test).accuracy()
-    trainable = remaining_parameters(ensemble.params, masks) if masks else \
-        torch.full((len(rows),), sum(p[0].numel() for p in ensemble.params.values()))
+    trainable = remaining_parameters(ensemble.params, masks or {})  # dense: no masks, every parameter
     store.write_table(name, pd.DataFrame({
         "layer_type": layer_type, "density": [d for d, _ in rows], "heuristic": "none" if masks is None else config.heuristic,
         "trainable_params": trainable.numpy(), "seed": [s for _, s in rows], "test_accuracy": accuracy.double().numpy(),

@@ -38,6 +38,18 @@ def train_one_by_one(model, x, y, members, order_seed, config, mask=None, stop_a
     return model, step - start
 
 
+def toy_data(n: int, classes: int) -> dict:
+    """Random sequences `[n, 1, 16]` and images `[n, 1, 8, 8]` with labels, and three unequal subsets of n = 240:
+    200 and 200 examples (6 steps of 32 an epoch) and every second one (3 steps: it idles half of every epoch)."""
+    g = torch.Generator().manual_seed(0)
+    subsets = torch.zeros(3, n, dtype=torch.bool)
+    subsets[0, :200] = True
+    subsets[1, 40:] = True
+    subsets[2, ::2] = True
+    return {"seq": torch.randn(n, 1, 16, generator=g), "img": torch.randn(n, 1, 8, 8, generator=g),
+            "y": torch.randint(0, classes, (n,), generator=g), "subsets": subsets}
+
+
 def assert_same_weights(a: nn.Module, b: nn.Module, atol=1e-5):
     state_a, state_b = a.state_dict(), b.state_dict()
     assert state_a.keys() == state_b.keys()

@@ -15,7 +15,7 @@ from core.ensemble import Ensemble
 from core.models import ModelNameError, init_model, parse_model_name, prunable_parameters
 from core.nested import host_name
 from core.training import TrainConfig, train
-from reference import assert_same_weights, train_one_by_one
+from reference import assert_same_weights, toy_data, train_one_by_one
 
 N, CLASSES = 240, 5
 CONFIG = TrainConfig(epochs=3, batch_size=32, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine", warmup_epochs=1)
@@ -242,14 +242,7 @@ def test_masks_differ_per_model_follow_their_own_seed_and_keep_at_least_one():
 
 @pytest.fixture(scope="module")
 def toy():
-    """Random sequences [N, 1, 16] and images [N, 1, 8, 8] with labels; three unequal subsets (as test_training)."""
-    g = torch.Generator().manual_seed(0)
-    subsets = torch.zeros(3, N, dtype=torch.bool)
-    subsets[0, :200] = True
-    subsets[1, 40:] = True
-    subsets[2, ::2] = True  # 3 steps an epoch against 6: it idles half of every epoch
-    return {"seq": torch.randn(N, 1, 16, generator=g), "img": torch.randn(N, 1, 8, 8, generator=g),
-            "y": torch.randint(0, CLASSES, (N,), generator=g), "subsets": subsets}
+    return toy_data(N, CLASSES)
 
 
 @pytest.mark.parametrize("name,key,ratio", [("dct_mlp_w16_d2", "seq", AUTO), ("dct_mlp_w16_d2", "seq", 0),

@@ -11,7 +11,7 @@ from core.subspaces import (SubspaceConv, SubspaceLinear, SubspaceTraining, curv
                             draw_pair, endpoint_cosine_squared, expected_calibration_error, fix_coefficients,
                             line_coefficients, sample_coefficients, set_coefficients, subspace_layers)
 from core.training import TrainConfig, train
-from reference import assert_same_weights, train_one_by_one
+from reference import assert_same_weights, toy_data, train_one_by_one
 
 N, CLASSES = 240, 5
 CONFIG = TrainConfig(epochs=3, batch_size=32, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine", warmup_epochs=1)
@@ -20,14 +20,7 @@ NETWORKS = [("subspace2_mlp_w8_d2", (1, 16)), ("subspace3_cnn1d_w4_d2", (1, 16))
 
 @pytest.fixture(scope="module")
 def toy():
-    """Random sequences [N, 1, 16] with labels; three unequal subsets (6, 6 and 3 steps an epoch)."""
-    g = torch.Generator().manual_seed(0)
-    subsets = torch.zeros(3, N, dtype=torch.bool)
-    subsets[0, :200] = True
-    subsets[1, 40:] = True
-    subsets[2, ::2] = True
-    return {"x": torch.randn(N, 1, 16, generator=g), "y": torch.randint(0, CLASSES, (N,), generator=g),
-            "subsets": subsets}
+    return toy_data(N, CLASSES)
 
 
 def plain_at(name: str, shape, model: nn.Module) -> nn.Module:
@@ -155,7 +148,7 @@ def draw_log(training: SubspaceTraining) -> list[list[torch.Tensor]]:
 
 
 def test_a_models_draws_do_not_depend_on_its_shard_mates(toy):
-    x, y, subsets, config = toy["x"], toy["y"], toy["subsets"], CONFIG.model_copy(update={"epochs": 2})
+    x, y, subsets, config = toy["seq"], toy["y"], toy["subsets"], CONFIG.model_copy(update={"epochs": 2})
     ensemble = Ensemble.init("subspace3_mlp_w4_d1", (1, 16), CLASSES, [1, 2, 3])
     together = SubspaceTraining(ensemble, "simplex", [7, 8, 9], layerwise=True)
     log = draw_log(together)
@@ -223,7 +216,7 @@ def reference_step(kind: str, layerwise: bool, seed: int, beta: float):
     ("subspace2_cnn1d_w4_d2", "line", True, 1.0),
 ])
 def test_stacked_subspace_training_equals_one_by_one(toy, name, kind, layerwise, beta):
-    x, y, subsets = toy["x"], toy["y"], toy["subsets"]
+    x, y, subsets = toy["seq"], toy["y"], toy["subsets"]
     seeds, order_seeds, draw_seeds = [11, 12, 13], [21, 22, 23], [31, 32, 33]
     ensemble = Ensemble.init(name, x.shape[1:], CLASSES, seeds)
     assert ensemble.stacked

@@ -11,7 +11,7 @@ from core.ensemble import Ensemble, embed, evaluate, example_outcomes
 from core.models import init_model
 from core.pruning import rewind
 from core.training import TrainConfig, lr_at, train
-from reference import assert_same_weights, train_one_by_one
+from reference import assert_same_weights, toy_data, train_one_by_one
 
 N, CLASSES = 240, 5
 CONFIG = TrainConfig(epochs=3, batch_size=32, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine", warmup_epochs=1)
@@ -19,18 +19,7 @@ CONFIG = TrainConfig(epochs=3, batch_size=32, lr=0.1, momentum=0.9, weight_decay
 
 @pytest.fixture(scope="module")
 def toy():
-    """Random sequences [N, 1, 16] and images [N, 1, 8, 8] with labels; three unequal subsets."""
-    g = torch.Generator().manual_seed(0)
-    subsets = torch.zeros(3, N, dtype=torch.bool)
-    subsets[0, :200] = True  # 6 steps per epoch
-    subsets[1, 40:] = True  # 6 steps
-    subsets[2, ::2] = True  # 120 examples: 3 steps, so it idles half of every epoch
-    return {
-        "seq": torch.randn(N, 1, 16, generator=g),
-        "img": torch.randn(N, 1, 8, 8, generator=g),
-        "y": torch.randint(0, CLASSES, (N,), generator=g),
-        "subsets": subsets,
-    }
+    return toy_data(N, CLASSES)
 
 
 @pytest.mark.parametrize("name,key", [("mlp_w16_d2", "seq"), ("cnn1d_w4_d2", "seq"), ("cnn_w4_d3", "img")])
