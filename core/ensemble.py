@@ -3,14 +3,19 @@
 Sequential models of Linear/Conv/elementwise/pooling layers run as batched matmuls and grouped
 convolutions (the fast path); any other module (e.g. ResNet-18) runs through torch.func.vmap.
 
+BatchNorm (affine, with running statistics and a momentum) runs as one F.batch_norm over all K*C channels,
+updating the stacked `[K, C]` running statistics in place (`stacked_batch_norm`).
+
 Another layer type joins the fast path by offering its own stacked implementation: a `stacked_layout`
 attribute ("features": activations `[K, F, B]`, as linear layers take them; "channels": `[B, K*C, *spatial]`
 channels-last, as convs take them) and `forward_stacked(x, params, k)`, which maps that layout to itself
-given the layer's stacked `[K, ...]` parameters by their names within the layer (e.g. core.dct_sparse).
+given the layer's stacked `[K, ...]` parameters and buffers by their names within the layer (a bias the layer
+does not have reads None; e.g. core.dct_sparse, core.subspaces). Buffers it updates in place stay updated.
 """
 from __future__ import annotations
 
 import copy
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +27,7 @@ from torch.nn.modules.utils import _single
 from core.models import init_model
 
 _CONV = (nn.Conv1d, nn.Conv2d)  # run as one grouped conv for all K models
+_BATCH_NORM = (nn.BatchNorm1d, nn.BatchNorm2d)  # one F.batch_norm over all K*C channels
 _PARAMETER_FREE = (nn.ReLU, nn.Flatten, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.Identity)
 
 
@@ -71,6 +77,10 @@ def _is_stackable(template: nn.Module) -> bool:
         if isinstance(layer, _CONV):
             if layer.groups != 1 or layer.padding_mode != "zeros" or set(layer.dilation) != {1}:
                 return False
+        elif isinstance(layer, _BATCH_NORM):
+            # momentum None averages over each model's own batch count; no affine or no running stats: rare enough
+            if not (layer.affine and layer.track_running_stats and layer.momentum is not None):
+                return False
         elif not (isinstance(layer, (nn.Linear, *_PARAMETER_FREE)) or _own_stacked_layout(layer)):
             return False
     return True
@@ -110,6 +120,52 @@ def _grouped_conv(layer: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | No
     padding = layer.padding if isinstance(layer.padding, str) else (0, *layer.padding)
     out = F.conv2d(x.unsqueeze(2), weight.unsqueeze(2), bias, stride=(1, *layer.stride), padding=padding, groups=k)
     return out.squeeze(2)
+
+
+@dataclass
+class _Moments:
+    """One BatchNorm layer's float64 count, sum and sum of squares per model and channel (`[K, C]`) of all the
+    inputs it normalised, and the running statistics they are written to."""
+
+    running_mean: Tensor
+    running_var: Tensor
+    count: int = 0
+    total: Tensor | float = 0.0
+    squares: Tensor | float = 0.0
+
+    def add(self, x: Tensor) -> None:
+        """Count in the channels of `x` (`[B, K*C, *spatial]`)."""
+        dims, x = [0, *range(2, x.dim())], x.double()
+        self.count += x.numel() // x.shape[1]
+        self.total = self.total + x.sum(dims).view_as(self.running_mean)
+        self.squares = self.squares + x.square().sum(dims).view_as(self.running_mean)
+
+    def write(self) -> None:
+        """Set the running mean and variance to the mean and unbiased variance of all that was counted."""
+        mean = self.total / self.count
+        self.running_mean.copy_(mean)
+        # sum x^2 - n mean^2 cancels digits, but float64 holds ~9 more than float32 activations have
+        self.running_var.copy_((self.squares - self.count * mean.square()) / (self.count - 1))
+
+
+# set by recalibrate_batchnorm: each layer's _Moments by id of its stacked running mean; a context variable, so another
+# thread's forward passes never feed it
+_calibration: ContextVar[dict[int, _Moments] | None] = ContextVar("calibration", default=None)
+
+
+def stacked_batch_norm(layer: nn.Module, x: Tensor, weight: Tensor, bias: Tensor, state: dict[str, Tensor]) -> Tensor:
+    """All K models' BatchNorm on `[B, K*C, *spatial]`: one F.batch_norm over K*C channels with affine `weight`,
+    `bias` `[K, C]` and `state`'s running statistics `[K, C]` (flat views: torch updates them in place), `layer`
+    giving eps, momentum and the mode; in training mode it counts the batch in `state`'s `[K]` num_batches_tracked."""
+    running_mean, running_var = state["running_mean"], state["running_var"]
+    if layer.training:
+        state["num_batches_tracked"].add_(1)
+        if (calibration := _calibration.get()) is not None:
+            calibration.setdefault(id(running_mean), _Moments(running_mean, running_var)).add(x)
+    one_d = x.dim() == 3  # [B, K*C, L] channels-last runs as 2-D of height 1, as the convs and pools do
+    out = F.batch_norm(x.unsqueeze(2) if one_d else x, running_mean.view(-1), running_var.view(-1), weight.flatten(),
+                       bias.flatten(), layer.training, layer.momentum, layer.eps)
+    return out.squeeze(2) if one_d else out
 
 
 def _pool_channels_last(layer: nn.Module, x: Tensor) -> Tensor:
@@ -210,14 +266,16 @@ class Ensemble:
         for i, layer in _execution_order(self.template):
             weight, bias = self.params.get(f"{i}.weight"), self.params.get(f"{i}.bias")
             if isinstance(layer, nn.Linear):
-                x = _linear(x if layout == "features" else x.transpose(1, 2), weight, bias)
+                x = _linear(_to_layout(x, layout, "features", k), weight, bias)  # e.g. after BatchNorm1d: channels
                 layout, fresh = "features", True
             elif isinstance(layer, _CONV):
                 x = _grouped_conv(layer, x if layout == "channels" else _to_channels(x), weight, bias, k)
                 layout, fresh = "channels", False  # 1-D results are views: in place, autograd would be slow
+            elif isinstance(layer, _BATCH_NORM):
+                x = stacked_batch_norm(layer, _to_layout(x, layout, "channels", k), weight, bias, self._state(i, layer))
+                layout, fresh = "channels", False
             elif own_layout := _own_stacked_layout(layer):
-                params = {name: self.params[f"{i}.{name}"] for name, _ in layer.named_parameters()}
-                x = layer.forward_stacked(_to_layout(x, layout, own_layout, k), params, k)
+                x = layer.forward_stacked(_to_layout(x, layout, own_layout, k), self._state(i, layer), k)
                 layout, fresh = own_layout, False  # its output may be a view, or needed by its own backward
             elif isinstance(layer, nn.Flatten) and layout == "channels":
                 x, layout, fresh = _channels_to_features(x, k), "features", False
@@ -234,6 +292,13 @@ class Ensemble:
                 x = layer(_to_batch(x, layout, k).flatten(0, 1)).unflatten(0, (k, batch))
                 layout, fresh = "batch", False
         return _to_batch(x, layout, k)
+
+    def _state(self, i: int, layer: nn.Module) -> dict[str, Tensor | None]:
+        """Layer i's stacked parameters and buffers by their names within the layer."""
+        state: dict[str, Tensor | None] = {"bias": None}  # a bias=False layer has none (nn.Conv's bias is None too)
+        state.update({name: self.params[f"{i}.{name}"] for name, _ in layer.named_parameters()})
+        state.update({name: self.buffers[f"{i}.{name}"] for name, _ in layer.named_buffers()})
+        return state
 
     def model(self, k: int) -> nn.Module:
         """Model k as a plain nn.Module (a copy)."""
@@ -295,6 +360,66 @@ def evaluate(ensemble: Ensemble, x: Tensor, y: Tensor, examples_per_chunk: int =
         empty = torch.empty(ensemble.size, 0)
         return Evaluation(empty.bool(), empty, empty, empty, empty)
     return Evaluation(*(torch.cat(columns, dim=1) for columns in zip(*parts)))
+
+
+def _batch_norm_layers(template: nn.Module) -> list[str]:
+    """Names of the layers that keep BatchNorm running statistics (buffers `running_mean` and `running_var`)."""
+    return [name for name, module in template.named_modules()
+            if all(isinstance(getattr(module, stat, None), Tensor) for stat in ("running_mean", "running_var"))]
+
+
+def calibration_chunks(n: int, batch_size: int) -> list[slice]:
+    """Slices of range(n) in order, `batch_size` examples each; a last chunk of one example joins the one before
+    (training-mode BatchNorm of a single example has no variance)."""
+    if batch_size < 2 or n < 2:
+        raise ValueError(f"BatchNorm recalibration needs two or more examples per chunk; got batch_size={batch_size} "
+                         f"and {n} examples")
+    bounds = [*range(0, n, batch_size), n]
+    if bounds[-1] - bounds[-2] == 1:
+        del bounds[-2]
+    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(ensemble: Ensemble | nn.Module, x: Tensor, batch_size: int = 128) -> None:
+    """Set every BatchNorm layer's running mean and unbiased variance, per model, to those of its input over all of
+    `x` (`[N, ...]`, shared by all models), as every model sees it in training mode on `x` in order, in chunks of
+    `batch_size` (`calibration_chunks`): each layer normalises with its chunk's statistics, as in training (SWA's
+    update_bn), but the statistics kept are exact over `x`, not a momentum average. num_batches_tracked counts the
+    chunks. A network without BatchNorm is left as it is; a plain nn.Module runs as a one-model ensemble."""
+    if isinstance(ensemble, nn.Module):
+        return _recalibrate_one_model(ensemble, x, batch_size)
+    layers = _batch_norm_layers(ensemble.template)
+    if not layers:
+        return
+    if not ensemble.stacked:
+        raise ValueError("BatchNorm recalibration runs in the stacked fast path; this network runs through vmap")
+    for name in layers:
+        ensemble.buffers[f"{name}.running_mean"].zero_()
+        ensemble.buffers[f"{name}.running_var"].fill_(1)
+        ensemble.buffers[f"{name}.num_batches_tracked"].zero_()
+    moments: dict[int, _Moments] = {}
+    token = _calibration.set(moments)
+    try:
+        for rows in calibration_chunks(len(x), batch_size):
+            ensemble(x[rows].to(ensemble.device, non_blocking=True), shared=True, train=True)
+    finally:
+        _calibration.reset(token)
+    if len(moments) != len(layers):  # a layer with running statistics that stacked_batch_norm never ran
+        raise ValueError(f"{len(layers) - len(moments)} of the BatchNorm layers {layers} did not run through "
+                         "stacked_batch_norm; their statistics cannot be recalibrated")
+    for layer in moments.values():
+        layer.write()
+
+
+def _recalibrate_one_model(model: nn.Module, x: Tensor, batch_size: int) -> None:
+    """`recalibrate_batchnorm` of one plain model (in place), through a one-model ensemble."""
+    if not _batch_norm_layers(model):
+        return
+    ensemble = Ensemble.from_models([model])
+    recalibrate_batchnorm(ensemble, x, batch_size)
+    for name, buffer in ensemble.buffers.items():
+        model.get_buffer(name).copy_(buffer[0])
 
 
 @torch.no_grad()

@@ -15,13 +15,16 @@ MODEL_PATTERNS = {
     "mlp_h{w1}-{w2}-...": "MLP with hidden layers of these widths, e.g. mlp_h512-256 (the C-score paper's MNIST MLP)",
     "cnn1d_w{width}_d{depth}": "1-D CNN with `depth` conv layers of `width` channels (MNIST-1D, [C, L] inputs)",
     "cnn_w{width}_d{depth}": "2-D CNN with `depth` 3x3 conv layers of `width` channels (images, [C, H, W])",
+    "cnn1d_bn_w{width}_d{depth}": "cnn1d with BatchNorm after each (bias-free) conv, before its ReLU ([C, L] inputs)",
+    "cnn_bn_w{width}_d{depth}": "cnn with BatchNorm after each (bias-free) conv, before its ReLU ([C, H, W] inputs)",
     "lenet_300_100": "LeNet-300-100 fully connected network (any input)",
     "resnet18": "torchvision ResNet-18 (images; meant for GPU users)",
     "dct_{any above but resnet18}": "every Linear/Conv a DCT+Sparse layer (Price & Tanner 2021), e.g. dct_mlp_w64_d2",
-    "subspace{m}_{any above but resnet18}": "every Linear/Conv holds m = 2..9 endpoints (Wortsman et al. 2021), "
-                                            "e.g. subspace2_mlp_w64_d2",
+    "subspace{m}_{any above but resnet18}": "every Linear/Conv/BatchNorm holds m = 2..9 endpoints (Wortsman et al. "
+                                            "2021), e.g. subspace2_mlp_w64_d2",
 }
-DCT_FAMILIES = ("mlp", "mlp_h", "lenet_300_100", "cnn1d", "cnn")  # those the stacked fast path runs (dct_, subspace)
+# the families the stacked fast path runs (dct_, subspace)
+DCT_FAMILIES = ("mlp", "mlp_h", "lenet_300_100", "cnn1d", "cnn", "cnn1d_bn", "cnn_bn")
 
 
 class ModelNameError(ValueError):
@@ -38,10 +41,10 @@ class ModelSpec:
     depth: int | None = None
     hidden: tuple[int, ...] = ()  # hidden widths of an mlp_h network
     dct_plus_sparse: bool = False  # a dct_ name: every Linear/Conv a DCT+Sparse layer
-    endpoints: int = 0  # a subspace{m}_ name: every Linear/Conv a subspace layer of m endpoints (core.subspaces)
+    endpoints: int = 0  # a subspace{m}_ name: every Linear/Conv/BatchNorm a subspace layer of m endpoints
 
 
-_GRID_NAME = re.compile(r"^(mlp|cnn1d|cnn)_w(\d+)_d(\d+)$")
+_GRID_NAME = re.compile(r"^(mlp|cnn1d|cnn|cnn1d_bn|cnn_bn)_w(\d+)_d(\d+)$")
 _HIDDEN_NAME = re.compile(r"^mlp_h(\d+(?:-\d+)*)$")
 _SUBSPACE_PREFIX = re.compile(r"^subspace([2-9])_")
 
@@ -85,13 +88,18 @@ def _mlp(in_features: int, hidden: list[int], num_classes: int) -> nn.Sequential
     return nn.Sequential(*layers, nn.Linear(in_features, num_classes))
 
 
-def _cnn(input_shape: tuple[int, ...], width: int, depth: int, num_classes: int) -> nn.Sequential:
-    """Conv+ReLU layers (halving the resolution after each of the first three while >= 4), then linear."""
-    conv, pool = (nn.Conv1d, nn.MaxPool1d) if len(input_shape) == 2 else (nn.Conv2d, nn.MaxPool2d)
+def _cnn(input_shape: tuple[int, ...], width: int, depth: int, num_classes: int,
+         batch_norm: bool = False) -> nn.Sequential:
+    """Conv+ReLU layers (halving the resolution after each of the first three while >= 4), then linear; with
+    `batch_norm`, Conv+BatchNorm+ReLU, the conv without a bias (BatchNorm's own bias replaces it)."""
+    one_d = len(input_shape) == 2
+    conv, pool = (nn.Conv1d, nn.MaxPool1d) if one_d else (nn.Conv2d, nn.MaxPool2d)
+    norm = nn.BatchNorm1d if one_d else nn.BatchNorm2d
     channels, size = input_shape[0], list(input_shape[1:])
     layers: list[nn.Module] = []
     for i in range(depth):
-        layers += [conv(channels, width, kernel_size=3, padding=1), nn.ReLU()]
+        layers.append(conv(channels, width, kernel_size=3, padding=1, bias=not batch_norm))
+        layers += [norm(width), nn.ReLU()] if batch_norm else [nn.ReLU()]
         channels = width
         if i < 3 and min(size) >= 4:
             layers.append(pool(2))
@@ -119,9 +127,11 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
         "lenet_300_100": lambda: _mlp(flat, [300, 100], num_classes),
         "cnn1d": lambda: _cnn(input_shape, spec.width, spec.depth, num_classes),
         "cnn": lambda: _cnn(input_shape, spec.width, spec.depth, num_classes),
+        "cnn1d_bn": lambda: _cnn(input_shape, spec.width, spec.depth, num_classes, batch_norm=True),
+        "cnn_bn": lambda: _cnn(input_shape, spec.width, spec.depth, num_classes, batch_norm=True),
         "resnet18": lambda: _resnet18(input_shape, num_classes),
     }
-    rank = {"cnn1d": 2, "cnn": 3, "resnet18": 3}.get(spec.family)
+    rank = {"cnn1d": 2, "cnn1d_bn": 2, "cnn": 3, "cnn_bn": 3, "resnet18": 3}.get(spec.family)
     if rank is not None and len(input_shape) != rank:
         kind = "[C, L] sequences" if rank == 2 else "[C, H, W] images"
         raise ModelNameError(f"model {name!r} needs {kind}, but the dataset's examples have shape {list(input_shape)}")

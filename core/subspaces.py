@@ -7,6 +7,12 @@ generator per model (a line, a quadratic Bezier curve with a trained control poi
 simplex; one draw for the network or one per layer) through core.training.train's `step_hook`, and adds
 beta cos^2(w_i, w_j) of a random endpoint pair through its `regularizer`. One backward trains every endpoint: the
 gradient of W_i is c_i times that of the combined weight.
+
+BatchNorm's affine weight and bias are interpolated the same way (`SubspaceBatchNorm`); its running statistics are
+one set per model, meaningful only at the point they were gathered at, so every evaluated point recomputes them
+from the training set (core.ensemble.recalibrate_batchnorm). The cos^2 regulariser is on the weights of the linear
+and conv layers only: it measures how far apart the endpoints point, and BatchNorm's per-channel scales start equal
+(all ones) at every endpoint, so they stay out of it.
 """
 from __future__ import annotations
 
@@ -18,14 +24,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair, _single
 
-from core.ensemble import Ensemble, _grouped_conv, _linear
+from core.ensemble import Ensemble, _grouped_conv, _linear, stacked_batch_norm
 
 Kind = Literal["line", "curve", "simplex"]
 ENDPOINTS = {"line": 2, "curve": 3}  # a simplex takes any m >= 2
 
 
 class _SubspaceLayer(nn.Module):
-    """What subspace linear and conv layers share: m endpoints, their coefficients, their combination."""
+    """What subspace linear, conv and BatchNorm layers share: m endpoints, their coefficients, their combination."""
 
     def _endpoints(self, m: int, shape: tuple[int, ...], bias: bool, device, dtype) -> None:
         """Parameters `weight` `[m, *shape]` and `bias` `[m, out]`, endpoint after endpoint drawn as nn.Linear and
@@ -103,12 +109,61 @@ class SubspaceConv(_SubspaceLayer):
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, endpoints={self.endpoints}")
+                f"padding={self.padding}, endpoints={self.endpoints}{', bias=False' if self.bias is None else ''}")
+
+
+class SubspaceBatchNorm(_SubspaceLayer):
+    """nn.BatchNorm1d / nn.BatchNorm2d (affine, running statistics, a momentum) with affine weight and bias
+    sum_i c_i of m endpoints (`weight` `[m, C]` of ones, `bias` `[m, C]` of zeros); its running statistics
+    (`running_mean`, `running_var` `[C]`, `num_batches_tracked`) are one model's, updated as nn.BatchNorm does."""
+
+    stacked_layout = "channels"  # core.ensemble's stacked fast path: [B, K*C, *spatial], channels-last
+
+    def __init__(self, num_features: int, endpoints: int, eps: float = 1e-5, momentum: float = 0.1,
+                 spatial_dims: int = 2, device=None, dtype=None):
+        super().__init__()
+        if spatial_dims not in (1, 2):
+            raise ValueError(f"spatial_dims is 1 (BatchNorm1d) or 2 (BatchNorm2d), not {spatial_dims}")
+        self.num_features, self.eps, self.momentum, self.spatial_dims = num_features, eps, momentum, spatial_dims
+        self.endpoints, self.coefficients = endpoints, None  # coefficients: set per step, not a parameter
+        self.weight = nn.Parameter(torch.ones(endpoints, num_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(endpoints, num_features, device=device, dtype=dtype))
+        self.register_buffer("running_mean", torch.zeros(num_features, device=device, dtype=dtype))
+        self.register_buffer("running_var", torch.ones(num_features, device=device, dtype=dtype))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """One model on `[B, C]` or `[B, C, L]` (spatial_dims 1) or `[B, C, H, W]` (2)."""
+        ranks = (2, 3) if self.spatial_dims == 1 else (4,)
+        if x.dim() not in ranks:
+            raise ValueError(f"expected a {' or '.join(map(str, ranks))}-D input, got {x.dim()}-D")
+        weight, bias = self._combined()
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        return F.batch_norm(x, self.running_mean, self.running_var, weight, bias, self.training, self.momentum,
+                            self.eps)
+
+    def forward_stacked(self, x: Tensor, params: dict[str, Tensor], k: int) -> Tensor:
+        """All K models on `[B, K*C, *spatial]`: one BatchNorm over K*C channels with each model's combined affine
+        parameters, updating the stacked running statistics in `params`."""
+        return stacked_batch_norm(self, x, *self._combined_stacked(params, k), params)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, endpoints={self.endpoints}"
+
+
+def _subspace_batch_norm(norm: nn.BatchNorm1d | nn.BatchNorm2d, endpoints: int) -> SubspaceBatchNorm:
+    """The subspace version of `norm`, which must be affine, keep running statistics and have a momentum."""
+    if not (norm.affine and norm.track_running_stats and norm.momentum is not None):
+        raise ValueError(f"subspace BatchNorm is affine, keeps running statistics and has a momentum; got {norm}")
+    return SubspaceBatchNorm(norm.num_features, endpoints, norm.eps, norm.momentum,
+                             1 if isinstance(norm, nn.BatchNorm1d) else 2)
 
 
 def subspace_network(model: nn.Module, endpoints: int) -> nn.Module:
     """`model` with every nn.Linear, nn.Conv1d and nn.Conv2d replaced (in place, in layer order) by a subspace layer
-    of the same shape with `endpoints` fresh endpoints drawn from the global RNG (the plain weights are dropped)."""
+    of the same shape with `endpoints` fresh endpoints drawn from the global RNG (the plain weights are dropped), and
+    every nn.BatchNorm1d / nn.BatchNorm2d by a SubspaceBatchNorm (endpoints of ones and zeros, fresh statistics)."""
     for name, child in model.named_children():
         if isinstance(child, nn.Linear):
             layer = SubspaceLinear(child.in_features, child.out_features, endpoints, child.bias is not None)
@@ -117,6 +172,8 @@ def subspace_network(model: nn.Module, endpoints: int) -> nn.Module:
                 raise ValueError(f"subspace convs have zero padding, one group and no dilation; got {child}")
             layer = SubspaceConv(child.in_channels, child.out_channels, child.kernel_size, endpoints, child.stride,
                                  child.padding, child.bias is not None, len(child.kernel_size))
+        elif isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            layer = _subspace_batch_norm(child, endpoints)
         else:
             layer = subspace_network(child, endpoints)
         setattr(model, name, layer)
@@ -224,7 +281,7 @@ class SubspaceTraining:
         self.coefficients = torch.zeros(ensemble.size, len(self.layers), self.m)
         self.pairs = torch.tensor([[0, 1]]).repeat(ensemble.size, 1)  # until a model first steps
         self.weight_names = [f"{name}.weight" for name, module in self.template.named_modules()
-                             if isinstance(module, _SubspaceLayer)]
+                             if isinstance(module, (SubspaceLinear, SubspaceConv))]  # not BatchNorm's (see above)
 
     def step(self, takes: Tensor) -> None:
         """Draw coefficients, then a pair, for each model with `takes[k]` (bool `[K]`); set them on the template."""
@@ -236,6 +293,7 @@ class SubspaceTraining:
         set_coefficients(self.template, self.coefficients)
 
     def regularizer(self, params: dict[str, Tensor]) -> Tensor:
-        """`[K]` beta cos^2 between each model's two drawn endpoints (weights only: biases left out)."""
+        """`[K]` beta cos^2 between each model's two drawn endpoints (linear and conv weights only: biases and
+        BatchNorm's affine parameters left out)."""
         weights = [params[name] for name in self.weight_names]
         return self.beta * endpoint_cosine_squared(weights, self.pairs.to(weights[0].device))

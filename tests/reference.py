@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.subspaces import SubspaceConv, SubspaceLinear, draw_coefficients, draw_pair, set_coefficients, subspace_layers
 from core.training import lr_at
 
 
@@ -36,6 +37,21 @@ def train_one_by_one(model, x, y, members, order_seed, config, mask=None, stop_a
                     p.mul_(mask.get(name, 1.0) if mask else 1.0)
             step += 1
     return model, step - start
+
+
+def subspace_step(kind: str, layerwise: bool, seed: int, beta: float):
+    """One model's per-step draws from its own generator (coefficients, then the pair) and its beta cos^2 term."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def before_step(model):
+        layers = subspace_layers(model)  # BatchNorm layers draw coefficients too (layerwise: their own)
+        set_coefficients(model, draw_coefficients(kind, generator, len(layers), layers[0].endpoints, layerwise))
+        i, j = draw_pair(generator, layers[0].endpoints).tolist()
+        weighted = [layer for layer in layers if isinstance(layer, (SubspaceLinear, SubspaceConv))]  # not BatchNorm
+        w_i, w_j = (torch.cat([layer.weight[e].flatten() for layer in weighted]) for e in (i, j))
+        return beta * F.cosine_similarity(w_i, w_j, dim=0).square()
+
+    return before_step
 
 
 def toy_data(n: int, classes: int) -> dict:

@@ -1,6 +1,7 @@
 """Model registry: names carry width and depth; shapes and parameter counts by hand."""
 import pytest
 import torch
+from torch import nn
 
 from core.models import ModelNameError, init_model, parse_model_name, prunable_parameters
 
@@ -35,7 +36,28 @@ def test_parameter_counts_by_hand():
     assert n_params(init_model("cnn_w4_d3", (1, 8, 8), 10, 0)) == (1 * 4 * 9 + 4) + 2 * (4 * 4 * 9 + 4) + (4 * 2 * 2 * 10 + 10)
 
 
+def test_batch_norm_cnns_by_hand():
+    spec = parse_model_name("cnn1d_bn_w32_d3")
+    assert (spec.family, spec.width, spec.depth) == ("cnn1d_bn", 32, 3)
+    assert parse_model_name("cnn_bn_w16_d4").family == "cnn_bn"
+    assert parse_model_name("subspace2_cnn_bn_w4_d2").endpoints == 2 and parse_model_name("dct_cnn1d_bn_w4_d2").dct_plus_sparse
+    # bias-free convs; each BatchNorm has a weight and a bias of `width`; 8x8 -> 4x4 -> 2x2, the third does not pool
+    model = init_model("cnn_bn_w4_d3", (1, 8, 8), 10, 0)
+    assert n_params(model) == (1 * 4 * 9 + 2 * 4) + 2 * (4 * 4 * 9 + 2 * 4) + (4 * 2 * 2 * 10 + 10)
+    assert [type(layer) for layer in model] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d] * 2 + \
+        [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Flatten, nn.Linear]
+    # 40 -> 20 -> 10 -> 5
+    model = init_model("cnn1d_bn_w8_d3", (1, 40), 10, 0)
+    assert n_params(model) == (1 * 8 * 3 + 2 * 8) + 2 * (8 * 8 * 3 + 2 * 8) + (8 * 5 * 10 + 10)
+    assert [type(layer) for layer in model] == [nn.Conv1d, nn.BatchNorm1d, nn.ReLU, nn.MaxPool1d] * 3 + [nn.Flatten, nn.Linear]
+    for conv, norm in zip(model[0:12:4], model[1:12:4]):
+        assert conv.bias is None and (norm.num_features, norm.eps, norm.momentum) == (8, 1e-5, 0.1)
+        assert norm.affine and norm.track_running_stats
+    assert prunable_parameters(model) == ["0.weight", "4.weight", "8.weight", "13.weight"]  # no BatchNorm weights
+
+
 @pytest.mark.parametrize("name,shape", [("mlp_w16_d3", (3, 8, 8)), ("cnn1d_w4_d5", (1, 40)), ("cnn_w4_d2", (3, 32, 32)),
+                                        ("cnn1d_bn_w4_d2", (2, 12)), ("cnn_bn_w4_d2", (3, 8, 8)),
                                         ("resnet18", (1, 28, 28))])
 def test_outputs_one_logit_per_class(name, shape):
     assert init_model(name, shape, 7, 0)(torch.zeros(2, *shape)).shape == (2, 7)
@@ -53,6 +75,10 @@ def test_same_seed_same_weights_whatever_the_global_rng():
 def test_input_rank_is_checked():
     with pytest.raises(ModelNameError, match=r"model 'cnn_w4_d2' needs \[C, H, W\] images, but the dataset's examples have shape \[1, 40\]"):
         init_model("cnn_w4_d2", (1, 40), 10, 0)
+    with pytest.raises(ModelNameError, match=r"model 'cnn1d_bn_w4_d2' needs \[C, L\] sequences, but the dataset's examples have shape \[1, 8, 8\]"):
+        init_model("cnn1d_bn_w4_d2", (1, 8, 8), 10, 0)
+    with pytest.raises(ModelNameError, match=r"model 'subspace2_cnn_bn_w4_d2' needs \[C, H, W\] images"):
+        init_model("subspace2_cnn_bn_w4_d2", (1, 40), 10, 0)
 
 
 def test_prunable_parameters_are_linear_and_conv_weights():

@@ -1,5 +1,8 @@
 """Subspace networks (Wortsman et al. 2021): endpoints and gradients against plain layers, draws, ECE and cos^2 by
-hand, and the stacked K-model subspace training against one-by-one training."""
+hand, and the stacked K-model subspace training against one-by-one training; BatchNorm networks interpolate their
+affine parameters and keep one model's running statistics."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,15 +10,17 @@ from torch import nn
 
 from core.ensemble import Ensemble
 from core.models import ModelNameError, init_model, parse_model_name
-from core.subspaces import (SubspaceConv, SubspaceLinear, SubspaceTraining, curve_coefficients, draw_coefficients,
-                            draw_pair, endpoint_cosine_squared, expected_calibration_error, fix_coefficients,
-                            line_coefficients, sample_coefficients, set_coefficients, subspace_layers)
+from core.subspaces import (SubspaceBatchNorm, SubspaceConv, SubspaceLinear, SubspaceTraining, curve_coefficients,
+                            draw_coefficients, draw_pair, endpoint_cosine_squared, expected_calibration_error,
+                            fix_coefficients, line_coefficients, sample_coefficients,
+                            subspace_layers, subspace_network)
 from core.training import TrainConfig, train
-from reference import assert_same_weights, toy_data, train_one_by_one
+from reference import assert_same_weights, subspace_step, toy_data, train_one_by_one
 
 N, CLASSES = 240, 5
 CONFIG = TrainConfig(epochs=3, batch_size=32, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine", warmup_epochs=1)
-NETWORKS = [("subspace2_mlp_w8_d2", (1, 16)), ("subspace3_cnn1d_w4_d2", (1, 16)), ("subspace2_cnn_w4_d2", (1, 8, 8))]
+NETWORKS = [("subspace2_mlp_w8_d2", (1, 16)), ("subspace3_cnn1d_w4_d2", (1, 16)), ("subspace2_cnn_w4_d2", (1, 8, 8)),
+            ("subspace2_cnn_bn_w4_d2", (1, 8, 8)), ("subspace3_cnn1d_bn_w4_d2", (1, 16))]
 
 
 @pytest.fixture(scope="module")
@@ -24,16 +29,39 @@ def toy():
 
 
 def plain_at(name: str, shape, model: nn.Module) -> nn.Module:
-    """The plain network of subspace `model` holding its combined weights sum_i c_i W_i (copies, fresh leaves)."""
+    """The plain network of subspace `model` holding its combined weights sum_i c_i W_i, BatchNorm's affine ones
+    included, and its running statistics (copies, fresh leaves)."""
     plain = init_model(name.split("_", 1)[1], shape, CLASSES, 0)
-    state = {}
+    state = {n: b.clone() for n, b in model.named_buffers()}
     for layer_name, layer in model.named_modules():
         if layer in subspace_layers(model):
             c = layer.coefficients
             state[f"{layer_name}.weight"] = sum(ci * w for ci, w in zip(c, layer.weight.detach()))
-            state[f"{layer_name}.bias"] = sum(ci * b for ci, b in zip(c, layer.bias.detach()))
+            if layer.bias is not None:  # convs before BatchNorm have none
+                state[f"{layer_name}.bias"] = sum(ci * b for ci, b in zip(c, layer.bias.detach()))
     plain.load_state_dict(state)
     return plain
+
+
+def endpoint_network(name: str, shape, model: nn.Module, i: int) -> nn.Module:
+    """The plain network holding endpoint i of every parameter of subspace `model`, and its running statistics."""
+    endpoint = init_model(name.split("_", 1)[1], shape, CLASSES, 0)
+    params = dict(model.named_parameters())
+    endpoint.load_state_dict({n: t[i] if n in params else t for n, t in model.state_dict().items()})
+    return endpoint
+
+
+def with_random_batch_norm(model: nn.Module, seed: int) -> nn.Module:
+    """`model` with random BatchNorm endpoints and running statistics (fresh ones are alike: ones, zeros, 0, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, SubspaceBatchNorm):
+                layer.weight.copy_(torch.rand(layer.weight.shape, generator=g) + 0.5)
+                layer.bias.normal_(generator=g)
+                layer.running_mean.normal_(generator=g)
+                layer.running_var.uniform_(0.5, 2.0, generator=g)
+    return model
 
 
 def test_names_parse_and_each_layer_holds_m_plain_layers():
@@ -63,41 +91,49 @@ def test_each_endpoint_is_drawn_as_the_plain_layers_default_init(layer, plain):
         assert torch.equal(subspace.weight[i], reference.weight) and torch.equal(subspace.bias[i], reference.bias)
 
 
+@pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("name,shape", NETWORKS)
-def test_each_vertex_reproduces_its_endpoint_network(name, shape):
-    model, x = init_model(name, shape, CLASSES, 3), torch.randn(6, *shape)
+def test_each_vertex_reproduces_its_endpoint_network(name, shape, training):
+    """In training mode BatchNorm normalises with the batch's statistics and updates its running ones (compared too)."""
+    model, x = with_random_batch_norm(init_model(name, shape, CLASSES, 3), 3), torch.randn(6, *shape)
     m = subspace_layers(model)[0].endpoints
     vertices = torch.eye(m)  # m = 2: alpha = 0 and alpha = 1
     for i in range(m):
         fix_coefficients(model, vertices[i])
-        endpoint = init_model(name.split("_", 1)[1], shape, CLASSES, 0)
-        endpoint.load_state_dict({n: p[i] for n, p in model.state_dict().items()})
-        assert torch.equal(model(x), endpoint(x))
+        alone, endpoint = copy.deepcopy(model).train(training), endpoint_network(name, shape, model, i).train(training)
+        assert torch.equal(alone(x), endpoint(x))
+        assert all(torch.equal(alone.get_buffer(n), b) for n, b in endpoint.named_buffers())
     ensemble = Ensemble.from_models([model] * m)  # the stacked path: model k at vertex k
+    assert ensemble.stacked
     fix_coefficients(ensemble.template, vertices)
-    outputs = ensemble(x, shared=True)
+    outputs = ensemble(x, shared=True, train=training)
     for i in range(m):
-        endpoint = init_model(name.split("_", 1)[1], shape, CLASSES, 0)
-        endpoint.load_state_dict({n: p[i] for n, p in model.state_dict().items()})
+        endpoint = endpoint_network(name, shape, model, i).train(training)
         torch.testing.assert_close(outputs[i], endpoint(x))
+        for n, b in endpoint.named_buffers():
+            torch.testing.assert_close(ensemble.buffers[n][i], b, msg=n)
 
 
 @pytest.mark.parametrize("name,shape", NETWORKS)
 def test_endpoint_gradient_is_its_coefficient_times_the_combined_gradient(name, shape):
     x, y = torch.randn(6, *shape), torch.randint(0, CLASSES, (6,))
-    models = [init_model(name, shape, CLASSES, seed) for seed in (1, 2)]
+    models = [with_random_batch_norm(init_model(name, shape, CLASSES, seed), seed) for seed in (1, 2)]
     m = subspace_layers(models[0]).pop().endpoints
     points = [line_coefficients(0.3), line_coefficients(0.8)] if m == 2 else [curve_coefficients(0.3), torch.eye(3)[1]]
     ensemble = Ensemble.from_models(models)
     fix_coefficients(ensemble.template, torch.stack(points))
-    F.cross_entropy(ensemble(x, shared=True).transpose(1, 2), y.expand(2, -1), reduction="none").mean(1).sum().backward()
+    logits = ensemble(x, shared=True, train=True)  # as the models below: training mode (batch statistics)
+    F.cross_entropy(logits.transpose(1, 2), y.expand(2, -1), reduction="none").mean(1).sum().backward()
     for k, model in enumerate(models):
         fix_coefficients(model, points[k])
         plain = plain_at(name, shape, model)
-        F.cross_entropy(plain(x), y).backward()
+        plain_logits = plain(x)
+        torch.testing.assert_close(logits[k], plain_logits)
+        F.cross_entropy(plain_logits, y).backward()
         F.cross_entropy(model(x), y).backward()
-        for (param_name, endpoints), combined in zip(model.named_parameters(), plain.parameters()):
-            for i in range(m):  # line: (1 - alpha) g and alpha g
+        for (param_name, endpoints), (plain_name, combined) in zip(model.named_parameters(), plain.named_parameters()):
+            assert param_name == plain_name
+            for i in range(m):  # line: (1 - alpha) g and alpha g; BatchNorm's affine weight and bias alike
                 torch.testing.assert_close(endpoints.grad[i], points[k][i] * combined.grad)
                 torch.testing.assert_close(ensemble.params[param_name].grad[k, i], points[k][i] * combined.grad)
 
@@ -194,29 +230,18 @@ def test_endpoint_cosine_squared_by_hand():
     assert pair.shape == (2,) and pair[0] != pair[1]
 
 
-def reference_step(kind: str, layerwise: bool, seed: int, beta: float):
-    """One model's per-step draws from its own generator (coefficients, then the pair) and its beta cos^2 term."""
-    generator = torch.Generator().manual_seed(seed)
-
-    def before_step(model):
-        layers = subspace_layers(model)
-        set_coefficients(model, draw_coefficients(kind, generator, len(layers), layers[0].endpoints, layerwise))
-        i, j = draw_pair(generator, layers[0].endpoints).tolist()
-        w_i, w_j = (torch.cat([layer.weight[e].flatten() for layer in layers]) for e in (i, j))
-        return beta * F.cosine_similarity(w_i, w_j, dim=0).square()
-
-    return before_step
-
-
-@pytest.mark.parametrize("name,kind,layerwise,beta", [
-    ("subspace2_mlp_w16_d2", "line", False, 1.0),
-    ("subspace2_mlp_w16_d2", "line", True, 1.0),
-    ("subspace3_mlp_w16_d2", "simplex", False, 1.0),
-    ("subspace3_mlp_w16_d2", "curve", True, 2.0),
-    ("subspace2_cnn1d_w4_d2", "line", True, 1.0),
+@pytest.mark.parametrize("name,key,kind,layerwise,beta", [
+    ("subspace2_mlp_w16_d2", "seq", "line", False, 1.0),
+    ("subspace2_mlp_w16_d2", "seq", "line", True, 1.0),
+    ("subspace3_mlp_w16_d2", "seq", "simplex", False, 1.0),
+    ("subspace3_mlp_w16_d2", "seq", "curve", True, 2.0),
+    ("subspace2_cnn1d_w4_d2", "seq", "line", True, 1.0),
+    ("subspace2_cnn_bn_w4_d2", "img", "line", False, 1.0),
+    ("subspace3_cnn1d_bn_w4_d2", "seq", "simplex", True, 1.0),
 ])
-def test_stacked_subspace_training_equals_one_by_one(toy, name, kind, layerwise, beta):
-    x, y, subsets = toy["seq"], toy["y"], toy["subsets"]
+def test_stacked_subspace_training_equals_one_by_one(toy, name, key, kind, layerwise, beta):
+    """BatchNorm networks' running statistics are compared too (assert_same_weights takes the whole state_dict)."""
+    x, y, subsets = toy[key], toy["y"], toy["subsets"]
     seeds, order_seeds, draw_seeds = [11, 12, 13], [21, 22, 23], [31, 32, 33]
     ensemble = Ensemble.init(name, x.shape[1:], CLASSES, seeds)
     assert ensemble.stacked
@@ -225,7 +250,7 @@ def test_stacked_subspace_training_equals_one_by_one(toy, name, kind, layerwise,
     for k in range(3):
         reference, _ = train_one_by_one(init_model(name, x.shape[1:], CLASSES, seeds[k]), x, y,
                                         subsets[k].nonzero().squeeze(1), order_seeds[k], CONFIG,
-                                        before_step=reference_step(kind, layerwise, draw_seeds[k], beta))
+                                        before_step=subspace_step(kind, layerwise, draw_seeds[k], beta))
         assert_same_weights(ensemble.model(k), reference)
 
 
@@ -235,3 +260,22 @@ def test_a_subspace_kind_needs_its_number_of_endpoints():
         SubspaceTraining(ensemble, "line", [0])
     with pytest.raises(ValueError, match="coefficients of shape \\[3\\]"):
         init_model("subspace3_mlp_w4_d1", (1, 16), CLASSES, 0)(torch.zeros(1, 1, 16))
+
+
+def test_subspace_batch_norm_holds_m_affine_endpoints_and_one_models_statistics():
+    plain, subspace = init_model("cnn1d_bn_w4_d2", (1, 16), CLASSES, 0), init_model("subspace3_cnn1d_bn_w4_d2", (1, 16),
+                                                                                     CLASSES, 0)
+    for (name, p), (sub_name, q) in zip(plain.named_parameters(), subspace.named_parameters()):
+        assert name == sub_name and q.shape == (3, *p.shape)
+    assert {n: b.shape for n, b in plain.named_buffers()} == {n: b.shape for n, b in subspace.named_buffers()}
+    norm = subspace[1]
+    assert isinstance(norm, SubspaceBatchNorm) and norm in subspace_layers(subspace)
+    assert torch.equal(norm.weight, torch.ones(3, 4)) and torch.equal(norm.bias, torch.zeros(3, 4))
+    assert (norm.eps, norm.momentum, norm.spatial_dims) == (1e-5, 0.1, 1)
+    assert subspace[0].bias is None  # the conv before it has no bias, as in the plain network
+    training = SubspaceTraining(Ensemble.from_models([subspace]), "simplex", [0])
+    assert training.weight_names == ["0.weight", "4.weight", "9.weight"]  # linear and conv weights: cos^2 ignores BN
+    with pytest.raises(ValueError, match="subspace BatchNorm is affine, keeps running statistics and has a momentum"):
+        subspace_network(nn.Sequential(nn.BatchNorm1d(4, momentum=None)), 2)
+    with pytest.raises(ValueError, match="expected a 4-D input, got 3-D"):
+        SubspaceBatchNorm(4, 2)(torch.zeros(2, 4, 5))

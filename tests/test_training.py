@@ -22,8 +22,11 @@ def toy():
     return toy_data(N, CLASSES)
 
 
-@pytest.mark.parametrize("name,key", [("mlp_w16_d2", "seq"), ("cnn1d_w4_d2", "seq"), ("cnn_w4_d3", "img")])
+@pytest.mark.parametrize("name,key", [("mlp_w16_d2", "seq"), ("cnn1d_w4_d2", "seq"), ("cnn_w4_d3", "img"),
+                                      ("cnn1d_bn_w8_d2", "seq"), ("cnn_bn_w8_d2", "img")])
 def test_together_equals_one_by_one(toy, name, key):
+    """BatchNorm networks too: running statistics are compared with the weights, and model 2, idle half of each
+    epoch, keeps its own."""
     x, y, subsets = toy[key], toy["y"], toy["subsets"]
     seeds, order_seeds = [11, 12, 13], [21, 22, 23]
     ensemble = Ensemble.init(name, x.shape[1:], CLASSES, seeds)
