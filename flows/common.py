@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 
 from core.config import Config, RuntimeConfig
 from core.data import Dataset, DatasetConfig
-from core.models import init_model, parse_model_name
+from core.models import DCT_FAMILIES, init_model, parse_model_name
 from core.store import default_data_root, find_run
 from core.training import TrainConfig
 
@@ -48,6 +48,15 @@ def sgd_trainable_model(name: str) -> str:
     if parse_model_name(name).endpoints:
         raise ValueError(f"{name!r} is a subspace network: its coefficients are drawn every step by "
                          "core.subspaces.SubspaceTraining, which this flow does not run; use the plain name")
+    return name
+
+
+def plain_stackable_model(name: str, builds: str) -> str:
+    """`name`, if it is a plain network of a family the stacked fast path runs (no dct_ or subspace prefix: the flow
+    builds those itself, as `builds` says); else a ValueError."""
+    spec = parse_model_name(name)  # raises with the list of valid patterns
+    if spec.dct_plus_sparse or spec.endpoints or spec.family not in DCT_FAMILIES:
+        raise ValueError(f"{name!r} is not a plain network of {', '.join(DCT_FAMILIES)}; {builds}")
     return name
 
 

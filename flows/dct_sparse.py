@@ -17,11 +17,11 @@ from pydantic import Field, field_validator
 
 from core.config import Config, RuntimeConfig
 from core.data import DatasetConfig
-from core.models import DCT_FAMILIES, init_model, parse_model_name
+from core.models import init_model
 from core.plots import accuracy_vs_trainable_params
 from core.store import RunStore, dataset_cache
 from core.training import TrainConfig
-from flows.common import checked_data_root, distinct_values
+from flows.common import checked_data_root, distinct_values, plain_stackable_model
 from flows.report import publish
 from flows.runner import configure_runtime, run_shards
 from tasks.common import combine_shards, shared_dataset
@@ -54,11 +54,7 @@ class DCTSparseFlowConfig(Config):
     @field_validator("model")
     @classmethod
     def _plain_stackable_model(cls, name: str) -> str:
-        spec = parse_model_name(name)  # raises with the list of valid patterns
-        if spec.dct_plus_sparse or spec.endpoints or spec.family not in DCT_FAMILIES:
-            raise ValueError(f"{name!r} is not a plain network of {', '.join(DCT_FAMILIES)}; layer_types decides "
-                             "which layers it gets (dct_sparse builds dct_<model>)")
-        return name
+        return plain_stackable_model(name, "layer_types decides which layers it gets (dct_sparse builds dct_<model>)")
 
     @field_validator("layer_types", "densities", "seeds")
     @classmethod

@@ -42,4 +42,6 @@ FLOWS: dict[str, FlowEntry] = {
                                     "R_p across learning rates; lottery ticket vs rewinding vs pruning and fine-tuning"),
     "dct_sparse": FlowEntry("flows.dct_sparse", "dct_sparse_flow", "DCTSparseFlowConfig",
                             "dense vs sparse vs DCT+Sparse layers, sparse from initialisation, down to extreme sparsity"),
+    "subspaces": FlowEntry("flows.subspaces", "subspaces_flow", "SubspacesFlowConfig",
+                           "lines, curves and simplexes of networks vs standard training, accuracy and calibration"),
 }

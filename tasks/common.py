@@ -68,12 +68,13 @@ def dask_worker():
         return None
 
 
-def task_dataset(store: RunStore) -> Dataset:
+def task_dataset(store: RunStore, config: DatasetConfig | None = None) -> Dataset:
     """Set this process's torch threads (`task_threads`) and float32 mode for the task, and return the run's
-    dataset, refusing files whose contents are not the ones the run's id was made from."""
+    dataset (or that of `config`, a variant of it on the same files, e.g. another label noise), refusing files whose
+    contents are not the ones the run's id was made from."""
     torch.set_num_threads(task_threads(store.config.runtime))
     use_precision(store.config.runtime.precision)
-    dataset = shared_dataset(store.config.dataset, store.cache_dir)
+    dataset = shared_dataset(config or store.config.dataset, store.cache_dir)
     if dataset.fingerprint != store.inputs.get("dataset"):
         raise DatasetError(f"the files of dataset {store.config.dataset.name!r} changed after run {store.run_id} "
                            f"began (contents {store.inputs.get('dataset')} then, {dataset.fingerprint} now); "

@@ -217,6 +217,10 @@ VALIDATOR_CASES = [
     ("dct_sparse", ["model=dct_mlp_w8_d1"], ["model: Value error, 'dct_mlp_w8_d1' is not a plain network of mlp, mlp_h"]),
     ("dct_sparse", ["layer_types=[sparse, lowrank]"], ["layer_types.1: Input should be 'dense', 'sparse' or 'dct_sparse'"]),
     ("train", ["model=subspace2_mlp_w8_d1"], ["model: Value error, 'subspace2_mlp_w8_d1' is a subspace network"]),
+    ("subspaces", ["label_noise=[0.2, 0.2]"], ["label_noise: Value error, must be distinct fractions in [0, 1); got [0.2, 0.2]"]),
+    ("subspaces", ["dataset.label_noise=0.1"],
+     ["(top): Value error, dataset.label_noise=0.1: this flow sweeps label noise itself; leave it at 0"]),
+    ("subspaces", ["methods=[line, plane]"], ["methods.1: Input should be 'line', 'layerwise_line', 'curve'"]),
     ("weight_correlation", ["model=subspace3_mlp_w8_d1"],
      ["model: Value error, 'subspace3_mlp_w8_d1' is a subspace network"]),
     ("train", ["trian.lr=1"], ["trian: Extra inputs are not permitted"]),
@@ -831,6 +835,7 @@ EARLY_FAILURE = {
     "scaling_law": {},
     "weight_correlation": {"dataset": {"name": "digits", "n_train": 10}},
     "dct_sparse": {"dataset": {"name": "digits", "n_train": 10}},
+    "subspaces": {"dataset": {"name": "digits", "n_train": 10}},
 }
 
 

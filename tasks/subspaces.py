@@ -1,0 +1,115 @@
+"""Task of the `subspaces` flow: one method at one label-noise level, every seed trained together, then evaluated
+along its path, at its midpoint and at its ends (standard training: each seed's model and its ensembles)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from torch import Tensor
+
+from core.config import derive_seed
+from core.data import Dataset
+from core.ensemble import Ensemble, predict_probabilities, recalibrate_batchnorm, resolve_device
+from core.experiment import DRAW_STREAM, INIT_STREAM, MEMBER_STREAM, ORDER_STREAM, model_seed
+from core.store import RunStore
+from core.subspace_evaluation import (METHODS, STANDARD, accuracy_and_ece, end_coefficients, ensemble_sizes,
+                                      midpoint_coefficients, path_coefficients)
+from core.subspaces import SubspaceTraining, fix_coefficients
+from core.training import train
+from tasks.common import compute_once, task_dataset
+
+
+def shard_names(method: str, noise: float) -> list[str]:
+    """The tables of one method at one noise level: its points along alpha (none for standard), its summary rows."""
+    stem = f"{method}-noise{noise:g}"
+    return ([] if method == STANDARD else [f"shards/alpha/{stem}.parquet"]) + [f"shards/summary/{stem}.parquet"]
+
+
+@task(cache_policy=NO_CACHE, task_run_name="subspace-{method}-noise{noise}")
+def train_method(store: RunStore, method: str, noise: float) -> list[str]:
+    """Train and evaluate every seed of `method` on labels with `noise`; skipped when its tables exist."""
+    names = shard_names(method, noise)
+    compute_once(store, names, lambda: _train_and_evaluate(store, method, noise, names))
+    return names
+
+
+def _train_and_evaluate(store: RunStore, method: str, noise: float, names: list[str]) -> None:
+    """The body of `train_method`."""
+    config, start = store.config, time.perf_counter()
+    dataset = task_dataset(store, config.dataset.model_copy(update={"label_noise": noise}))
+    seeds = [model_seed(config.seed, s) for s in config.seeds]
+    if method == STANDARD:
+        summary = _standard(store, dataset, seeds)
+    else:
+        alpha, summary = _subspace(store, dataset, method, seeds)
+        store.write_table(names[0], alpha.assign(noise=noise)[["method", "alpha", "noise", "seed", "accuracy", "ece"]])
+    summary = summary.assign(method=method, noise=noise)
+    store.write_table(names[-1], summary[["method", "endpoints", "noise", "seed", "point", "members", "accuracy", "ece"]])
+    model = summary[summary["point"].isin(["model", "midpoint"])]
+    get_run_logger().info("%s at label noise %g: %d seeds, accuracy %.4f, ECE %.4f, %.1f s", method, noise,
+                          len(model), model["accuracy"].mean(), model["ece"].mean(), time.perf_counter() - start)
+
+
+def _trained(store: RunStore, dataset: Dataset, name: str, seeds: list[int], method: str | None = None) -> Ensemble:
+    """Models `name` of `seeds`, trained together on the whole training set (a subspace `method` draws its points
+    every step)."""
+    config = store.config
+    ensemble = Ensemble.init(name, dataset.input_shape, dataset.num_classes, [derive_seed(s, INIT_STREAM) for s in seeds],
+                             resolve_device(config.runtime.device), config.runtime.precision)
+    hooks = {}
+    if method is not None:
+        kind, _, layerwise = METHODS[method]
+        subspace = SubspaceTraining(ensemble, kind, [derive_seed(s, DRAW_STREAM) for s in seeds], layerwise, config.beta)
+        hooks = {"step_hook": subspace.step, "regularizer": subspace.regularizer}
+    everything = torch.ones(len(seeds), dataset.n_train, dtype=torch.bool)
+    train(ensemble, dataset.x_train, dataset.y_train, everything, [derive_seed(s, ORDER_STREAM) for s in seeds],
+          config.train, **hooks)
+    return ensemble
+
+
+def _probabilities(ensemble: Ensemble, dataset: Dataset, batch_size: int, coefficients: Tensor | None = None) -> Tensor:
+    """`[K, N, C]` test predictions of every model (at the subspace point `coefficients`), with BatchNorm statistics
+    recomputed there from the training set."""
+    if coefficients is not None:
+        fix_coefficients(ensemble.template, coefficients)
+    recalibrate_batchnorm(ensemble, dataset.x_train, batch_size)
+    return predict_probabilities(ensemble, dataset.x_test)
+
+
+def _rows(seeds: list[int], point: str, members: int, probs: Tensor, labels: Tensor, **columns) -> pd.DataFrame:
+    """One summary row per seed of predictions `[S, N, C]`."""
+    accuracy, ece = accuracy_and_ece(probs, labels)
+    return pd.DataFrame({"seed": seeds, "point": point, "members": members, "accuracy": accuracy.numpy(),
+                         "ece": ece.numpy(), **columns})
+
+
+def _standard(store: RunStore, dataset: Dataset, seeds: list[int]) -> pd.DataFrame:
+    """Summary rows of standard training: each seed's model, and its ensembles with the seed's other members."""
+    config, sizes = store.config, ensemble_sizes(store.config.methods)
+    members = [s if j == 0 else derive_seed(s, MEMBER_STREAM, j) for s in seeds for j in range(sizes[-1])]
+    ensemble = _trained(store, dataset, config.model, members)
+    probs = _probabilities(ensemble, dataset, config.train.batch_size).unflatten(0, (len(seeds), sizes[-1]))
+    parts = [_rows(config.seeds, "model", 1, probs[:, 0], dataset.y_test)]
+    parts += [_rows(config.seeds, "ensemble", n, probs[:, :n].mean(1), dataset.y_test) for n in sizes]
+    return pd.concat(parts, ignore_index=True).assign(endpoints=1)
+
+
+def _subspace(store: RunStore, dataset: Dataset, method: str, seeds: list[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows along the path (alpha), and summary rows: the midpoint, the mean of the ends, the ends' ensemble."""
+    config, (kind, m, _) = store.config, METHODS[method]
+    ensemble = _trained(store, dataset, f"subspace{m}_{config.model}", seeds, method)
+    at = lambda c: _probabilities(ensemble, dataset, config.train.batch_size, c)  # noqa: E731
+    alphas = np.linspace(0.0, 1.0, config.alpha_points).round(12)
+    path = [_rows(config.seeds, "path", 1, at(c), dataset.y_test, alpha=a)
+            for a, c in zip(alphas, path_coefficients(kind, m, torch.tensor(alphas, dtype=torch.float32)))]
+    ends = torch.stack([at(c) for c in end_coefficients(kind, m)])  # [E, S, N, C]
+    end_rows = pd.concat([_rows(config.seeds, "end", 1, probs, dataset.y_test) for probs in ends])
+    mean_end = end_rows.groupby("seed", as_index=False)[["accuracy", "ece"]].mean().assign(point="endpoint", members=1)
+    summary = [_rows(config.seeds, "midpoint", 1, at(midpoint_coefficients(kind, m)), dataset.y_test), mean_end,
+               _rows(config.seeds, "ensemble", len(ends), ends.mean(0), dataset.y_test)]
+    summary = pd.concat(summary, ignore_index=True).assign(endpoints=m)
+    return pd.concat(path, ignore_index=True).assign(method=method), summary

@@ -1,0 +1,132 @@
+"""The `subspaces` flow: its tables by hand and by exact invariants, and rows against one model trained alone."""
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from core.config import derive_seed
+from core.data import DatasetConfig, load_dataset
+from core.ensemble import Ensemble, predict_probabilities, recalibrate_batchnorm
+from core.experiment import DRAW_STREAM, INIT_STREAM, MEMBER_STREAM, ORDER_STREAM, model_seed
+from core.models import init_model
+from core.subspace_evaluation import accuracy_and_ece, midpoint_coefficients, path_coefficients
+from core.subspaces import fix_coefficients
+from core.training import TrainConfig
+from flows.subspaces import SubspacesFlowConfig, subspaces_flow
+from reference import subspace_step, train_one_by_one
+
+CONFIG = SubspacesFlowConfig(dataset=DatasetConfig(name="digits", n_train=400, n_test=100), model="mlp_w16_d1",
+                             methods=["line", "simplex3"], label_noise=[0.0, 0.2], seeds=[0, 1], alpha_points=5,
+                             train=TrainConfig(epochs=2, batch_size=50, lr=0.1))
+BATCHNORM = SubspacesFlowConfig(dataset=DatasetConfig(name="digits", n_train=400, n_test=100), model="cnn_bn_w4_d1",
+                                methods=["curve"], label_noise=[0.2], seeds=[0], alpha_points=3,
+                                train=TrainConfig(epochs=2, batch_size=50, lr=0.1))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, prefect_harness):
+    folder = Path(subspaces_flow(CONFIG, data_root=str(tmp_path_factory.mktemp("data"))))
+    return folder, pd.read_parquet(folder / "subspace_alpha.parquet"), pd.read_parquet(folder / "subspace_summary.parquet")
+
+
+def test_tables_hold_every_point_method_noise_and_seed(run):
+    folder, alpha, summary = run
+    assert list(alpha.columns) == ["method", "alpha", "noise", "seed", "accuracy", "ece"]
+    assert alpha[["method", "alpha", "noise", "seed"]].values.tolist() == [
+        [method, a, noise, seed] for method in ("line", "simplex3") for noise in (0.0, 0.2)
+        for a in (0.0, 0.25, 0.5, 0.75, 1.0) for seed in (0, 1)]
+    assert list(summary.columns) == ["method", "endpoints", "noise", "seed", "point", "members", "accuracy", "ece"]
+    kinds = summary[summary["seed"] == 0].drop_duplicates(["method", "endpoints", "point", "members"])
+    assert kinds[["method", "endpoints", "point", "members"]].values.tolist() == [
+        ["line", 2, "endpoint", 1], ["line", 2, "ensemble", 2], ["line", 2, "midpoint", 1],
+        ["simplex3", 3, "endpoint", 1], ["simplex3", 3, "ensemble", 3], ["simplex3", 3, "midpoint", 1],
+        ["standard", 1, "ensemble", 2], ["standard", 1, "ensemble", 3], ["standard", 1, "model", 1]]
+    assert len(summary) == 9 * 2 * 2  # 9 rows per (noise, seed)
+    assert summary[["accuracy", "ece"]].stack().between(0, 1).all()
+    for name in ("accuracy_along_subspace.png", "gains_over_standard.png"):
+        assert (folder / "figures" / name).is_file()
+
+
+def test_a_lines_midpoint_and_ends_are_its_path_at_half_and_at_zero_and_one(run):
+    _, alpha, summary = run
+    line = alpha[alpha["method"] == "line"].set_index(["noise", "seed", "alpha"])
+    points = summary[summary["method"] == "line"].set_index(["noise", "seed", "point"])
+    for noise in CONFIG.label_noise:
+        for seed in CONFIG.seeds:
+            assert points.loc[(noise, seed, "midpoint"), "accuracy"] == line.loc[(noise, seed, 0.5), "accuracy"]
+            ends = line.loc[[(noise, seed, 0.0), (noise, seed, 1.0)], ["accuracy", "ece"]].mean()
+            assert points.loc[(noise, seed, "endpoint"), ["accuracy", "ece"]].tolist() == pytest.approx(
+                ends.tolist(), abs=1e-12)
+
+
+def trained_alone(config: SubspacesFlowConfig, name: str, seed: int, noise: float, kind: str | None = None,
+                  layerwise: bool = False) -> tuple:
+    """torch.optim.SGD, one model: init, batch order (and subspace draws) from `seed`'s streams, on noisy labels."""
+    data = load_dataset(config.dataset.model_copy(update={"label_noise": noise}))
+    step = subspace_step(kind, layerwise, derive_seed(seed, DRAW_STREAM), config.beta) if kind else None
+    model, _ = train_one_by_one(init_model(name, data.input_shape, 10, derive_seed(seed, INIT_STREAM)), data.x_train,
+                                data.y_train, torch.arange(data.n_train), derive_seed(seed, ORDER_STREAM), config.train,
+                                before_step=step)
+    return model, data
+
+
+def probabilities_at(model, data, coefficients=None):
+    """`[1, N, C]` test predictions of a model trained alone, at a point, BatchNorm recomputed there."""
+    ensemble = Ensemble.from_models([model])
+    if coefficients is not None:
+        fix_coefficients(ensemble.template, coefficients)
+    recalibrate_batchnorm(ensemble, data.x_train, 50)
+    return predict_probabilities(ensemble, data.x_test)
+
+
+def test_a_path_row_equals_one_subspace_trained_alone(run):
+    _, alpha, _ = run
+    model, data = trained_alone(CONFIG, "subspace2_mlp_w16_d1", model_seed(CONFIG.seed, 1), 0.2, "line")
+    accuracy, ece = accuracy_and_ece(probabilities_at(model, data, path_coefficients("line", 2, torch.tensor([0.25]))[0]),
+                                     data.y_test)
+    row = alpha[(alpha["method"] == "line") & (alpha["noise"] == 0.2) & (alpha["seed"] == 1) & (alpha["alpha"] == 0.25)]
+    assert row["accuracy"].item() == pytest.approx(float(accuracy), abs=0.011)  # one test example of 100 may flip
+    assert row["ece"].item() == pytest.approx(float(ece), abs=0.01)
+
+
+def test_a_standard_ensemble_row_equals_its_members_trained_alone(run):
+    _, _, summary = run
+    seed = model_seed(CONFIG.seed, 0)
+    members = [trained_alone(CONFIG, CONFIG.model, s, 0.0) for s in (seed, derive_seed(seed, MEMBER_STREAM, 1))]
+    probs = torch.cat([probabilities_at(model, data) for model, data in members]).mean(0, keepdim=True)
+    accuracy, _ = accuracy_and_ece(probs, members[0][1].y_test)
+    row = summary[(summary["method"] == "standard") & (summary["noise"] == 0.0) & (summary["seed"] == 0)
+                  & (summary["point"] == "ensemble") & (summary["members"] == 2)]
+    assert row["accuracy"].item() == pytest.approx(float(accuracy), abs=0.011)
+
+
+def test_a_batchnorm_curves_midpoint_equals_one_trained_alone_with_statistics_recomputed(tmp_path, prefect_harness):
+    folder = Path(subspaces_flow(BATCHNORM, data_root=str(tmp_path)))
+    summary = pd.read_parquet(folder / "subspace_summary.parquet")
+    model, data = trained_alone(BATCHNORM, "subspace3_cnn_bn_w4_d1", model_seed(BATCHNORM.seed, 0), 0.2, "curve")
+    accuracy, ece = accuracy_and_ece(probabilities_at(model, data, midpoint_coefficients("curve", 3)), data.y_test)
+    row = summary[(summary["method"] == "curve") & (summary["point"] == "midpoint")]
+    assert row["accuracy"].item() == pytest.approx(float(accuracy), abs=0.011)
+    assert row["ece"].item() == pytest.approx(float(ece), abs=0.01)
+
+
+def test_a_rerun_skips_every_task(run):
+    folder, _, _ = run
+    stamps = {p: p.stat().st_mtime_ns for p in (folder / "shards").rglob("*.parquet")}
+    assert len(stamps) == 2 * 2 + 3 * 2  # alpha rows of two methods, summaries of three, at two noise levels
+    assert Path(subspaces_flow(CONFIG, data_root=str(folder.parents[2]))) == folder
+    assert {p: p.stat().st_mtime_ns for p in (folder / "shards").rglob("*.parquet")} == stamps
+
+
+@pytest.mark.parametrize("update,message", [
+    ({"dataset": {"name": "digits", "label_noise": 0.1}}, "dataset.label_noise=0.1: this flow sweeps label noise itself"),
+    ({"model": "subspace2_mlp_w8_d1"}, "'subspace2_mlp_w8_d1' is not a plain network of mlp, mlp_h"),
+    ({"label_noise": [0.2, 1.0]}, "label_noise\n  Value error, must be distinct fractions in [0, 1); got [0.2, 1.0]"),
+    ({"methods": ["line", "line"]}, "must be distinct methods"),
+    ({"methods": ["plane"]}, "Input should be 'line', 'layerwise_line', 'curve'"),
+])
+def test_bad_configs_are_refused_with_the_reason(update, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SubspacesFlowConfig.model_validate(update)
