@@ -50,10 +50,12 @@ def end_coefficients(kind: Kind, m: int) -> Tensor:
     return path_coefficients(kind, m, torch.tensor([0.0, 1.0])) if kind == "curve" else torch.eye(m)
 
 
-def accuracy_and_ece(probs: Tensor, labels: Tensor, bins: int = 20) -> tuple[Tensor, Tensor]:
-    """`[K]` accuracy and `[K]` expected calibration error (`bins` equal-width bins) of predictions `[K, N, C]`."""
-    accuracy = (probs.argmax(-1) == labels).double().mean(1)
-    return accuracy, expected_calibration_error(probs, labels, bins).double()
+def calibration(probs: Tensor, labels: Tensor, bins: int = 20) -> tuple[Tensor, Tensor, Tensor]:
+    """`[K]` accuracy, mean confidence (top probability; above the accuracy: over-confident) and expected calibration
+    error (`bins` equal-width bins) of predictions `[K, N, C]`."""
+    confidence, predicted = probs.max(-1)
+    accuracy = (predicted == labels).double().mean(1)
+    return accuracy, confidence.double().mean(1), expected_calibration_error(probs, labels, bins).double()
 
 
 def ensemble_sizes(methods: list[str]) -> list[int]:
@@ -63,23 +65,25 @@ def ensemble_sizes(methods: list[str]) -> list[int]:
 
 def gains_over_standard(summary: pd.DataFrame) -> pd.DataFrame:
     """Per noise and method: mean midpoint accuracy and ECE, their differences from the standard model of the same
-    seed (mean and standard error over seeds), and the ends' ensemble minus a standard ensemble of as many members.
+    seed (mean and standard error over seeds), both models' mean confidence, and the ends' ensemble minus a standard
+    ensemble of as many members.
     `summary` holds subspace_summary.parquet's columns."""
     keys = ["noise", "seed"]
     standard = summary[summary["method"] == STANDARD]
-    model = standard[standard["point"] == "model"].set_index(keys)[["accuracy", "ece"]]
+    model = standard[standard["point"] == "model"].set_index(keys)[["accuracy", "confidence", "ece"]]
     ensembles = standard[standard["point"] == "ensemble"].set_index([*keys, "members"])["accuracy"]
     rows = []
     for (noise, method), group in summary[summary["method"] != STANDARD].groupby(["noise", "method"], sort=False):
-        midpoint = group[group["point"] == "midpoint"].set_index(keys)[["accuracy", "ece"]]
+        midpoint = group[group["point"] == "midpoint"].set_index(keys)[["accuracy", "confidence", "ece"]]
         ends = group[group["point"] == "ensemble"].set_index([*keys, "members"])["accuracy"]
-        accuracy_gain = midpoint["accuracy"] - model["accuracy"].reindex(midpoint.index)
-        ece_change = midpoint["ece"] - model["ece"].reindex(midpoint.index)
+        paired = model.reindex(midpoint.index)
+        accuracy_gain, ece_change = midpoint["accuracy"] - paired["accuracy"], midpoint["ece"] - paired["ece"]
         ensemble_gain = ends - ensembles.reindex(ends.index)
         rows.append({"noise": noise, "method": method, "midpoint_accuracy": midpoint["accuracy"].mean(),
-                     "standard_accuracy": model["accuracy"].reindex(midpoint.index).mean(),
+                     "standard_accuracy": paired["accuracy"].mean(),
                      "accuracy_gain": accuracy_gain.mean(), "accuracy_gain_sem": accuracy_gain.sem(),
-                     "midpoint_ece": midpoint["ece"].mean(), "standard_ece": model["ece"].reindex(midpoint.index).mean(),
+                     "midpoint_confidence": midpoint["confidence"].mean(), "standard_confidence": paired["confidence"].mean(),
+                     "midpoint_ece": midpoint["ece"].mean(), "standard_ece": paired["ece"].mean(),
                      "ece_change": ece_change.mean(), "ece_change_sem": ece_change.sem(),
                      "ensemble_gain": ensemble_gain.mean(), "ensemble_gain_sem": ensemble_gain.sem(),
                      "seeds": len(midpoint)})

@@ -16,7 +16,7 @@ from core.data import Dataset
 from core.ensemble import Ensemble, predict_probabilities, recalibrate_batchnorm, resolve_device
 from core.experiment import DRAW_STREAM, INIT_STREAM, MEMBER_STREAM, ORDER_STREAM, model_seed
 from core.store import RunStore
-from core.subspace_evaluation import (METHODS, STANDARD, accuracy_and_ece, end_coefficients, ensemble_sizes,
+from core.subspace_evaluation import (METHODS, STANDARD, calibration, end_coefficients, ensemble_sizes,
                                       midpoint_coefficients, path_coefficients)
 from core.subspaces import SubspaceTraining, fix_coefficients
 from core.training import train
@@ -48,7 +48,8 @@ def _train_and_evaluate(store: RunStore, method: str, noise: float, names: list[
         alpha, summary = _subspace(store, dataset, method, seeds)
         store.write_table(names[0], alpha.assign(noise=noise)[["method", "alpha", "noise", "seed", "accuracy", "ece"]])
     summary = summary.assign(method=method, noise=noise)
-    store.write_table(names[-1], summary[["method", "endpoints", "noise", "seed", "point", "members", "accuracy", "ece"]])
+    store.write_table(names[-1], summary[["method", "endpoints", "noise", "seed", "point", "members", "accuracy",
+                                          "confidence", "ece"]])
     model = summary[summary["point"].isin(["model", "midpoint"])]
     get_run_logger().info("%s at label noise %g: %d seeds, accuracy %.4f, ECE %.4f, %.1f s", method, noise,
                           len(model), model["accuracy"].mean(), model["ece"].mean(), time.perf_counter() - start)
@@ -82,9 +83,9 @@ def _probabilities(ensemble: Ensemble, dataset: Dataset, batch_size: int, coeffi
 
 def _rows(seeds: list[int], point: str, members: int, probs: Tensor, labels: Tensor, **columns) -> pd.DataFrame:
     """One summary row per seed of predictions `[S, N, C]`."""
-    accuracy, ece = accuracy_and_ece(probs, labels)
+    accuracy, confidence, ece = calibration(probs, labels)
     return pd.DataFrame({"seed": seeds, "point": point, "members": members, "accuracy": accuracy.numpy(),
-                         "ece": ece.numpy(), **columns})
+                         "confidence": confidence.numpy(), "ece": ece.numpy(), **columns})
 
 
 def _standard(store: RunStore, dataset: Dataset, seeds: list[int]) -> pd.DataFrame:
@@ -108,7 +109,7 @@ def _subspace(store: RunStore, dataset: Dataset, method: str, seeds: list[int]) 
             for a, c in zip(alphas, path_coefficients(kind, m, torch.tensor(alphas, dtype=torch.float32)))]
     ends = torch.stack([at(c) for c in end_coefficients(kind, m)])  # [E, S, N, C]
     end_rows = pd.concat([_rows(config.seeds, "end", 1, probs, dataset.y_test) for probs in ends])
-    mean_end = end_rows.groupby("seed", as_index=False)[["accuracy", "ece"]].mean().assign(point="endpoint", members=1)
+    mean_end = end_rows.groupby("seed", as_index=False)[["accuracy", "confidence", "ece"]].mean().assign(point="endpoint", members=1)
     summary = [_rows(config.seeds, "midpoint", 1, at(midpoint_coefficients(kind, m)), dataset.y_test), mean_end,
                _rows(config.seeds, "ensemble", len(ends), ends.mean(0), dataset.y_test)]
     summary = pd.concat(summary, ignore_index=True).assign(endpoints=m)

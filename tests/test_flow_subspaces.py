@@ -11,7 +11,7 @@ from core.data import DatasetConfig, load_dataset
 from core.ensemble import Ensemble, predict_probabilities, recalibrate_batchnorm
 from core.experiment import DRAW_STREAM, INIT_STREAM, MEMBER_STREAM, ORDER_STREAM, model_seed
 from core.models import init_model
-from core.subspace_evaluation import accuracy_and_ece, midpoint_coefficients, path_coefficients
+from core.subspace_evaluation import calibration, midpoint_coefficients, path_coefficients
 from core.subspaces import fix_coefficients
 from core.training import TrainConfig
 from flows.subspaces import SubspacesFlowConfig, subspaces_flow
@@ -37,14 +37,16 @@ def test_tables_hold_every_point_method_noise_and_seed(run):
     assert alpha[["method", "alpha", "noise", "seed"]].values.tolist() == [
         [method, a, noise, seed] for method in ("line", "simplex3") for noise in (0.0, 0.2)
         for a in (0.0, 0.25, 0.5, 0.75, 1.0) for seed in (0, 1)]
-    assert list(summary.columns) == ["method", "endpoints", "noise", "seed", "point", "members", "accuracy", "ece"]
+    assert list(summary.columns) == ["method", "endpoints", "noise", "seed", "point", "members", "accuracy",
+                                     "confidence", "ece"]
     kinds = summary[summary["seed"] == 0].drop_duplicates(["method", "endpoints", "point", "members"])
     assert kinds[["method", "endpoints", "point", "members"]].values.tolist() == [
         ["line", 2, "endpoint", 1], ["line", 2, "ensemble", 2], ["line", 2, "midpoint", 1],
         ["simplex3", 3, "endpoint", 1], ["simplex3", 3, "ensemble", 3], ["simplex3", 3, "midpoint", 1],
         ["standard", 1, "ensemble", 2], ["standard", 1, "ensemble", 3], ["standard", 1, "model", 1]]
     assert len(summary) == 9 * 2 * 2  # 9 rows per (noise, seed)
-    assert summary[["accuracy", "ece"]].stack().between(0, 1).all()
+    assert summary[["accuracy", "confidence", "ece"]].stack().between(0, 1).all()
+    assert (summary["confidence"] >= 0.1).all()  # the top of 10 probabilities
     for name in ("accuracy_along_subspace.png", "gains_over_standard.png"):
         assert (folder / "figures" / name).is_file()
 
@@ -56,7 +58,7 @@ def test_a_lines_midpoint_and_ends_are_its_path_at_half_and_at_zero_and_one(run)
     for noise in CONFIG.label_noise:
         for seed in CONFIG.seeds:
             assert points.loc[(noise, seed, "midpoint"), "accuracy"] == line.loc[(noise, seed, 0.5), "accuracy"]
-            ends = line.loc[[(noise, seed, 0.0), (noise, seed, 1.0)], ["accuracy", "ece"]].mean()
+            ends = line.loc[[(noise, seed, 0.0), (noise, seed, 1.0)], ["accuracy", "ece"]].mean()  # the line's ends
             assert points.loc[(noise, seed, "endpoint"), ["accuracy", "ece"]].tolist() == pytest.approx(
                 ends.tolist(), abs=1e-12)
 
@@ -84,7 +86,7 @@ def probabilities_at(model, data, coefficients=None):
 def test_a_path_row_equals_one_subspace_trained_alone(run):
     _, alpha, _ = run
     model, data = trained_alone(CONFIG, "subspace2_mlp_w16_d1", model_seed(CONFIG.seed, 1), 0.2, "line")
-    accuracy, ece = accuracy_and_ece(probabilities_at(model, data, path_coefficients("line", 2, torch.tensor([0.25]))[0]),
+    accuracy, _, ece = calibration(probabilities_at(model, data, path_coefficients("line", 2, torch.tensor([0.25]))[0]),
                                      data.y_test)
     row = alpha[(alpha["method"] == "line") & (alpha["noise"] == 0.2) & (alpha["seed"] == 1) & (alpha["alpha"] == 0.25)]
     assert row["accuracy"].item() == pytest.approx(float(accuracy), abs=0.011)  # one test example of 100 may flip
@@ -96,7 +98,7 @@ def test_a_standard_ensemble_row_equals_its_members_trained_alone(run):
     seed = model_seed(CONFIG.seed, 0)
     members = [trained_alone(CONFIG, CONFIG.model, s, 0.0) for s in (seed, derive_seed(seed, MEMBER_STREAM, 1))]
     probs = torch.cat([probabilities_at(model, data) for model, data in members]).mean(0, keepdim=True)
-    accuracy, _ = accuracy_and_ece(probs, members[0][1].y_test)
+    accuracy, _, _ = calibration(probs, members[0][1].y_test)
     row = summary[(summary["method"] == "standard") & (summary["noise"] == 0.0) & (summary["seed"] == 0)
                   & (summary["point"] == "ensemble") & (summary["members"] == 2)]
     assert row["accuracy"].item() == pytest.approx(float(accuracy), abs=0.011)
@@ -106,7 +108,7 @@ def test_a_batchnorm_curves_midpoint_equals_one_trained_alone_with_statistics_re
     folder = Path(subspaces_flow(BATCHNORM, data_root=str(tmp_path)))
     summary = pd.read_parquet(folder / "subspace_summary.parquet")
     model, data = trained_alone(BATCHNORM, "subspace3_cnn_bn_w4_d1", model_seed(BATCHNORM.seed, 0), 0.2, "curve")
-    accuracy, ece = accuracy_and_ece(probabilities_at(model, data, midpoint_coefficients("curve", 3)), data.y_test)
+    accuracy, _, ece = calibration(probabilities_at(model, data, midpoint_coefficients("curve", 3)), data.y_test)
     row = summary[(summary["method"] == "curve") & (summary["point"] == "midpoint")]
     assert row["accuracy"].item() == pytest.approx(float(accuracy), abs=0.011)
     assert row["ece"].item() == pytest.approx(float(ece), abs=0.01)

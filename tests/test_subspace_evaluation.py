@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from core.subspace_evaluation import (METHODS, accuracy_and_ece, end_coefficients, ensemble_sizes,
+from core.subspace_evaluation import (METHODS, calibration, end_coefficients, ensemble_sizes,
                                       gains_over_standard, midpoint_coefficients, path_coefficients)
 
 
@@ -29,13 +29,14 @@ def test_ensemble_sizes_are_the_ends_of_each_method():
     assert {kind for kind, _, _ in METHODS.values()} == {"line", "curve", "simplex"}
 
 
-def test_accuracy_and_ece_by_hand():
+def test_accuracy_confidence_and_ece_by_hand():
     # model 0: confident and right twice, wrong once at 0.6; model 1: right everywhere at 0.9
     probs = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.6, 0.4]],
                           [[0.9, 0.1], [0.1, 0.9], [0.1, 0.9]]])
     labels = torch.tensor([0, 1, 1])
-    accuracy, ece = accuracy_and_ece(probs, labels)
+    accuracy, confidence, ece = calibration(probs, labels)
     assert accuracy.tolist() == pytest.approx([2 / 3, 1.0])
+    assert confidence.tolist() == pytest.approx([(1 + 1 + 0.6) / 3, 0.9])
     # model 0: bin (0.95, 1] acc 1 conf 1 (2 of 3), bin (0.55, 0.6] acc 0 conf 0.6 (1 of 3); model 1: |1 - 0.9|
     assert ece.tolist() == pytest.approx([0.6 / 3, 0.1])
 
@@ -44,12 +45,13 @@ def test_gains_are_paired_by_seed_with_their_standard_errors():
     rows = []
     for seed, (standard, midpoint, ensemble2, ends2) in enumerate([(0.70, 0.74, 0.75, 0.78), (0.60, 0.62, 0.66, 0.66),
                                                                    (0.80, 0.81, 0.82, 0.85)]):
-        rows += [("standard", 1, 0.2, seed, "model", 1, standard, 0.10),
-                 ("standard", 1, 0.2, seed, "ensemble", 2, ensemble2, 0.08),
-                 ("line", 2, 0.2, seed, "midpoint", 1, midpoint, 0.10 - 0.01 * seed),
-                 ("line", 2, 0.2, seed, "endpoint", 1, 0.5, 0.2),
-                 ("line", 2, 0.2, seed, "ensemble", 2, ends2, 0.05)]
-    summary = pd.DataFrame(rows, columns=["method", "endpoints", "noise", "seed", "point", "members", "accuracy", "ece"])
+        rows += [("standard", 1, 0.2, seed, "model", 1, standard, 0.9, 0.10),
+                 ("standard", 1, 0.2, seed, "ensemble", 2, ensemble2, 0.8, 0.08),
+                 ("line", 2, 0.2, seed, "midpoint", 1, midpoint, 0.6 + 0.1 * seed, 0.10 - 0.01 * seed),
+                 ("line", 2, 0.2, seed, "endpoint", 1, 0.5, 0.7, 0.2),
+                 ("line", 2, 0.2, seed, "ensemble", 2, ends2, 0.7, 0.05)]
+    summary = pd.DataFrame(rows, columns=["method", "endpoints", "noise", "seed", "point", "members", "accuracy",
+                                          "confidence", "ece"])
     [gain] = gains_over_standard(summary).to_dict("records")
     accuracy_gains, ece_changes, ensemble_gains = [0.04, 0.02, 0.01], [0.0, -0.01, -0.02], [0.03, 0.0, 0.03]
     assert (gain["noise"], gain["method"], gain["seeds"]) == (0.2, "line", 3)
@@ -60,3 +62,4 @@ def test_gains_are_paired_by_seed_with_their_standard_errors():
     assert gain["ensemble_gain"] == pytest.approx(sum(ensemble_gains) / 3)
     assert gain["midpoint_accuracy"] == pytest.approx((0.74 + 0.62 + 0.81) / 3)
     assert gain["standard_accuracy"] == pytest.approx(0.70)
+    assert (gain["midpoint_confidence"], gain["standard_confidence"]) == pytest.approx((0.7, 0.9))
