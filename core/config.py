@@ -8,7 +8,7 @@ import re
 import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -29,6 +29,28 @@ class Config(BaseModel):
                 raise ValueError(f"Input should be a valid number, not a boolean ({value}: YAML reads yes/no, "
                                  "on/off and true/false as booleans)")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_partial_group_keeps_this_configs_defaults(cls, data: Any) -> Any:
+        """A group given in part (a YAML block, `--set train.epochs=20`, a deployment parameter) keeps this config's
+        own defaults for what it leaves out (a flow's train.lr, its dataset.name), not those of the group's class."""
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, field in cls.model_fields.items():
+            if isinstance(data.get(name), dict) and isinstance(field.default, BaseModel):
+                merged[name] = _deep_merge(field.default.model_dump(), data[name])
+        return merged
+
+
+def _deep_merge(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """`defaults` with `given` laid over it, nested mappings merged key by key (lists and values replaced)."""
+    merged = dict(defaults)
+    for key, value in given.items():
+        both_mappings = isinstance(value, dict) and isinstance(defaults.get(key), dict)
+        merged[key] = _deep_merge(defaults[key], value) if both_mappings else value
+    return merged
 
 
 class RuntimeConfig(Config):

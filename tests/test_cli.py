@@ -23,6 +23,23 @@ def test_every_shipped_config_is_valid(path):
     FLOWS[flow].config_class().model_validate(yaml.safe_load(path.read_text()))  # raises, naming the field, if not
 
 
+def test_a_partial_group_keeps_the_flows_own_defaults(tmp_path):
+    """`--set train.epochs=20`, a YAML block or a deployment parameter naming part of a group leaves the rest at the
+    flow's defaults (subspaces trains at lr 0.1, weight_correlation on mnist1d), not at the group class's."""
+    from flows.subspaces import SubspacesFlowConfig, subspaces_flow
+    from flows.weight_correlation import WeightCorrelationFlowConfig
+
+    config = load_config(SubspacesFlowConfig, None, ["train.epochs=20"])
+    assert config.train == SubspacesFlowConfig().train.model_copy(update={"epochs": 20})
+    assert config.train.lr == 0.1 != TrainFlowConfig().train.lr
+    path = tmp_path / "c.yaml"
+    path.write_text("dataset:\n  n_train: 100\npruning:\n  levels: 3\n")
+    grid = load_config(WeightCorrelationFlowConfig, str(path), [])
+    assert (grid.dataset.name, grid.dataset.n_train, grid.pruning.levels, grid.pruning.rewind_step) == ("mnist1d", 100, 3, 31)
+    parameters = subspaces_flow.validate_parameters({"config": {"train": {"epochs": 20}}})
+    assert parameters["config"].train.lr == 0.1
+
+
 def test_help_lists_the_flows():
     out = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, check=True).stdout
     assert "train           train many models at once" in out and "scaling_law" in out
