@@ -8,8 +8,9 @@ from core.training import TrainConfig, lr_at
 
 
 def train_plain(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, members: torch.Tensor,
-                order_seed: int, config: TrainConfig) -> torch.nn.Module:
-    """torch.optim.SGD over `members` in a seeded order per epoch, dropping the partial batch, lr set each step."""
+                order_seed: int, config: TrainConfig, before_step=None) -> torch.nn.Module:
+    """torch.optim.SGD over `members` in a seeded order per epoch, dropping the partial batch, lr set each step;
+    `before_step(model)`, called before each forward, returns an extra loss term (or 0)."""
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     generator, steps_per_epoch, step = torch.Generator().manual_seed(order_seed), len(members) // config.batch_size, 0
     for _ in range(config.epochs):
@@ -18,7 +19,8 @@ def train_plain(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, member
             idx = order[s * config.batch_size : (s + 1) * config.batch_size]
             for group in opt.param_groups:
                 group["lr"] = lr_at(config, step, steps_per_epoch)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            extra = before_step(model) if before_step else 0.0
+            loss = F.cross_entropy(model(x[idx]), y[idx]) + extra
             opt.zero_grad()
             loss.backward()
             opt.step()
