@@ -109,7 +109,8 @@ def _subspace(store: RunStore, dataset: Dataset, method: str, seeds: list[int]) 
             for a, c in zip(alphas, path_coefficients(kind, m, torch.tensor(alphas, dtype=torch.float32)))]
     ends = torch.stack([at(c) for c in end_coefficients(kind, m)])  # [E, S, N, C]
     end_rows = pd.concat([_rows(config.seeds, "end", 1, probs, dataset.y_test) for probs in ends])
-    mean_end = end_rows.groupby("seed", as_index=False)[["accuracy", "confidence", "ece"]].mean().assign(point="endpoint", members=1)
+    mean_end = (end_rows.groupby("seed", as_index=False)[["accuracy", "confidence", "ece"]].mean()
+                .assign(point="endpoint", members=1))
     summary = [_rows(config.seeds, "midpoint", 1, at(midpoint_coefficients(kind, m)), dataset.y_test), mean_end,
                _rows(config.seeds, "ensemble", len(ends), ends.mean(0), dataset.y_test)]
     summary = pd.concat(summary, ignore_index=True).assign(endpoints=m)
