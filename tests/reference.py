@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.subspaces import SubspaceConv, SubspaceLinear, draw_coefficients, draw_pair, set_coefficients, subspace_layers
+from core.subspaces import (SubspaceBatchNorm, SubspaceConv, SubspaceLinear, draw_coefficients, draw_pair,
+                            set_coefficients, subspace_layers)
 from core.training import lr_at
 
 
@@ -52,6 +53,20 @@ def subspace_step(kind: str, layerwise: bool, seed: int, beta: float):
         return beta * F.cosine_similarity(w_i, w_j, dim=0).square()
 
     return before_step
+
+
+def with_random_batch_norm(model: nn.Module, seed: int) -> nn.Module:
+    """`model` with random BatchNorm affine parameters (every endpoint's, in a subspace network) and running
+    statistics: fresh ones are alike (ones, zeros, 0, 1), which would hide a mix-up."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d, SubspaceBatchNorm)):
+                layer.weight.copy_(torch.rand(layer.weight.shape, generator=g) + 0.5)
+                layer.bias.normal_(generator=g)
+                layer.running_mean.normal_(generator=g)
+                layer.running_var.uniform_(0.5, 2.0, generator=g)
+    return model
 
 
 def toy_data(n: int, classes: int) -> dict:

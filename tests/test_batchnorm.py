@@ -11,7 +11,7 @@ from core.ensemble import Ensemble, calibration_chunks, recalibrate_batchnorm
 from core.models import init_model, prunable_parameters
 from core.subspaces import SubspaceBatchNorm, fix_coefficients, line_coefficients
 from core.training import TrainConfig, train
-from reference import assert_same_weights, toy_data, train_one_by_one
+from reference import assert_same_weights, toy_data, train_one_by_one, with_random_batch_norm
 
 N, CLASSES = 240, 5
 CONFIG = TrainConfig(epochs=3, batch_size=32, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine", warmup_epochs=1)
@@ -32,19 +32,6 @@ def no_vmap(monkeypatch):
     monkeypatch.setattr(ensemble_module, "vmap", refuse)
 
 
-def randomized(model: nn.Module, seed: int) -> nn.Module:
-    """`model` with random BatchNorm affine parameters and running statistics (fresh ones are ones, zeros, 0, 1)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in model.modules():
-            if isinstance(layer, NORMS):
-                layer.weight.copy_(torch.rand(layer.weight.shape, generator=g) + 0.5)
-                layer.bias.normal_(generator=g)
-                layer.running_mean.normal_(generator=g)
-                layer.running_var.uniform_(0.5, 2.0, generator=g)
-    return model
-
-
 def linear_batch_norm(seed: int) -> nn.Sequential:
     """BatchNorm1d on a linear layer's `[B, F]` output: the stacked path moves it from features to channels."""
     torch.manual_seed(seed)
@@ -62,7 +49,7 @@ BUILDERS = {
 @pytest.mark.parametrize("builder", BUILDERS)
 def test_stacked_batch_norm_equals_each_model_alone(builder, training, no_vmap):
     build, shape = BUILDERS[builder]
-    models = [randomized(build(seed), seed) for seed in (1, 2, 3)]
+    models = [with_random_batch_norm(build(seed), seed) for seed in (1, 2, 3)]
     ensemble = Ensemble.from_models(models)
     assert ensemble.stacked
     x, y = torch.randn(3, 10, *shape), torch.randint(0, CLASSES, (3, 10))
@@ -170,7 +157,7 @@ def test_recalibration_sets_the_exact_statistics_of_each_models_inputs(toy, name
     coefficients = torch.tensor([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0], [0.1, 0.1, 0.8]])
     if "subspace" in name:
         fix_coefficients(ensemble.template, coefficients)
-    plain = [randomized(ensemble.model(k), 10 + k) for k in range(3)]  # random affine parameters, stale statistics
+    plain = [with_random_batch_norm(ensemble.model(k), 10 + k) for k in range(3)]  # random affine parameters, stale statistics
     for k, model in enumerate(plain):
         if "subspace" in name:
             fix_coefficients(model, coefficients[k])
@@ -197,7 +184,7 @@ def test_recalibration_sets_the_exact_statistics_of_each_models_inputs(toy, name
 def test_recalibrating_one_plain_model_equals_its_row_of_the_ensemble(toy):
     x = toy["img"]
     ensemble = Ensemble.init("cnn_bn_w4_d2", x.shape[1:], CLASSES, [1, 2])
-    model = randomized(ensemble.model(1), 0)
+    model = with_random_batch_norm(ensemble.model(1), 0)
     ensemble = Ensemble.from_models([ensemble.model(0), model])
     recalibrate_batchnorm(model, x, 64)
     recalibrate_batchnorm(ensemble, x, 64)

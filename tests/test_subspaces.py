@@ -15,7 +15,7 @@ from core.subspaces import (SubspaceBatchNorm, SubspaceConv, SubspaceLinear, Sub
                             fix_coefficients, line_coefficients, sample_coefficients,
                             subspace_layers, subspace_network)
 from core.training import TrainConfig, train
-from reference import assert_same_weights, subspace_step, toy_data, train_one_by_one
+from reference import assert_same_weights, subspace_step, toy_data, train_one_by_one, with_random_batch_norm
 
 N, CLASSES = 240, 5
 CONFIG = TrainConfig(epochs=3, batch_size=32, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine", warmup_epochs=1)
@@ -49,19 +49,6 @@ def endpoint_network(name: str, shape, model: nn.Module, i: int) -> nn.Module:
     params = dict(model.named_parameters())
     endpoint.load_state_dict({n: t[i] if n in params else t for n, t in model.state_dict().items()})
     return endpoint
-
-
-def with_random_batch_norm(model: nn.Module, seed: int) -> nn.Module:
-    """`model` with random BatchNorm endpoints and running statistics (fresh ones are alike: ones, zeros, 0, 1)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in model.modules():
-            if isinstance(layer, SubspaceBatchNorm):
-                layer.weight.copy_(torch.rand(layer.weight.shape, generator=g) + 0.5)
-                layer.bias.normal_(generator=g)
-                layer.running_mean.normal_(generator=g)
-                layer.running_var.uniform_(0.5, 2.0, generator=g)
-    return model
 
 
 def test_names_parse_and_each_layer_holds_m_plain_layers():
