@@ -42,6 +42,7 @@ class SubspacesFlowConfig(Config):
     model: str = Field("mlp_w128_d2", description="registry name of the plain network (the methods build "
                        "subspace<m>_<model>): mlp_w128_d2, cnn1d_bn_w32_d2 (BatchNorm), cnn_bn_w16_d2, lenet_300_100")
     methods: list[Method] = Field(["line", "layerwise_line", "curve", "simplex3", "simplex4"], min_length=1,
+                                  validate_default=True,  # sorted like a given list: one set, one run id
                                   description="subspaces to train: a line (2 endpoints), a quadratic Bezier curve (2 "
                                   "ends and a trained control point), a simplex of 3 or 4 endpoints; layerwise_ draws "
                                   "one point per layer instead of one for the network. Standard training always runs")

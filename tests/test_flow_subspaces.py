@@ -122,6 +122,12 @@ def test_a_rerun_skips_every_task(run):
     assert {p: p.stat().st_mtime_ns for p in (folder / "shards").rglob("*.parquet")} == stamps
 
 
+def test_the_default_methods_in_another_order_are_the_same_config():
+    default = SubspacesFlowConfig()
+    assert default.methods == ["curve", "layerwise_line", "line", "simplex3", "simplex4"]
+    assert SubspacesFlowConfig(methods=["simplex4", "line", "curve", "layerwise_line", "simplex3"]) == default
+
+
 @pytest.mark.parametrize("update,message", [
     ({"dataset": {"name": "digits", "label_noise": 0.1}}, "dataset.label_noise=0.1: this flow sweeps label noise itself"),
     ({"model": "subspace2_mlp_w8_d1"}, "'subspace2_mlp_w8_d1' is not a plain network of mlp, mlp_h"),
