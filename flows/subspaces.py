@@ -28,7 +28,7 @@ from flows.common import checked_data_root, distinct_values, plain_stackable_mod
 from flows.report import publish
 from flows.runner import configure_runtime, run_shards
 from tasks.common import combine_shards, shared_dataset
-from tasks.subspaces import train_method
+from tasks.subspaces import ALPHA_SHARDS, SUMMARY_SHARDS, train_method
 
 FLOW = "subspaces"
 Method = Literal[tuple(METHODS)]
@@ -106,9 +106,10 @@ def subspaces_flow(config: SubspacesFlowConfig = SubspacesFlowConfig(), data_roo
             for noise in config.label_noise for method in [STANDARD, *config.methods]]
     shards = run_shards(train_method, plan, config.runtime, "methods x noise levels")
     keys = [("method", "ascending"), ("noise", "ascending"), ("seed", "ascending")]
-    combine_shards(store, [names[0] for names in shards if len(names) == 2], "subspace_alpha.parquet",
+    written = [name for names in shards for name in names]
+    combine_shards(store, [n for n in written if n.startswith(ALPHA_SHARDS)], "subspace_alpha.parquet",
                    [keys[0], keys[1], ("alpha", "ascending"), keys[2]])
-    combine_shards(store, [names[-1] for names in shards], "subspace_summary.parquet",
+    combine_shards(store, [n for n in written if n.startswith(SUMMARY_SHARDS)], "subspace_summary.parquet",
                    [*keys[:2], ("point", "ascending"), ("members", "ascending"), keys[2]])
     alpha, summary = store.read_table("subspace_alpha.parquet"), store.read_table("subspace_summary.parquet")
     gains = gains_over_standard(summary)

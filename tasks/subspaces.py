@@ -23,10 +23,13 @@ from core.training import train
 from tasks.common import compute_once, task_dataset
 
 
+ALPHA_SHARDS, SUMMARY_SHARDS = "shards/alpha/", "shards/summary/"
+
+
 def shard_names(method: str, noise: float) -> list[str]:
     """The tables of one method at one noise level: its points along alpha (none for standard), its summary rows."""
-    stem = f"{method}-noise{noise:g}"
-    return ([] if method == STANDARD else [f"shards/alpha/{stem}.parquet"]) + [f"shards/summary/{stem}.parquet"]
+    stem = f"{method}-noise{noise:g}.parquet"
+    return ([] if method == STANDARD else [ALPHA_SHARDS + stem]) + [SUMMARY_SHARDS + stem]
 
 
 @task(cache_policy=NO_CACHE, task_run_name="subspace-{method}-noise{noise}")
@@ -103,7 +106,16 @@ def _subspace(store: RunStore, dataset: Dataset, method: str, seeds: list[int]) 
     """Rows along the path (alpha), and summary rows: the midpoint, the mean of the ends, the ends' ensemble."""
     config, (kind, m, _) = store.config, METHODS[method]
     ensemble = _trained(store, dataset, f"subspace{m}_{config.model}", seeds, method)
-    at = lambda c: _probabilities(ensemble, dataset, config.train.batch_size, c)  # noqa: E731
+    evaluated: dict[tuple[float, ...], Tensor] = {}
+
+    def at(coefficients: Tensor) -> Tensor:
+        """Predictions at a point, computed once: a line's ends and midpoint, a curve's ends, a simplex's first two
+        vertices are points of the path too, and each costs a pass over the training set for BatchNorm."""
+        key = tuple(coefficients.tolist())
+        if key not in evaluated:
+            evaluated[key] = _probabilities(ensemble, dataset, config.train.batch_size, coefficients)
+        return evaluated[key]
+
     alphas = np.linspace(0.0, 1.0, config.alpha_points).round(12)
     path = [_rows(config.seeds, "path", 1, at(c), dataset.y_test, alpha=a)
             for a, c in zip(alphas, path_coefficients(kind, m, torch.tensor(alphas, dtype=torch.float32)))]
