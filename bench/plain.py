@@ -10,7 +10,8 @@ from core.training import TrainConfig, lr_at
 def train_plain(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, members: torch.Tensor,
                 order_seed: int, config: TrainConfig, before_step=None) -> torch.nn.Module:
     """torch.optim.SGD over `members` in a seeded order per epoch, dropping the partial batch, lr set each step;
-    `before_step(model)`, called before each forward, returns an extra loss term (or 0)."""
+    `before_step(model)`, called before each forward, returns an extra loss term (or 0), or a function that gives it
+    once the forward has run."""
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     generator, steps_per_epoch, step = torch.Generator().manual_seed(order_seed), len(members) // config.batch_size, 0
     for _ in range(config.epochs):
@@ -20,7 +21,8 @@ def train_plain(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, member
             for group in opt.param_groups:
                 group["lr"] = lr_at(config, step, steps_per_epoch)
             extra = before_step(model) if before_step else 0.0
-            loss = F.cross_entropy(model(x[idx]), y[idx]) + extra
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss = loss + (extra() if callable(extra) else extra)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -24,14 +24,15 @@ from core.data_sources import (DatasetError, RawData, describe_classes, int_labe
 __all__ = ["DATASETS", "Dataset", "DatasetConfig", "DatasetError", "RawData", "get_loader", "load_dataset",
            "load_dataset_by_name"]
 
-DatasetName = Literal["mnist1d", "digits", "fashion_mnist", "cifar10", "cifar100", "image_folder", "arrays"]
+DatasetName = Literal["mnist1d", "digits", "synthetic", "fashion_mnist", "cifar10", "cifar100", "image_folder", "arrays"]
 
 
 class DatasetConfig(Config):
     """Which dataset to load and how to subset, normalise and corrupt it."""
 
     name: DatasetName = Field("digits", description=(
-        "Dataset. mnist1d and digits are generated/bundled locally; fashion_mnist reads the IDX files of "
+        "Dataset. mnist1d, digits and synthetic are generated/bundled locally (synthetic: scikit-learn's "
+        "make_classification, 10,000 examples of 20 features in 4 classes, 80% train); fashion_mnist reads the IDX files of "
         "the Debian package dataset-fashion-mnist; cifar10/cifar100, image_folder and arrays read your "
         "files at `path`."))
     path: str | None = Field(None, description=(
@@ -162,9 +163,23 @@ def load_digits(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
     return RawData(x[tr], d.target[tr], tr, x[te], d.target[te], te, [str(i) for i in range(10)])
 
 
+SYNTHETIC = {"n_samples": 10_000, "n_features": 20, "n_informative": 10, "n_redundant": 5, "n_classes": 4,
+             "n_clusters_per_class": 2}  # a small, nonlinear problem (two Gaussian clusters per class)
+
+
+def load_synthetic(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
+    """scikit-learn's make_classification (`SYNTHETIC`), generated from `cfg.seed`; the first 80% train."""
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(**SYNTHETIC, random_state=cfg.seed)
+    n = len(y) * 4 // 5
+    ids = np.arange(len(y))
+    return RawData(x[:n], y[:n], ids[:n], x[n:], y[n:], ids[n:], [str(c) for c in range(SYNTHETIC["n_classes"])])
+
+
 Loader = Callable[[DatasetConfig, "Path | None"], RawData]
 DATASETS: dict[str, Loader] = {
-    "mnist1d": load_mnist1d, "digits": load_digits, "fashion_mnist": load_fashion_mnist,
+    "mnist1d": load_mnist1d, "digits": load_digits, "synthetic": load_synthetic, "fashion_mnist": load_fashion_mnist,
     "cifar10": load_cifar, "cifar100": load_cifar, "image_folder": load_image_folder, "arrays": load_arrays,
 }
 

@@ -12,6 +12,7 @@ a DEQ cell does. A row that stops keeps its value while the others go on.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable
 
@@ -37,10 +38,44 @@ class Solution:
 
 @dataclass
 class SolverStats:
-    """The last forward solve and, once a backward ran, the backward's solve (dl/dz* -> u)."""
+    """The last forward solve and, once a backward ran, the backward's solve (dl/dz* -> u); also the solve's map f
+    (`cell`), attached to the parameters, for what acts at the fixed point (the Jacobian regulariser)."""
 
     forward: Solution | None = None
     backward: Solution | None = None
+    cell: Map | None = None
+
+    def __deepcopy__(self, memo: dict) -> SolverStats:
+        """A copy without `cell`, whose closure holds the last forward's tensors (copying a module copies this)."""
+        return SolverStats(copy.deepcopy(self.forward, memo), copy.deepcopy(self.backward, memo))
+
+    def at_fixed_point(self) -> tuple[Tensor, Tensor]:
+        """(f(z*), z*): z* a fresh leaf, f(z*) a graph of its own attached to the parameters."""
+        z = self.forward.z.clone().requires_grad_()
+        return self.cell(z), z
+
+
+class SolverLog:
+    """Per-model sums over many solves (a training epoch's): each solve adds its mean over examples of steps,
+    residual and converged, per direction (forward, backward). Every model of a stacked solve counts, so it reads
+    true per-model figures when every model takes every step (the same training set size and batch size)."""
+
+    FIELDS = ("steps", "residual", "converged")
+
+    def __init__(self):
+        self.sums: dict[str, Tensor] = {}
+        self.solves = {"forward": 0, "backward": 0}
+
+    def add(self, direction: str, solution: Solution) -> None:
+        """Count one solve's `[K, B]` rows of `direction`."""
+        for field in self.FIELDS:
+            key, value = f"{direction}_{field}", getattr(solution, field).double().mean(-1).cpu()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+        self.solves[direction] += 1
+
+    def means(self) -> dict[str, Tensor]:
+        """`[K]` mean per solve of every field seen, keyed `<direction>_<field>` (e.g. forward_steps)."""
+        return {key: total / self.solves[key.split("_")[0]] for key, total in self.sums.items()}
 
 
 def relative_residual(fz: Tensor, z: Tensor) -> Tensor:
@@ -129,12 +164,16 @@ SOLVERS = {"anderson": anderson, "broyden": broyden}
 
 
 def equilibrium(f: Map, z0: Tensor, solver: str = "anderson", tol: float = 1e-4, max_iter: int = 30,
-                backward_tol: float = 1e-4, backward_max_iter: int = 30, stats: SolverStats | None = None) -> Tensor:
+                backward_tol: float = 1e-4, backward_max_iter: int = 30, stats: SolverStats | None = None,
+                log: SolverLog | None = None) -> Tensor:
     """z* = f(z*) from `z0` (`[K, B, D]`; f closes over its input and parameters), differentiable implicitly:
-    the backward solves u = J_f(z*)^T u + dl/dz* with the same solver. `stats` receives both solves' Solution."""
+    the backward solves u = J_f(z*)^T u + dl/dz* with the same solver. `stats` receives both solves' Solution
+    and f; `log`, when given, counts both solves."""
     stats = stats if stats is not None else SolverStats()
     solve = SOLVERS[solver]
-    stats.forward = solve(f, z0.detach(), tol, max_iter)
+    stats.forward, stats.cell = solve(f, z0.detach(), tol, max_iter), f
+    if log is not None:
+        log.add("forward", stats.forward)
     z = f(stats.forward.z)  # one attached step: with the hook below its gradient is u^T df/dtheta, the implicit one
     if not z.requires_grad:
         return z
@@ -145,6 +184,8 @@ def equilibrium(f: Map, z0: Tensor, solver: str = "anderson", tol: float = 1e-4,
         """dl/dz* -> u, the fixed point of u -> J^T u + dl/dz*."""
         transposed = lambda u: torch.autograd.grad(fz, z_leaf, u, retain_graph=True)[0] + grad  # noqa: E731
         stats.backward = solve(transposed, grad, backward_tol, backward_max_iter)
+        if log is not None:
+            log.add("backward", stats.backward)
         return stats.backward.z
 
     z.register_hook(implicit)
@@ -154,22 +195,24 @@ def equilibrium(f: Map, z0: Tensor, solver: str = "anderson", tol: float = 1e-4,
 def jacobian_frobenius(fz: Tensor, z: Tensor, samples: int = 1, generator: torch.Generator | None = None) -> Tensor:
     """`[K]` Hutchinson estimate of ||J_f(z)||_F^2 / D averaged over the B examples, from `samples` Gaussian eps
     (E ||eps^T J||^2 = ||J||_F^2); `fz` = f(z), z `[K, B, D]` in its graph. Differentiable (create_graph)."""
+    probes = torch.randn((samples, *z.shape), generator=generator, dtype=z.dtype)
+    return hutchinson(fz, z, probes.to(z.device))
+
+
+def hutchinson(fz: Tensor, z: Tensor, probes: Tensor) -> Tensor:
+    """`[K]` mean over the probes `[M, K, B, D]` and the B examples of ||eps^T J_f(z)||^2 / D (differentiable)."""
     total = fz.new_zeros(fz.shape[0])
-    for _ in range(samples):
-        eps = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+    for eps in probes:
         vjp = torch.autograd.grad(fz, z, eps, retain_graph=True, create_graph=True)[0]
         total = total + vjp.square().sum(-1).mean(-1)
-    return total / (samples * z.shape[-1])
+    return total / (len(probes) * z.shape[-1])
 
 
-def spectral_radius(f: Map, z: Tensor, iters: int = 50, generator: torch.Generator | None = None) -> Tensor:
+def spectral_radius(fz: Tensor, z: Tensor, iters: int = 50, generator: torch.Generator | None = None) -> Tensor:
     """`[K, B]` |largest eigenvalue| of J_f(z) per model and example by power iteration on J^T (same eigenvalues),
-    from vector-Jacobian products; no grad. Exact in the limit when one real eigenvalue dominates (a dominant
-    complex pair makes the estimate oscillate within the pair's modulus)."""
-    z = z.detach().requires_grad_()
-    with torch.enable_grad():
-        fz = f(z)
-    v = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+    from vector-Jacobian products of `fz` = f(z), z `[K, B, D]` in its graph; no grad. Exact in the limit when one
+    real eigenvalue dominates (a dominant complex pair makes the estimate oscillate within the pair's modulus)."""
+    v = torch.randn(z.shape, generator=generator, dtype=z.dtype).to(z.device)
     v = v / v.norm(dim=-1, keepdim=True)
     norm = torch.zeros(z.shape[:-1], dtype=z.dtype, device=z.device)
     for _ in range(iters):
@@ -203,6 +246,7 @@ class DEQLinear(nn.Module):
         self.input_weight = nn.Parameter(injection.weight.detach().to(device, dtype))
         self.bias = nn.Parameter(injection.bias.detach().to(device, dtype))
         self.stats = SolverStats()
+        self.log: SolverLog | None = None  # when set, every solve is counted there (training figures per epoch)
 
     def forward(self, x: Tensor) -> Tensor:
         """One model on `[..., in]`."""
@@ -220,8 +264,9 @@ class DEQLinear(nn.Module):
         cell = lambda z: torch.tanh(torch.baddbmm(injection, z, weight.transpose(1, 2)))  # noqa: E731
         self.stats = SolverStats()
         return equilibrium(cell, torch.zeros_like(injection), self.solver, self.tol, self.max_iter,
-                           self.backward_tol, self.backward_max_iter, self.stats)
+                           self.backward_tol, self.backward_max_iter, self.stats, self.log)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, features={self.features}, solver={self.solver}, tol={self.tol}, "
                 f"max_iter={self.max_iter}")
+

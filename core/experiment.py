@@ -20,8 +20,9 @@ from core.store import pack_bool_rows, pack_float_rows
 from core.training import TrainConfig, TrainingRecord, TrainResult, train
 
 # independent random streams derived from one model seed (a second initialisation; a sparse mask; a subspace's
-# per-step coefficient draws; the other members of a seed's ensemble)
-INIT_STREAM, ORDER_STREAM, SUBSET_STREAM, REINIT_STREAM, MASK_STREAM, DRAW_STREAM, MEMBER_STREAM = range(7)
+# per-step coefficient draws or penalty draws; the other members of a seed's ensemble; probes of a run's monitor)
+(INIT_STREAM, ORDER_STREAM, SUBSET_STREAM, REINIT_STREAM, MASK_STREAM, DRAW_STREAM, MEMBER_STREAM,
+ MONITOR_STREAM) = range(8)
 
 
 def model_seed(run_seed: int, model_id: int) -> int:

@@ -18,6 +18,7 @@ MODEL_PATTERNS = {
     "cnn1d_bn_w{width}_d{depth}": "cnn1d with BatchNorm after each (bias-free) conv, before its ReLU ([C, L] inputs)",
     "cnn_bn_w{width}_d{depth}": "cnn with BatchNorm after each (bias-free) conv, before its ReLU ([C, H, W] inputs)",
     "lenet_300_100": "LeNet-300-100 fully connected network (any input)",
+    "deq_w{width}": "deep equilibrium classifier: z* = tanh(W z* + U x + b) of `width` units, then linear (any input)",
     "resnet18": "torchvision ResNet-18 (images; meant for GPU users)",
     "dct_{any above but resnet18}": "every Linear/Conv a DCT+Sparse layer (Price & Tanner 2021), e.g. dct_mlp_w64_d2",
     "subspace{m}_{any above but resnet18}": "every Linear/Conv/BatchNorm holds m = 2..9 endpoints (Wortsman et al. "
@@ -46,6 +47,7 @@ class ModelSpec:
 
 _GRID_NAME = re.compile(r"^(mlp|cnn1d|cnn|cnn1d_bn|cnn_bn)_w(\d+)_d(\d+)$")
 _HIDDEN_NAME = re.compile(r"^mlp_h(\d+(?:-\d+)*)$")
+_DEQ_NAME = re.compile(r"^deq_w(\d+)$")
 _SUBSPACE_PREFIX = re.compile(r"^subspace([2-9])_")
 
 
@@ -56,6 +58,9 @@ def _parse_plain_name(name: str) -> ModelSpec | None:
     match = _GRID_NAME.match(name)
     if match and int(match[2]) >= 1 and int(match[3]) >= 1:
         return ModelSpec(name, match[1], int(match[2]), int(match[3]))
+    match = _DEQ_NAME.match(name)
+    if match and int(match[1]) >= 1:
+        return ModelSpec(name, "deq", int(match[1]))
     match = _HIDDEN_NAME.match(name)
     if match and all(int(w) >= 1 for w in match[1].split("-")):
         return ModelSpec(name, "mlp_h", hidden=tuple(int(w) for w in match[1].split("-")))
@@ -107,6 +112,13 @@ def _cnn(input_shape: tuple[int, ...], width: int, depth: int, num_classes: int,
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(width * math.prod(size), num_classes))
 
 
+def _deq(in_features: int, width: int, num_classes: int) -> nn.Sequential:
+    """Flatten, one DEQ block of `width` units (core.deq.DEQLinear), then a linear classifier."""
+    from core.deq import DEQLinear  # not at the top: core.deq needs core.ensemble, which imports us
+
+    return nn.Sequential(nn.Flatten(), DEQLinear(in_features, width), nn.Linear(width, num_classes))
+
+
 def _resnet18(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """torchvision's ResNet-18 with its stem adapted to the number of input channels."""
     from torchvision.models import resnet18
@@ -130,6 +142,7 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
         "cnn1d_bn": lambda: _cnn(input_shape, spec.width, spec.depth, num_classes, batch_norm=True),
         "cnn_bn": lambda: _cnn(input_shape, spec.width, spec.depth, num_classes, batch_norm=True),
         "resnet18": lambda: _resnet18(input_shape, num_classes),
+        "deq": lambda: _deq(flat, spec.width, num_classes),
     }
     rank = {"cnn1d": 2, "cnn1d_bn": 2, "cnn": 3, "cnn_bn": 3, "resnet18": 3}.get(spec.family)
     if rank is not None and len(input_shape) != rank:

@@ -232,6 +232,7 @@ def train(
     lr_scale: Tensor | None = None,
     step_hook: Callable[[Tensor], None] | None = None,
     regularizer: Callable[[dict[str, Tensor]], Tensor] | None = None,
+    epoch_hook: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train every model k of `ensemble` on the examples where `subsets[k]` (bool `[K, N]`) is True.
 
@@ -248,6 +249,8 @@ def train(
     must follow a model's own steps, as they would were it trained alone (core.subspaces).
     With `regularizer`, `regularizer(ensemble.params)` (`[K]`, differentiable) is added to each model's loss on
     every step it takes; `losses` still holds the cross-entropy alone.
+    With `epoch_hook`, `epoch_hook(epoch)` runs after each epoch's last step (e.g. per-epoch diagnostics); it must
+    leave the parameters, buffers and the hooks' generators as it found them.
     """
     device = ensemble.device
     if device.type == "cpu":
@@ -319,6 +322,8 @@ def train(
             epoch_loss += per_model.detach()
             bar.update(1)
         epoch_losses.append(epoch_loss.cpu() / (steps - first).clamp(min=0))  # NaN for an epoch a model skipped
+        if epoch_hook is not None:
+            epoch_hook(epoch)
     bar.close()
     result.losses = torch.stack(epoch_losses, dim=1)
     if record:

@@ -44,4 +44,6 @@ FLOWS: dict[str, FlowEntry] = {
                             "dense vs sparse vs DCT+Sparse layers, sparse from initialisation, down to extreme sparsity"),
     "subspaces": FlowEntry("flows.subspaces", "subspaces_flow", "SubspacesFlowConfig",
                            "lines, curves and simplexes of networks vs standard training, accuracy and calibration"),
+    "deq": FlowEntry("flows.deq", "deq_flow", "DEQFlowConfig",
+                     "deep equilibrium models with and without Jacobian regularisation: solver steps, ||J||, accuracy"),
 }

@@ -11,7 +11,8 @@ from core.training import lr_at
 def train_one_by_one(model, x, y, members, order_seed, config, mask=None, stop_after=None, start=0, before_step=None):
     """Reference: plain torch.optim.SGD, the same batch order, lr set every step (optionally stopping early,
     or starting at update `start` of the schedule with a fresh optimizer); returns the model and its updates.
-    `before_step(model)`, called before each update's forward, returns an extra loss term (or 0)."""
+    `before_step(model)`, called before each update's forward, returns an extra loss term (or 0), or a function that
+    gives it once the forward has run."""
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     gen, steps_per_epoch, step = torch.Generator().manual_seed(order_seed), len(members) // config.batch_size, 0
     with torch.no_grad():
@@ -29,7 +30,8 @@ def train_one_by_one(model, x, y, members, order_seed, config, mask=None, stop_a
             for group in opt.param_groups:
                 group["lr"] = lr_at(config, step, steps_per_epoch)
             extra = before_step(model) if before_step else 0.0
-            loss = F.cross_entropy(model(x[idx]), y[idx]) + extra
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss = loss + (extra() if callable(extra) else extra)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -51,6 +53,32 @@ def subspace_step(kind: str, layerwise: bool, seed: int, beta: float):
         weighted = [layer for layer in layers if isinstance(layer, (SubspaceLinear, SubspaceConv))]  # not BatchNorm
         w_i, w_j = (torch.cat([layer.weight[e].flatten() for layer in weighted]) for e in (i, j))
         return beta * F.cosine_similarity(w_i, w_j, dim=0).square()
+
+    return before_step
+
+
+def jacobian_penalty_step(gamma: float, fraction: float, samples: int, seed: int):
+    """One DEQ model's regulariser from its own generator: a draw decides whether the step is penalised; if so, after
+    the forward, gamma ||eps^T J||^2 / D of the block's cell tanh(W z + U x + b) at z*, J by autograd of that cell
+    written out here, over `samples` probes drawn from the same generator (mean over probes and examples)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def before_step(model):
+        if not torch.rand((), generator=generator) < fraction:
+            return 0.0
+        block = next(m for m in model.modules() if hasattr(m, "stats"))
+        seen = {}
+        hook = block.register_forward_hook(lambda module, args, output: seen.update(x=args[0]))
+
+        def penalty():
+            hook.remove()
+            z = block.stats.forward.z[0].clone().requires_grad_()  # [B, D]
+            fz = torch.tanh(z @ block.weight.T + seen["x"] @ block.input_weight.T + block.bias)
+            eps = torch.randn((samples, *z.shape), generator=generator)
+            total = sum(torch.autograd.grad(fz, z, e, create_graph=True)[0].square().sum(1).mean() for e in eps)
+            return gamma * total / (samples * z.shape[1])
+
+        return penalty
 
     return before_step
 

@@ -42,7 +42,7 @@ from flows.registry import FLOWS
 from test_data import write_idx, write_png
 
 LOADED = {name: entry.load() for name, entry in FLOWS.items()}  # (flow, config class); imports prefect, starts nothing
-DATASET_NAMES = "'mnist1d', 'digits', 'fashion_mnist', 'cifar10', 'cifar100', 'image_folder' or 'arrays'"
+DATASET_NAMES = "'mnist1d', 'digits', 'synthetic', 'fashion_mnist', 'cifar10', 'cifar100', 'image_folder' or 'arrays'"
 
 
 # ==================================================================== helpers
@@ -221,6 +221,13 @@ VALIDATOR_CASES = [
     ("subspaces", ["dataset.label_noise=0.1"],
      ["(top): Value error, dataset.label_noise=0.1: this flow sweeps label noise itself; leave it at 0"]),
     ("subspaces", ["methods=[line, plane]"], ["methods.1: Input should be 'line', 'layerwise_line', 'curve'"]),
+    ("deq", ["gammas=[1, 1]"], ["gammas: Value error, must be distinct non-negative gammas (a repeated one repeats rows)"]),
+    ("deq", ["gammas=[-1]"], ["gammas: Value error, must be distinct non-negative gammas"]),
+    ("deq", ["model=mlp_w8_d1"], ["model: Value error, 'mlp_w8_d1' is not a DEQ classifier; use deq_w<width>"]),
+    ("deq", ["model=deq_w0"], ["model: Value error, unknown model 'deq_w0'"]),
+    ("deq", ["monitor.caps=[0, 4]"], ["monitor.caps: Value error, must be distinct iteration counts from 1 to 1000"]),
+    ("deq", ["solver.name=newton"], ["solver.name: Input should be 'anderson' or 'broyden'"]),
+    ("deq", ["penalty.fraction=0"], ["penalty.fraction: Input should be greater than 0"]),
     ("weight_correlation", ["model=subspace3_mlp_w8_d1"],
      ["model: Value error, 'subspace3_mlp_w8_d1' is a subspace network"]),
     ("train", ["trian.lr=1"], ["trian: Extra inputs are not permitted"]),
@@ -836,6 +843,7 @@ EARLY_FAILURE = {
     "weight_correlation": {"dataset": {"name": "digits", "n_train": 10}},
     "dct_sparse": {"dataset": {"name": "digits", "n_train": 10}},
     "subspaces": {"dataset": {"name": "digits", "n_train": 10}},
+    "deq": {"dataset": {"name": "digits", "n_train": 10}},
 }
 
 

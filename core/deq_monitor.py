@@ -1,0 +1,133 @@
+"""Training and watching DEQs (core.deq's blocks): Bai et al.'s Jacobian regulariser as core.training.train hooks,
+per-epoch probes of the solver and the Jacobian at z*, accuracy under capped inference, and the run's summary.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core.deq import DEQLinear, SolverLog, hutchinson, spectral_radius
+
+
+def deq_layers(model: nn.Module) -> list[DEQLinear]:
+    """The DEQ blocks of `model` (an ensemble's template), in module order."""
+    return [module for module in model.modules() if isinstance(module, DEQLinear)]
+
+
+@contextmanager
+def solver_settings(layers: list[DEQLinear], **settings):
+    """Set attributes (tol, max_iter, log, ...) of every layer for the duration of a `with` block."""
+    saved = [{name: getattr(layer, name) for name in settings} for layer in layers]
+    try:
+        for layer in layers:
+            for name, value in settings.items():
+                setattr(layer, name, value)
+        yield
+    finally:
+        for layer, values in zip(layers, saved):
+            for name, value in values.items():
+                setattr(layer, name, value)
+
+
+class JacobianRegularization:
+    """core.training.train's hooks for Bai et al.'s regulariser: `step` decides from each stepping model's own
+    generator whether this step is penalised (with probability `fraction`); `regularizer` then draws that model's
+    `samples` Gaussian probes from the same generator and gives gamma ||eps^T J_f(z*)||^2 / D (mean over probes
+    and examples, summed over DEQ blocks) at the fixed points the step's forward found, 0 for a model not
+    penalised. Pass both to train()."""
+
+    def __init__(self, ensemble, gamma: float, seeds: list[int], fraction: float = 1.0, samples: int = 1):
+        self.layers = deq_layers(ensemble.template)
+        if not self.layers or len(seeds) != ensemble.size:
+            raise ValueError(f"need a network with a DEQ block and one seed per model ({ensemble.size}); got "
+                             f"{len(seeds)} seeds and {len(self.layers)} DEQ blocks")
+        if not 0 < fraction <= 1 or samples < 1 or gamma < 0:
+            raise ValueError(f"need gamma >= 0, 0 < fraction <= 1 and samples >= 1; got gamma={gamma}, "
+                             f"fraction={fraction}, samples={samples}")
+        self.gamma, self.fraction, self.samples = gamma, fraction, samples
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.penalised = torch.zeros(ensemble.size, dtype=torch.bool)
+
+    def step(self, takes: Tensor) -> None:
+        """Draw, for each model with `takes[k]` (bool `[K]`), whether its step is penalised."""
+        self.penalised[:] = False
+        for k in takes.cpu().nonzero().flatten().tolist():
+            self.penalised[k] = bool(torch.rand((), generator=self.generators[k]) < self.fraction)
+
+    def regularizer(self, params: dict[str, Tensor]) -> Tensor:
+        """`[K]` gamma ||eps^T J||^2 / D of the penalised models at this step's fixed points (0 elsewhere)."""
+        total = next(iter(params.values())).new_zeros(len(self.penalised))
+        if not self.penalised.any() or self.gamma == 0:
+            return total
+        for layer in self.layers:
+            fz, z = layer.stats.at_fixed_point()  # a graph apart from the implicit backward's, which frees its own
+            probes = torch.zeros((self.samples, *z.shape), dtype=z.dtype)
+            for k in self.penalised.nonzero().flatten().tolist():
+                probes[:, k] = torch.randn((self.samples, *z.shape[1:]), generator=self.generators[k], dtype=z.dtype)
+            total = total + hutchinson(fz, z, probes.to(z.device))
+        return self.gamma * total
+
+
+def probe(ensemble, x: Tensor, y: Tensor, samples: int = 8, power_iters: int = 30,
+          generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """`[K]` figures of a one-block DEQ ensemble at its own solver settings on examples (x, y), all means over the
+    examples: accuracy; forward and backward solver steps, relative residual and converged fraction (the backward of
+    the cross-entropy); ||J_f(z*)||_F^2 / D (Hutchinson, `samples` probes); the spectral radius of J_f(z*)."""
+    (layer,) = deq_layers(ensemble.template)
+    with solver_settings([layer], log=None), torch.enable_grad():
+        logits = ensemble(x, shared=True)
+        labels = y.expand(ensemble.size, -1).to(logits.device)
+        loss = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(1).sum()  # the trainer's loss
+        torch.autograd.grad(loss, list(ensemble.params.values()))  # runs the implicit backward's solve
+        stats = layer.stats
+        fz, z = stats.at_fixed_point()
+        probes = torch.randn((samples, *z.shape), generator=generator, dtype=z.dtype).to(z.device)
+        figures = {"jacobian_frobenius": hutchinson(fz, z, probes).detach(),
+                   "spectral_radius": spectral_radius(fz, z, power_iters, generator).mean(-1)}
+    figures["accuracy"] = (logits.argmax(-1) == y.to(logits.device)).double().mean(-1)
+    for direction in ("forward", "backward"):
+        solution = getattr(stats, direction)
+        for field in SolverLog.FIELDS:
+            figures[f"{direction}_{field}"] = getattr(solution, field).double().mean(-1)
+    return {name: value.detach().double().cpu() for name, value in figures.items()}
+
+
+@torch.no_grad()
+def capped_inference(ensemble, x: Tensor, y: Tensor, caps: list[int]) -> tuple[Tensor, Tensor]:
+    """`[len(caps), K]` accuracy and mean relative residual of a one-block DEQ ensemble on (x, y) when its solver
+    runs exactly `cap` iterations (no tolerance: a model stops early only at an exact fixed point)."""
+    (layer,) = deq_layers(ensemble.template)
+    accuracy, residual = [], []
+    for cap in caps:
+        with solver_settings([layer], tol=0.0, max_iter=cap, log=None):
+            logits = ensemble(x, shared=True)
+        accuracy.append((logits.argmax(-1) == y.to(logits.device)).double().mean(-1).cpu())
+        residual.append(layer.stats.forward.residual.double().mean(-1).cpu())
+    return torch.stack(accuracy), torch.stack(residual)
+
+
+def deq_summary(epochs: pd.DataFrame, inference: pd.DataFrame) -> pd.DataFrame:
+    """One row per gamma at the last epoch: the mean over seeds (and its standard error, `_sem`) of accuracy, the
+    training and probe solver steps, the forward residual, ||J_f||_F^2 / D, the spectral radius, the seconds per
+    epoch, and the residual of capped inference at each cap (`residual_cap<c>`)."""
+    last = epochs[epochs["epoch"] == epochs["epoch"].max()]
+    capped = inference[inference["epoch"] == inference["epoch"].max()].pivot_table(
+        index=["gamma", "seed"], columns="cap", values="residual")
+    capped.columns = [f"residual_cap{c}" for c in capped.columns]
+    per_seed = last.set_index(["gamma", "seed"])[SUMMARY_FIGURES].join(capped)
+    grouped = per_seed.astype(float).groupby("gamma")
+    means, errors = grouped.mean(), grouped[SUMMARY_ERRORS].sem().add_suffix("_sem")
+    columns = [c for figure in means.columns for c in (figure, f"{figure}_sem") if c in means or c in errors]
+    summary = means.join(errors)[columns].reset_index()
+    summary.insert(1, "seeds", grouped.size().to_numpy())
+    summary.insert(2, "epoch", int(last["epoch"].max()))
+    return summary
+
+
+SUMMARY_FIGURES = ["accuracy", "train_forward_steps", "train_backward_steps", "forward_steps", "backward_steps",
+                   "forward_residual", "forward_converged", "jacobian_frobenius", "spectral_radius", "epoch_seconds"]
+SUMMARY_ERRORS = ["accuracy", "train_forward_steps", "forward_steps", "jacobian_frobenius", "epoch_seconds"]
