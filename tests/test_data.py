@@ -108,6 +108,18 @@ def test_mnist1d_matches_make_dataset_and_is_seeded():
     assert not torch.allclose(again.x_train, other.x_train)
 
 
+def test_synthetic_is_make_classification_split_80_20_and_seeded():
+    from sklearn.datasets import make_classification
+    x, y = make_classification(n_samples=10_000, n_features=20, n_informative=10, n_redundant=5, n_classes=4,
+                               n_clusters_per_class=2, random_state=3)
+    d = load(name="synthetic", seed=3, normalize=False)
+    assert d.x_train.shape == (8000, 20) and d.x_test.shape == (2000, 20) and d.class_names == ["0", "1", "2", "3"]
+    assert torch.equal(d.x_train, torch.tensor(x[:8000], dtype=torch.float32))
+    assert torch.equal(d.y_test, torch.from_numpy(y[8000:]))
+    assert torch.equal(d.test_ids, torch.arange(8000, 10_000))
+    assert not torch.allclose(d.x_train, load(name="synthetic", seed=4, normalize=False).x_train)
+
+
 def test_mnist1d_keeps_global_rng_and_caches(tmp_path, monkeypatch):
     np.random.seed(123)
     state = np.random.get_state()[1].copy()

@@ -17,10 +17,13 @@ def test_names_carry_grid_coordinates():
     spec = parse_model_name("mlp_h512-256")
     assert (spec.family, spec.hidden, spec.width) == ("mlp_h", (512, 256), None)
     assert parse_model_name("mlp_h7").hidden == (7,)
+    spec = parse_model_name("deq_w50")
+    assert (spec.family, spec.width, spec.depth) == ("deq", 50, None)
 
 
 @pytest.mark.parametrize("name", ["mlp_w0_d2", "mlp_w64", "mlp_w64_d0", "vgg16", "MLP_w64_d2", "mlp_w64_d2 ",
-                                  "mlp_h", "mlp_h512-", "mlp_h512-0", "mlp_h-256", "mlp_h512_256"])
+                                  "mlp_h", "mlp_h512-", "mlp_h512-0", "mlp_h-256", "mlp_h512_256", "deq_w0", "deq_w8_d2",
+                                  "dct_deq_w8", "subspace2_deq_w8"])
 def test_invalid_names_list_the_valid_patterns(name):
     with pytest.raises(ModelNameError, match=r"(?s)unknown model.*mlp_w\{width\}_d\{depth\}.*cnn1d_w\{width\}.*resnet18"):
         parse_model_name(name)
@@ -32,6 +35,10 @@ def test_parameter_counts_by_hand():
     assert n_params(init_model("mlp_h512-256", (1, 28, 28), 10, 0)) == (784 * 512 + 512) + (512 * 256 + 256) + (256 * 10 + 10)
     # 40 -> 20 -> 10 -> 5 after three pooled conv layers
     assert n_params(init_model("cnn1d_w8_d3", (1, 40), 10, 0)) == (1 * 8 * 3 + 8) + 2 * (8 * 8 * 3 + 8) + (8 * 5 * 10 + 10)
+    # the DEQ block: W [w, w] without bias, U [w, in] and b [w]; then the classifier
+    model = init_model("deq_w6", (1, 40), 10, 0)
+    assert n_params(model) == (6 * 6 + 6 * 40 + 6) + (6 * 10 + 10)
+    assert torch.linalg.matrix_norm(model[1].weight, 2).item() == pytest.approx(0.5)  # a contraction at init
     # 8x8 -> 4x4 -> 2x2; the third layer no longer pools (side < 4)
     assert n_params(init_model("cnn_w4_d3", (1, 8, 8), 10, 0)) == (1 * 4 * 9 + 4) + 2 * (4 * 4 * 9 + 4) + (4 * 2 * 2 * 10 + 10)
 
@@ -58,7 +65,7 @@ def test_batch_norm_cnns_by_hand():
 
 @pytest.mark.parametrize("name,shape", [("mlp_w16_d3", (3, 8, 8)), ("cnn1d_w4_d5", (1, 40)), ("cnn_w4_d2", (3, 32, 32)),
                                         ("cnn1d_bn_w4_d2", (2, 12)), ("cnn_bn_w4_d2", (3, 8, 8)),
-                                        ("resnet18", (1, 28, 28))])
+                                        ("resnet18", (1, 28, 28)), ("deq_w5", (2, 3, 3))])
 def test_outputs_one_logit_per_class(name, shape):
     assert init_model(name, shape, 7, 0)(torch.zeros(2, *shape)).shape == (2, 7)
 
