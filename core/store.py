@@ -473,8 +473,8 @@ class RunStore:
 # What tells runs of a flow apart at a glance, in the order `config_summary` shows it; dataset and model bare.
 SUMMARY_KEYS = ["dataset.name", "dataset.n_train", "dataset.label_noise", "model", "family", "widths", "depths",
                 "data_fractions", "seeds", "n_models", "runs_per_ratio", "ratios", "fractions", "arms", "pruning.levels",
-                "learning_rates", "layer_types", "densities", "heuristic", "methods", "label_noise", "train.epochs",
-                "train.lr", "cscore_run", "scores", "prune_run"]
+                "learning_rates", "layer_types", "densities", "heuristic", "methods", "label_noise", "gammas",
+                "train.epochs", "train.lr", "cscore_run", "scores", "prune_run"]
 
 
 def config_summary(config: dict[str, Any]) -> str:

@@ -355,6 +355,9 @@ def test_config_summary_names_what_tells_runs_apart():
     assert config_summary(grid) == ("mnist1d family=cnn1d widths=8/16 depths=1/2/3 data_fractions=1.0 seeds=0..15 (16) "
                                     "levels=16 epochs=20 lr=0.2")
     assert config_summary({"prune_run": "prune_grid-0123456789ab", "seed": 0}) == "prune_run=prune_grid-0123456789ab"
+    deq = {"dataset": {"name": "mnist1d"}, "model": "deq_w64", "gammas": [0.0, 2.0], "seeds": [0, 1, 2],
+           "train": {"epochs": 30, "lr": 0.1}}
+    assert config_summary(deq) == "mnist1d deq_w64 seeds=0/1/2 gammas=0.0/2.0 epochs=30 lr=0.1"
 
 
 def test_tensors_round_trip_with_run_metadata(run):
