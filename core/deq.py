@@ -269,4 +269,3 @@ class DEQLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, features={self.features}, solver={self.solver}, tol={self.tol}, "
                 f"max_iter={self.max_iter}")
-
