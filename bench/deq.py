@@ -85,7 +85,8 @@ def measure(data, k: int, repeats: int) -> dict:
     seconds = interleaved_seconds(runs, repeats)
     row = {"K": k, **{f"{side}_s": round(s, 3) for side, s in seconds.items()}}
     for gamma in GAMMAS:
-        row[f"speedup_vs_loop_gamma{gamma:g}"] = round(seconds[f"loop_gamma{gamma:g}"] / seconds[f"ours_gamma{gamma:g}"], 2)
+        ours, loop = seconds[f"ours_gamma{gamma:g}"], seconds[f"loop_gamma{gamma:g}"]
+        row[f"speedup_vs_loop_gamma{gamma:g}"] = round(loop / ours, 2)
         row.update({f"{name}_gamma{gamma:g}": round(value, 2) for name, value in steps[gamma].items()})
     first, last = GAMMAS[0], GAMMAS[-1]
     row["regulariser_cost"] = round(seconds[f"ours_gamma{last:g}"] / seconds[f"ours_gamma{first:g}"], 2)
@@ -113,9 +114,11 @@ def main() -> None:
     for row in rows:
         print(f"{row['K']:3d} {row['ours_' + first + '_s']:12.2f} {row['ours_' + last + '_s']:12.2f} "
               f"{row['loop_' + first + '_s']:12.2f} {row['loop_' + last + '_s']:12.2f} "
-              f"{row['speedup_vs_loop_' + first]:7.2f}x {row['speedup_vs_loop_' + last]:7.2f}x {row['regulariser_cost']:8.2f}x")
+              f"{row['speedup_vs_loop_' + first]:7.2f}x {row['speedup_vs_loop_' + last]:7.2f}x "
+              f"{row['regulariser_cost']:8.2f}x")
     print(json.dumps({
-        "bench": "deq", "model": MODEL, "dataset": DATASET.name, "n_train": data.n_train, "batch_size": TRAIN.batch_size,
+        "bench": "deq", "model": MODEL, "dataset": DATASET.name, "n_train": data.n_train,
+        "batch_size": TRAIN.batch_size,
         "epochs": EPOCHS, "repeats": repeats, "gammas": GAMMAS, "fraction": FRACTION, "tol": TOL, "max_iter": MAX_ITER,
         "matmul_gflops": round(max(probes), 1), "matmul_gflops_probes": [round(p, 1) for p in probes],
         "threads": torch.get_num_threads(), "malloc_reuse": malloc_reuse, "torch": torch.__version__,

@@ -24,7 +24,8 @@ from core.data_sources import (DatasetError, RawData, describe_classes, int_labe
 __all__ = ["DATASETS", "Dataset", "DatasetConfig", "DatasetError", "RawData", "get_loader", "load_dataset",
            "load_dataset_by_name"]
 
-DatasetName = Literal["mnist1d", "digits", "synthetic", "fashion_mnist", "cifar10", "cifar100", "image_folder", "arrays"]
+DatasetName = Literal["mnist1d", "digits", "synthetic", "fashion_mnist", "cifar10", "cifar100", "image_folder",
+                      "arrays"]
 
 
 class DatasetConfig(Config):
@@ -32,8 +33,8 @@ class DatasetConfig(Config):
 
     name: DatasetName = Field("digits", description=(
         "Dataset. mnist1d, digits and synthetic are generated/bundled locally (synthetic: scikit-learn's "
-        "make_classification, 10,000 examples of 20 features in 4 classes, 80% train); fashion_mnist reads the IDX files of "
-        "the Debian package dataset-fashion-mnist; cifar10/cifar100, image_folder and arrays read your "
+        "make_classification, 10,000 examples of 20 features in 4 classes, 80% train); fashion_mnist reads the IDX "
+        "files of the Debian package dataset-fashion-mnist; cifar10/cifar100, image_folder and arrays read your "
         "files at `path`."))
     path: str | None = Field(None, description=(
         "Where the files are. fashion_mnist: folder of the IDX .gz files (default "
