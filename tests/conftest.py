@@ -16,3 +16,24 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def session_torch_threads() -> int:
+    """torch's intra-op threads as the session began (OMP_NUM_THREADS, else the cores)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_as_at_start(session_torch_threads):
+    """Every test starts with torch's threads as the session began. A flow run in this process sets them for its
+    tasks (`configure_runtime`, `task_dataset`: the cores shared by the workers) and leaves them set, so without
+    this the tests after it ran with another thread count than alone; on a busy 2-core machine, 2 threads made
+    small models' steps several times slower (test_training.py: 7 s alone, 40 s after a flow test)."""
+    import torch
+
+    torch.set_num_threads(session_torch_threads)
+    yield
+    torch.set_num_threads(session_torch_threads)

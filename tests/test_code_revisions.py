@@ -3,6 +3,7 @@ request; a derived table built from shards that changed later is rebuilt."""
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -48,9 +49,26 @@ def tables(folder: Path) -> dict[str, pd.DataFrame]:
     return {name: pd.read_parquet(folder / f"{name}.parquet") for name in TABLES}
 
 
-def test_a_shard_from_other_code_is_said_flagged_and_recomputed(tmp_path, monkeypatch, prefect_log, capsys):
+@pytest.fixture(scope="module")
+def finished_root(tmp_path_factory) -> Path:
+    """A data root holding one finished run of CONFIG; tests work on copies of it (`run_in`)."""
+    root = tmp_path_factory.mktemp("finished")
+    cscore_flow(CONFIG, data_root=str(root))
+    return root
+
+
+def run_in(root: Path, finished_root: Path) -> Path:
+    """The finished run of CONFIG, copied whole (provenance records its inputs by content, not by path or time)
+    into the data root `root`: what `cscore_flow(CONFIG, data_root=root)` would leave there. Returns its folder."""
+    shutil.copytree(finished_root, root, dirs_exist_ok=True)
+    (folder,) = (root / "runs" / "cscore").iterdir()
+    return folder
+
+
+def test_a_shard_from_other_code_is_said_flagged_and_recomputed(tmp_path, monkeypatch, prefect_log, capsys,
+                                                                finished_root):
     root = str(tmp_path)
-    folder = Path(cscore_flow(CONFIG, data_root=root))
+    folder = run_in(tmp_path, finished_root)
     first, current = tables(folder), store_mod.code_revision()
     runs_id = read_provenance(folder / "runs.parquet")["table_id"]
 
@@ -93,8 +111,8 @@ def test_a_shard_from_other_code_is_said_flagged_and_recomputed(tmp_path, monkey
     assert not [line for line in shown.splitlines() if line.startswith("!") or "--recompute" in line]
 
 
-def test_show_flags_a_table_built_from_shards_that_changed_later(tmp_path, capsys):
-    folder = Path(cscore_flow(CONFIG, data_root=str(tmp_path)))
+def test_show_flags_a_table_built_from_shards_that_changed_later(tmp_path, capsys, finished_root):
+    folder = run_in(tmp_path, finished_root)
     shard = pd.read_parquet(folder / "shards" / "runs-00000.parquet")
     store = store_mod.RunStore.open("cscore", CONFIG, tmp_path, inputs=read_provenance(folder / "runs.parquet")["inputs"])
     store.write_table("shards/runs-00000.parquet", shard)  # rewritten after runs.parquet was built from it
@@ -105,8 +123,8 @@ def test_show_flags_a_table_built_from_shards_that_changed_later(tmp_path, capsy
             "the next run rebuilds it") in shown
 
 
-def test_a_run_folder_config_json_runs_that_run_again(tmp_path):
-    folder = Path(cscore_flow(CONFIG, data_root=str(tmp_path)))
+def test_a_run_folder_config_json_runs_that_run_again(finished_root):
+    (folder,) = (finished_root / "runs" / "cscore").iterdir()
     from flows.cli import ConfigError, load_config
 
     assert load_config(CScoreFlowConfig, str(folder / "config.json"), [], "cscore") == CONFIG
