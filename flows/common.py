@@ -118,6 +118,13 @@ def checked_data_root(data_root: str | None, from_deployment: bool | None = None
     return data_root
 
 
+def check_whole_set_fits(model: str, batch_size: int, dataset: Dataset) -> None:
+    """Fail before any work when `model` cannot take the data or one batch is larger than the whole training set."""
+    init_model(model, dataset.input_shape, dataset.num_classes, 0)
+    if dataset.n_train < batch_size:
+        raise ValueError(f"train.batch_size={batch_size} is larger than the training set ({dataset.n_train})")
+
+
 def check_fits(config: SubsetTrainingConfig, dataset: Dataset, smallest_subset: int, field: str) -> None:
     """Fail before any work when the model or the smallest subset cannot work with this dataset."""
     init_model(config.model, dataset.input_shape, dataset.num_classes, 0)

@@ -17,11 +17,10 @@ from pydantic import Field, field_validator
 
 from core.config import Config, RuntimeConfig
 from core.data import DatasetConfig
-from core.models import init_model
 from core.plots import accuracy_vs_trainable_params
 from core.store import RunStore, dataset_cache
 from core.training import TrainConfig
-from flows.common import checked_data_root, distinct_values, plain_stackable_model
+from flows.common import check_whole_set_fits, checked_data_root, distinct_values, plain_stackable_model
 from flows.report import publish
 from flows.runner import configure_runtime, run_shards
 from tasks.common import combine_shards, shared_dataset
@@ -71,9 +70,7 @@ SWEEP_LISTS = {
 
 def check_sweep(config: DCTSparseFlowConfig, dataset) -> None:
     """Fail before any work when the model does not fit the data or a batch is larger than the training set."""
-    init_model(config.model, dataset.input_shape, dataset.num_classes, 0)
-    if dataset.n_train < config.train.batch_size:
-        raise ValueError(f"train.batch_size={config.train.batch_size} is larger than the training set ({dataset.n_train})")
+    check_whole_set_fits(config.model, config.train.batch_size, dataset)
 
 
 @flow(name=FLOW, description="Sparse-at-initialisation networks, plain and DCT+Sparse, at densities down to 0.03%.")

@@ -19,11 +19,11 @@ from pydantic import Field, field_validator
 from core.config import Config, RuntimeConfig
 from core.data import DatasetConfig
 from core.deq_monitor import deq_summary
-from core.models import init_model, parse_model_name
+from core.models import parse_model_name
 from core.plots import capped_inference_curves, deq_training_curves
 from core.store import RunStore, dataset_cache
 from core.training import TrainConfig
-from flows.common import checked_data_root, distinct_values
+from flows.common import check_whole_set_fits, checked_data_root, distinct_values
 from flows.report import publish
 from flows.runner import configure_runtime, run_shards
 from tasks.common import combine_shards, shared_dataset
@@ -106,9 +106,7 @@ def deq_flow(config: DEQFlowConfig = DEQFlowConfig(), data_root: str | None = No
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_runtime(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
-    init_model(config.model, dataset.input_shape, dataset.num_classes, 0)
-    if dataset.n_train < config.train.batch_size:
-        raise ValueError(f"train.batch_size={config.train.batch_size} is larger than the training set ({dataset.n_train})")
+    check_whole_set_fits(config.model, config.train.batch_size, dataset)
     store = RunStore.open(FLOW, config, data_root, inputs={"dataset": dataset.fingerprint})
     shards = run_shards(train_gamma, [{"store": store, "gamma": g} for g in config.gammas], config.runtime, "gammas")
     keys = [("gamma", "ascending"), ("seed", "ascending"), ("epoch", "ascending")]

@@ -19,12 +19,11 @@ from pydantic import Field, field_validator, model_validator
 
 from core.config import Config, RuntimeConfig
 from core.data import DatasetConfig
-from core.models import init_model
 from core.plots import gains_over_standard_bars, subspace_paths
 from core.store import RunStore, dataset_cache
 from core.subspace_evaluation import METHODS, STANDARD, gains_over_standard
 from core.training import TrainConfig
-from flows.common import checked_data_root, distinct_values, plain_stackable_model
+from flows.common import check_whole_set_fits, checked_data_root, distinct_values, plain_stackable_model
 from flows.report import publish
 from flows.runner import configure_runtime, run_shards
 from tasks.common import combine_shards, shared_dataset
@@ -88,9 +87,8 @@ SWEEP_LISTS = {
 def check_sweep(config: SubspacesFlowConfig, dataset) -> None:
     """Fail before any work when a network does not fit the data or a batch is larger than the training set."""
     for m in sorted({1, *(METHODS[method][1] for method in config.methods)}):
-        init_model(config.model if m == 1 else f"subspace{m}_{config.model}", dataset.input_shape, dataset.num_classes, 0)
-    if dataset.n_train < config.train.batch_size:
-        raise ValueError(f"train.batch_size={config.train.batch_size} is larger than the training set ({dataset.n_train})")
+        name = config.model if m == 1 else f"subspace{m}_{config.model}"
+        check_whole_set_fits(name, config.train.batch_size, dataset)
 
 
 @flow(name=FLOW, description="Lines, curves and simplexes of networks against standard training: accuracy and "

@@ -19,12 +19,11 @@ from pydantic import Field, field_validator
 
 from core.config import Config, RuntimeConfig
 from core.data import DatasetConfig
-from core.models import init_model
 from core.plots import accuracy_by_method, correlation_vs_fraction
 from core.store import RunStore, dataset_cache
 from core.training import TrainConfig
 from core.weight_correlation import method_gaps
-from flows.common import checked_data_root, distinct_values, sgd_trainable_model
+from flows.common import check_whole_set_fits, checked_data_root, distinct_values, sgd_trainable_model
 from flows.prune_grid import PruningConfig
 from flows.report import publish
 from flows.runner import configure_runtime, run_shards
@@ -71,10 +70,8 @@ SWEEP_LISTS = {
 
 def check_sweep(config: WeightCorrelationFlowConfig, dataset) -> None:
     """Fail before any work when the model does not fit the data or the rewind step is past training."""
-    init_model(config.model, dataset.input_shape, dataset.num_classes, 0)
+    check_whole_set_fits(config.model, config.train.batch_size, dataset)
     updates = config.train.epochs * (dataset.n_train // config.train.batch_size)
-    if dataset.n_train < config.train.batch_size:
-        raise ValueError(f"train.batch_size={config.train.batch_size} is larger than the training set ({dataset.n_train})")
     if config.pruning.rewind_step > updates:
         raise ValueError(f"pruning.rewind_step={config.pruning.rewind_step} is after the last update ({updates})")
 

@@ -79,3 +79,10 @@ def test_a_rerun_skips_every_task(run):
     assert len(stamps) == 2 * 2  # epochs and inference of two gammas
     assert Path(deq_flow(CONFIG, data_root=str(folder.parents[2]))) == folder
     assert {p: p.stat().st_mtime_ns for p in (folder / "shards").rglob("*.parquet")} == stamps
+
+
+def test_a_batch_larger_than_the_training_set_is_refused_before_any_work(tmp_path):
+    small = CONFIG.model_copy(update={"dataset": DatasetConfig(name="synthetic", n_train=40, n_test=20)})
+    with pytest.raises(ValueError, match=r"^train.batch_size=50 is larger than the training set \(40\)$"):
+        deq_flow.fn(small, data_root=str(tmp_path))
+    assert not (tmp_path / "runs").exists()
