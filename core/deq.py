@@ -35,6 +35,10 @@ class Solution:
     residual: Tensor  # [K, B] relative residual of z; inf where the iterate stopped being finite
     converged: Tensor  # [K, B] bool: residual <= tol
 
+    def means(self, direction: str) -> dict[str, Tensor]:
+        """`[K]` float64 mean over examples of steps, residual and converged, keyed `<direction>_<field>`."""
+        return {f"{direction}_{field}": getattr(self, field).double().mean(-1) for field in SolverLog.FIELDS}
+
 
 @dataclass
 class SolverStats:
@@ -68,8 +72,8 @@ class SolverLog:
 
     def add(self, direction: str, solution: Solution) -> None:
         """Count one solve's `[K, B]` rows of `direction`."""
-        for field in self.FIELDS:
-            key, value = f"{direction}_{field}", getattr(solution, field).double().mean(-1).cpu()
+        for key, value in solution.means(direction).items():
+            value = value.cpu()
             self.sums[key] = self.sums[key] + value if key in self.sums else value
         self.solves[direction] += 1
 

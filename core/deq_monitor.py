@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.deq import DEQLinear, SolverLog, hutchinson, spectral_radius
+from core.deq import DEQLinear, hutchinson, spectral_radius
 
 
 def deq_layers(model: nn.Module) -> list[DEQLinear]:
@@ -88,12 +88,13 @@ def probe(ensemble, x: Tensor, y: Tensor, samples: int = 8, power_iters: int = 3
         probes = torch.randn((samples, *z.shape), generator=generator, dtype=z.dtype).to(z.device)
         figures = {"jacobian_frobenius": hutchinson(fz, z, probes).detach(),
                    "spectral_radius": spectral_radius(fz, z, power_iters, generator).mean(-1)}
-    figures["accuracy"] = (logits.argmax(-1) == y.to(logits.device)).double().mean(-1)
-    for direction in ("forward", "backward"):
-        solution = getattr(stats, direction)
-        for field in SolverLog.FIELDS:
-            figures[f"{direction}_{field}"] = getattr(solution, field).double().mean(-1)
+    figures.update(accuracy=_accuracy(logits, y), **stats.forward.means("forward"), **stats.backward.means("backward"))
     return {name: value.detach().double().cpu() for name, value in figures.items()}
+
+
+def _accuracy(logits: Tensor, y: Tensor) -> Tensor:
+    """`[K]` float64 fraction of examples whose top logit is the label."""
+    return (logits.argmax(-1) == y.to(logits.device)).double().mean(-1)
 
 
 @torch.no_grad()
@@ -105,7 +106,7 @@ def capped_inference(ensemble, x: Tensor, y: Tensor, caps: list[int]) -> tuple[T
     for cap in caps:
         with solver_settings([layer], tol=0.0, max_iter=cap, log=None):
             logits = ensemble(x, shared=True)
-        accuracy.append((logits.argmax(-1) == y.to(logits.device)).double().mean(-1).cpu())
+        accuracy.append(_accuracy(logits, y).cpu())
         residual.append(layer.stats.forward.residual.double().mean(-1).cpu())
     return torch.stack(accuracy), torch.stack(residual)
 
