@@ -5,14 +5,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from core.lime import (CHUNK, ENTRY, MAPS, N_SPECIAL, SEP, SET, TASKS, LimeConfig, columns, decode, encode_case,
+from core.sequence.lime import (CHUNK, ENTRY, MAPS, N_SPECIAL, SEP, SET, TASKS, LimeConfig, columns, decode, encode_case,
                        generate, parse_case, substitute)
 
 HEADER = 24 + 24 + 20 + 3  # three sets, two SETs and the closing SEP
 
 
 def reference_case(tokens) -> dict[int, list[int]]:
-    """A Case from its tokens, parsed here independently of core.lime: entries `symbol : string` split on ','."""
+    """A Case from its tokens, parsed here independently of core.sequence.lime: entries `symbol : string` split on ','."""
     case, entry = {}, []
     for token in list(tokens) + [ENTRY]:
         if token != ENTRY:
