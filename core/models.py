@@ -1,6 +1,7 @@
 """Model registry: names carry their grid coordinates (width, depth) so grids can sweep them."""
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import threading
@@ -164,9 +165,16 @@ _GLOBAL_RNG = threading.Lock()  # nn layers draw their init from torch's global 
 
 def init_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
     """The model `name` initialised from `seed`, independent of the global RNG state, device and other threads."""
+    with seeded_init(seed):
+        return build_model(name, input_shape, num_classes)
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int):
+    """Inside, torch's global generator starts from `seed`, one thread at a time; its state is restored after."""
     with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(name, input_shape, num_classes)
+        yield
 
 
 def prunable_parameters(model: nn.Module) -> list[str]:

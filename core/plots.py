@@ -426,3 +426,57 @@ def capped_inference_curves(inference, path: Path) -> Path:
     fig.suptitle(f"DEQ inference with a capped solver, after epoch {int(last['epoch'].max())}")
     fig.tight_layout()
     return save(fig, path)
+
+
+def lime_length_histograms(sample, path: Path) -> Path:
+    """Histograms of source (left) and target (right) lengths in tokens, one outline per task, from a sample of
+    examples (columns task, source_length, target_length)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, column in zip(axes, ("source_length", "target_length")):
+        lengths = sample[column].to_numpy()
+        bins = np.arange(lengths.min(), lengths.max() + 2) - 0.5 if len(lengths) else 10  # one bin per length
+        for task, rows in sample.groupby("task", observed=True):
+            ax.hist(rows[column], bins=bins, histtype="step", lw=1.2, label=f"{task} (n={len(rows)})")
+        ax.set(xlabel=f"{column.split('_')[0]} length (tokens)", ylabel="examples")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"LIME sequence lengths by task, {len(sample):,} examples")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def lime_transfer_curves(pretrain, finetune, path: Path) -> Path:
+    """Left: exact match on held-out pretraining examples against the pretraining step, one line per arm; then one
+    panel per downstream training-set size: test exact match against the fine-tuning step, one line per arm (means
+    over seeds, bands: standard error)."""
+    sizes = sorted(finetune["train_examples"].unique())
+    fig, axes = plt.subplots(1, 1 + len(sizes), figsize=(3.6 * (1 + len(sizes)), 3.4), sharey=True)
+    for arm, rows in pretrain.groupby("arm", sort=False):
+        _mean_band(axes[0], rows, "step", "exact_match", arm)
+    axes[0].set(xlabel="pretraining step", ylabel="exact match", title="pretraining task (held out)")
+    for ax, size in zip(axes[1:], sizes):
+        for arm, rows in finetune[finetune["train_examples"] == size].groupby("arm", sort=False):
+            _mean_band(ax, rows, "step", "exact_match", arm)
+        ax.set(xlabel="fine-tuning step", title=f"rewriting, {size} training examples")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=7)
+    fig.suptitle("LIME pretraining, then one-step rewriting")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def lime_sample_efficiency(finetune, path: Path) -> Path:
+    """Test exact match at the last fine-tuning step against the downstream training-set size (log), one line per
+    arm (mean over seeds, band: standard error), each seed's value as a dot."""
+    last = finetune[finetune["step"] == finetune["step"].max()]
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for arm, rows in last.groupby("arm", sort=False):
+        _mean_band(ax, rows, "train_examples", "exact_match", arm)
+        ax.scatter(rows["train_examples"], rows["exact_match"], s=8, color=ax.lines[-1].get_color(), alpha=0.6)
+    ax.set(xlabel="downstream training examples", ylabel="test exact match", xscale="log",
+           title="sample efficiency on one-step rewriting")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)

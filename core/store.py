@@ -16,7 +16,7 @@ import warnings
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -231,6 +231,12 @@ class RunStore:
             store.forget(runtime.recompute)
         return store
 
+    @classmethod
+    def folder(cls, flow: str, config: BaseModel, data_root: Path | str | None = None,
+               inputs: dict[str, str | None] | None = None) -> Path:
+        """The run folder that `open` would create or reopen, found without touching the disk."""
+        return cls(flow, config, _resolve_root(data_root), inputs).root
+
     @property
     def data_root(self) -> Path:
         """The data root this run folder lives under."""
@@ -358,11 +364,30 @@ class RunStore:
         made from (so it is rebuilt once one of them is rewritten); returns its path."""
         if isinstance(table, pd.DataFrame):
             table = pa.Table.from_pandas(table)  # keeps the `pandas` metadata for round-trips
-        meta = {**(table.schema.metadata or {}), **self._provenance(extra_metadata, built_from)}
-        table = table.replace_schema_metadata(meta)
+        table = table.replace_schema_metadata(self._with_provenance(table.schema, extra_metadata, built_from).metadata)
         path = self.path(name)
         atomic_write(path, lambda f: pq.write_table(table, f))
         return path
+
+    def write_batches(self, name: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch],
+                      extra_metadata: dict[str, str] | None = None, built_from: list[str] | None = None) -> Path:
+        """Write `batches` of `schema` as one table, each batch a row group, atomically and with provenance as
+        `write_table`; only one batch is held at a time, so `batches` may be a generator of any length."""
+        schema = self._with_provenance(schema, extra_metadata, built_from)
+
+        def write(f: BinaryIO) -> None:
+            with pq.ParquetWriter(f, schema) as writer:
+                for batch in batches:
+                    writer.write_batch(batch)
+
+        path = self.path(name)
+        atomic_write(path, write)
+        return path
+
+    def _with_provenance(self, schema: pa.Schema, extra: dict[str, str] | None,
+                         built_from: list[str] | None) -> pa.Schema:
+        """`schema` with this run's provenance added to its metadata (see `_provenance`)."""
+        return schema.with_metadata({**(schema.metadata or {}), **self._provenance(extra, built_from)})
 
     def write_tensors(self, name: str, tensors: dict[str, Any], built_from: list[str] | None = None) -> Path:
         """Write tensors as safetensors atomically, with the run id, config, a checksum of the tensors and the
@@ -443,9 +468,10 @@ class RunStore:
         return not changed
 
     def is_complete(self, name: str, built_from: list[str] | None = None) -> bool:
-        """True if `name` is a readable table of this run, built from `built_from` (when given) and from the files it
-        recorded as they are now; a bad or foreign file is deleted."""
-        meta = self._if_whole(name, self._table_metadata)
+        """True if `name` is a readable table (or safetensors file) of this run, built from `built_from` (when given)
+        and from the files it recorded as they are now; a bad or foreign file is deleted."""
+        tensors = name.endswith(".safetensors")
+        meta = self._if_whole(name, (lambda path: self._read_tensor_file(path)[0]) if tensors else self._table_metadata)
         return meta is not None and self._is_current(name, meta, built_from)
 
     def whole_tensors(self, name: str) -> dict[str, Any] | None:
@@ -473,8 +499,8 @@ class RunStore:
 # What tells runs of a flow apart at a glance, in the order `config_summary` shows it; dataset and model bare.
 SUMMARY_KEYS = ["dataset.name", "dataset.n_train", "dataset.label_noise", "model", "family", "widths", "depths",
                 "data_fractions", "seeds", "n_models", "runs_per_ratio", "ratios", "fractions", "arms", "pruning.levels",
-                "learning_rates", "layer_types", "densities", "heuristic", "methods", "label_noise", "gammas",
-                "train.epochs", "train.lr", "cscore_run", "scores", "prune_run"]
+                "learning_rates", "layer_types", "densities", "heuristic", "methods", "label_noise", "gammas", "task",
+                "examples", "train.epochs", "train.lr", "cscore_run", "scores", "prune_run"]
 
 
 def config_summary(config: dict[str, Any]) -> str:

@@ -46,4 +46,8 @@ FLOWS: dict[str, FlowEntry] = {
                            "lines, curves and simplexes of networks vs standard training, accuracy and calibration"),
     "deq": FlowEntry("flows.deq", "deq_flow", "DEQFlowConfig",
                      "deep equilibrium models with and without Jacobian regularisation: solver steps, ||J||, accuracy"),
+    "lime_data": FlowEntry("flows.lime_data", "lime_data_flow", "LimeDataFlowConfig",
+                           "LIME's Deduct/Abduct/Induct examples (Mixed; copy, reverse controls) to sharded Parquet"),
+    "lime_pretrain": FlowEntry("flows.lime_pretrain", "lime_pretrain_flow", "LimePretrainFlowConfig",
+                               "transformer pretrained on LIME vs a control vs scratch, fine-tuned on term rewriting"),
 }

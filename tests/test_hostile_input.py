@@ -228,6 +228,27 @@ VALIDATOR_CASES = [
     ("deq", ["monitor.caps=[0, 4]"], ["monitor.caps: Value error, must be distinct iteration counts from 1 to 1000"]),
     ("deq", ["solver.name=newton"], ["solver.name: Input should be 'anderson' or 'broyden'"]),
     ("deq", ["penalty.fraction=0"], ["penalty.fraction: Input should be greater than 0"]),
+    ("lime_data", ["task=prove"], ["task: Input should be 'deduct', 'abduct', 'induct', 'mixed', 'copy' or 'reverse'"]),
+    ("lime_data", ["examples=1000000000"],
+     ["(top): Value error, examples=1000000000 in shards of shard_size=50000 makes 20000 tasks, more than 10000",
+      "raise shard_size to at least 100000"]),
+    ("lime_data", ["lime.vocab_size=50"], ["lime: Value error, vocab_size 50 is too small: each example draws 68 "
+                                          "distinct symbols (24 rule + 24 lower + 20 math)"]),
+    ("lime_data", ["lime.kept_rule=[6, 5]"],
+     ["lime: Value error, kept_rule must be (low, high) with 1 <= low <= high <= 24, not (6, 5)"]),
+    ("lime_data", ["lime.rule_symbols=2"],
+     ["lime: Value error, kept_rule must be (low, high) with 1 <= low <= high <= 2, not (3, 5)"]),
+    ("lime_data", ["lime.case_length=[2]"], ["lime.case_length: List should have at least 2 items after validation"]),
+    ("lime_data", ["lime.rule_math=[5, 300]"], ["lime.rule_math.1: Input should be less than or equal to 256"]),
+    ("lime_pretrain", ["arms=[mixed, mixed]"], ["arms: Value error, arms must be distinct; got ['mixed', 'mixed']"]),
+    ("lime_pretrain", ["arms=[prove]"], ["arms.0: Input should be 'scratch', 'mixed', 'deduct', 'abduct', 'induct', "
+                                         "'copy' or 'reverse'"]),
+    ("lime_pretrain", ["transformer.d_model=30"], ["transformer: Value error, d_model 30 must be a multiple of heads 4"]),
+    ("lime_pretrain", ["downstream.train_examples=[100, 100]"],
+     ["downstream.train_examples: Value error, must be distinct sizes from 1 to 10,000,000; got [100, 100]"]),
+    ("lime_pretrain", ["downstream.thresholds=[0]"],
+     ["downstream.thresholds: Value error, must be distinct exact-match levels in (0, 1]; got [0.0]"]),
+    ("lime_pretrain", ["lime.vocab_size=20"], ["lime: Value error, vocab_size 20 is too small: each example draws 24"]),
     ("weight_correlation", ["model=subspace3_mlp_w8_d1"],
      ["model: Value error, 'subspace3_mlp_w8_d1' is a subspace network"]),
     ("train", ["trian.lr=1"], ["trian: Extra inputs are not permitted"]),
@@ -844,6 +865,8 @@ EARLY_FAILURE = {
     "dct_sparse": {"dataset": {"name": "digits", "n_train": 10}},
     "subspaces": {"dataset": {"name": "digits", "n_train": 10}},
     "deq": {"dataset": {"name": "digits", "n_train": 10}},
+    "lime_data": {"examples": 10**12, "shard_size": 10**9},
+    "lime_pretrain": {"lime": {"case_length": [2, 64], "rule_math": [5, 200]}},  # sequences past the positions  # ~240 TB of Parquet: more than the disk holds
 }
 
 

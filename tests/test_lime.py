@@ -5,14 +5,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from core.sequence.lime import (CHUNK, ENTRY, MAPS, N_SPECIAL, SEP, SET, TASKS, LimeConfig, columns, decode, encode_case,
-                       generate, parse_case, substitute)
+from core.sequence.lime import (CHUNK, ENTRY, MAPS, N_SPECIAL, SEP, SET, TASKS, LimeConfig, columns, decode,
+                                encode_case, generate, parse_case, substitute)
 
 HEADER = 24 + 24 + 20 + 3  # three sets, two SETs and the closing SEP
 
 
 def reference_case(tokens) -> dict[int, list[int]]:
-    """A Case from its tokens, parsed here independently of core.sequence.lime: entries `symbol : string` split on ','."""
+    """A Case from its tokens, parsed here independently of core.sequence.lime: `symbol : string` split on ','."""
     case, entry = {}, []
     for token in list(tokens) + [ENTRY]:
         if token != ENTRY:
@@ -205,3 +205,15 @@ def test_bad_requests_are_refused():
     with pytest.raises(ValueError, match="not a Case entry"):
         parse_case([N_SPECIAL, N_SPECIAL + 1])
     assert generate("mixed", 0, 5, 0) == []
+
+
+def test_longest_source_bounds_every_source_and_is_reached_by_the_worst_case():
+    config = LimeConfig(rule_symbols=4, lower_symbols=3, math_symbols=2, kept_rule=(1, 1), rule_math=(0, 0),
+                        case_length=(3, 3))
+    # header 4 + 3 + 2 + 3 separators; Rule 2 tokens; Case `r : s s s`; Result 6: Induct's Result | Case is longest
+    assert config.longest_source == 12 + 6 + 1 + 5
+    examples = generate("mixed", 0, 0, 3000, config)
+    assert max(len(e.source) for e in examples) == config.longest_source
+    paper = LimeConfig()
+    longest = max(len(e.source) for e in generate("mixed", 0, 0, 3000, paper))
+    assert longest <= paper.longest_source == 71 + 99 + 1 + 54  # Induct's Result | Case

@@ -188,6 +188,38 @@ def test_provenance_keys_and_values(run: RunStore):
     assert before <= created <= datetime.now(timezone.utc)
 
 
+def test_batches_are_written_one_row_group_each_with_the_same_provenance(run: RunStore):
+    schema = pa.schema([("k", pa.int64())], metadata={"mine": "kept"})
+    batches = (pa.record_batch([pa.array(range(i, i + 3))], schema=schema) for i in (0, 3, 6))
+    path = run.write_batches("shards/b.parquet", schema, batches, extra_metadata={"rows": 9})
+    assert pq.ParquetFile(path).metadata.num_row_groups == 3
+    assert pq.read_table(path).column("k").to_pylist() == list(range(9))
+    assert pq.read_schema(path).metadata[b"mine"] == b"kept"
+    meta, table_meta = run.read_metadata("shards/b.parquet"), run.read_metadata(run.write_table("t.parquet", frame()).name)
+    assert meta["rows"] == "9" and meta["built_from"] == {}
+    assert set(meta) - {"rows"} == set(table_meta) - {"pandas"}
+    assert all(meta[k] == table_meta[k] for k in ("run_id", "flow", "config", "inputs", "versions", "code_revision"))
+    assert run.is_complete("shards/b.parquet")
+
+
+def test_a_failing_batch_stream_leaves_nothing(run: RunStore):
+    schema = pa.schema([("k", pa.int64())])
+
+    def batches():
+        yield pa.record_batch([pa.array([1, 2])], schema=schema)
+        raise RuntimeError("the generator failed")
+
+    with pytest.raises(RuntimeError, match="the generator failed"):
+        run.write_batches("shards/b.parquet", schema, batches())
+    assert sorted(p.name for p in run.root.rglob("*") if p.is_file()) == ["config.json"]
+
+
+def test_the_run_folder_is_known_before_it_is_opened(tmp_path: Path):
+    folder = RunStore.folder("toy", Tiny(), tmp_path / "data")
+    assert not (tmp_path / "data").exists()
+    assert RunStore.open("toy", Tiny(), tmp_path / "data").root == folder == tmp_path / "data/runs/toy" / EXPECTED_ID
+
+
 def test_store_does_not_import_prefect():
     code = "import sys, core.store; print('prefect' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

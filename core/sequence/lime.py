@@ -63,6 +63,16 @@ class LimeConfig:
         return self.rule_symbols, self.lower_symbols, self.math_symbols
 
     @property
+    def longest_source(self) -> int:
+        """The most tokens a source can hold (a control's target is as long): the header, then the longest pair
+        of Rule, Case and Result with a separator."""
+        kept, case, math = self.kept_rule[1], self.case_length[1], self.rule_math[1]
+        rule, result = 2 * kept + math, 2 * kept * case + math  # every rule-symbol draw replaced by a longest string
+        case_tokens = kept * (case + 2) + kept - 1  # `symbol : string` per symbol, `,` between
+        longest_pair = max(rule + case_tokens, rule + result, result + case_tokens)
+        return sum(self.set_sizes) + 3 + longest_pair + 1
+
+    @property
     def total_vocab(self) -> int:
         """Token ids run from 0 to total_vocab - 1: the special tokens, then the symbols."""
         return N_SPECIAL + self.vocab_size

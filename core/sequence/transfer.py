@@ -1,0 +1,122 @@
+"""Pretrain on LIME (or a control task), fine-tune on term rewriting, and measure what the pretraining bought.
+
+The arms of one seed share everything but the pretraining task: the initialisation, the LIME sources (a control's
+examples are Mixed's, copied or reversed), the downstream examples and the fine-tuning batch order. "scratch" skips
+pretraining. Exact match is judged by batched greedy decoding; sample efficiency is the number of downstream training
+examples at which the final exact match first reaches a threshold, interpolated on a log scale between the sizes
+tried (NaN when no size reaches it).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.sequence.lime import CONTROLS, TASKS, LimeConfig, generate
+from core.sequence.transformer import Batches, OptimConfig, Seq2Seq, exact_match, train_seq2seq
+
+SCRATCH = "scratch"
+ARMS = (SCRATCH, "mixed", *TASKS, *CONTROLS)  # "scratch", or the task pretrained on
+
+
+def lime_batches(task: str, seed: int, batch_size: int, config: LimeConfig) -> Batches:
+    """Step s's batch is examples s x batch_size onward of the LIME dataset (task, seed), generated a chunk at a time
+    (bounded memory, and the same examples whatever the chunking)."""
+    chunk, cached = max(batch_size, 2048 // batch_size * batch_size), {}
+
+    def batch(step: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The sources and targets of step `step`'s batch."""
+        first = step * batch_size
+        block = first // chunk
+        if block not in cached:
+            cached.clear()
+            cached[block] = generate(task, seed, block * chunk, chunk, config)
+        examples = cached[block][first - block * chunk:first - block * chunk + batch_size]
+        return [e.source for e in examples], [e.target for e in examples]
+
+    return batch
+
+
+def epoch_batches(sources: Sequence[np.ndarray], targets: Sequence[np.ndarray], batch_size: int, seed: int) -> Batches:
+    """Batches of a fixed training set: a fresh seeded order every epoch, the last partial batch dropped (a set
+    smaller than one batch is one batch of all of it)."""
+    size = min(batch_size, len(sources))
+    per_epoch, orders = len(sources) // size, {}
+
+    def batch(step: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The sources and targets of step `step`'s batch."""
+        epoch, at = divmod(step, per_epoch)
+        if epoch not in orders:
+            orders.clear()
+            orders[epoch] = torch.randperm(len(sources), generator=torch.Generator().manual_seed(seed + epoch))
+        rows = orders[epoch][at * size:(at + 1) * size].tolist()
+        return [sources[r] for r in rows], [targets[r] for r in rows]
+
+    return batch
+
+
+def train_with_evaluation(model: Seq2Seq, batches: Batches, config: OptimConfig, eval_every: int,
+                          evaluate: Callable[[], dict[str, float]], progress: Callable[[int], None] | None = None
+                          ) -> pd.DataFrame:
+    """Train, and every `eval_every` steps and at the last step record the step, the mean training loss since the
+    previous record and `evaluate()`'s figures; one row per record."""
+    rows, losses = [], []
+
+    def record(step: int, loss: float) -> None:
+        """Keep the loss; evaluate at the recording steps."""
+        losses.append(loss)
+        if (step + 1) % eval_every == 0 or step + 1 == config.steps:
+            rows.append({"step": step + 1, "train_loss": float(np.mean(losses)), **evaluate()})
+            losses.clear()
+
+    train_seq2seq(model, batches, config, on_step=record, progress=progress)
+    return pd.DataFrame(rows)
+
+
+def exact_match_rate(model: Seq2Seq, sources: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> dict[str, float]:
+    """{"exact_match": the fraction decoded exactly}."""
+    return {"exact_match": float(exact_match(model, sources, targets).mean())}
+
+
+def examples_needed(sizes: Sequence[int], exact: Sequence[float], threshold: float) -> float:
+    """The training-set size at which `exact` (exact match at each of the increasing `sizes`) first reaches
+    `threshold`, interpolated linearly in log(size) from the size before; NaN if it never does."""
+    sizes, exact = np.asarray(sizes, float), np.asarray(exact, float)
+    reached = np.flatnonzero(exact >= threshold)
+    if not len(reached):
+        return float("nan")
+    first = reached[0]
+    if first == 0:
+        return float(sizes[0])
+    below, above = exact[first - 1], exact[first]
+    fraction = (threshold - below) / (above - below)
+    return float(np.exp(np.log(sizes[first - 1]) + fraction * (np.log(sizes[first]) - np.log(sizes[first - 1]))))
+
+
+def sample_efficiency(finetune: pd.DataFrame, thresholds: Sequence[float]) -> pd.DataFrame:
+    """One row per (arm, seed, threshold): the downstream examples needed to reach it at the last fine-tuning step."""
+    last = finetune[finetune["step"] == finetune["step"].max()]
+    rows = []
+    for (arm, seed), runs in last.groupby(["arm", "seed"], sort=False):
+        runs = runs.sort_values("train_examples")
+        rows += [{"arm": arm, "seed": seed, "threshold": t,
+                  "examples_needed": examples_needed(runs["train_examples"], runs["exact_match"], t)}
+                 for t in thresholds]
+    return pd.DataFrame(rows, columns=["arm", "seed", "threshold", "examples_needed"])
+
+
+def transfer_summary(finetune: pd.DataFrame, efficiency: pd.DataFrame) -> pd.DataFrame:
+    """One row per (arm, train_examples): exact match at the last step, its mean, standard error and range over
+    seeds, and for each threshold the median examples needed over seeds (NaN: not reached by half the seeds)."""
+    last = finetune[finetune["step"] == finetune["step"].max()]
+    grouped = last.groupby(["arm", "train_examples"], sort=False)["exact_match"]
+    summary = grouped.agg(seeds="count", exact_match="mean", exact_match_sem="sem", exact_match_min="min",
+                          exact_match_max="max").reset_index()
+    for threshold, rows in efficiency.groupby("threshold"):  # a miss counts as infinitely many examples
+        needed = rows.assign(e=rows["examples_needed"].fillna(np.inf)).groupby("arm")["e"].median()
+        summary[f"examples_for_{threshold:g}"] = summary["arm"].map(needed.replace(np.inf, np.nan))
+    order = {arm: i for i, arm in enumerate(dict.fromkeys(finetune["arm"]))}
+    return summary.sort_values(["arm", "train_examples"], key=lambda c: c.map(order) if c.name == "arm" else c,
+                               ignore_index=True)

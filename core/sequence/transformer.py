@@ -1,0 +1,202 @@
+"""A small encoder-decoder transformer (torch.nn.Transformer, pre-LN) over token ids, its training loop with
+teacher forcing, and batched greedy decoding with exact match.
+
+Sequences arrive without BOS/EOS (as the generators write them): the collator pads sources with PAD, feeds the
+decoder BOS + target and asks it for target + EOS. A decoded sequence is exactly right when its tokens up to the
+first EOS equal the target.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from core.config import Config
+from core.sequence.lime import BOS, EOS, PAD
+
+MAX_LENGTH = 1024  # positions of the sinusoid table: tokens of the longest source, or of BOS + target
+
+
+class TransformerConfig(Config):
+    """The network's shape; the defaults train in minutes on 2 CPU cores (see flows/configs for a GPU size)."""
+
+    d_model: int = Field(64, ge=8, le=4096, description="width of the token representations")
+    heads: int = Field(4, ge=1, le=64, description="attention heads per layer (d_model must be a multiple)")
+    encoder_layers: int = Field(2, ge=1, le=48, description="encoder blocks")
+    decoder_layers: int = Field(2, ge=1, le=48, description="decoder blocks")
+    feedforward: int = Field(256, ge=8, le=65536, description="hidden units of each block's MLP")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout in every block (the tasks are generated afresh: "
+                           "little to overfit, and runs stay exactly comparable without it)")
+
+    @model_validator(mode="after")
+    def _heads_divide_the_width(self) -> TransformerConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model {self.d_model} must be a multiple of heads {self.heads}")
+        return self
+
+
+class OptimConfig(Config):
+    """AdamW with a linear warm-up to `lr`, then cosine decay to `final_lr_fraction` x lr at the last step."""
+
+    steps: int = Field(1000, ge=1, description="optimizer updates")
+    batch_size: int = Field(32, ge=1, description="sequences per update")
+    lr: float = Field(1e-3, gt=0, le=1, description="peak learning rate")
+    warmup: int = Field(100, ge=0, description="steps of linear warm-up from 0 to lr")
+    final_lr_fraction: float = Field(0.1, ge=0, le=1, description="learning rate at the last step, as a fraction of "
+                                     "lr")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW's decoupled weight decay (not on biases and norms)")
+    clip: float = Field(1.0, ge=0, description="clip the gradient's global norm to this (0: no clipping)")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of update `step` (0-based)."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.steps - 1 - self.warmup)
+        cosine = 0.5 * (1 + math.cos(math.pi * progress))
+        return self.lr * (self.final_lr_fraction + (1 - self.final_lr_fraction) * cosine)
+
+
+def sinusoids(length: int, width: int) -> Tensor:
+    """The fixed sinusoidal position encodings of Vaswani et al., `[length, width]`."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
+    table = torch.zeros(length, width)
+    table[:, 0::2], table[:, 1::2] = torch.sin(position * frequency), torch.cos(position * frequency[: width // 2])
+    return table
+
+
+class Seq2Seq(nn.Module):
+    """Token embedding (tied with the output layer) + sinusoidal positions -> nn.Transformer -> logits."""
+
+    def __init__(self, vocab: int, config: TransformerConfig = TransformerConfig(), max_length: int = MAX_LENGTH):
+        super().__init__()
+        self.config, self.vocab = config, vocab
+        self.embedding = nn.Embedding(vocab, config.d_model, padding_idx=PAD)
+        nn.init.normal_(self.embedding.weight, std=config.d_model ** -0.5)
+        self.register_buffer("positions", sinusoids(max_length, config.d_model), persistent=False)
+
+        def layers(kind: type, count: int) -> list[nn.Module]:
+            """`count` pre-LN blocks of `kind` (TransformerEncoderLayer or TransformerDecoderLayer)."""
+            return [kind(config.d_model, config.heads, config.feedforward, config.dropout, batch_first=True,
+                         norm_first=True) for _ in range(count)]
+
+        encoder = nn.TransformerEncoder(layers(nn.TransformerEncoderLayer, 1)[0], config.encoder_layers,
+                                        nn.LayerNorm(config.d_model), enable_nested_tensor=False)  # pre-LN: no
+        # nested tensors anyway, and padded rows then compute like the rest (batched decoding = one by one)
+        self.transformer = nn.Transformer(config.d_model, config.heads, config.encoder_layers, config.decoder_layers,
+                                          config.feedforward, config.dropout, batch_first=True, norm_first=True,
+                                          custom_encoder=encoder)
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """Scaled token embeddings plus positions, `[B, L, d_model]`."""
+        if tokens.shape[1] > len(self.positions):
+            raise ValueError(f"a sequence of {tokens.shape[1]} tokens is longer than this model's "
+                             f"{len(self.positions)}")
+        return self.embedding(tokens) * math.sqrt(self.config.d_model) + self.positions[: tokens.shape[1]]
+
+    def encode(self, source: Tensor) -> Tensor:
+        """The encoder's memory of `source` `[B, S]` (PAD-padded)."""
+        return self.transformer.encoder(self.embed(source), src_key_padding_mask=source == PAD)
+
+    def decode(self, memory: Tensor, source: Tensor, target_in: Tensor) -> Tensor:
+        """Next-token logits `[B, T, vocab]` for the decoder input `target_in` (BOS + target so far)."""
+        length = target_in.shape[1]  # boolean like the padding masks (True: may not attend)
+        causal = torch.ones(length, length, dtype=torch.bool, device=target_in.device).triu(1)
+        hidden = self.transformer.decoder(self.embed(target_in), memory, tgt_mask=causal, tgt_is_causal=True,
+                                          tgt_key_padding_mask=target_in == PAD, memory_key_padding_mask=source == PAD)
+        return hidden @ self.embedding.weight.T
+
+    def forward(self, source: Tensor, target_in: Tensor) -> Tensor:
+        """Teacher-forced logits `[B, T, vocab]`."""
+        return self.decode(self.encode(source), source, target_in)
+
+
+def pad(sequences: Sequence[np.ndarray], before: int | None = None, after: int | None = None) -> Tensor:
+    """`[B, longest]` int64 tokens, PAD-padded; `before`/`after` tokens are added to every sequence first."""
+    sequences = [[*([before] if before is not None else []), *np.asarray(s).tolist(),
+                  *([after] if after is not None else [])] for s in sequences]
+    batch = torch.full((len(sequences), max(map(len, sequences))), PAD, dtype=torch.long)
+    for row, tokens in enumerate(sequences):
+        batch[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+    return batch
+
+
+def collate(sources: Sequence[np.ndarray], targets: Sequence[np.ndarray], device: torch.device | str = "cpu"
+            ) -> tuple[Tensor, Tensor, Tensor]:
+    """(source, decoder input BOS + target, labels target + EOS), each PAD-padded, on `device`."""
+    return (pad(sources).to(device), pad(targets, before=BOS).to(device), pad(targets, after=EOS).to(device))
+
+
+def sequence_loss(model: Seq2Seq, source: Tensor, target_in: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy per target token (PAD excluded)."""
+    logits = model(source, target_in)
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=PAD)
+
+
+Batches = Callable[[int], tuple[Sequence[np.ndarray], Sequence[np.ndarray]]]  # step -> (sources, targets)
+
+
+def train_seq2seq(model: Seq2Seq, batches: Batches, config: OptimConfig, on_step: Callable[[int, float], None]
+                  | None = None, progress: Callable[[int], None] | None = None) -> list[float]:
+    """Train with AdamW on `batches(step)` for `config.steps` steps; returns the loss of every step.
+    `on_step(step, loss)` runs after each update (evaluation, logging) and `progress(steps_done)` moves a bar."""
+    device = next(model.parameters()).device
+    decay = [p for p in model.parameters() if p.dim() >= 2]  # no weight decay on biases and norms
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": rest, "weight_decay": 0.0}], lr=config.lr)
+    losses = []
+    model.train()
+    for step in range(config.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr_at(step)
+        loss = sequence_loss(model, *collate(*batches(step), device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.clip:
+            nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+        optimizer.step()
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, losses[-1])
+        if progress is not None:
+            progress(step + 1)
+    return losses
+
+
+@torch.no_grad()
+def greedy_decode(model: Seq2Seq, sources: Sequence[np.ndarray], max_new: int, batch_size: int = 256
+                  ) -> list[np.ndarray]:
+    """Each source's greedy continuation after BOS up to (not including) its first EOS, at most `max_new` tokens;
+    sources are decoded `batch_size` at a time, each stopping on its own EOS."""
+    was_training, device = model.training, next(model.parameters()).device
+    model.eval()
+    decoded = []
+    for first in range(0, len(sources), batch_size):
+        source = pad(sources[first:first + batch_size]).to(device)
+        memory, tokens = model.encode(source), torch.full((len(source), 1), BOS, dtype=torch.long, device=device)
+        done = torch.zeros(len(source), dtype=torch.bool, device=device)
+        for _ in range(max_new):
+            step = model.decode(memory, source, tokens)[:, -1].argmax(-1)
+            tokens = torch.cat([tokens, torch.where(done, EOS, step)[:, None]], 1)  # a finished row repeats EOS
+            done |= step == EOS
+            if done.all():
+                break
+        for row in tokens[:, 1:].cpu().numpy():
+            stop = np.flatnonzero(row == EOS)  # none: all max_new tokens, longer than any target it could match
+            decoded.append(row[: stop[0] if len(stop) else len(row)].astype(np.int32))
+    model.train(was_training)
+    return decoded
+
+
+def exact_match(model: Seq2Seq, sources: Sequence[np.ndarray], targets: Sequence[np.ndarray],
+                batch_size: int = 256) -> np.ndarray:
+    """Per example, whether greedy decoding gives its target and then EOS."""
+    longest = max(len(t) for t in targets)
+    decoded = greedy_decode(model, sources, longest + 1, batch_size)  # a row without EOS comes out longer
+    return np.array([len(d) == len(t) and bool((d == t).all()) for d, t in zip(decoded, targets)])

@@ -1,0 +1,131 @@
+"""Tasks of the `lime_pretrain` flow: one arm's pretraining, every seed; one arm's fine-tuning, every seed and
+downstream training-set size. Each seed's files are written as it finishes, so a stopped run resumes by seed."""
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from tqdm.auto import tqdm
+
+from core.config import derive_seed
+from core.ensemble import resolve_device
+from core.experiment import DRAW_STREAM, INIT_STREAM, MONITOR_STREAM, ORDER_STREAM, SUBSET_STREAM, model_seed
+from core.models import seeded_init
+from core.sequence.lime import generate
+from core.sequence.rewriting import RewriteConfig, split
+from core.sequence.transfer import SCRATCH, epoch_batches, exact_match_rate, lime_batches, train_with_evaluation
+from core.sequence.transformer import Seq2Seq
+from core.store import RunStore
+from tasks.common import compute_once, task_threads
+
+PRETRAIN_SHARDS, FINETUNE_SHARDS = "shards/pretrain/", "shards/finetune/"
+PRETRAIN_COLUMNS = ["arm", "seed", "step", "train_loss", "exact_match", "seconds"]
+FINETUNE_COLUMNS = ["arm", "seed", "train_examples", "step", "train_loss", "exact_match", "seconds"]
+
+
+def weights_name(arm: str, seed: int) -> str:
+    """The pretrained weights of (arm, seed)."""
+    return f"pretrained/{arm}-seed{seed}.safetensors"
+
+
+def downstream_config(store: RunStore) -> RewriteConfig:
+    """The rewriting task of the run, in the model's vocabulary."""
+    config = store.config
+    return RewriteConfig(max_depth=config.downstream.max_depth, vocab_size=config.lime.vocab_size)
+
+
+def new_model(store: RunStore, seed: int) -> Seq2Seq:
+    """Seed `seed`'s initial network (the same for every arm), on the run's device."""
+    config = store.config
+    with seeded_init(derive_seed(model_seed(config.seed, seed), INIT_STREAM)):
+        model = Seq2Seq(config.lime.to_core().total_vocab, config.transformer)
+    return model.to(resolve_device(config.runtime.device))
+
+
+def _prepare(store: RunStore) -> None:
+    """This task's torch threads."""
+    torch.set_num_threads(task_threads(store.config.runtime))
+
+
+def bar(total: int, what: str):
+    """A progress bar over steps, and the callback that moves it."""
+    progress = tqdm(total=total, desc=what, unit="step", leave=False)
+    return progress, lambda done: progress.update(done - progress.n)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="pretrain-{arm}")
+def pretrain_arm(store: RunStore, arm: str) -> list[str]:
+    """Pretrain every seed's network on task `arm`; a seed whose files exist is skipped."""
+    _prepare(store)
+    names = []
+    for seed in store.config.seeds:
+        files = [f"{PRETRAIN_SHARDS}{arm}-seed{seed}.parquet", weights_name(arm, seed)]
+        compute_once(store, files, lambda: _pretrain(store, arm, seed, files))
+        names += files
+    return names
+
+
+def _pretrain(store: RunStore, arm: str, seed: int, files: list[str]) -> None:
+    """Pretrain one seed and write its curve and weights."""
+    config, start, logger = store.config, time.perf_counter(), get_run_logger()
+    lime, pretrain, base = config.lime.to_core(), config.pretrain, model_seed(config.seed, seed)
+    model = new_model(store, seed)
+    held_out = generate(arm, derive_seed(base, MONITOR_STREAM), 0, pretrain.eval_examples, lime)
+    sources, targets = [e.source for e in held_out], [e.target for e in held_out]
+    batches = lime_batches(arm, derive_seed(base, DRAW_STREAM), pretrain.optim.batch_size, lime)  # one per seed
+    progress, moved = bar(pretrain.optim.steps, f"pretrain {arm} seed {seed}")
+
+    def evaluate() -> dict[str, float]:
+        """Exact match on held-out examples of the pretraining task, logged."""
+        figures = {**exact_match_rate(model, sources, targets), "seconds": time.perf_counter() - start}
+        logger.info("pretrain %s, seed %d, step %d/%d: exact match %.3f, %.0f s", arm, seed, progress.n,
+                    pretrain.optim.steps, figures["exact_match"], figures["seconds"])
+        return figures
+
+    with progress:
+        curve = train_with_evaluation(model, batches, pretrain.optim, pretrain.eval_every, evaluate, moved)
+    store.write_table(files[0], curve.assign(arm=arm, seed=seed)[PRETRAIN_COLUMNS])
+    store.write_tensors(files[1], model.state_dict())
+
+
+@task(cache_policy=NO_CACHE, task_run_name="finetune-{arm}")
+def finetune_arm(store: RunStore, arm: str) -> list[str]:
+    """Fine-tune every seed's network of `arm` at every downstream training-set size; a seed whose table exists (and
+    was built from its pretrained weights as they are) is skipped."""
+    _prepare(store)
+    names = []
+    for seed in store.config.seeds:
+        name = f"{FINETUNE_SHARDS}{arm}-seed{seed}.parquet"
+        pretrained = [] if arm == SCRATCH else [weights_name(arm, seed)]
+        compute_once(store, [name], lambda: _finetune(store, arm, seed, name, pretrained), pretrained)
+        names.append(name)
+    return names
+
+
+def _finetune(store: RunStore, arm: str, seed: int, name: str, pretrained: list[str]) -> None:
+    """Fine-tune one seed at every size and write its curves."""
+    config, logger = store.config, get_run_logger()
+    downstream, base = config.downstream, model_seed(config.seed, seed)
+    train, test = split(derive_seed(base, SUBSET_STREAM), max(downstream.train_examples), downstream.test_examples,
+                        downstream_config(store))
+    test_sources, test_targets = [e.source for e in test], [e.target for e in test]
+    curves = []
+    for size in downstream.train_examples:  # a prefix of the same examples: nested training sets
+        start, model = time.perf_counter(), new_model(store, seed)
+        if pretrained:
+            model.load_state_dict(store.read_tensors(pretrained[0]))
+        batches = epoch_batches([e.source for e in train[:size]], [e.target for e in train[:size]],
+                                downstream.optim.batch_size, derive_seed(base, ORDER_STREAM))
+        progress, moved = bar(downstream.optim.steps, f"fine-tune {arm} seed {seed} on {size}")
+        evaluate = lambda: {**exact_match_rate(model, test_sources, test_targets),  # noqa: E731
+                            "seconds": time.perf_counter() - start}
+        with progress:
+            curve = train_with_evaluation(model, batches, downstream.optim, downstream.eval_every, evaluate, moved)
+        curves.append(curve.assign(train_examples=size))
+        logger.info("fine-tune %s, seed %d, %d examples: exact match %.3f, %.0f s", arm, seed, size,
+                    curve["exact_match"].iloc[-1], time.perf_counter() - start)
+    table = pd.concat(curves, ignore_index=True).assign(arm=arm, seed=seed)[FINETUNE_COLUMNS]
+    store.write_table(name, table, built_from=pretrained or None)
