@@ -34,7 +34,7 @@ Arm = Literal[ARMS]
 class PretrainConfig(Config):
     """Pretraining: every step draws a fresh batch of the arm's task, so no example is seen twice."""
 
-    optim: OptimConfig = Field(OptimConfig(steps=1000, batch_size=32, lr=1e-3, warmup=100),
+    optim: OptimConfig = Field(OptimConfig(steps=1000, batch_size=32, lr=2e-3, warmup=100),
                                description="optimizer and schedule of pretraining")
     eval_every: int = Field(500, ge=1, description="steps between exact-match checks on held-out examples")
     eval_examples: int = Field(100, ge=1, le=100_000, description="held-out examples of the pretraining task decoded "

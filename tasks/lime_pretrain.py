@@ -16,14 +16,14 @@ from core.experiment import DRAW_STREAM, INIT_STREAM, MONITOR_STREAM, ORDER_STRE
 from core.models import seeded_init
 from core.sequence.lime import generate
 from core.sequence.rewriting import RewriteConfig, split
-from core.sequence.transfer import SCRATCH, epoch_batches, exact_match_rate, lime_batches, train_with_evaluation
+from core.sequence.transfer import SCRATCH, epoch_batches, held_out_figures, lime_batches, train_with_evaluation
 from core.sequence.transformer import Seq2Seq
 from core.store import RunStore
 from tasks.common import compute_once, task_threads
 
 PRETRAIN_SHARDS, FINETUNE_SHARDS = "shards/pretrain/", "shards/finetune/"
-PRETRAIN_COLUMNS = ["arm", "seed", "step", "train_loss", "exact_match", "seconds"]
-FINETUNE_COLUMNS = ["arm", "seed", "train_examples", "step", "train_loss", "exact_match", "seconds"]
+PRETRAIN_COLUMNS = ["arm", "seed", "step", "train_loss", "exact_match", "token_accuracy", "seconds"]
+FINETUNE_COLUMNS = ["arm", "seed", "train_examples", "step", "train_loss", "exact_match", "token_accuracy", "seconds"]
 
 
 def weights_name(arm: str, seed: int) -> str:
@@ -78,11 +78,11 @@ def _pretrain(store: RunStore, arm: str, seed: int, files: list[str]) -> None:
     batches = lime_batches(arm, derive_seed(base, DRAW_STREAM), pretrain.optim.batch_size, lime)  # one per seed
     progress, moved = bar(pretrain.optim.steps, f"pretrain {arm} seed {seed}")
 
-    def evaluate() -> dict[str, float]:
+    def evaluate(step: int) -> dict[str, float]:
         """Exact match on held-out examples of the pretraining task, logged."""
-        figures = {**exact_match_rate(model, sources, targets), "seconds": time.perf_counter() - start}
-        logger.info("pretrain %s, seed %d, step %d/%d: exact match %.3f, %.0f s", arm, seed, progress.n,
-                    pretrain.optim.steps, figures["exact_match"], figures["seconds"])
+        figures = {**held_out_figures(model, sources, targets), "seconds": time.perf_counter() - start}
+        logger.info("pretrain %s, seed %d, step %d/%d: exact match %.3f, token accuracy %.3f, %.0f s", arm, seed, step,
+                    pretrain.optim.steps, figures["exact_match"], figures["token_accuracy"], figures["seconds"])
         return figures
 
     with progress:
@@ -120,7 +120,7 @@ def _finetune(store: RunStore, arm: str, seed: int, name: str, pretrained: list[
         batches = epoch_batches([e.source for e in train[:size]], [e.target for e in train[:size]],
                                 downstream.optim.batch_size, derive_seed(base, ORDER_STREAM))
         progress, moved = bar(downstream.optim.steps, f"fine-tune {arm} seed {seed} on {size}")
-        evaluate = lambda: {**exact_match_rate(model, test_sources, test_targets),  # noqa: E731
+        evaluate = lambda step: {**held_out_figures(model, test_sources, test_targets),  # noqa: E731
                             "seconds": time.perf_counter() - start}
         with progress:
             curve = train_with_evaluation(model, batches, downstream.optim, downstream.eval_every, evaluate, moved)

@@ -19,7 +19,8 @@ SHIPPED = sorted((Path(__file__).parents[1] / "flows" / "configs").glob("*.yaml"
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_config_is_valid(path):
     flow = {"cscore": "cscore", "proxies": "proxies", "prune": "prune_grid", "train": "train", "dct": "dct_sparse",
-            "weight": "weight_correlation", "subspaces": "subspaces", "deq": "deq"}[path.stem.split("-")[0]]
+            "weight": "weight_correlation", "subspaces": "subspaces", "deq": "deq",
+            "lime": "lime_pretrain"}[path.stem.split("-")[0]]
     FLOWS[flow].config_class().model_validate(yaml.safe_load(path.read_text()))  # raises, naming the field, if not
 
 

@@ -10,7 +10,7 @@ from core.config import derive_seed
 from core.experiment import DRAW_STREAM, INIT_STREAM, ORDER_STREAM, SUBSET_STREAM, model_seed
 from core.models import seeded_init
 from core.sequence.rewriting import RewriteConfig, split
-from core.sequence.transfer import epoch_batches, exact_match_rate, lime_batches, sample_efficiency
+from core.sequence.transfer import epoch_batches, held_out_figures, lime_batches, sample_efficiency
 from core.sequence.transformer import OptimConfig, Seq2Seq, TransformerConfig, train_seq2seq
 from core.store import RunStore
 from flows.lime_data import LimeGenerationConfig
@@ -37,9 +37,10 @@ def run(tmp_path_factory, prefect_harness):
 
 def test_tables_hold_every_arm_seed_size_and_step(run):
     folder, pretrain, finetune = run
-    assert list(pretrain.columns) == ["arm", "seed", "step", "train_loss", "exact_match", "seconds"]
+    assert list(pretrain.columns) == ["arm", "seed", "step", "train_loss", "exact_match", "token_accuracy", "seconds"]
     assert pretrain[["arm", "seed", "step"]].values.tolist() == [["mixed", s, t] for s in (0, 1) for t in (3, 6)]
-    assert list(finetune.columns) == ["arm", "seed", "train_examples", "step", "train_loss", "exact_match", "seconds"]
+    assert list(finetune.columns) == ["arm", "seed", "train_examples", "step", "train_loss", "exact_match",
+                                      "token_accuracy", "seconds"]
     assert finetune[["arm", "seed", "train_examples", "step"]].values.tolist() == [
         [a, s, n, t] for a in ("mixed", "scratch") for s in (0, 1) for n in (8, 16) for t in (2, 4)]
     assert finetune["exact_match"].between(0, 1).all() and (finetune["train_loss"] > 0).all()
@@ -79,8 +80,9 @@ def test_pretrained_weights_and_a_fine_tuning_result_equal_training_by_hand(run)
         losses = train_seq2seq(tuned, batches, CONFIG.downstream.optim)
         row = finetune[(finetune["arm"] == arm) & (finetune["seed"] == 1) & (finetune["train_examples"] == 8)]
         assert row["train_loss"].iloc[-1] == pytest.approx(sum(losses[2:]) / 2, rel=1e-4)
-        expected = exact_match_rate(tuned, [e.source for e in test], [e.target for e in test])["exact_match"]
-        assert row["exact_match"].iloc[-1] == expected
+        expected = held_out_figures(tuned, [e.source for e in test], [e.target for e in test])
+        assert row[["exact_match", "token_accuracy"]].iloc[-1].tolist() == [expected["exact_match"],
+                                                                            expected["token_accuracy"]]
 
 
 def test_a_rerun_skips_everything_and_a_lost_seed_is_all_that_is_redone(run):

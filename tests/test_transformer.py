@@ -9,7 +9,7 @@ import torch
 from core.models import seeded_init
 from core.sequence.lime import BOS, EOS, PAD
 from core.sequence.transformer import (OptimConfig, Seq2Seq, TransformerConfig, collate, exact_match, greedy_decode,
-                                       pad, sinusoids, train_seq2seq)
+                                       pad, sinusoids, token_accuracy, train_seq2seq)
 
 TINY = TransformerConfig(d_model=32, heads=2, encoder_layers=1, decoder_layers=1, feedforward=64)
 
@@ -96,6 +96,8 @@ def test_exact_match_needs_the_tokens_and_then_eos():
     targets = [np.array([9, 10]), np.array([9]), np.array([9, 10, 11]), np.array([10, 10])]
     assert exact_match(model, sources, targets).tolist() == [True, False, False, False]
     assert [d.tolist() for d in greedy_decode(model, sources[:1], max_new=1)] == [[9]]  # cut at max_new, no EOS
+    # teacher forcing: [9, 10] + EOS all right; [9] + EOS: 9 right, then 10 where EOS belongs; 4 of 5
+    assert token_accuracy(model, sources[:2], targets[:2]) == pytest.approx(4 / 5)
 
 
 def test_seeded_init_gives_the_same_network_whatever_the_global_state():

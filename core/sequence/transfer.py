@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from core.sequence.lime import CONTROLS, TASKS, LimeConfig, generate
-from core.sequence.transformer import Batches, OptimConfig, Seq2Seq, exact_match, train_seq2seq
+from core.sequence.transformer import Batches, OptimConfig, Seq2Seq, exact_match, token_accuracy, train_seq2seq
 
 SCRATCH = "scratch"
 ARMS = (SCRATCH, "mixed", *TASKS, *CONTROLS)  # "scratch", or the task pretrained on
@@ -58,26 +58,27 @@ def epoch_batches(sources: Sequence[np.ndarray], targets: Sequence[np.ndarray], 
 
 
 def train_with_evaluation(model: Seq2Seq, batches: Batches, config: OptimConfig, eval_every: int,
-                          evaluate: Callable[[], dict[str, float]], progress: Callable[[int], None] | None = None
+                          evaluate: Callable[[int], dict[str, float]], progress: Callable[[int], None] | None = None
                           ) -> pd.DataFrame:
     """Train, and every `eval_every` steps and at the last step record the step, the mean training loss since the
-    previous record and `evaluate()`'s figures; one row per record."""
+    previous record and `evaluate(steps done)`'s figures; one row per record."""
     rows, losses = [], []
 
     def record(step: int, loss: float) -> None:
         """Keep the loss; evaluate at the recording steps."""
         losses.append(loss)
         if (step + 1) % eval_every == 0 or step + 1 == config.steps:
-            rows.append({"step": step + 1, "train_loss": float(np.mean(losses)), **evaluate()})
+            rows.append({"step": step + 1, "train_loss": float(np.mean(losses)), **evaluate(step + 1)})
             losses.clear()
 
     train_seq2seq(model, batches, config, on_step=record, progress=progress)
     return pd.DataFrame(rows)
 
 
-def exact_match_rate(model: Seq2Seq, sources: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> dict[str, float]:
-    """{"exact_match": the fraction decoded exactly}."""
-    return {"exact_match": float(exact_match(model, sources, targets).mean())}
+def held_out_figures(model: Seq2Seq, sources: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> dict[str, float]:
+    """{"exact_match": the fraction decoded exactly, "token_accuracy": the teacher-forced share of tokens right}."""
+    return {"exact_match": float(exact_match(model, sources, targets).mean()),
+            "token_accuracy": token_accuracy(model, sources, targets)}
 
 
 def examples_needed(sizes: Sequence[int], exact: Sequence[float], threshold: float) -> float:

@@ -194,6 +194,24 @@ def greedy_decode(model: Seq2Seq, sources: Sequence[np.ndarray], max_new: int, b
     return decoded
 
 
+@torch.no_grad()
+def token_accuracy(model: Seq2Seq, sources: Sequence[np.ndarray], targets: Sequence[np.ndarray],
+                   batch_size: int = 256) -> float:
+    """The fraction of target tokens (EOS included) that the model's most likely next token gets right when fed the
+    true prefix (teacher forcing): progress that exact match, all or nothing per sequence, does not show."""
+    was_training, device = model.training, next(model.parameters()).device
+    model.eval()
+    right = total = 0
+    for first in range(0, len(sources), batch_size):
+        source, target_in, labels = collate(sources[first:first + batch_size], targets[first:first + batch_size],
+                                            device)
+        counted = labels != PAD
+        right += int(((model(source, target_in).argmax(-1) == labels) & counted).sum())
+        total += int(counted.sum())
+    model.train(was_training)
+    return right / total
+
+
 def exact_match(model: Seq2Seq, sources: Sequence[np.ndarray], targets: Sequence[np.ndarray],
                 batch_size: int = 256) -> np.ndarray:
     """Per example, whether greedy decoding gives its target and then EOS."""
