@@ -446,18 +446,19 @@ def lime_length_histograms(sample, path: Path) -> Path:
 
 
 def lime_transfer_curves(pretrain, finetune, path: Path) -> Path:
-    """Left: exact match on held-out pretraining examples against the pretraining step, one line per arm; then one
-    panel per downstream training-set size: test exact match against the fine-tuning step, one line per arm (means
-    over seeds, bands: standard error)."""
+    """Left: teacher-forced token accuracy on held-out pretraining examples against the pretraining step, one line
+    per arm (exact match there can stay at 0 while the tokens improve); then one panel per downstream training-set
+    size: test exact match against the fine-tuning step, one line per arm (means over seeds, bands: standard error)."""
     sizes = sorted(finetune["train_examples"].unique())
     fig, axes = plt.subplots(1, 1 + len(sizes), figsize=(3.6 * (1 + len(sizes)), 3.4), sharey=True)
     for arm, rows in pretrain.groupby("arm", sort=False):
-        _mean_band(axes[0], rows, "step", "exact_match", arm)
-    axes[0].set(xlabel="pretraining step", ylabel="exact match", title="pretraining task (held out)")
+        _mean_band(axes[0], rows, "step", "token_accuracy", arm)
+    axes[0].set(xlabel="pretraining step", ylabel="token accuracy | exact match",
+                title="pretraining task (held out): token accuracy")
     for ax, size in zip(axes[1:], sizes):
         for arm, rows in finetune[finetune["train_examples"] == size].groupby("arm", sort=False):
             _mean_band(ax, rows, "step", "exact_match", arm)
-        ax.set(xlabel="fine-tuning step", title=f"rewriting, {size} training examples")
+        ax.set(xlabel="fine-tuning step", title=f"rewriting, {size} examples: exact match")
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7)
