@@ -94,6 +94,14 @@ class LimePretrainFlowConfig(Config):
     def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
         return distinct_values(seeds, lambda s: s >= 0, "distinct non-negative seeds")
 
+    @field_validator("runtime")
+    @classmethod
+    def _fp32(cls, runtime: RuntimeConfig) -> RuntimeConfig:
+        if runtime.precision != "fp32":  # the sequence models' training has no autocast: a setting it would ignore
+            raise ValueError(f"runtime.precision={runtime.precision} is not supported by lime_pretrain, which trains "
+                             "in fp32")
+        return runtime
+
 
 def check_sequences_fit(config: LimePretrainFlowConfig) -> None:
     """Refuse, before any work, LIME settings whose longest sequence (a source, or a copied source after BOS) is

@@ -79,7 +79,7 @@ def _pretrain(store: RunStore, arm: str, seed: int, files: list[str]) -> None:
     progress, moved = bar(pretrain.optim.steps, f"pretrain {arm} seed {seed}")
 
     def evaluate(step: int) -> dict[str, float]:
-        """Exact match on held-out examples of the pretraining task, logged."""
+        """Exact match and token accuracy on held-out examples of the pretraining task, logged."""
         figures = {**held_out_figures(model, sources, targets), "seconds": time.perf_counter() - start}
         logger.info("pretrain %s, seed %d, step %d/%d: exact match %.3f, token accuracy %.3f, %.0f s", arm, seed, step,
                     pretrain.optim.steps, figures["exact_match"], figures["token_accuracy"], figures["seconds"])
@@ -120,8 +120,11 @@ def _finetune(store: RunStore, arm: str, seed: int, name: str, pretrained: list[
         batches = epoch_batches([e.source for e in train[:size]], [e.target for e in train[:size]],
                                 downstream.optim.batch_size, derive_seed(base, ORDER_STREAM))
         progress, moved = bar(downstream.optim.steps, f"fine-tune {arm} seed {seed} on {size}")
-        evaluate = lambda step: {**held_out_figures(model, test_sources, test_targets),  # noqa: E731
-                            "seconds": time.perf_counter() - start}
+
+        def evaluate(step: int) -> dict[str, float]:
+            """Exact match and token accuracy on the test examples."""
+            return {**held_out_figures(model, test_sources, test_targets), "seconds": time.perf_counter() - start}
+
         with progress:
             curve = train_with_evaluation(model, batches, downstream.optim, downstream.eval_every, evaluate, moved)
         curves.append(curve.assign(train_examples=size))

@@ -248,6 +248,8 @@ VALIDATOR_CASES = [
      ["downstream.train_examples: Value error, must be distinct sizes from 1 to 10,000,000; got [100, 100]"]),
     ("lime_pretrain", ["downstream.thresholds=[0]"],
      ["downstream.thresholds: Value error, must be distinct exact-match levels in (0, 1]; got [0.0]"]),
+    ("lime_pretrain", ["runtime.precision=bf16"],
+     ["runtime: Value error, runtime.precision=bf16 is not supported by lime_pretrain, which trains in fp32"]),
     ("lime_pretrain", ["lime.vocab_size=20"], ["lime: Value error, vocab_size 20 is too small: each example draws 24"]),
     ("weight_correlation", ["model=subspace3_mlp_w8_d1"],
      ["model: Value error, 'subspace3_mlp_w8_d1' is a subspace network"]),
