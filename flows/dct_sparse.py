@@ -68,18 +68,13 @@ SWEEP_LISTS = {
 }
 
 
-def check_sweep(config: DCTSparseFlowConfig, dataset) -> None:
-    """Fail before any work when the model does not fit the data or a batch is larger than the training set."""
-    check_whole_set_fits(config.model, config.train.batch_size, dataset)
-
-
 @flow(name=FLOW, description="Sparse-at-initialisation networks, plain and DCT+Sparse, at densities down to 0.03%.")
 def dct_sparse_flow(config: DCTSparseFlowConfig = DCTSparseFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the sweep of `config`; returns the run folder."""
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_runtime(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
-    check_sweep(config, dataset)
+    check_whole_set_fits(config.model, config.train.batch_size, dataset)
     store = RunStore.open(FLOW, config, data_root, inputs={"dataset": dataset.fingerprint})
     plan = [{"store": store, "layer_type": layer_type} for layer_type in config.layer_types]
     shards = run_shards(train_layer_type, plan, config.runtime, "layer types")

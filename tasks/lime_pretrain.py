@@ -112,11 +112,12 @@ def _finetune(store: RunStore, arm: str, seed: int, name: str, pretrained: list[
     train, test = split(derive_seed(base, SUBSET_STREAM), max(downstream.train_examples), downstream.test_examples,
                         downstream_config(store))
     test_sources, test_targets = [e.source for e in test], [e.target for e in test]
+    weights = store.read_tensors(pretrained[0]) if pretrained else None  # read once, loaded at every size
     curves = []
     for size in downstream.train_examples:  # a prefix of the same examples: nested training sets
         start, model = time.perf_counter(), new_model(store, seed)
-        if pretrained:
-            model.load_state_dict(store.read_tensors(pretrained[0]))
+        if weights is not None:
+            model.load_state_dict(weights)  # copies: `weights` stays as read
         batches = epoch_batches([e.source for e in train[:size]], [e.target for e in train[:size]],
                                 downstream.optim.batch_size, derive_seed(base, ORDER_STREAM))
         progress, moved = bar(downstream.optim.steps, f"fine-tune {arm} seed {seed} on {size}")

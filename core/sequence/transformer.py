@@ -7,6 +7,7 @@ first EOS equal the target.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, Sequence
 
@@ -169,46 +170,58 @@ def train_seq2seq(model: Seq2Seq, batches: Batches, config: OptimConfig, on_step
     return losses
 
 
-@torch.no_grad()
+@contextlib.contextmanager
+def evaluating(model: nn.Module):
+    """`model` in eval mode, without gradients, inside; given back in the mode it was found in."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
 def greedy_decode(model: Seq2Seq, sources: Sequence[np.ndarray], max_new: int, batch_size: int = 256
                   ) -> list[np.ndarray]:
     """Each source's greedy continuation after BOS up to (not including) its first EOS, at most `max_new` tokens;
     sources are decoded `batch_size` at a time, each stopping on its own EOS."""
-    was_training, device = model.training, next(model.parameters()).device
-    model.eval()
-    decoded = []
+    device, decoded = next(model.parameters()).device, []
     for first in range(0, len(sources), batch_size):
-        source = pad(sources[first:first + batch_size]).to(device)
-        memory, tokens = model.encode(source), torch.full((len(source), 1), BOS, dtype=torch.long, device=device)
-        done = torch.zeros(len(source), dtype=torch.bool, device=device)
-        for _ in range(max_new):
-            step = model.decode(memory, source, tokens)[:, -1].argmax(-1)
-            tokens = torch.cat([tokens, torch.where(done, EOS, step)[:, None]], 1)  # a finished row repeats EOS
-            done |= step == EOS
-            if done.all():
-                break
-        for row in tokens[:, 1:].cpu().numpy():
-            stop = np.flatnonzero(row == EOS)  # none: all max_new tokens, longer than any target it could match
-            decoded.append(row[: stop[0] if len(stop) else len(row)].astype(np.int32))
-    model.train(was_training)
+        with evaluating(model):
+            decoded += _greedy_batch(model, pad(sources[first:first + batch_size]).to(device), max_new)
     return decoded
 
 
-@torch.no_grad()
+def _greedy_batch(model: Seq2Seq, source: Tensor, max_new: int) -> list[np.ndarray]:
+    """`greedy_decode` of one padded batch `[B, S]`."""
+    memory, tokens = model.encode(source), torch.full((len(source), 1), BOS, dtype=torch.long, device=source.device)
+    done = torch.zeros(len(source), dtype=torch.bool, device=source.device)
+    for _ in range(max_new):
+        step = model.decode(memory, source, tokens)[:, -1].argmax(-1)
+        tokens = torch.cat([tokens, torch.where(done, EOS, step)[:, None]], 1)  # a finished row repeats EOS
+        done |= step == EOS
+        if done.all():
+            break
+    decoded = []
+    for row in tokens[:, 1:].cpu().numpy():
+        stop = np.flatnonzero(row == EOS)  # none: all max_new tokens, longer than any target it could match
+        decoded.append(row[: stop[0] if len(stop) else len(row)].astype(np.int32))
+    return decoded
+
+
 def token_accuracy(model: Seq2Seq, sources: Sequence[np.ndarray], targets: Sequence[np.ndarray],
                    batch_size: int = 256) -> float:
     """The fraction of target tokens (EOS included) that the model's most likely next token gets right when fed the
     true prefix (teacher forcing): progress that exact match, all or nothing per sequence, does not show."""
-    was_training, device = model.training, next(model.parameters()).device
-    model.eval()
-    right = total = 0
+    device, right, total = next(model.parameters()).device, 0, 0
     for first in range(0, len(sources), batch_size):
         source, target_in, labels = collate(sources[first:first + batch_size], targets[first:first + batch_size],
                                             device)
         counted = labels != PAD
-        right += int(((model(source, target_in).argmax(-1) == labels) & counted).sum())
+        with evaluating(model):
+            right += int(((model(source, target_in).argmax(-1) == labels) & counted).sum())
         total += int(counted.sum())
-    model.train(was_training)
     return right / total
 
 
