@@ -2,8 +2,8 @@
 
 Run: .venv/bin/python -m bench.gpu_cscore [--runs-per-ratio 200] [--precision fp32|tf32|bf16]   (repository root)
 Needs an NVIDIA GPU and Fashion-MNIST's IDX files (`make` installs them); refuses on a machine without CUDA.
-`--cpu-smoke` runs the same script at a toy size on the CPU against a temporary Prefect API, to check the
-script itself before a GPU's time is spent on it (its figures mean nothing).
+`--cpu-smoke` runs the same script at a toy size on the CPU against a temporary Prefect API (PREFECT_API_URL's
+when set), to check the script itself before a GPU's time is spent on it (its figures mean nothing).
 The `cscore` flow end to end (the project-local Prefect server, Parquet tables, figures) on all 60,000
 training images: 9 ratios x RUNS_PER_RATIO models of `mlp_h512-256`, one ratio per task. Reports
   model_epochs_per_s    models x epochs trained, over the shards' training seconds (their provenance)
@@ -67,14 +67,15 @@ def matmul_tflops(precision: str, device: str, n: int = MATMUL_SIZE, repeats: in
     return 2 * n**3 / best / 1e12
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Parse `argv` (default: the command line), run the flow, print the figures as one JSON line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs-per-ratio", type=int, default=RUNS_PER_RATIO)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32")
     parser.add_argument("--data-root", default=None, help="where the run goes (default: a fresh temporary folder)")
     parser.add_argument("--cpu-smoke", action="store_true", help="a toy size on the CPU: checks the script, not a GPU")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     size = {"runs_per_ratio": args.runs_per_ratio, "epochs": args.epochs, "n_train": 60000, "n_test": 10000,
             "matmul_size": MATMUL_SIZE} | (SMOKE if args.cpu_smoke else {})
     device = "cpu" if args.cpu_smoke else "cuda"
@@ -90,7 +91,7 @@ def main() -> None:
     from core.training import TrainConfig
     from flows import server
 
-    if args.cpu_smoke:
+    if args.cpu_smoke and not os.environ.get("PREFECT_API_URL"):
         os.environ.update(server.ephemeral_settings())  # a temporary API: the smoke run leaves no trace
     else:
         server.use_local_server()  # before prefect is imported; its start-up is not timed

@@ -54,19 +54,26 @@ def nested_ensemble(names: list[str], input_shape, num_classes: int, seeds: list
     check_precision(precision, torch.device(device))
     template = init_model(host, tuple(input_shape), num_classes, 0)
     params = {n: torch.zeros(len(names), *p.shape) for n, p in template.named_parameters()}
+    # BatchNorm statistics nest like the parameters: zeros outside a model's block are never read, since a dead
+    # channel's BatchNorm output is its (zero, masked) bias whatever its statistics
+    buffers = {n: torch.zeros(len(names), *b.shape, dtype=b.dtype) for n, b in template.named_buffers()}
     support = {n: torch.zeros(p.shape, dtype=torch.bool) for n, p in params.items()}
     for k, (name, seed) in enumerate(zip(names, seeds)):
-        for param_name, value in init_model(name, tuple(input_shape), num_classes, seed).named_parameters():
+        model = init_model(name, tuple(input_shape), num_classes, seed)
+        for param_name, value in model.named_parameters():
             block = (k, *leading_block(value.shape))
             params[param_name][block] = value.detach()
             support[param_name][block] = True
-    return Ensemble(template, params, {}, precision).to(device), {n: s.to(device) for n, s in support.items()}
+        for buffer_name, value in model.named_buffers():
+            buffers[buffer_name][(k, *leading_block(value.shape))] = value
+    return Ensemble(template, params, buffers, precision).to(device), {n: s.to(device) for n, s in support.items()}
 
 
-def parameter_shapes(name: str, input_shape, num_classes: int) -> dict[str, tuple[int, ...]]:
-    """Each parameter's shape in the network `name` (built on the meta device: no memory, no RNG)."""
+def state_shapes(name: str, input_shape, num_classes: int) -> dict[str, tuple[int, ...]]:
+    """Each parameter's and buffer's shape in the network `name` (built on the meta device: no memory, no RNG)."""
     with torch.device("meta"):
-        return {n: tuple(p.shape) for n, p in build_model(name, tuple(input_shape), num_classes).named_parameters()}
+        model = build_model(name, tuple(input_shape), num_classes)
+        return {n: tuple(t.shape) for n, t in [*model.named_parameters(), *model.named_buffers()]}
 
 
 def with_support(masks: dict[str, Tensor], support: dict[str, Tensor] | None) -> dict[str, Tensor]:

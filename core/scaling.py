@@ -70,11 +70,21 @@ def invariant(density: np.ndarray, depth: np.ndarray, width: np.ndarray, phi: fl
 
 def predict(table: pd.DataFrame, params: dict[str, float]) -> np.ndarray:
     """eps_hat for each row (columns density, eps_np, and depth/width for joint params); the dip form if params has delta."""
-    d = table["density"].to_numpy(float)
+    return _predict(_columns(table), params)
+
+
+def _columns(table: pd.DataFrame) -> dict[str, np.ndarray | None]:
+    """The columns `predict` reads, as float arrays (depth and width None where the table has none)."""
+    return {c: table[c].to_numpy(float) if c in table else None for c in ("density", "eps_np", "depth", "width")}
+
+
+def _predict(columns: dict[str, np.ndarray | None], params: dict[str, float]) -> np.ndarray:
+    """`predict` on columns already taken out of the table: a fit calls it thousands of times."""
+    d = columns["density"]
     if "phi" in params:
-        d = invariant(d, table["depth"], table["width"], params["phi"], params["psi"])
+        d = invariant(d, columns["depth"], columns["width"], params["phi"], params["psi"])
     form, names = (dip_error_form, SINGLE + DIP) if "delta" in params else (error_form, SINGLE)
-    return form(d, table["eps_np"].to_numpy(float), **{n: params[n] for n in names})
+    return form(d, columns["eps_np"], **{n: params[n] for n in names})
 
 
 @dataclass
@@ -123,8 +133,10 @@ def fit(table: pd.DataFrame, joint: bool = False, n_starts: int = 8, seed: int =
     if (error <= 0).any():
         raise ValueError("test_error must be positive for a fit on the relative error; drop rows with zero error")
 
+    columns = _columns(table)
+
     def residual(theta: np.ndarray) -> np.ndarray:
-        return predict(table, dict(zip(names, theta))) / error - 1.0
+        return _predict(columns, dict(zip(names, theta))) / error - 1.0
 
     bounds = ([LOWER[n] for n in names], [UPPER[n] for n in names])
     best = min((least_squares(residual, start, bounds=bounds, method="trf") for start in _starts(table, names, n_starts, seed)),

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from core.config import derive_seed
 from core.ensemble import evaluate, resolve_device
 from core.experiment import INIT_STREAM, ORDER_STREAM, masked_row_mean, model_seed, subset_mask
-from core.nested import embed, extract, nested_ensemble, parameter_shapes, with_support
+from core.nested import embed, extract, nested_ensemble, state_shapes, with_support
 from core.pruning import dense_masks, density, prunable_names, prune, remaining_parameters, rewind
 from core.store import RunStore
 from core.training import train
@@ -44,17 +44,16 @@ def _errors(ensemble, masks, support, dataset, subsets, rows: dict) -> pd.DataFr
 
 
 class NetworkRows:
-    """Which rows of the shared pass belong to each network, and each network's own parameter shapes."""
+    """Which rows of the shared pass belong to each network, and each network's own parameter and buffer shapes."""
 
     def __init__(self, networks: list[str], models_per_network: int, input_shape, num_classes: int):
         self.rows = {n: slice(i * models_per_network, (i + 1) * models_per_network) for i, n in enumerate(networks)}
-        self.shapes = {n: parameter_shapes(n, input_shape, num_classes) for n in networks}
+        self.shapes = {n: state_shapes(n, input_shape, num_classes) for n in networks}
 
     def split(self, state: dict[str, torch.Tensor], network: str) -> dict[str, torch.Tensor]:
         """`network`'s rows of `state` (parameters, masks or buffers by name), each cut to its own shape."""
         shapes = self.shapes[network]
-        # buffers are not parameters: none in the families that nest, so they are taken whole
-        return {n: extract(v[self.rows[network]].cpu(), shapes.get(n, v.shape[1:])) for n, v in state.items()}
+        return {n: extract(v[self.rows[network]].cpu(), shapes[n]) for n, v in state.items()}
 
     def join(self, parts: dict[str, dict[str, torch.Tensor]], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-network states embedded back into the shared pass's `[K, ...]` tensors shaped as `like`."""

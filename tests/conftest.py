@@ -37,3 +37,16 @@ def torch_threads_as_at_start(session_torch_threads):
     torch.set_num_threads(session_torch_threads)
     yield
     torch.set_num_threads(session_torch_threads)
+
+
+@pytest.fixture(scope="session")
+def flow_processes(prefect_harness):
+    """Flow runs in processes of their own, on the session's API, that can SIGKILL themselves mid-write
+    (tests/kill_driver.py): each is forked from one process that imported torch and Prefect once."""
+    from prefect.settings import PREFECT_API_URL
+
+    from kill_driver import FlowProcesses
+
+    processes = FlowProcesses({**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()})
+    yield processes
+    processes.close()

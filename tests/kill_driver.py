@@ -1,19 +1,25 @@
-"""Run one flow in this process and SIGKILL it at its N-th atomic file write, for tests/test_kill.py.
+"""Flow runs in processes of their own that SIGKILL themselves at their N-th atomic file write, for
+tests/test_kill.py and tests/test_claims.py.
 
-Usage: python tests/kill_driver.py FLOW CONFIG_JSON DATA_ROOT (during|after) N
-`during`: the N-th write's temp file gets half its bytes, then the process dies before the rename (what
-a kill in the middle of writing a table leaves). `after`: it dies right after the N-th write lands.
-Without a kill (N larger than the writes) it prints the run folder and exits 0.
+`python tests/kill_driver.py` imports every flow once, then reads one JSON request per line on stdin:
+  {"start": [FLOW, CONFIG_JSON, DATA_ROOT, "during" | "after", N, STDOUT_PATH, STDERR_PATH]}
+      forks a child that runs the flow (its output to the two files) and answers {"pid": PID} at once;
+  {"wait": PID}   answers {"returncode": ...} once that child ends (-9: it SIGKILLed itself).
+`during`: the N-th write's temp file gets half its bytes, then the child dies before the rename (what a kill in
+the middle of writing a table leaves). `after`: it dies right after the N-th write lands. Without a kill (N larger
+than the writes) the child prints the run folder and exits 0. A child is a fresh process as far as a run can tell
+(its own pid, Prefect client and threads); only the imports, seconds of them, are done once.
 """
+from __future__ import annotations
+
+import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from core import store  # noqa: E402
-from flows.registry import FLOWS  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def die() -> None:
@@ -21,9 +27,9 @@ def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def dying_write(mode: str, n: int):
-    """`store.atomic_write` that kills the process at call `n`."""
-    real, calls = store.atomic_write, [0]
+def dying_write(real, mode: str, n: int):
+    """`store.atomic_write` (`real`) that kills the process at call `n`."""
+    calls = [0]
 
     def write(path: Path, body) -> None:
         calls[0] += 1
@@ -46,12 +52,79 @@ def dying_write(mode: str, n: int):
     return write
 
 
-def main() -> None:
-    flow_name, config_json, data_root, mode, n = sys.argv[1:6]
+def run_child(flow_name: str, config_json: str, data_root: str, mode: str, n: int, out: str, err: str) -> None:
+    """In the forked child: output to the files, the dying write in place, the flow run; exits with its outcome."""
+    from core import store
+    from flows.registry import FLOWS
+
+    for stream, path in ((1, out), (2, err)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), stream)
+    store.atomic_write = dying_write(store.atomic_write, mode, n)
     flow, config_class = FLOWS[flow_name].load()
-    store.atomic_write = dying_write(mode, int(n))
-    print(flow(config_class.model_validate_json(config_json), data_root=data_root))
+    code = 0
+    try:
+        print(flow(config_class.model_validate_json(config_json), data_root=data_root), flush=True)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    raise SystemExit(code)  # unwinds out of `serve`: the child never reads the parent's requests
+
+
+def serve() -> None:
+    """Import every flow, then answer start and wait requests (see the module's docstring)."""
+    sys.path.insert(0, str(REPO))
+    from flows.registry import FLOWS
+
+    for entry in FLOWS.values():
+        entry.load()
+    for line in sys.stdin:
+        request = json.loads(line)
+        if "start" in request:
+            pid = os.fork()  # safe: nothing above starts a thread (Prefect's start with the first run, in the child)
+            if pid == 0:
+                run_child(*request["start"])
+            answer = {"pid": pid}
+        else:
+            status = os.waitpid(request["wait"], 0)[1]
+            answer = {"returncode": os.waitstatus_to_exitcode(status)}
+        print(json.dumps(answer), flush=True)
+
+
+class FlowProcesses:
+    """The test side: a `serve` process started with `env`, and calls that start and wait for its children."""
+
+    def __init__(self, env: dict[str, str]):
+        self.server = subprocess.Popen([sys.executable, __file__], env=env, cwd=REPO, stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, text=True)
+
+    def _ask(self, request: dict) -> dict:
+        self.server.stdin.write(json.dumps(request) + "\n")
+        self.server.stdin.flush()
+        answer = self.server.stdout.readline()
+        assert answer, f"tests/kill_driver.py ended (exit {self.server.wait()})"
+        return json.loads(answer)
+
+    def start(self, flow: str, config_json: str, root: Path, how: str, at: int, logs: Path) -> int:
+        """Start `flow` in a child that SIGKILLs itself at its `at`-th atomic write (`how`: during or after it);
+        its output goes to `logs`.out and `logs`.err. Returns its pid."""
+        return self._ask({"start": [flow, config_json, str(root), how, at, f"{logs}.out", f"{logs}.err"]})["pid"]
+
+    def wait(self, pid: int) -> int:
+        """The child's return code, as subprocess gives it (-9: killed by SIGKILL)."""
+        return self._ask({"wait": pid})["returncode"]
+
+    def close(self) -> None:
+        """End the `serve` process (at once, if it is stuck waiting for a child)."""
+        self.server.stdin.close()
+        try:
+            self.server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.server.kill()
 
 
 if __name__ == "__main__":
-    main()
+    serve()

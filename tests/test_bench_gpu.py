@@ -21,13 +21,17 @@ def test_gpu_benchmark_refuses_without_cuda():
 
 
 @pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="Fashion-MNIST is installed by `make`")
-def test_the_cpu_smoke_run_goes_through_the_whole_script(tmp_path):
-    """What a GPU session would run, at a toy size on the CPU: flow, tables, and every reported figure."""
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PREFECT_HOME": str(tmp_path / "prefect")}
-    done = subprocess.run([sys.executable, "-m", "bench.gpu_cscore", "--cpu-smoke", "--data-root", str(tmp_path)],
-                          cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_cpu_smoke_run_goes_through_the_whole_script(tmp_path, monkeypatch, capsys):
+    """What a GPU session would run, at a toy size on the CPU: flow, tables, and every reported figure. It runs in
+    this process, on the session's Prefect API (the test above runs the script as a command)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from bench.gpu_cscore import main
+
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # the smoke run's API when set
+    main(["--cpu-smoke", "--data-root", str(tmp_path)])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (result["bench"], result["smoke"], result["models"], result["train_examples"]) == ("gpu_cscore", True, 18, 2000)
     assert result["model_epochs_per_s"] > 0 and 0 < result["fraction_of_matmul"] and result["peak_memory_gib"] is None
     (folder,) = (tmp_path / "runs" / "cscore").iterdir()

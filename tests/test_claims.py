@@ -14,7 +14,7 @@ import pytest
 
 import core.claims
 from core.claims import STALE_S, claim
-from test_kill import CONFIGS, DRIVER, finished_files
+from test_kill import CONFIGS, finished_files
 
 HOLD = """
 import sys, time
@@ -117,26 +117,16 @@ def test_a_holder_keeps_its_claim_fresh_and_never_removes_anothers(tmp_path, mon
     assert json.loads(path.read_text())["token"] == "took it over"
 
 
-@pytest.mark.usefixtures("prefect_harness")
-def test_two_processes_on_one_config_share_its_work_and_another_config_runs_beside(tmp_path):
+def test_two_processes_on_one_config_share_its_work_and_another_config_runs_beside(tmp_path, flow_processes):
     """Three processes at once: two on the same cscore config, one on a proxies config."""
-    from prefect.settings import PREFECT_API_URL
-
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     config = CONFIGS["cscore"].model_copy(update={"shard_size": 1})  # 8 shards to share
-    commands = [[sys.executable, str(DRIVER), "cscore", config.model_dump_json(), str(tmp_path), "after", "100000"]] * 2
-    commands.append([sys.executable, str(DRIVER), "proxies", CONFIGS["proxies"].model_dump_json(), str(tmp_path),
-                     "after", "100000"])
+    flows = [("cscore", config), ("cscore", config), ("proxies", CONFIGS["proxies"])]
     # output goes to files: a claim holder blocked on a full pipe would stall the process waiting for it
-    logs = [(tmp_path / f"out-{i}.txt", tmp_path / f"err-{i}.txt") for i in range(3)]
-    processes = [subprocess.Popen(c, env=env, stdout=out.open("w"), stderr=err.open("w"))
-                 for c, (out, err) in zip(commands, logs)]
-    try:
-        assert [p.wait(timeout=600) for p in processes] == [0, 0, 0], [err.read_text()[-2000:] for _, err in logs]
-    finally:
-        for process in processes:  # none may outlive a failure
-            process.kill()
-    outputs = [(out.read_text(), err.read_text()) for out, err in logs]
+    logs = [tmp_path / f"process-{i}" for i in range(3)]
+    pids = [flow_processes.start(flow, c.model_dump_json(), tmp_path, "after", 100000, log) for (flow, c), log in zip(flows, logs)]
+    codes = [flow_processes.wait(pid) for pid in pids]
+    assert codes == [0, 0, 0], [Path(f"{log}.err").read_text()[-2000:] for log in logs]
+    outputs = [(Path(f"{log}.out").read_text(), Path(f"{log}.err").read_text()) for log in logs]
     folders = [Path(out.strip().splitlines()[-1]) for out, _ in outputs]
     assert folders[0] == folders[1] and folders[2].parent.name == "proxies"
     trained = [set(re.findall(r"(shards/runs-\d+\.parquet): 1 models on", err)) for _, err in outputs[:2]]

@@ -1,13 +1,22 @@
-"""`regularity up`: server, deployments of deployments/prefect.yaml and a worker. A run triggered through the API,
-or through the UI in a real browser, writes the same tables as the same config run directly."""
+"""`regularity up` with basic authentication: the server (started once, in a private home), deployments of
+deployments/prefect.yaml and a worker. With only PREFECT_SERVER_API_AUTH_STRING set, the server refuses anonymous API
+requests, while our CLI, the work pool and deployments `up` creates, its worker, and a user logged in to the UI all
+authenticate; the secret lands in no file and no output. A run triggered through the API, or through the UI in a real
+browser, writes the same tables as the same config run directly. One server serves the whole module: each `up` costs
+about 45 s."""
+import base64
 import json
 import os
 import re
+import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +35,30 @@ CHROMIUM = "/usr/bin/chromium"  # Debian's package; `make test` installs it (nev
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 RUN_TIMEOUT_S = 300
+STOP_TIMEOUT_S = 10  # `prefect server stop` sends SIGTERM without waiting for the server to exit
+
+PASSWORD = secrets.token_urlsafe(16)
+AUTH = f"regularity:{PASSWORD}"
+TOKEN = base64.b64encode(AUTH.encode()).decode()  # what travels in the Authorization header
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def only_server_auth(env: pytest.MonkeyPatch) -> None:
+    """Only the server's auth setting, as a user exposing the server would set it: our code must hand it to its clients."""
+    env.setenv(server.SERVER_AUTH, AUTH)
+    env.delenv(server.CLIENT_AUTH, raising=False)
+
+
+def proxied(url: str) -> str:
+    """`url` of the local server under another name, as a reverse proxy would serve it: not the server's own
+    127.0.0.1 (so ui-settings shows that our code passes PREFECT_UI_API_URL on), yet one the browser reaches."""
+    return url.replace("://127.0.0.1:", "://localhost:", 1)
 
 
 def test_every_flow_has_a_deployment():
@@ -36,12 +69,14 @@ def test_every_flow_has_a_deployment():
 
 
 @pytest.fixture(scope="module")
-def private_server(tmp_path_factory):
-    """`up` on a free port with its own Prefect home, shared by this module's tests; `down` afterwards."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def private_server(prefect_harness, tmp_path_factory):
+    """`up` on a free port with its own Prefect home and `only_server_auth`, shared by this module's tests; `down`
+    afterwards, which must leave no server answering and no pid file. After `prefect_harness`: the session's temporary
+    API, which the direct runs here use, must start before the auth setting (it would inherit it, and refuse them)."""
+    port = free_port()
     with pytest.MonkeyPatch.context() as env:
+        only_server_auth(env)
+        env.setenv("PREFECT_UI_API_URL", proxied(f"http://127.0.0.1:{port}/api"))
         env.setenv("REGULARITY_PREFECT_HOME", str(tmp_path_factory.mktemp("prefect")))
         env.setenv(server.PORT_ENV, str(port))
         env.delenv("PREFECT_API_URL", raising=False)
@@ -52,7 +87,163 @@ def private_server(tmp_path_factory):
             yield server.up()
         finally:
             server.down()
+        # still inside the auth settings: is_healthy sends the auth string, so this does not rest on /health being open
+        assert stops_answering(server.local_settings()["PREFECT_API_URL"])
+        assert not (server.prefect_home() / server.SERVER_PID_FILE).exists()
 
+
+def stops_answering(api_url: str, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+    """True once the server at `api_url` fails its health check, within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while server.is_healthy(api_url):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def call(url: str, auth: str | None = None, body: dict | None = None) -> tuple[int, object]:
+    """Status and JSON answer of GET (or POST `body` to) `url`, with basic auth `auth` when given."""
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers=headers, method="GET" if body is None else "POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as err:
+        return err.code, json.load(err)
+
+
+def api_json(url: str, body: dict | None = None) -> object:
+    """JSON answer of an authenticated GET (or POST `body` to) `url`; any status but 200 fails the test."""
+    status, answer = call(url, auth=AUTH, body=body)
+    assert status == 200, f"{status} from {url}: {answer}"
+    return answer
+
+
+def assert_secret_in_no_file(*folders: Path) -> None:
+    """Neither the auth string nor its header form is written in any file under `folders`."""
+    for folder in folders:
+        for path in folder.rglob("*"):
+            if path.is_file():
+                content = path.read_bytes()
+                assert PASSWORD.encode() not in content and TOKEN.encode() not in content, f"the secret is in {path}"
+
+
+# ---- the server `up` started ------------------------------------------------------------------------------------
+
+def test_the_server_of_up_runs_once_in_its_private_home(private_server):
+    """`start_server` finds the running server (no second one); its database, log and pid file are in its home."""
+    pid_file = server.prefect_home() / server.SERVER_PID_FILE
+    pid = pid_file.read_text().strip()
+    assert server.start_server() == f"{private_server}/api"
+    assert pid.isdigit() and pid_file.read_text().strip() == pid  # a second server would have rewritten it
+    assert (server.prefect_home() / "prefect.db").exists()  # SQLite inside the given home
+    log = server.server_log().read_text()
+    assert f"Check out the dashboard at {private_server}" in log  # kept, not piped away
+    from prefect.cli._server_utils import SERVER_PID_FILE_NAME
+
+    assert server.SERVER_PID_FILE == SERVER_PID_FILE_NAME  # where `prefect server stop`, hence `down`, looks
+
+
+def test_the_api_refuses_anonymous_and_wrong_credentials(private_server):
+    api = f"{private_server}/api"
+    unauthorized = (401, {"exception_message": "Unauthorized"})
+    assert call(f"{api}/flows/filter", body={}) == unauthorized
+    assert call(f"{api}/admin/version") == unauthorized
+    assert call(f"{api}/flows/filter", auth=f"regularity:{PASSWORD}x", body={}) == unauthorized
+    assert call(f"{api}/flows/filter", auth=f"admin:{PASSWORD}", body={}) == unauthorized
+    status, flows = call(f"{api}/flows/filter", auth=AUTH, body={})
+    assert status == 200 and "train" in {f["name"] for f in flows}  # `up` deployed every flow, authenticated
+    assert call(f"{api}/admin/version", auth=AUTH)[0] == 200
+    assert call(f"{api}/health") == (200, True)  # Prefect exempts GET /health (probes); it tells nothing else
+    status, ui = call(f"{private_server}/ui-settings")
+    assert status == 200 and ui["auth"] == "BASIC" and ui["api_url"] == proxied(api)  # the UI asks for the login
+
+
+def test_regularity_run_authenticates_and_completes(private_server, tmp_path):
+    args = ["run", "train", "--data-root", str(tmp_path), "--set", "dataset.name=digits", "--set", "dataset.n_train=64",
+            "--set", "dataset.n_test=32", "--set", "model=mlp_w8_d1", "--set", "n_models=2", "--set", "train.epochs=1",
+            "--set", "train.batch_size=32"]
+    assert server.CLIENT_AUTH not in os.environ and "PREFECT_API_URL" not in os.environ  # only the server's setting
+    done = subprocess.run([sys.executable, "-m", "flows.cli", *args], env=dict(os.environ), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert f"Prefect API: {private_server}/api" in done.stderr  # the running server, not a new or temporary one
+    folder = Path(done.stdout.strip().splitlines()[-1])
+    assert folder.parent == tmp_path / "runs" / "train" and (folder / "models.parquet").is_file()
+    status, runs = call(f"{private_server}/api/flow_runs/filter", auth=AUTH, body={"flows": {"name": {"any_": ["train"]}}})
+    assert status == 200
+    ours = [r for r in runs if r["parameters"].get("data_root") == str(tmp_path)]
+    assert [r["state"]["type"] for r in ours] == ["COMPLETED"]
+    assert PASSWORD not in done.stdout + done.stderr and TOKEN not in done.stdout + done.stderr
+    assert_secret_in_no_file(tmp_path, server.prefect_home())
+
+
+def test_a_client_without_or_with_another_auth_string_is_told_so(private_server, monkeypatch, capsys):
+    from flows.cli import main
+
+    monkeypatch.delenv(server.SERVER_AUTH)
+    with pytest.raises(RuntimeError, match=f"requires authentication: set {server.CLIENT_AUTH}=user:password"):
+        server.start_server()
+    monkeypatch.setenv(server.CLIENT_AUTH, f"regularity:{PASSWORD}x")
+    with pytest.raises(RuntimeError, match="refuses the auth string") as refused:
+        server.start_server()
+    assert PASSWORD not in str(refused.value)
+    monkeypatch.setenv(server.SERVER_AUTH, AUTH)  # both set, differently
+    assert main(["server", "start"]) == 2
+    said = capsys.readouterr().err
+    assert f"{server.SERVER_AUTH} and {server.CLIENT_AUTH} differ" in said and PASSWORD not in said
+
+
+def test_a_running_server_without_authentication_is_not_taken_for_one(monkeypatch, tmp_path):
+    only_server_auth(monkeypatch)
+
+    class Open(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802  (answers everything, as a server without authentication does)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b"true")
+
+        def log_message(self, *args):
+            pass
+
+    stub = ThreadingHTTPServer(("127.0.0.1", 0), Open)
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv(server.PORT_ENV, str(stub.server_address[1]))
+        monkeypatch.setenv("REGULARITY_PREFECT_HOME", str(tmp_path / "prefect"))
+        with pytest.raises(RuntimeError, match="answers without authentication although"):
+            server.start_server()
+    finally:
+        stub.shutdown()
+        stub.server_close()
+
+
+def test_one_auth_setting_is_copied_to_the_other_and_bad_ones_are_refused(monkeypatch):
+    only_server_auth(monkeypatch)
+    monkeypatch.delenv(server.SERVER_AUTH)
+    assert server.auth_settings() == {}
+    assert server.SERVER_AUTH not in server.local_settings() and server.CLIENT_AUTH not in server.local_settings()
+    for given in (server.SERVER_AUTH, server.CLIENT_AUTH):
+        with monkeypatch.context() as env:
+            env.setenv(given, AUTH)
+            pair = {server.SERVER_AUTH: AUTH, server.CLIENT_AUTH: AUTH}
+            assert server.auth_settings() == pair
+            assert server.local_settings().items() >= pair.items()
+            assert server.local_settings()["PREFECT_SERVER_API_HOST"] == "127.0.0.1"
+            assert server.ephemeral_settings().items() >= pair.items()  # Prefect's temporary server inherits it
+    for bad in ["", PASSWORD, f":{PASSWORD}", "regularity:"]:
+        monkeypatch.setenv(server.CLIENT_AUTH, bad)
+        with pytest.raises(RuntimeError, match=f"^{server.CLIENT_AUTH} must read user:password") as refused:
+            server.auth_settings()
+        assert PASSWORD not in str(refused.value)
+
+
+# ---- runs of deployments ----------------------------------------------------------------------------------------
 
 def run_deployment(name: str, parameters: dict) -> str:
     """Trigger a deployment and wait for it, from a process that talks to the private server."""
@@ -73,28 +264,27 @@ def assert_same_tables(run_a: Path, run_b: Path, names: list[str]) -> None:
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_deployment_run_writes_what_a_direct_run_writes(private_server, tmp_path):
+def test_the_authenticated_worker_runs_a_deployment_as_a_direct_run_does(private_server, tmp_path):
+    """The worker of `up` runs train/mnist1d into the tables a direct run writes, and writes the secret nowhere."""
     assert private_server.startswith("http://127.0.0.1:")
     assert run_deployment("train/mnist1d", {"config": SMALL, "data_root": str(tmp_path / "worker")}) == "COMPLETED"
     direct = Path(train_flow(TrainFlowConfig.model_validate(SMALL), data_root=str(tmp_path / "direct")))
+    worker_runs = list((tmp_path / "worker" / "runs" / "train").glob("*/models.parquet"))
+    assert [p.parent.name for p in worker_runs] == [direct.name]  # one run, with the direct run's config hash
     assert_same_tables(tmp_path / "worker" / "runs" / "train" / direct.name, direct, ["models.parquet"])
     assert (server.prefect_home() / "worker.pid").is_file()
+    assert_secret_in_no_file(tmp_path, server.prefect_home())  # worker.log, the SQLite database, the pid files
 
 
-def created_run(api: str, deployment: str, name: str, timeout_s: float = 60) -> str:
+def created_run(api_root: str, deployment: str, name: str, timeout_s: float = 60) -> str:
     """The id of the flow run called `name` of `deployment`, once the API has it."""
     deadline = time.monotonic() + timeout_s
-    body = json.dumps({"flow_runs": {"name": {"any_": [name]}, "deployment_id": {"any_": [deployment]}}}).encode()
-    while True:
-        request = urllib.request.Request(f"{api}/api/flow_runs/filter", data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request) as response:
-            runs = json.load(response)
-        if runs:
-            return runs[0]["id"]
+    body = {"flow_runs": {"name": {"any_": [name]}, "deployment_id": {"any_": [deployment]}}}
+    while not (runs := api_json(f"{api_root}/api/flow_runs/filter", body)):
         if time.monotonic() > deadline:
             pytest.fail(f"no flow run {name!r} of deployment {deployment} after {timeout_s:.0f} s")
         time.sleep(1)
+    return runs[0]["id"]
 
 
 def logs_end() -> str:
@@ -104,12 +294,11 @@ def logs_end() -> str:
             f"the server's log ends:\n{server.tail(server.server_log())}")
 
 
-def final_state(api: str, flow_run: str, timeout_s: float = RUN_TIMEOUT_S) -> str:
+def final_state(api_root: str, flow_run: str, timeout_s: float = RUN_TIMEOUT_S) -> str:
     """The flow run's terminal state type, polled from the API; on timeout, fail with its state and the worker's log."""
     deadline = time.monotonic() + timeout_s
     while True:
-        with urllib.request.urlopen(f"{api}/api/flow_runs/{flow_run}") as response:
-            state = json.load(response)["state"] or {}
+        state = api_json(f"{api_root}/api/flow_runs/{flow_run}")["state"] or {}
         if state.get("type") in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
             return state["type"]
         if time.monotonic() > deadline:
@@ -119,6 +308,16 @@ def final_state(api: str, flow_run: str, timeout_s: float = RUN_TIMEOUT_S) -> st
 
 
 # ---- the UI, in headless Chromium -------------------------------------------------------------------------------
+
+def log_in(page, ui: str, path: str) -> None:
+    """Open `path` of the UI at `ui`, which sends an unauthenticated user to its login page; log in there as a user
+    would and wait to be sent back to `path`."""
+    page.goto(ui + path)
+    page.wait_for_url(re.compile(r"/login\b"), timeout=60_000)
+    page.get_by_placeholder("admin:pass").fill(AUTH)
+    page.get_by_role("button", name="Login").click()
+    page.wait_for_url(re.compile(re.escape(path) + "$"), timeout=60_000)
+
 
 def form_field(page, label: str):
     """The innermost block of the parameter form whose label reads `label` (as the UI titles pydantic fields)."""
@@ -171,10 +370,10 @@ def submit(page, failed_calls: list[str]) -> None:
 @pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs Debian's chromium: `make browser-deps` (in make test)")
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_run_started_in_the_ui_writes_what_a_direct_run_writes(private_server, tmp_path):
+    """A user logs in to the UI, fills the cscore deployment's form; the run writes a direct run's tables."""
     from playwright.sync_api import sync_playwright
 
-    with urllib.request.urlopen(f"{private_server}/api/deployments/name/cscore/digits") as response:
-        deployment = json.load(response)["id"]
+    deployment = api_json(f"{private_server}/api/deployments/name/cscore/digits")["id"]
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1400})
@@ -183,7 +382,8 @@ def test_a_run_started_in_the_ui_writes_what_a_direct_run_writes(private_server,
                 if r.status >= 400 and "/api/" in r.url else None)
         page.on("requestfailed", lambda r: failed_calls.append(f"no answer ({r.failure}) {r.method} {r.url}"))
         try:
-            page.goto(f"{private_server}/deployments/deployment/{deployment}/run")
+            # at the UI's API address, as behind a reverse proxy; the 401s before the login land in failed_calls
+            log_in(page, proxied(private_server), f"/deployments/deployment/{deployment}/run")
             expected = fill_cscore_form(page, "browser-test", str(tmp_path / "ui"))
             submit(page, failed_calls)
             created = created_run(private_server, deployment, "browser-test")  # the form created it
@@ -210,3 +410,4 @@ def test_a_run_started_in_the_ui_writes_what_a_direct_run_writes(private_server,
     ui_run = tmp_path / "ui" / "runs" / "cscore" / direct.name  # same config hash: the form sent `expected`
     assert_same_tables(ui_run, direct, ["examples.parquet", "runs.parquet", "cscores.parquet"])
     assert len(pd.read_parquet(ui_run / "cscores.parquet")) == 300
+    assert_secret_in_no_file(tmp_path, server.prefect_home())

@@ -1,9 +1,6 @@
 """SIGKILL at several points, one in the middle of a table write: the re-run recomputes only what is
 missing and ends with the tables of an uninterrupted run (cscore, proxies, prune_grid)."""
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +18,6 @@ from flows.registry import FLOWS
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-DRIVER = Path(__file__).with_name("kill_driver.py")
 DATA = DatasetConfig(name="digits", n_train=240, n_test=60, label_noise=0.1)
 TRAIN = TrainConfig(epochs=2, batch_size=32, lr=0.05)
 CONFIGS = {
@@ -36,13 +32,11 @@ CONFIGS = {
 KILLS = [("during", 3), ("after", 2), ("during", 3)]
 
 
-def driver(flow: str, root: Path, how: str, at: int) -> subprocess.CompletedProcess:
-    """Run `flow` in a fresh process that SIGKILLs itself at its `at`-th atomic write (`how`: during or after it)."""
-    from prefect.settings import PREFECT_API_URL
-
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the test session's server
-    return subprocess.run([sys.executable, str(DRIVER), flow, CONFIGS[flow].model_dump_json(), str(root), how, str(at)],
-                          env=env, capture_output=True, text=True, timeout=600)
+def attempt(processes, flow: str, root: Path, how: str, at: int, logs: Path) -> tuple[int, str]:
+    """Run `flow` in a process of its own that SIGKILLs itself at its `at`-th atomic write (`how`: during or after
+    it), its output to `logs`.out and .err; its return code and the end of its stderr."""
+    code = processes.wait(processes.start(flow, CONFIGS[flow].model_dump_json(), root, how, at, logs))
+    return code, Path(f"{logs}.err").read_text()[-3000:]
 
 
 def finished_files(folder: Path) -> dict[Path, int]:
@@ -78,15 +72,15 @@ def finished_work(files: dict[Path, int]) -> dict[Path, int]:
 
 
 @pytest.mark.parametrize("flow", sorted(CONFIGS))
-def test_killed_runs_resume_to_the_tables_of_an_uninterrupted_run(flow, tmp_path):
+def test_killed_runs_resume_to_the_tables_of_an_uninterrupted_run(flow, tmp_path, flow_processes):
     run, _ = FLOWS[flow].load()
     reference = Path(run(CONFIGS[flow], data_root=str(tmp_path / "uninterrupted")))
     root = tmp_path / "killed"
     folder = root / "runs" / flow / reference.name
     before: dict[Path, int] = {}
-    for how, at in KILLS:
-        attempt = driver(flow, root, how, at)
-        assert attempt.returncode == -signal.SIGKILL, attempt.stderr[-3000:]
+    for i, (how, at) in enumerate(KILLS):
+        code, stderr = attempt(flow_processes, flow, root, how, at, tmp_path / f"attempt-{i}")
+        assert code == -signal.SIGKILL, stderr
         after = finished_files(folder)
         kept = finished_work(before)
         assert {p: after.get(p) for p in kept} == kept  # nothing finished earlier was written again

@@ -2,15 +2,16 @@
 import pytest
 import torch
 
-from core.ensemble import Ensemble
+from core.ensemble import Ensemble, evaluate
 from core.models import init_model
-from core.nested import embed, extract, nested_ensemble, parameter_shapes, with_support
+from core.nested import embed, extract, nested_ensemble, state_shapes, with_support
 from core.pruning import dense_masks, density, prunable_names, prune, remaining_parameters, target_kept
 from core.training import TrainConfig, train
 
 CLASSES, N = 5, 192
 CONFIG = TrainConfig(epochs=2, batch_size=32, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine")
-FAMILIES = {"mlp": ["mlp_w4_d2", "mlp_w16_d2", "mlp_w8_d2"], "cnn1d": ["cnn1d_w2_d2", "cnn1d_w6_d2", "cnn1d_w4_d2"]}
+FAMILIES = {"mlp": ["mlp_w4_d2", "mlp_w16_d2", "mlp_w8_d2"], "cnn1d": ["cnn1d_w2_d2", "cnn1d_w6_d2", "cnn1d_w4_d2"],
+            "cnn1d_bn": ["cnn1d_bn_w2_d2", "cnn1d_bn_w6_d2", "cnn1d_bn_w4_d2"]}
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +32,16 @@ def test_each_model_starts_as_the_narrow_network_in_the_leading_block(family):
     ensemble, support = nested_ensemble(names, (1, 16), CLASSES, seeds)
     assert ensemble.template[-1].weight.shape == init_model(names[1], (1, 16), CLASSES, 0)[-1].weight.shape  # the widest
     for k, (name, seed) in enumerate(zip(names, seeds)):
-        shapes = parameter_shapes(name, (1, 16), CLASSES)
-        for param, value in init_model(name, (1, 16), CLASSES, seed).named_parameters():
+        shapes, model = state_shapes(name, (1, 16), CLASSES), init_model(name, (1, 16), CLASSES, seed)
+        for param, value in model.named_parameters():
             assert shapes[param] == tuple(value.shape)
             assert torch.equal(extract(ensemble.params[param][k : k + 1].detach(), value.shape)[0], value.detach())
             assert int(support[param][k].sum()) == value.numel()  # own entries only ...
             assert torch.count_nonzero(ensemble.params[param][k].detach()[~support[param][k]]) == 0  # ... the rest zero
+        for buffer, value in model.named_buffers():  # BatchNorm statistics, in the same leading block
+            assert shapes[buffer] == tuple(value.shape)
+            assert torch.equal(extract(ensemble.buffers[buffer][k : k + 1], value.shape)[0], value)
+    assert len(ensemble.buffers) == (6 if "bn" in family else 0)  # mean, variance and count of 2 BatchNorms
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -57,6 +62,10 @@ def test_nested_training_with_masks_equals_each_network_alone(family, data):
             nested = ensemble.params[n][k : k + 1].detach()
             torch.testing.assert_close(extract(nested, value.shape[1:]), value.detach(), atol=1e-5, rtol=1e-4, msg=n)
             assert torch.count_nonzero(nested[0][~support[n][k]]) == 0  # unused units stayed dead
+        for n, value in single.buffers.items():  # BatchNorm's running statistics of the same batches
+            torch.testing.assert_close(extract(ensemble.buffers[n][k : k + 1], value.shape[1:]), value, atol=1e-5, rtol=1e-4, msg=n)
+        # evaluation reads those statistics: the nested model predicts what the network alone does
+        torch.testing.assert_close(evaluate(ensemble, x, y).loss[k], evaluate(single, x, y).loss[0], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("scope", ["global", "layerwise"])

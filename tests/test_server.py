@@ -1,4 +1,5 @@
-"""The project-local Prefect server: loopback only, analytics off, starts once, stops."""
+"""The project-local Prefect server: loopback only, analytics off, an explicit API URL wins, `down` stops the worker.
+(That the server starts once, in its home, and stops: tests/test_deployments.py, on the server `up` starts there.)"""
 import socket
 import subprocess
 import sys
@@ -29,25 +30,6 @@ def test_settings_bind_loopback_with_analytics_off(local, tmp_path):
     assert local["PREFECT_SERVER_API_HOST"] == "127.0.0.1"
     assert local["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
     assert local["PREFECT_HOME"] == str(tmp_path / "prefect")
-
-
-def test_start_is_idempotent_and_stop_stops(local, tmp_path):
-    url = local["PREFECT_API_URL"]
-    assert not server.is_healthy(url)
-    try:
-        assert server.start_server() == url
-        assert server.is_healthy(url)
-        assert (tmp_path / "prefect" / "prefect.db").exists()  # SQLite inside the given home
-        assert server.start_server() == url  # already up: no second server
-        log = (tmp_path / "prefect" / "server.log").read_text()
-        assert f"Check out the dashboard at http://127.0.0.1:{local['PREFECT_SERVER_API_PORT']}" in log  # kept, not piped away
-        assert (tmp_path / "prefect" / server.SERVER_PID_FILE).read_text().strip().isdigit()
-    finally:
-        server.stop_server()
-    assert not server.is_healthy(url)
-    from prefect.cli._server_utils import SERVER_PID_FILE_NAME
-
-    assert server.SERVER_PID_FILE == SERVER_PID_FILE_NAME and not (tmp_path / "prefect" / SERVER_PID_FILE_NAME).exists()
 
 
 def test_an_explicit_api_url_wins(monkeypatch):
