@@ -474,6 +474,27 @@ class RunStore:
         meta = self._if_whole(name, (lambda path: self._read_tensor_file(path)[0]) if tensors else self._table_metadata)
         return meta is not None and self._is_current(name, meta, built_from)
 
+    def figures(self, draw: Callable[[], list[Path]]) -> list[Path]:
+        """The run's figures: the files `draw()` writes, drawn from the tables at the run's top level. Unless this code
+        drew them from those tables as they are now: then they are left as they are (a rerun of a finished run
+        draws nothing, and matplotlib takes seconds a figure)."""
+        record_path = self.root / FIGURES_RECORD
+        drawn_from = {"code_revision": code_revision(),
+                      "tables": json.loads(self._stamps(sorted(p.name for p in self.root.glob("*.parquet"))))}
+        try:
+            record = json.loads(record_path.read_text())
+            kept = [self.root / name for name in record["files"]]
+            if record["drawn_from"] == drawn_from and all(p.is_file() for p in kept):
+                return kept
+        except (OSError, ValueError, KeyError, TypeError):  # none yet, or a garbled one: draw
+            pass
+        paths = draw()
+        body = json.dumps({"drawn_from": drawn_from, "files": [p.relative_to(self.root).as_posix() for p in paths]},
+                          indent=1, sort_keys=True).encode()
+        record_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(record_path, lambda f: f.write(body))
+        return paths
+
     def whole_tensors(self, name: str) -> dict[str, Any] | None:
         """The tensors of `name` if it is a whole safetensors file of this run, built from its recorded inputs as
         they are now, else None; a bad or foreign file is deleted. One read serves both the check and the use."""
@@ -519,6 +540,7 @@ def config_summary(config: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+FIGURES_RECORD = "figures/drawn_from.json"  # which tables, and which code, drew the figures listed in it
 REPORT = "report.md"  # every flow writes its markdown report last: its presence means the run is complete
 
 

@@ -81,10 +81,10 @@ def dct_sparse_flow(config: DCTSparseFlowConfig = DCTSparseFlowConfig(), data_ro
     combine_shards(store, shards, "dct_sparse.parquet", [("layer_type", "ascending"), ("density", "descending"),
                                                          ("seed", "ascending")])
     results = store.read_table("dct_sparse.parquet")
-    figure = accuracy_vs_trainable_params(results, 1 / dataset.num_classes,
-                                          store.root / "figures" / "accuracy_vs_trainable_params.png")
+    figures = store.figures(lambda: [accuracy_vs_trainable_params(
+        results, 1 / dataset.num_classes, store.root / "figures" / "accuracy_vs_trainable_params.png")])
     summary = (results.pivot_table(index="density", columns="layer_type", values="test_accuracy")
                .sort_index(ascending=False).reset_index())
-    publish(store, summary, [figure], f"{config.model} on {config.dataset.name}: {', '.join(config.layer_types)} at "
+    publish(store, summary, figures, f"{config.model} on {config.dataset.name}: {', '.join(config.layer_types)} at "
             f"{len(config.densities)} densities ({config.heuristic}) x {len(config.seeds)} seeds")
     return str(store.root)

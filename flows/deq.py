@@ -116,8 +116,8 @@ def deq_flow(config: DEQFlowConfig = DEQFlowConfig(), data_root: str | None = No
                    [*keys, ("cap", "ascending")])
     epochs, inference = store.read_table("deq_epochs.parquet"), store.read_table("deq_inference.parquet")
     folder = store.root / "figures"
-    figures = [deq_training_curves(epochs, folder / "solver_and_jacobian_by_epoch.png"),
-               capped_inference_curves(inference, folder / "capped_inference.png")]
+    figures = store.figures(lambda: [deq_training_curves(epochs, folder / "solver_and_jacobian_by_epoch.png"),
+                                     capped_inference_curves(inference, folder / "capped_inference.png")])
     publish(store, deq_summary(epochs, inference), figures, f"{config.model} on {config.dataset.name}, "
             f"{config.solver.name} solver: gamma {', '.join(f'{g:g}' for g in config.gammas)} x {len(config.seeds)} "
             f"seeds, {config.train.epochs} epochs")

@@ -130,6 +130,7 @@ def filter_retrain_flow(config: FilterRetrainFlowConfig = FilterRetrainFlowConfi
     summary = store.read_table("filtering_summary.parquet")
     none = summary[summary["arm"] == "none"]
     baseline = (float(none["mean_test_accuracy"].iloc[0]), float(np.nan_to_num(none["se_test_accuracy"].iloc[0]))) if len(none) else None
-    figure = filtering_curve(summary, baseline, config.score_column, store.root / "figures" / "filtering.png")
-    publish(store, summary, [figure], f"filtering {dataset.n_train} {config.dataset.name} examples by {config.score_column}")
+    figures = store.figures(lambda: [filtering_curve(summary, baseline, config.score_column,
+                                                     store.root / "figures" / "filtering.png")])
+    publish(store, summary, figures, f"filtering {dataset.n_train} {config.dataset.name} examples by {config.score_column}")
     return str(store.root)

@@ -122,8 +122,8 @@ def lime_data_flow(config: LimeDataFlowConfig = LimeDataFlowConfig(), data_root:
     written = run_shards(write_shard, shards, config.runtime, "examples")
     combine_shards(store, [names[1] for names in written], SHARDS_TABLE,
                    [("shard", "ascending"), ("task", "ascending")])
-    sample = length_sample(store.root / EXAMPLES, FIGURE_SAMPLE)
-    figures = [lime_length_histograms(sample, store.root / "figures" / "lengths_by_task.png")]
+    figures = store.figures(lambda: [lime_length_histograms(length_sample(store.root / EXAMPLES, FIGURE_SAMPLE),
+                                                            store.root / "figures" / "lengths_by_task.png")])
     publish(store, task_summary(store.read_table(SHARDS_TABLE)), figures,
             f"LIME {config.task}: {config.examples:,} examples (seed {config.seed}) in {config.shards} shards of "
             f"{config.shard_size:,}, in {EXAMPLES}part-*.parquet")

@@ -133,11 +133,12 @@ def lime_pretrain_flow(config: LimePretrainFlowConfig = LimePretrainFlowConfig()
                    [*keys, ("train_examples", "ascending"), ("step", "ascending")])
     finetune = store.read_table("lime_finetune_curves.parquet")
     efficiency = sample_efficiency(finetune, config.downstream.thresholds)
-    store.write_table("lime_sample_efficiency.parquet", efficiency, built_from=["lime_finetune_curves.parquet"])
+    if not store.is_complete("lime_sample_efficiency.parquet", ["lime_finetune_curves.parquet"]):
+        store.write_table("lime_sample_efficiency.parquet", efficiency, built_from=["lime_finetune_curves.parquet"])
     pretrain = store.read_table("lime_pretrain_curves.parquet") if curves else finetune.iloc[:0]
     folder = store.root / "figures"
-    figures = [lime_transfer_curves(pretrain, finetune, folder / "exact_match_curves.png"),
-               lime_sample_efficiency(finetune, folder / "sample_efficiency.png")]
+    figures = store.figures(lambda: [lime_transfer_curves(pretrain, finetune, folder / "exact_match_curves.png"),
+                                     lime_sample_efficiency(finetune, folder / "sample_efficiency.png")])
     publish(store, transfer_summary(finetune, efficiency), figures,
             f"transformer d_model {config.transformer.d_model}, {config.transformer.encoder_layers}+"
             f"{config.transformer.decoder_layers} "

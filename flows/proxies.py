@@ -74,7 +74,7 @@ def proxies_flow(config: ProxiesFlowConfig = ProxiesFlowConfig(), data_root: str
     names = run_shards(record_shard, plan, config.runtime, "recorded training")
     out_of_sample = run_shards(fold_shard, [{"store": store}], config.runtime, "fold models")[0] if cleanlab else None
     compute_proxies(store, [r for r, _ in names], [f for _, f in names], cscores, out_of_sample)
-    figures = draw_figures(store, cscores)
+    figures = store.figures(lambda: draw_figures(store, cscores))
     summary = (store.read_table("proxy_correlations.parquet") if cscores
                else store.read_table("proxies.parquet").describe().T.reset_index())
     publish(store, summary, figures, f"C-score proxies of {dataset.n_train} {config.dataset.name} examples")

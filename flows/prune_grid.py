@@ -120,9 +120,9 @@ def prune_grid_flow(config: PruneGridFlowConfig = PruneGridFlowConfig(), data_ro
     combine_shards(store, tables, "prune_errors.parquet", [("network", "ascending"), ("data_fraction", "ascending"),
                                                            ("seed", "ascending"), ("level", "ascending")])
     errors = store.read_table("prune_errors.parquet")
-    figure = error_vs_density(errors, store.root / "figures" / "error_vs_density.png")
+    figures = store.figures(lambda: [error_vs_density(errors, store.root / "figures" / "error_vs_density.png")])
     summary = (errors.groupby(["network", "data_fraction", "level"])[["density", "test_error"]].mean().reset_index()
                .pivot_table(index="level", columns="network", values="test_error").reset_index())
-    publish(store, summary, [figure], f"{len(networks(config))} networks x {len(config.data_fractions)} data fractions x "
+    publish(store, summary, figures, f"{len(networks(config))} networks x {len(config.data_fractions)} data fractions x "
             f"{len(config.seeds)} seeds, {config.pruning.levels} levels")
     return str(store.root)

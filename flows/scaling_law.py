@@ -51,10 +51,11 @@ def scaling_law_flow(config: ScalingLawFlowConfig = ScalingLawFlowConfig(), data
     joint = fits[fits["scope"] == "joint"].set_index("param")["value"].to_dict()
     spread = fits[fits["scope"] == "data"].set_index("param").loc["seed_spread", "value"]
     folder = store.root / "figures"
-    figures = [error_vs_density(predictions, folder / "error_vs_density_fit.png", predicted=predictions),
-               collapse_on_invariant(predictions, joint, folder / "collapse.png"),
-               predicted_vs_actual(predictions, folder / "predicted_vs_actual.png"),
-               seed_scatter(pd.read_parquet(errors), predictions, spread, folder / "seed_scatter.png")]
+    figures = store.figures(lambda: [
+        error_vs_density(predictions, folder / "error_vs_density_fit.png", predicted=predictions),
+        collapse_on_invariant(predictions, joint, folder / "collapse.png"),
+        predicted_vs_actual(predictions, folder / "predicted_vs_actual.png"),
+        seed_scatter(pd.read_parquet(errors), predictions, spread, folder / "seed_scatter.png")])
     quality = fits[fits["param"].isin(["mu", "sigma", "sigma_over_spread"])]
     summary = quality.pivot(index="scope", columns="param", values="value").reset_index().assign(seed_spread=spread)
     publish(store, summary, figures, f"scaling law fitted to {config.prune_run}")

@@ -112,8 +112,8 @@ def subspaces_flow(config: SubspacesFlowConfig = SubspacesFlowConfig(), data_roo
     alpha, summary = store.read_table("subspace_alpha.parquet"), store.read_table("subspace_summary.parquet")
     gains = gains_over_standard(summary)
     folder = store.root / "figures"
-    figures = [subspace_paths(alpha, summary, folder / "accuracy_along_subspace.png"),
-               gains_over_standard_bars(gains, folder / "gains_over_standard.png")]
+    figures = store.figures(lambda: [subspace_paths(alpha, summary, folder / "accuracy_along_subspace.png"),
+                                     gains_over_standard_bars(gains, folder / "gains_over_standard.png")])
     publish(store, gains, figures, f"{config.model} on {config.dataset.name}: {', '.join(config.methods)} against "
             f"standard training at label noise {', '.join(f'{n:g}' for n in config.label_noise)} x "
             f"{len(config.seeds)} seeds")

@@ -55,7 +55,8 @@ def train_flow(config: TrainFlowConfig = TrainFlowConfig(), data_root: str | Non
     if not store.is_complete("summary.parquet", ["models.parquet"]):
         store.write_table("summary.parquet", summarise(models), built_from=["models.parquet"])
     summary = store.read_table("summary.parquet")
-    figure = training_summary(unpack_float_rows(models["epoch_loss"]), models["test_accuracy"].to_numpy(),
-                              f"{config.model} on {config.dataset.name}", store.root / "figures" / "training.png")
-    publish(store, summary, [figure], f"{config.n_models} x {config.model} on {config.dataset.name}")
+    figures = store.figures(lambda: [training_summary(
+        unpack_float_rows(models["epoch_loss"]), models["test_accuracy"].to_numpy(), f"{config.model} on {config.dataset.name}",
+        store.root / "figures" / "training.png")])
+    publish(store, summary, figures, f"{config.n_models} x {config.model} on {config.dataset.name}")
     return str(store.root)

@@ -91,8 +91,8 @@ def weight_correlation_flow(config: WeightCorrelationFlowConfig = WeightCorrelat
                                                        ("seed", "ascending"), ("density", "descending")])
     results, correlations = store.read_table("lt_vs_pf.parquet"), store.read_table(CORRELATION)
     folder = store.root / "figures"
-    figures = [correlation_vs_fraction(correlations, folder / "r_p_vs_p.png"),
-               accuracy_by_method(results, folder / "accuracy_by_method.png")]
+    figures = store.figures(lambda: [correlation_vs_fraction(correlations, folder / "r_p_vs_p.png"),
+                                     accuracy_by_method(results, folder / "accuracy_by_method.png")])
     r_p = correlations.pivot_table(index="lr", columns="p", values="r_p").add_prefix("r_p@").reset_index()
     summary = method_gaps(results).merge(r_p, on="lr")
     publish(store, summary, figures, f"{config.model} on {config.dataset.name}: {len(config.learning_rates)} learning "

@@ -459,6 +459,42 @@ def test_a_derived_table_records_its_inputs_and_is_rebuilt_when_one_is_rewritten
         assert not run.is_complete("combined.parquet")
 
 
+def test_figures_are_drawn_again_only_when_a_table_the_code_or_a_figure_file_changed(run: RunStore, monkeypatch):
+    drawn = []
+
+    def draw() -> list[Path]:
+        """Two figure files; counts its calls."""
+        drawn.append(1)
+        paths = [run.root / "figures" / "a.png", run.root / "figures" / "b.png"]
+        for path in paths:
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(b"png")
+        return paths
+
+    run.write_table("runs.parquet", frame())
+    run.write_table("shards/s0.parquet", frame())
+    expected = [run.root / "figures" / "a.png", run.root / "figures" / "b.png"]
+    assert run.figures(draw) == expected and len(drawn) == 1
+    assert run.figures(draw) == expected and len(drawn) == 1  # the same tables: kept
+    run.write_table("shards/s0.parquet", frame())  # a shard: figures are drawn from the top-level tables only
+    assert run.figures(draw) == expected and len(drawn) == 1
+    run.write_table("runs.parquet", frame())  # the same rows, written again: another table all the same
+    assert run.figures(draw) == expected and len(drawn) == 2
+    run.write_table("summary.parquet", frame())  # a new table
+    assert run.figures(draw) == expected and len(drawn) == 3
+    (run.root / "figures" / "b.png").unlink()
+    assert run.figures(draw) == expected and len(drawn) == 4
+    monkeypatch.setattr(store_mod, "code_revision", lambda: "f" * 40)  # other plotting code
+    assert run.figures(draw) == expected and len(drawn) == 5
+    monkeypatch.undo()
+    record = json.loads((run.root / "figures" / "drawn_from.json").read_text())
+    assert record["files"] == ["figures/a.png", "figures/b.png"] and record["drawn_from"]["code_revision"] == "f" * 40
+    assert sorted(record["drawn_from"]["tables"]) == ["runs.parquet", "summary.parquet"]
+    assert run.figures(draw) == expected and len(drawn) == 6
+    (run.root / "figures" / "drawn_from.json").write_text("{garbled")
+    assert run.figures(draw) == expected and len(drawn) == 7
+
+
 def test_weights_record_their_inputs_too_and_inputs_may_be_other_runs_tables(run: RunStore, tmp_path: Path):
     other = RunStore.open("toy", Tiny(seed=1), data_root=tmp_path)
     upstream = other.write_table("scores.parquet", frame())
