@@ -23,9 +23,9 @@ import torch
 
 from bench.plain import correct_plain, train_plain
 from core.config import derive_seed
-from core.data import load_dataset
-from core.experiment import INIT_STREAM, ORDER_STREAM, model_seed, random_subsets, train_on_subsets
-from core.models import init_model
+from core.data.datasets import load_dataset
+from core.models.networks import init_model
+from core.training.experiment import INIT_STREAM, ORDER_STREAM, model_seed, random_subsets, train_on_subsets
 from flows import server
 
 # ---- knobs ---------------------------------------------------------------------------------
@@ -49,9 +49,9 @@ def time_core(config, dataset) -> float:
     """Seconds for the flow's whole pipeline without Prefect: the same shards, tables, scores and figures."""
     import pyarrow as pa
 
-    from core.cscore import cscore_tables
-    from core.experiment import outcome_table
-    from core.store import RunStore, unpack_bool_rows
+    from core.methods.cscore import cscore_tables
+    from core.training.experiment import outcome_table
+    from core.runs.store import RunStore, unpack_bool_rows
     from flows.common import examples_table
     from flows.cscore import draw_figures, plan_shards
 

@@ -1,5 +1,5 @@
 """DCT+Sparse layers: K sparse models trained together against a plain per-model loop, and the DCT by FFT against
-the dense D matmul (the measurement behind core.dct_sparse.FFT_WORK_RATIO, the "auto" rule).
+the dense D matmul (the measurement behind core.models.dct_sparse.FFT_WORK_RATIO, the "auto" rule).
 
 Run: .venv/bin/python -m bench.dct_sparse [--quick] [--threads N]   (from the repository root)
 Prints a table, then one JSON object on its last line. See bench/README.md.
@@ -16,11 +16,11 @@ import torch
 
 from bench.plain import masking_hook, train_plain
 from bench.trainer import interleaved_seconds, matmul_gflops
-from core import dct_sparse
-from core.dct_sparse import dct, layer_densities, random_masks, uses_fft
-from core.ensemble import Ensemble
-from core.models import init_model, prunable_parameters
-from core.training import TrainConfig, reuse_freed_memory, train
+from core.models.dct_sparse import dct, layer_densities, random_masks, uses_fft
+from core.models import dct_sparse
+from core.models.networks import init_model, prunable_parameters
+from core.training.ensemble import Ensemble
+from core.training.trainer import TrainConfig, reuse_freed_memory, train
 
 # ---- knobs ---------------------------------------------------------------------------------
 MODEL, INPUT_SHAPE, CLASSES = "dct_mlp_w256_d2", (1, 40), 10  # MNIST-1D-shaped inputs (random: speed only)

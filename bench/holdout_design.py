@@ -25,8 +25,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
-from core.cscore import spearman_of_finite, split_half_reliability
-from core.store import find_run, unpack_bool_rows
+from core.methods.cscore import spearman_of_finite, split_half_reliability
+from core.runs.store import find_run, unpack_bool_rows
 from flows import server
 
 CONFIGS = {"digits": "flows/configs/cscore.yaml", "fashion": "flows/configs/cscore-fashion-noisy.yaml"}

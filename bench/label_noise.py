@@ -24,8 +24,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
-from core.label_quality import cleanlab_scores
-from core.store import read_provenance, unpack_float_rows
+from core.methods.label_quality import cleanlab_scores
+from core.runs.store import read_provenance, unpack_float_rows
 from flows import server
 
 CSCORE_CONFIG, PROXIES_CONFIG = "flows/configs/cscore-fashion-noisy.yaml", "flows/configs/proxies-fashion-noisy.yaml"

@@ -19,9 +19,9 @@ import pyarrow as pa
 import torch
 
 from bench.trainer import interleaved_seconds, matmul_gflops
+from core.runs.store import RunStore
 from core.sequence import lime
 from core.sequence.lime_data import example_batches, write_examples
-from core.store import RunStore
 from flows.lime_data import FLOW, LimeDataFlowConfig
 
 # ---- knobs ---------------------------------------------------------------------------------

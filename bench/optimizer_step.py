@@ -4,7 +4,7 @@ Run: .venv/bin/python -m bench.optimizer_step   (from the repository root)
   step  microseconds of one `StackedSGD.step` for K stacked models of each shape in SHAPES, both ways
         (the gradient copies that feed every step are timed apart and subtracted)
   job   seconds to train the 9 shards of flows/configs/cscore.yaml through `train_on_subsets`, with
-        `core.training.FUSED_SGD_DEVICES` as shipped and emptied (the foreach step), interleaved REPEATS times
+        `core.training.trainer.FUSED_SGD_DEVICES` as shipped and emptied (the foreach step), interleaved REPEATS times
 Prints one JSON object last.
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ import time
 
 import torch
 
-import core.training as training
-from core.ensemble import Ensemble
-from core.training import StackedSGD, TrainConfig
+from core.training.ensemble import Ensemble
+import core.training.trainer as training
+from core.training.trainer import StackedSGD, TrainConfig
 
 # ---- knobs ---------------------------------------------------------------------------------
 SHAPES = [("mlp_w128_d2", 32, (1, 64)), ("mlp_w64_d2", 64, (1, 40)), ("mlp_w256_d2", 64, (1, 40))]  # model, K, input
@@ -55,8 +55,8 @@ def step_times(name: str, k: int, input_shape) -> dict:
 
 def job_seconds() -> dict[str, list[float]]:
     """Training seconds of the README's C-score job with the fused and the foreach step, interleaved."""
-    from core.data import load_dataset
-    from core.experiment import holdout_subsets, model_seed, train_on_subsets
+    from core.data.datasets import load_dataset
+    from core.training.experiment import holdout_subsets, model_seed, train_on_subsets
     from flows.cli import load_config
     from flows.cscore import CScoreFlowConfig, plan_shards
 

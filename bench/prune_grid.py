@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 
 import torch
@@ -22,12 +21,12 @@ import yaml
 from bench.plain import masking_hook, train_plain
 from bench.trainer import interleaved_seconds
 from core.config import derive_seed
-from core.data import load_dataset
-from core.experiment import INIT_STREAM, ORDER_STREAM, model_seed
-from core.models import init_model
-from core.nested import nested_ensemble, with_support
-from core.pruning import dense_masks, prunable_names, prune
-from core.training import reuse_freed_memory, train
+from core.data.datasets import load_dataset
+from core.methods.pruning import dense_masks, prunable_names, prune
+from core.models.nested import nested_ensemble, with_support
+from core.models.networks import init_model
+from core.training.experiment import INIT_STREAM, ORDER_STREAM, model_seed
+from core.training.trainer import reuse_freed_memory, train
 from flows.prune_grid import PruneGridFlowConfig, networks, passes
 from tasks.pruning import fraction_subsets
 

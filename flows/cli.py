@@ -109,7 +109,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     """List the runs under the data root, newest last."""
-    from core.store import default_data_root, list_runs
+    from core.runs.store import default_data_root, list_runs
 
     runs = list_runs(args.data_root)
     if args.flow:
@@ -129,7 +129,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def code_lines(audit, rerun: str) -> list[str]:
     """What `show` says about the code revisions of a run's files, and what is out of date, with the fix."""
-    from core.store import code_revision, short_revision
+    from core.runs.store import code_revision, short_revision
 
     if audit.empty:
         return []
@@ -158,7 +158,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     """Print a run's config, tables (rows, columns, code revision), figures, summary, and what is out of date."""
     import pandas as pd
 
-    from core.store import audit_run, find_run, run_status, short_revision
+    from core.runs.store import audit_run, find_run, run_status, short_revision
 
     folder = find_run(args.run, args.data_root)
     doc = json.loads((folder / "config.json").read_text())

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
 from core.config import Config, RuntimeConfig
-from core.data import Dataset, DatasetConfig
-from core.models import DCT_FAMILIES, init_model, parse_model_name
-from core.store import default_data_root, find_run
-from core.training import TrainConfig
+from core.data.datasets import Dataset, DatasetConfig
+from core.models.networks import DCT_FAMILIES, init_model, parse_model_name
+from core.runs.store import default_data_root, find_run
+from core.training.trainer import TrainConfig
 
 
 class SubsetTrainingConfig(Config):
@@ -44,10 +44,10 @@ def distinct_values(values: list, allowed: Callable[[Any], bool], requirement: s
 
 def sgd_trainable_model(name: str) -> str:
     """`name`, if the registry knows it (else the list of valid patterns) and plain training trains it: a subspace
-    network needs its coefficients drawn every step (core.subspaces.SubspaceTraining), which these flows do not."""
+    network needs its coefficients drawn every step (core.models.subspaces.SubspaceTraining), which these flows do not."""
     if parse_model_name(name).endpoints:
         raise ValueError(f"{name!r} is a subspace network: its coefficients are drawn every step by "
-                         "core.subspaces.SubspaceTraining, which this flow does not run; use the plain name")
+                         "core.models.subspaces.SubspaceTraining, which this flow does not run; use the plain name")
     return name
 
 

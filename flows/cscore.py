@@ -8,7 +8,7 @@ subset of ratio s with probability s^runs and loses that ratio (its most accurat
 An example's score at ratio s is its held-out accuracy over the models that did not train on it;
 its C-score is the mean over ratios.
 
-Batches: each epoch drops the last partial batch (see core/training.py), so every step of every
+Batches: each epoch drops the last partial batch (see core/training/trainer.py), so every step of every
 model sees exactly `train.batch_size` examples, whatever the ratio.
 """
 from __future__ import annotations
@@ -19,13 +19,13 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from pydantic import Field, field_validator, model_validator
 
-from core.cscore import rounds_until_precise
-from core.data import DatasetConfig
-from core.experiment import ratio_seed, subset_size
+from core.data.datasets import DatasetConfig
+from core.methods.cscore import rounds_until_precise
+from core.methods.proxies import detection_metrics
 from core.plots import detection_curves, extreme_examples, heldout_accuracy_by_ratio, per_class_histograms
-from core.proxies import detection_metrics
-from core.store import RunStore, dataset_cache
-from core.training import TrainConfig
+from core.runs.store import RunStore, dataset_cache
+from core.training.experiment import ratio_seed, subset_size
+from core.training.trainer import TrainConfig
 from flows.common import SubsetTrainingConfig, check_fits, checked_data_root, chunks, examples_table
 from flows.report import publish
 from flows.runner import configure_runtime, run_shards

@@ -16,10 +16,10 @@ from prefect import flow
 from pydantic import Field, field_validator
 
 from core.config import Config, RuntimeConfig
-from core.data import DatasetConfig
+from core.data.datasets import DatasetConfig
 from core.plots import accuracy_vs_trainable_params
-from core.store import RunStore, dataset_cache
-from core.training import TrainConfig
+from core.runs.store import RunStore, dataset_cache
+from core.training.trainer import TrainConfig
 from flows.common import check_whole_set_fits, checked_data_root, distinct_values, plain_stackable_model
 from flows.report import publish
 from flows.runner import configure_runtime, run_shards

@@ -17,12 +17,12 @@ from prefect import flow
 from pydantic import Field, field_validator
 
 from core.config import Config, RuntimeConfig
-from core.data import DatasetConfig
-from core.deq_monitor import deq_summary
-from core.models import parse_model_name
+from core.data.datasets import DatasetConfig
+from core.methods.deq_monitor import deq_summary
+from core.models.networks import parse_model_name
 from core.plots import capped_inference_curves, deq_training_curves
-from core.store import RunStore, dataset_cache
-from core.training import TrainConfig
+from core.runs.store import RunStore, dataset_cache
+from core.training.trainer import TrainConfig
 from flows.common import check_whole_set_fits, checked_data_root, distinct_values
 from flows.report import publish
 from flows.runner import configure_runtime, run_shards

@@ -14,12 +14,12 @@ import pandas as pd
 from prefect import flow
 from pydantic import Field, field_validator
 
-from core.data import Dataset
-from core.experiment import model_seed
-from core.filtering import filtering_summary
-from core.fingerprint import fingerprint
+from core.data.datasets import Dataset
+from core.data.fingerprint import fingerprint
+from core.methods.filtering import filtering_summary
 from core.plots import filtering_curve
-from core.store import RunStore, dataset_cache, unpack_bool_rows
+from core.runs.store import RunStore, dataset_cache, unpack_bool_rows
+from core.training.experiment import model_seed
 from flows.common import SubsetTrainingConfig, check_fits, checked_data_root, chunks, examples_table, upstream_table
 from flows.report import publish
 from flows.runner import configure_runtime, run_shards

@@ -20,9 +20,9 @@ from pydantic import Field, model_validator
 
 from core.config import Config, RuntimeConfig
 from core.plots import lime_length_histograms
+from core.runs.store import RunStore
 from core.sequence.lime import N_SPECIAL, LimeConfig
 from core.sequence.lime_data import bytes_per_example, length_sample, task_summary
-from core.store import RunStore
 from flows.common import checked_data_root
 from flows.report import publish
 from flows.runner import configure_runtime, run_shards

@@ -17,9 +17,9 @@ from pydantic import Field, field_validator
 
 from core.config import Config, RuntimeConfig
 from core.plots import lime_sample_efficiency, lime_transfer_curves
+from core.runs.store import RunStore
 from core.sequence.transfer import ARMS, SCRATCH, sample_efficiency, transfer_summary
 from core.sequence.transformer import MAX_LENGTH, OptimConfig, TransformerConfig
-from core.store import RunStore
 from flows.common import checked_data_root, distinct_values
 from flows.lime_data import LimeGenerationConfig
 from flows.report import publish

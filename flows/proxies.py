@@ -15,11 +15,11 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from pydantic import Field, model_validator
 
-from core.data import Dataset, DatasetConfig
-from core.label_quality import cleanlab_installed
+from core.data.datasets import Dataset, DatasetConfig
+from core.methods.label_quality import cleanlab_installed
 from core.plots import detection_curves, dynamics_curves, proxy_scatter
-from core.store import RunStore, dataset_cache
-from core.training import TrainConfig
+from core.runs.store import RunStore, dataset_cache
+from core.training.trainer import TrainConfig
 from flows.common import SubsetTrainingConfig, check_fits, checked_data_root, chunks, examples_table, upstream_table
 from flows.report import publish
 from flows.runner import configure_runtime, run_shards

@@ -16,11 +16,11 @@ from prefect import flow
 from pydantic import Field, ValidationInfo, field_validator
 
 from core.config import Config, RuntimeConfig
-from core.data import DatasetConfig
-from core.models import init_model
+from core.data.datasets import DatasetConfig
+from core.models.networks import init_model
 from core.plots import error_vs_density
-from core.store import RunStore, dataset_cache
-from core.training import TrainConfig
+from core.runs.store import RunStore, dataset_cache
+from core.training.trainer import TrainConfig
 from flows.common import checked_data_root, distinct_values
 from flows.report import publish
 from flows.runner import configure_runtime, run_shards

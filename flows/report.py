@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from core.store import REPORT, RunStore, atomic_write
+from core.runs.store import REPORT, RunStore, atomic_write
 
 
 def publish(store: RunStore, summary: pd.DataFrame, figures: list[Path], description: str) -> None:

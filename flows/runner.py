@@ -12,7 +12,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm.auto import tqdm
 
 from core.config import RuntimeConfig
-from core.ensemble import check_precision, resolve_device, use_precision
+from core.training.ensemble import check_precision, resolve_device, use_precision
 
 PROGRESS_EVERY_S = 2.0  # least seconds between updates of the UI's progress artifact
 

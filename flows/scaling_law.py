@@ -5,7 +5,7 @@ eps_up, p and gamma; jointly, density is replaced by m* = l^phi w^psi d. With `e
 joint law is also fitted on all but the largest width, depth and data fraction and judged on them.
 Every fit runs on the seed means of each (network, data fraction, level); the seed-to-seed spread is
 reported beside each fit's sigma. With `dip_form`, a second form that can follow the lottery-ticket dip
-is fitted beside the paper's (see core/scaling.py).
+is fitted beside the paper's (see core/methods/scaling.py).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pydantic import Field
 
 from core.config import Config, RuntimeConfig
 from core.plots import collapse_on_invariant, error_vs_density, predicted_vs_actual, seed_scatter
-from core.store import RunStore
+from core.runs.store import RunStore
 from flows.common import checked_data_root, upstream_table
 from flows.report import publish
 from flows.runner import configure_runtime

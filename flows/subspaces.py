@@ -18,11 +18,11 @@ from prefect import flow
 from pydantic import Field, field_validator, model_validator
 
 from core.config import Config, RuntimeConfig
-from core.data import DatasetConfig
+from core.data.datasets import DatasetConfig
+from core.methods.subspace_evaluation import METHODS, STANDARD, gains_over_standard
 from core.plots import gains_over_standard_bars, subspace_paths
-from core.store import RunStore, dataset_cache
-from core.subspace_evaluation import METHODS, STANDARD, gains_over_standard
-from core.training import TrainConfig
+from core.runs.store import RunStore, dataset_cache
+from core.training.trainer import TrainConfig
 from flows.common import check_whole_set_fits, checked_data_root, distinct_values, plain_stackable_model
 from flows.report import publish
 from flows.runner import configure_runtime, run_shards

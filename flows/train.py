@@ -9,10 +9,10 @@ import pandas as pd
 from prefect import flow
 from pydantic import Field
 
-from core.data import DatasetConfig
-from core.experiment import subset_size
+from core.data.datasets import DatasetConfig
 from core.plots import training_summary
-from core.store import RunStore, dataset_cache, unpack_float_rows
+from core.runs.store import RunStore, dataset_cache, unpack_float_rows
+from core.training.experiment import subset_size
 from flows.common import SubsetTrainingConfig, check_fits, checked_data_root, chunks, examples_table
 from flows.report import publish
 from flows.runner import configure_runtime, run_shards

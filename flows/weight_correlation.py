@@ -18,11 +18,11 @@ from prefect import flow
 from pydantic import Field, field_validator
 
 from core.config import Config, RuntimeConfig
-from core.data import DatasetConfig
+from core.data.datasets import DatasetConfig
+from core.methods.weight_correlation import method_gaps
 from core.plots import accuracy_by_method, correlation_vs_fraction
-from core.store import RunStore, dataset_cache
-from core.training import TrainConfig
-from core.weight_correlation import method_gaps
+from core.runs.store import RunStore, dataset_cache
+from core.training.trainer import TrainConfig
 from flows.common import check_whole_set_fits, checked_data_root, distinct_values, sgd_trainable_model
 from flows.prune_grid import PruningConfig
 from flows.report import publish

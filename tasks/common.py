@@ -15,11 +15,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from core.config import RuntimeConfig, available_cores
-from core.data import Dataset, DatasetConfig, DatasetError, load_dataset
-from core.fingerprint import fingerprint
-from core.ensemble import resolve_device, use_precision
-from core.experiment import model_seed, outcome_table, train_on_subsets
-from core.store import RunStore, code_revision, short_revision
+from core.data.datasets import Dataset, DatasetConfig, DatasetError, load_dataset
+from core.data.fingerprint import fingerprint
+from core.runs.store import RunStore, code_revision, short_revision
+from core.training.ensemble import resolve_device, use_precision
+from core.training.experiment import model_seed, outcome_table, train_on_subsets
 
 
 _DATASETS: dict[tuple[str, str], Dataset] = {}  # loaded once per process; shards of one run share them (read-only)

@@ -6,9 +6,9 @@ import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.cscore import Outcomes, cscore_tables
-from core.experiment import holdout_subsets
-from core.store import RunStore, unpack_bool_rows
+from core.methods.cscore import Outcomes, cscore_tables
+from core.runs.store import RunStore, unpack_bool_rows
+from core.training.experiment import holdout_subsets
 from tasks.common import train_models_shard
 
 

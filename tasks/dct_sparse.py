@@ -10,13 +10,13 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from core.config import derive_seed
-from core.dct_sparse import layer_densities, random_masks
-from core.ensemble import Ensemble, evaluate, resolve_device
-from core.experiment import INIT_STREAM, MASK_STREAM, ORDER_STREAM, model_seed
-from core.models import prunable_parameters
-from core.pruning import remaining_parameters
-from core.store import RunStore
-from core.training import train
+from core.methods.pruning import remaining_parameters
+from core.models.dct_sparse import layer_densities, random_masks
+from core.models.networks import prunable_parameters
+from core.runs.store import RunStore
+from core.training.ensemble import Ensemble, evaluate, resolve_device
+from core.training.experiment import INIT_STREAM, MASK_STREAM, ORDER_STREAM, model_seed
+from core.training.trainer import train
 from tasks.common import compute_once, task_dataset
 
 

@@ -10,12 +10,12 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from core.config import derive_seed
-from core.deq import SolverLog
-from core.deq_monitor import JacobianRegularization, capped_inference, deq_layers, probe
-from core.ensemble import Ensemble, resolve_device
-from core.experiment import DRAW_STREAM, INIT_STREAM, MONITOR_STREAM, ORDER_STREAM, model_seed
-from core.store import RunStore
-from core.training import train
+from core.methods.deq_monitor import JacobianRegularization, capped_inference, deq_layers, probe
+from core.models.deq import SolverLog
+from core.runs.store import RunStore
+from core.training.ensemble import Ensemble, resolve_device
+from core.training.experiment import DRAW_STREAM, INIT_STREAM, MONITOR_STREAM, ORDER_STREAM, model_seed
+from core.training.trainer import train
 from tasks.common import compute_once, task_dataset
 
 EPOCH_SHARDS, INFERENCE_SHARDS = "shards/epochs/", "shards/inference/"

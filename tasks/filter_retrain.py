@@ -5,8 +5,8 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from core.filtering import kept_examples
-from core.store import RunStore
+from core.methods.filtering import kept_examples
+from core.runs.store import RunStore
 from tasks.common import train_models_shard
 
 

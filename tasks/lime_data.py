@@ -7,8 +7,8 @@ import time
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from core.runs.store import RunStore
 from core.sequence.lime_data import FIGURES, write_examples
-from core.store import RunStore
 from tasks.common import compute_once
 
 EXAMPLES, SHARD_FIGURES = "examples/", "shards/lengths/"

@@ -11,11 +11,11 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.ensemble import embed, predict_probabilities, resolve_device
-from core.experiment import model_seed, train_on_subsets
-from core.label_quality import cleanlab_scores, fold_assignment, fold_subsets, out_of_sample_probabilities
-from core.proxies import density_proxies, detection_metrics, learning_dynamics, rank_correlations, training_proxies
-from core.store import RunStore, pack_bool_rows, pack_float_rows, unpack_bool_rows, unpack_float_rows
+from core.methods.label_quality import cleanlab_scores, fold_assignment, fold_subsets, out_of_sample_probabilities
+from core.methods.proxies import density_proxies, detection_metrics, learning_dynamics, rank_correlations, training_proxies
+from core.runs.store import RunStore, pack_bool_rows, pack_float_rows, unpack_bool_rows, unpack_float_rows
+from core.training.ensemble import embed, predict_probabilities, resolve_device
+from core.training.experiment import model_seed, train_on_subsets
 from tasks.common import compute_once, task_dataset
 
 RECORDED = ("label_prob", "margin", "loss", "el2n")  # float fields of the training record

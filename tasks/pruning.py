@@ -10,12 +10,12 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from core.config import derive_seed
-from core.ensemble import evaluate, resolve_device
-from core.experiment import INIT_STREAM, ORDER_STREAM, masked_row_mean, model_seed, subset_mask
-from core.nested import embed, extract, nested_ensemble, state_shapes, with_support
-from core.pruning import dense_masks, density, prunable_names, prune, remaining_parameters, rewind
-from core.store import RunStore
-from core.training import train
+from core.methods.pruning import dense_masks, density, prunable_names, prune, remaining_parameters, rewind
+from core.models.nested import embed, extract, nested_ensemble, state_shapes, with_support
+from core.runs.store import RunStore
+from core.training.ensemble import evaluate, resolve_device
+from core.training.experiment import INIT_STREAM, ORDER_STREAM, masked_row_mean, model_seed, subset_mask
+from core.training.trainer import train
 from tasks.common import task_dataset, waiting
 
 

@@ -6,9 +6,9 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.scaling import (Fit, bootstrap_intervals, dip_rows, fit, fit_rows, heldout_by_dimension, heldout_rows, predict,
+from core.methods.scaling import (Fit, bootstrap_intervals, dip_rows, fit, fit_rows, heldout_by_dimension, heldout_rows, predict,
                           seed_means, seed_spread, spread_rows)
-from core.store import RunStore
+from core.runs.store import RunStore
 
 OUTPUTS = ("scaling_fit.parquet", "scaling_predictions.parquet")
 

@@ -12,14 +12,14 @@ from prefect.cache_policies import NO_CACHE
 from torch import Tensor
 
 from core.config import derive_seed
-from core.data import Dataset
-from core.ensemble import Ensemble, predict_probabilities, recalibrate_batchnorm, resolve_device
-from core.experiment import DRAW_STREAM, INIT_STREAM, MEMBER_STREAM, ORDER_STREAM, model_seed
-from core.store import RunStore
-from core.subspace_evaluation import (METHODS, STANDARD, calibration, end_coefficients, ensemble_sizes,
+from core.data.datasets import Dataset
+from core.runs.store import RunStore
+from core.training.ensemble import Ensemble, predict_probabilities, recalibrate_batchnorm, resolve_device
+from core.training.experiment import DRAW_STREAM, INIT_STREAM, MEMBER_STREAM, ORDER_STREAM, model_seed
+from core.methods.subspace_evaluation import (METHODS, STANDARD, calibration, end_coefficients, ensemble_sizes,
                                       midpoint_coefficients, path_coefficients)
-from core.subspaces import SubspaceTraining, fix_coefficients
-from core.training import train
+from core.models.subspaces import SubspaceTraining, fix_coefficients
+from core.training.trainer import train
 from tasks.common import compute_once, task_dataset
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from core.experiment import random_subsets
-from core.store import RunStore
+from core.runs.store import RunStore
+from core.training.experiment import random_subsets
 from tasks.common import train_models_shard
 
 

@@ -10,12 +10,12 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from core.config import derive_seed
-from core.ensemble import Ensemble, evaluate, resolve_device
-from core.experiment import INIT_STREAM, ORDER_STREAM, REINIT_STREAM, model_seed
-from core.pruning import dense_masks, density, prunable_names, prune, rewind
-from core.store import RunStore
-from core.training import train
-from core.weight_correlation import METHODS, budget, mask_sources, starting_points, weight_correlation
+from core.methods.pruning import dense_masks, density, prunable_names, prune, rewind
+from core.methods.weight_correlation import METHODS, budget, mask_sources, starting_points, weight_correlation
+from core.runs.store import RunStore
+from core.training.ensemble import Ensemble, evaluate, resolve_device
+from core.training.experiment import INIT_STREAM, ORDER_STREAM, REINIT_STREAM, model_seed
+from core.training.trainer import train
 from tasks.common import task_dataset, waiting
 
 CORRELATION = "weight_correlation.parquet"

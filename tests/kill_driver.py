@@ -54,7 +54,7 @@ def dying_write(real, mode: str, n: int):
 
 def run_child(flow_name: str, config_json: str, data_root: str, mode: str, n: int, out: str, err: str) -> None:
     """In the forked child: output to the files, the dying write in place, the flow run; exits with its outcome."""
-    from core import store
+    from core.runs import store
     from flows.registry import FLOWS
 
     for stream, path in ((1, out), (2, err)):

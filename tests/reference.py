@@ -3,9 +3,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.subspaces import (SubspaceBatchNorm, SubspaceConv, SubspaceLinear, draw_coefficients, draw_pair,
+from core.models.subspaces import (SubspaceBatchNorm, SubspaceConv, SubspaceLinear, draw_coefficients, draw_pair,
                             set_coefficients, subspace_layers)
-from core.training import lr_at
+from core.training.trainer import lr_at
 
 
 def train_one_by_one(model, x, y, members, order_seed, config, mask=None, stop_after=None, start=0, before_step=None):

@@ -5,12 +5,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import core.ensemble as ensemble_module
-from core.dct_sparse import DCTPlusSparseConv, layer_densities, random_masks
-from core.ensemble import Ensemble, calibration_chunks, recalibrate_batchnorm
-from core.models import init_model, prunable_parameters
-from core.subspaces import SubspaceBatchNorm, fix_coefficients, line_coefficients
-from core.training import TrainConfig, train
+from core.models.dct_sparse import DCTPlusSparseConv, layer_densities, random_masks
+from core.models.networks import init_model, prunable_parameters
+from core.models.subspaces import SubspaceBatchNorm, fix_coefficients, line_coefficients
+import core.training.ensemble as ensemble_module
+from core.training.ensemble import Ensemble, calibration_chunks, recalibrate_batchnorm
+from core.training.trainer import TrainConfig, train
 from reference import assert_same_weights, toy_data, train_one_by_one, with_random_batch_norm
 
 N, CLASSES = 240, 5

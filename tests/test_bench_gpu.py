@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.data_sources import FASHION_MNIST_DIR
+from core.data.sources import FASHION_MNIST_DIR
 
 
 def test_gpu_benchmark_refuses_without_cuda():

@@ -12,14 +12,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import core.claims
-from core.claims import STALE_S, claim
+import core.runs.claims
+from core.runs.claims import STALE_S, claim
 from test_kill import CONFIGS, finished_files
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from core.claims import claim
+from core.runs.claims import claim
 path, held, release = map(Path, sys.argv[1:4])
 with claim(path):
     held.touch()
@@ -94,21 +94,21 @@ def test_two_processes_judging_one_claim_stale_take_it_over_once(tmp_path):
     puts it back. A keeps its claim, and B goes on waiting for it."""
     path = tmp_path / "shard.claim"
     path.write_text(json.dumps({"host": socket.gethostname(), "pid": 1, "token": "dead"}))
-    judged_by_a, judged_by_b = core.claims._read_claim(path), core.claims._read_claim(path)
-    assert core.claims._take_over(path, judged_by_a)
+    judged_by_a, judged_by_b = core.runs.claims._read_claim(path), core.runs.claims._read_claim(path)
+    assert core.runs.claims._take_over(path, judged_by_a)
     fresh = {"host": socket.gethostname(), "pid": os.getpid(), "token": "A"}
-    assert core.claims._try_create(path, fresh)
+    assert core.runs.claims._try_create(path, fresh)
     inode = path.stat().st_ino  # often the dead holder's inode number again: the file system reuses it
-    assert not core.claims._take_over(path, judged_by_b)
+    assert not core.runs.claims._take_over(path, judged_by_b)
     assert json.loads(path.read_text()) == fresh and path.stat().st_ino == inode  # the same file, put back
-    assert not core.claims._try_create(path, {"token": "B"})  # B must wait
+    assert not core.runs.claims._try_create(path, {"token": "B"})  # B must wait
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shard.claim"]  # nothing left aside
     path.unlink()
-    assert not core.claims._take_over(path, judged_by_b)  # gone: nothing to take over
+    assert not core.runs.claims._take_over(path, judged_by_b)  # gone: nothing to take over
 
 
 def test_a_holder_keeps_its_claim_fresh_and_never_removes_anothers(tmp_path, monkeypatch):
-    monkeypatch.setattr(core.claims, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(core.runs.claims, "HEARTBEAT_S", 0.05)
     path = tmp_path / "shard.claim"
     with claim(path):
         os.utime(path, (0, 0))

@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core import store as store_mod
 from core.config import RuntimeConfig
-from core.data import DatasetConfig
-from core.store import audit_run, read_provenance
-from core.training import TrainConfig
+from core.data.datasets import DatasetConfig
+from core.runs import store as store_mod
+from core.runs.store import audit_run, read_provenance
+from core.training.trainer import TrainConfig
 from flows.cli import main
 from flows.cscore import CScoreFlowConfig, cscore_flow
 

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from core.cscore import (by_ratio_table, holdout_scores, memorization, rounds_until_precise, scores_of_unseen, se_quantile,
+from core.methods.cscore import (by_ratio_table, holdout_scores, memorization, rounds_until_precise, scores_of_unseen, se_quantile,
                          split_half_reliability)
-from core.experiment import balanced_subsets
+from core.training.experiment import balanced_subsets
 
 # 4 models x 4 examples. Ratios 0.5 (models 0, 1) and 0.9 (models 2, 3).
 IN_SUBSET = np.array([[1, 0, 0, 1],

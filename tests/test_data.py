@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-import core.data as data_mod
-from core.data import (DATASETS, DatasetConfig, DatasetError, get_loader, load_dataset,
+import core.data.datasets as data_mod
+from core.data.datasets import (DATASETS, DatasetConfig, DatasetError, get_loader, load_dataset,
                        load_dataset_by_name)
-from core.data_sources import FASHION_MNIST_DIR, load_fashion_mnist
+from core.data.sources import FASHION_MNIST_DIR, load_fashion_mnist
 
 
 def load(**kw) -> data_mod.Dataset:

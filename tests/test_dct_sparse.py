@@ -8,13 +8,13 @@ import scipy.fft
 import torch
 from torch import nn
 
-import core.dct_sparse as dct_sparse
-from core.dct_sparse import (DCTPlusSparseConv, DCTPlusSparseLinear, dct, dct_kernel, dct_matrix, layer_densities,
+import core.models.dct_sparse as dct_sparse
+from core.models.dct_sparse import (DCTPlusSparseConv, DCTPlusSparseLinear, dct, dct_kernel, dct_matrix, layer_densities,
                              random_masks)
-from core.ensemble import Ensemble
-from core.models import ModelNameError, init_model, parse_model_name, prunable_parameters
-from core.nested import host_name
-from core.training import TrainConfig, train
+from core.models.nested import host_name
+from core.models.networks import ModelNameError, init_model, parse_model_name, prunable_parameters
+from core.training.ensemble import Ensemble
+from core.training.trainer import TrainConfig, train
 from reference import assert_same_weights, toy_data, train_one_by_one
 
 N, CLASSES = 240, 5

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from core.deq import (DEQLinear, SolverStats, anderson, broyden, equilibrium, jacobian_frobenius, relative_residual,
+from core.models.deq import (DEQLinear, SolverStats, anderson, broyden, equilibrium, jacobian_frobenius, relative_residual,
                       spectral_radius)
-from core.ensemble import Ensemble
-from core.training import TrainConfig, train
+from core.training.ensemble import Ensemble
+from core.training.trainer import TrainConfig, train
 from reference import assert_same_weights, toy_data, train_one_by_one
 
 SOLVERS = [anderson, broyden]

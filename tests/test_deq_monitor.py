@@ -1,4 +1,4 @@
-"""core.deq_monitor: the Jacobian regulariser against one-by-one training, the probes against closed forms (the tanh
+"""core.methods.deq_monitor: the Jacobian regulariser against one-by-one training, the probes against closed forms (the tanh
 cell's Jacobian is diag(1 - f^2) W), capped inference against the iteration written out, the summary by hand."""
 import math
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from core.deq import Solution, SolverLog
-from core.deq_monitor import JacobianRegularization, capped_inference, deq_layers, deq_summary, probe
-from core.ensemble import Ensemble
-from core.training import TrainConfig, train
+from core.methods.deq_monitor import JacobianRegularization, capped_inference, deq_layers, deq_summary, probe
+from core.models.deq import Solution, SolverLog
+from core.training.ensemble import Ensemble
+from core.training.trainer import TrainConfig, train
 from reference import assert_same_weights, jacobian_penalty_step, toy_data, train_one_by_one
 from test_deq import deq_model
 

@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.data import DatasetConfig, load_dataset
-from core.filtering import filtering_summary, kept_examples
-from core.store import unpack_bool_rows
-from core.training import TrainConfig
+from core.data.datasets import DatasetConfig, load_dataset
+from core.methods.filtering import filtering_summary, kept_examples
+from core.runs.store import unpack_bool_rows
+from core.training.trainer import TrainConfig
 from flows.filter_retrain import FilterRetrainFlowConfig, filter_retrain_flow, plan_shards
 
 SCORES = np.array([0.5, 0.1, np.nan, 0.9, 0.3, 0.7, 0.2, 0.8, 0.6, 0.4])

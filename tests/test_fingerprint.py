@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import core.fingerprint
-from core.data import DatasetConfig, DatasetError, load_dataset
-from core.fingerprint import CACHE_FILE, fingerprint
-from core.store import RunStore
-from core.training import TrainConfig
+from core.data.datasets import DatasetConfig, DatasetError, load_dataset
+import core.data.fingerprint
+from core.data.fingerprint import CACHE_FILE, fingerprint
+from core.runs.store import RunStore
+from core.training.trainer import TrainConfig
 from flows.common import upstream_table
 from flows.train import TrainFlowConfig, train_flow
 from tasks.common import shared_dataset, task_dataset
@@ -41,8 +41,8 @@ def test_files_are_hashed_once_until_they_change(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     a, b = write(tmp_path / "a.bin", b"alpha", 10**18), write(tmp_path / "b.bin", b"beta", 10**18)
     hashed = []
-    real = core.fingerprint.sha256_of
-    monkeypatch.setattr(core.fingerprint, "sha256_of", lambda path: hashed.append(path.name) or real(path))
+    real = core.data.fingerprint.sha256_of
+    monkeypatch.setattr(core.data.fingerprint, "sha256_of", lambda path: hashed.append(path.name) or real(path))
     first = fingerprint([a, b], cache)
     assert fingerprint([a, b], cache) == first and hashed == ["a.bin", "b.bin"]
     write(b, b"BETA", 2 * 10**18)

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from core.config import derive_seed
-from core.data import DatasetConfig, load_dataset
-from core.experiment import DRAW_STREAM, INIT_STREAM, ORDER_STREAM, model_seed
-from core.models import init_model
-from core.training import TrainConfig
+from core.data.datasets import DatasetConfig, load_dataset
+from core.models.networks import init_model
+from core.training.experiment import DRAW_STREAM, INIT_STREAM, ORDER_STREAM, model_seed
+from core.training.trainer import TrainConfig
 from flows.deq import DEQFlowConfig, MonitorConfig, PenaltyConfig, SolverConfig, deq_flow
 from reference import jacobian_penalty_step, train_one_by_one
 

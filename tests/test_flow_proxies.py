@@ -11,11 +11,11 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from core.config import run_id
-from core.data import DatasetConfig, load_dataset
-from core.label_quality import fold_assignment
-from core.proxies import detection_metrics, kernel_density_proxies, median_bandwidth
-from core.store import read_provenance, unpack_bool_rows, unpack_float_rows
-from core.training import TrainConfig
+from core.data.datasets import DatasetConfig, load_dataset
+from core.methods.label_quality import fold_assignment
+from core.methods.proxies import detection_metrics, kernel_density_proxies, median_bandwidth
+from core.runs.store import read_provenance, unpack_bool_rows, unpack_float_rows
+from core.training.trainer import TrainConfig
 from flows.common import upstream_table
 from flows.cscore import CScoreFlowConfig, cscore_flow
 from flows import proxies as proxies_module

@@ -12,10 +12,10 @@ import torch
 
 import tasks.common
 from core.config import RuntimeConfig, run_id
-from core.data import DatasetConfig, load_dataset
-from core.experiment import model_seed, subset_mask, train_on_subsets
-from core.store import read_provenance, unpack_bool_rows, unpack_float_rows
-from core.training import TrainConfig
+from core.data.datasets import DatasetConfig, load_dataset
+from core.runs.store import read_provenance, unpack_bool_rows, unpack_float_rows
+from core.training.experiment import model_seed, subset_mask, train_on_subsets
+from core.training.trainer import TrainConfig
 from flows.train import TrainFlowConfig, train_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

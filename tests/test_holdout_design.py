@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.experiment import balanced_subsets, holdout_chain, holdout_subsets, random_subsets, subset_size
+from core.training.experiment import balanced_subsets, holdout_chain, holdout_subsets, random_subsets, subset_size
 from flows.cscore import DEFAULT_RATIOS, CScoreFlowConfig, plan_shards
 
 

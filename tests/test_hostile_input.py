@@ -33,8 +33,8 @@ from prefect.exceptions import ParameterTypeError
 from pydantic import BaseModel
 
 import flows.common as common
-from core.data import DatasetError
-from core.models import MODEL_PATTERNS
+from core.data.datasets import DatasetError
+from core.models.networks import MODEL_PATTERNS
 from flows import server
 from flows.cli import ConfigError, apply_override, load_config, main
 from flows.common import checked_data_root, upstream_table
@@ -298,7 +298,7 @@ def test_unknown_name_lists_the_valid_ones(cli, capsys, tmp_path, flow, assignme
     refused_by_cli_and_deployment(cli, capsys, tmp_path, flow, assignments, expected)
 
 
-# (unknown names given to core.data directly, bypassing the config: tests/test_data.py::test_unknown_name_lists_valid_names)
+# (unknown names given to core.data.datasets directly, bypassing the config: tests/test_data.py::test_unknown_name_lists_valid_names)
 @pytest.mark.parametrize("flow,settings,expected", [
     ("train", {"model": "cnn1d_w8_d2"}, "model 'cnn1d_w8_d2' needs [C, L] sequences, but the dataset's examples have "
                                         "shape [1, 8, 8]"),

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.models import ModelNameError, init_model, parse_model_name, prunable_parameters
+from core.models.networks import ModelNameError, init_model, parse_model_name, prunable_parameters
 
 
 def n_params(model):

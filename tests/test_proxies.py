@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import stats
 
-from core.proxies import (area_under_margin, cumulative_accuracy, cumulative_label_probability, detection_metrics, learning_dynamics,
+from core.methods.proxies import (area_under_margin, cumulative_accuracy, cumulative_label_probability, detection_metrics, learning_dynamics,
                           forgetting_events, kernel_density_proxies, local_outlier_factor, median_bandwidth,
                           rank_correlations)
 

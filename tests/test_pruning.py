@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from core.ensemble import Ensemble
-from core.pruning import dense_masks, density, prunable_names, prune, remaining_parameters, rewind, target_kept
+from core.methods.pruning import dense_masks, density, prunable_names, prune, remaining_parameters, rewind, target_kept
+from core.training.ensemble import Ensemble
 
 
 def test_magnitude_pruning_by_hand():

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.scaling import (DIP, SINGLE, Fit, dip_error_form, dip_rows, dip_step, error_form, fit, fit_rows, invariant,
+from core.methods.scaling import (DIP, SINGLE, Fit, dip_error_form, dip_rows, dip_step, error_form, fit, fit_rows, invariant,
                           predict, seed_means, seed_spread, spread_rows, transition)
 
 TRUE = {"eps_up": 0.85, "p": 0.02, "gamma": 1.5}

@@ -1,4 +1,4 @@
-"""Tests of core.store: run identity, run folders, atomic Parquet, provenance, list columns."""
+"""Tests of core.runs.store: run identity, run folders, atomic Parquet, provenance, list columns."""
 from __future__ import annotations
 
 import hashlib
@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core import store as store_mod
 from core.config import Config, RuntimeConfig, canonical_json, run_id
-from core.store import (DATA_ROOT_ENV, CorruptFileError, RunConflictError, RunStore, config_summary,
+from core.runs import store as store_mod
+from core.runs.store import (DATA_ROOT_ENV, CorruptFileError, RunConflictError, RunStore, config_summary,
                         default_data_root, list_runs, pack_bool_rows, pack_float_rows, read_provenance, read_table,
                         unpack_bool_rows, unpack_float_rows)
 
@@ -221,7 +221,7 @@ def test_the_run_folder_is_known_before_it_is_opened(tmp_path: Path):
 
 
 def test_store_does_not_import_prefect():
-    code = "import sys, core.store; print('prefect' in sys.modules)"
+    code = "import sys, core.runs.store; print('prefect' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

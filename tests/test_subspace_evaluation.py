@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from core.subspace_evaluation import (METHODS, calibration, end_coefficients, ensemble_sizes,
+from core.methods.subspace_evaluation import (METHODS, calibration, end_coefficients, ensemble_sizes,
                                       gains_over_standard, midpoint_coefficients, path_coefficients)
 
 

@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.ensemble import Ensemble
-from core.models import ModelNameError, init_model, parse_model_name
-from core.subspaces import (SubspaceBatchNorm, SubspaceConv, SubspaceLinear, SubspaceTraining, curve_coefficients,
+from core.models.networks import ModelNameError, init_model, parse_model_name
+from core.training.ensemble import Ensemble
+from core.models.subspaces import (SubspaceBatchNorm, SubspaceConv, SubspaceLinear, SubspaceTraining, curve_coefficients,
                             draw_coefficients, draw_pair, endpoint_cosine_squared, expected_calibration_error,
                             fix_coefficients, line_coefficients, sample_coefficients,
                             subspace_layers, subspace_network)
-from core.training import TrainConfig, train
+from core.training.trainer import TrainConfig, train
 from reference import assert_same_weights, subspace_step, toy_data, train_one_by_one, with_random_batch_norm
 
 N, CLASSES = 240, 5

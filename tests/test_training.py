@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core import training
-from core.ensemble import Ensemble, embed, evaluate, example_outcomes
-from core.models import init_model
-from core.pruning import rewind
-from core.training import TrainConfig, lr_at, train
+from core.methods.pruning import rewind
+from core.models.networks import init_model
+from core.training.ensemble import Ensemble, embed, evaluate, example_outcomes
+from core.training import trainer as training
+from core.training.trainer import TrainConfig, lr_at, train
 from reference import assert_same_weights, toy_data, train_one_by_one
 
 N, CLASSES = 240, 5

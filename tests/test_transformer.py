@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.models import seeded_init
+from core.models.networks import seeded_init
 from core.sequence.lime import BOS, EOS, PAD
 from core.sequence.transformer import (OptimConfig, Seq2Seq, TransformerConfig, collate, exact_match, greedy_decode,
                                        pad, sinusoids, token_accuracy, train_seq2seq)

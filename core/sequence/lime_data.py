@@ -11,9 +11,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.runs.store import RunStore
 from core.sequence import lime
 from core.sequence.lime import CONTROLS, TASKS, Example, LimeConfig, generate
-from core.store import RunStore
 
 TASK_NAMES = (*TASKS, *CONTROLS)  # the `task` column's dictionary, the same in every file so that their codes agree
 SCHEMA = pa.schema([("index", pa.int64()), ("task", pa.dictionary(pa.int8(), pa.string())),

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from core.ensemble import Ensemble, check_precision
-from core.models import build_model, init_model, parse_model_name
+from core.models.networks import build_model, init_model, parse_model_name
+from core.training.ensemble import Ensemble, check_precision
 
 
 def leading_block(shape: tuple[int, ...]) -> tuple[slice, ...]:

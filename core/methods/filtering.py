@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 
 from core.config import derive_seed
-from core.experiment import SUBSET_STREAM
+from core.training.experiment import SUBSET_STREAM
 
 ARMS = ("lowest", "random", "highest")  # which examples are removed; "random" and "highest" are controls
 

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from core.ensemble import _linear
+from core.training.ensemble import _linear
 
 TINY = 1e-12  # keeps a zero f(z) from dividing by zero: its residual is then ||z|| / tiny, or 0 at z = 0
 
@@ -232,7 +232,7 @@ class DEQLinear(nn.Module):
     draws, then scaled to spectral norm `contraction` < 1, so f is a contraction at init and both solvers converge.
     `stats` holds the last solve's SolverStats (forward; backward once a backward ran) for the trainer to read."""
 
-    stacked_layout = "features"  # core.ensemble's stacked fast path: [K, F, B]
+    stacked_layout = "features"  # core.training.ensemble's stacked fast path: [K, F, B]
 
     def __init__(self, in_features: int, features: int, solver: str = "anderson", tol: float = 1e-4,
                  max_iter: int = 30, backward_tol: float = 1e-4, backward_max_iter: int = 30,

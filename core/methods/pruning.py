@@ -10,8 +10,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from core.ensemble import Ensemble
-from core.models import prunable_parameters
+from core.models.networks import prunable_parameters
+from core.training.ensemble import Ensemble
 
 Scope = Literal["global", "layerwise"]
 

@@ -221,7 +221,7 @@ class RunStore:
     def open(cls, flow: str, config: BaseModel, data_root: Path | str | None = None,
              inputs: dict[str, str | None] | None = None) -> RunStore:
         """Create or reopen the run folder of `config` reading input files of fingerprints `inputs` (name ->
-        `core.fingerprint` value; None = no file), checking its config.json."""
+        `core.data.fingerprint` value; None = no file), checking its config.json."""
         store = cls(flow, config, _resolve_root(data_root), inputs)
         store.root.mkdir(parents=True, exist_ok=True)
         store._check_or_write_config()
@@ -423,9 +423,9 @@ class RunStore:
         return _decode_tensor_metadata(meta), tensors
 
     def claim(self, name: str, on_wait: Callable[[dict], Any] | None = None):
-        """Context manager holding this run's claim on computing output `name` (`core.claims`): a second
+        """Context manager holding this run's claim on computing output `name` (`core.runs.claims`): a second
         process running the same config waits for the first to finish it instead of computing it again."""
-        from core.claims import claim
+        from core.runs.claims import claim
 
         return claim(self._file(f"claims/{name.replace('/', '__')}.claim"), on_wait)
 

@@ -16,9 +16,9 @@ import torch
 from pydantic import Field
 
 from core.config import Config
-from core.fingerprint import fingerprint
-from core.store import atomic_write
-from core.data_sources import (DatasetError, RawData, describe_classes, int_labels, load_arrays, load_cifar,
+from core.data.fingerprint import fingerprint
+from core.runs.store import atomic_write
+from core.data.sources import (DatasetError, RawData, describe_classes, int_labels, load_arrays, load_cifar,
                                load_fashion_mnist, load_image_folder)
 
 __all__ = ["DATASETS", "Dataset", "DatasetConfig", "DatasetError", "RawData", "get_loader", "load_dataset",
@@ -79,7 +79,7 @@ class Dataset:
     is_noisy: torch.Tensor  # bool [N]
     class_names: list[str]
     sources: list[Path] = field(default_factory=list)  # the user's files it was read from; none if generated
-    fingerprint: str | None = None  # of those files' contents (core.fingerprint); part of every run's id
+    fingerprint: str | None = None  # of those files' contents (core.data.fingerprint); part of every run's id
 
     @property
     def num_classes(self) -> int:

@@ -21,7 +21,7 @@ from torch.optim.sgd import sgd
 from tqdm.auto import tqdm
 
 from core.config import Config
-from core.ensemble import Ensemble, example_outcomes
+from core.training.ensemble import Ensemble, example_outcomes
 
 FUSED_SGD_DEVICES = ("cpu", "cuda")  # where torch's fused SGD kernel exists
 
@@ -246,7 +246,7 @@ def train(
     learning rates in one pass).
     With `step_hook`, `step_hook(takes)` runs before each step's forward, `takes` the bool `[K]` CPU tensor of
     the models that take this step (never a model's skipped or padding steps): e.g. per-model random draws that
-    must follow a model's own steps, as they would were it trained alone (core.subspaces).
+    must follow a model's own steps, as they would were it trained alone (core.models.subspaces).
     With `regularizer`, `regularizer(ensemble.params)` (`[K]`, differentiable) is added to each model's loss on
     every step it takes; `losses` still holds the cross-entropy alone.
     With `epoch_hook`, `epoch_hook(epoch)` runs after each epoch's last step (e.g. per-epoch diagnostics); it must

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from core.subspaces import Kind, curve_coefficients, expected_calibration_error, line_coefficients
+from core.models.subspaces import Kind, curve_coefficients, expected_calibration_error, line_coefficients
 
 METHODS: dict[str, tuple[Kind, int, bool]] = {  # name: (kind, endpoints, layerwise)
     "line": ("line", 2, False),

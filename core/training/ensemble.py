@@ -10,7 +10,7 @@ Another layer type joins the fast path by offering its own stacked implementatio
 attribute ("features": activations `[K, F, B]`, as linear layers take them; "channels": `[B, K*C, *spatial]`
 channels-last, as convs take them) and `forward_stacked(x, params, k)`, which maps that layout to itself
 given the layer's stacked `[K, ...]` parameters and buffers by their names within the layer (a bias the layer
-does not have reads None; e.g. core.dct_sparse, core.subspaces). Buffers it updates in place stay updated.
+does not have reads None; e.g. core.models.dct_sparse, core.models.subspaces). Buffers it updates in place stay updated.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.modules.utils import _single
 
-from core.models import init_model
+from core.models.networks import init_model
 
 _CONV = (nn.Conv1d, nn.Conv2d)  # run as one grouped conv for all K models
 _BATCH_NORM = (nn.BatchNorm1d, nn.BatchNorm2d)  # one F.batch_norm over all K*C channels

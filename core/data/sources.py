@@ -1,5 +1,5 @@
 """Readers for datasets that live in files on disk: Fashion-MNIST IDX, CIFAR pickles, image folders,
-and a user's own arrays (.npz / Parquet). Each returns `RawData`; `core.data` applies the options."""
+and a user's own arrays (.npz / Parquet). Each returns `RawData`; `core.data.datasets` applies the options."""
 from __future__ import annotations
 
 import gzip
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 if TYPE_CHECKING:
-    from core.data import DatasetConfig
+    from core.data.datasets import DatasetConfig
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

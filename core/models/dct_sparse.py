@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair, _single
 
-from core.ensemble import _grouped_conv, _linear
+from core.training.ensemble import _grouped_conv, _linear
 
 Transform = Literal["auto", "fft", "matrix"]
 Heuristic = Literal["uniform", "erk", "epl"]
@@ -121,7 +121,7 @@ def _dct_transposed_fft(g: Tensor, in_features: int, dim: int) -> Tensor:
 class _DCTByFFT(torch.autograd.Function):
     """D x by FFT, with the backward D^T g by FFT too: half the time of autograd through rfft (bench/README.md)."""
 
-    generate_vmap_rule = True  # so that the vmap fallback of core.ensemble can run it
+    generate_vmap_rule = True  # so that the vmap fallback of core.training.ensemble can run it
 
     @staticmethod
     def forward(x: Tensor, out_features: int, dim: int) -> Tensor:
@@ -184,7 +184,7 @@ def _copied(layer: nn.Module, source: nn.Module) -> nn.Module:
 class DCTPlusSparseLinear(nn.Module):
     """y = alpha * D x + S x + b, with D the shared DCT `[out, in]`, S = `weight` (sparse through masks)."""
 
-    stacked_layout = "features"  # core.ensemble's stacked fast path: forward_stacked takes and gives [K, F, B]
+    stacked_layout = "features"  # core.training.ensemble's stacked fast path: forward_stacked takes and gives [K, F, B]
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, transform: Transform = "auto",
                  device=None, dtype=None):
@@ -218,7 +218,7 @@ class DCTPlusSparseLinear(nn.Module):
 class DCTPlusSparseConv(nn.Module):
     """y = alpha * conv(x, D_kernel) + conv(x, S) + b for 1-D or 2-D inputs, D_kernel the shared `dct_kernel`."""
 
-    stacked_layout = "channels"  # core.ensemble's stacked fast path: [B, K*C, *spatial], channels-last
+    stacked_layout = "channels"  # core.training.ensemble's stacked fast path: [B, K*C, *spatial], channels-last
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True,
                  spatial_dims: int = 2, device=None, dtype=None):

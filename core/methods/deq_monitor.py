@@ -1,4 +1,4 @@
-"""Training and watching DEQs (core.deq's blocks): Bai et al.'s Jacobian regulariser as core.training.train hooks,
+"""Training and watching DEQs (core.models.deq's blocks): Bai et al.'s Jacobian regulariser as core.training.trainer.train hooks,
 per-epoch probes of the solver and the Jacobian at z*, accuracy under capped inference, and the run's summary.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.deq import DEQLinear, hutchinson, spectral_radius
+from core.models.deq import DEQLinear, hutchinson, spectral_radius
 
 
 def deq_layers(model: nn.Module) -> list[DEQLinear]:
@@ -34,7 +34,7 @@ def solver_settings(layers: list[DEQLinear], **settings):
 
 
 class JacobianRegularization:
-    """core.training.train's hooks for Bai et al.'s regulariser: `step` decides from each stepping model's own
+    """core.training.trainer.train's hooks for Bai et al.'s regulariser: `step` decides from each stepping model's own
     generator whether this step is penalised (with probability `fraction`); `regularizer` then draws that model's
     `samples` Gaussian probes from the same generator and gives gamma ||eps^T J_f(z*)||^2 / D (mean over probes
     and examples, summed over DEQ blocks) at the fixed points the step's forward found, 0 for a model not

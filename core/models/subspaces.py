@@ -4,13 +4,13 @@ A subspace layer holds m endpoint weight sets W_1..W_m (`weight` `[m, out, in, *
 initialised independently, and runs with the weights sum_i c_i W_i for coefficients c set on it before the forward
 (`coefficients`: `[m]` for one model, `[K, m]` on a stacked ensemble's template). Each training step draws c from a
 generator per model (a line, a quadratic Bezier curve with a trained control point, or a uniform point of the
-simplex; one draw for the network or one per layer) through core.training.train's `step_hook`, and adds
+simplex; one draw for the network or one per layer) through core.training.trainer.train's `step_hook`, and adds
 beta cos^2(w_i, w_j) of a random endpoint pair through its `regularizer`. One backward trains every endpoint: the
 gradient of W_i is c_i times that of the combined weight.
 
 BatchNorm's affine weight and bias are interpolated the same way (`SubspaceBatchNorm`); its running statistics are
 one set per model, meaningful only at the point they were gathered at, so every evaluated point recomputes them
-from the training set (core.ensemble.recalibrate_batchnorm). The cos^2 regulariser is on the weights of the linear
+from the training set (core.training.ensemble.recalibrate_batchnorm). The cos^2 regulariser is on the weights of the linear
 and conv layers only: it measures how far apart the endpoints point, and BatchNorm's per-channel scales start equal
 (all ones) at every endpoint, so they stay out of it.
 """
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair, _single
 
-from core.ensemble import Ensemble, _grouped_conv, _linear, stacked_batch_norm
+from core.training.ensemble import Ensemble, _grouped_conv, _linear, stacked_batch_norm
 
 Kind = Literal["line", "curve", "simplex"]
 ENDPOINTS = {"line": 2, "curve": 3}  # a simplex takes any m >= 2
@@ -65,7 +65,7 @@ class _SubspaceLayer(nn.Module):
 class SubspaceLinear(_SubspaceLayer):
     """nn.Linear with weights sum_i c_i W_i over m endpoints."""
 
-    stacked_layout = "features"  # core.ensemble's stacked fast path: [K, F, B]
+    stacked_layout = "features"  # core.training.ensemble's stacked fast path: [K, F, B]
 
     def __init__(self, in_features: int, out_features: int, endpoints: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
@@ -87,7 +87,7 @@ class SubspaceLinear(_SubspaceLayer):
 class SubspaceConv(_SubspaceLayer):
     """nn.Conv1d / nn.Conv2d (zero padding, one group, no dilation) with kernels sum_i c_i W_i over m endpoints."""
 
-    stacked_layout = "channels"  # core.ensemble's stacked fast path: [B, K*C, *spatial], channels-last
+    stacked_layout = "channels"  # core.training.ensemble's stacked fast path: [B, K*C, *spatial], channels-last
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, endpoints: int, stride=1, padding=0,
                  bias: bool = True, spatial_dims: int = 2, device=None, dtype=None):
@@ -117,7 +117,7 @@ class SubspaceBatchNorm(_SubspaceLayer):
     sum_i c_i of m endpoints (`weight` `[m, C]` of ones, `bias` `[m, C]` of zeros); its running statistics
     (`running_mean`, `running_var` `[C]`, `num_batches_tracked`) are one model's, updated as nn.BatchNorm does."""
 
-    stacked_layout = "channels"  # core.ensemble's stacked fast path: [B, K*C, *spatial], channels-last
+    stacked_layout = "channels"  # core.training.ensemble's stacked fast path: [B, K*C, *spatial], channels-last
 
     def __init__(self, num_features: int, endpoints: int, eps: float = 1e-5, momentum: float = 0.1,
                  spatial_dims: int = 2, device=None, dtype=None):
@@ -264,7 +264,7 @@ def expected_calibration_error(probs: Tensor, labels: Tensor, bins: int = 20) ->
 
 
 class SubspaceTraining:
-    """core.training.train's hooks for a subspace ensemble: `step` draws each stepping model's coefficients and
+    """core.training.trainer.train's hooks for a subspace ensemble: `step` draws each stepping model's coefficients and
     endpoint pair from its own generator; `regularizer` is beta cos^2 of that pair. Pass both to train()."""
 
     def __init__(self, ensemble: Ensemble, kind: Kind, seeds: list[int], layerwise: bool = False, beta: float = 1.0):

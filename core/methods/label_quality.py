@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from core.config import derive_seed
-from core.experiment import SUBSET_STREAM
+from core.training.experiment import SUBSET_STREAM
 
 
 def fold_assignment(n: int, folds: int, seed: int) -> np.ndarray:
