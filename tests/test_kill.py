@@ -1,5 +1,7 @@
-"""SIGKILL at several points, one in the middle of a table write: the re-run recomputes only what is
-missing and ends with the tables of an uninterrupted run (cscore, proxies, prune_grid)."""
+"""SIGKILL in the middle of a table write, then right after one: the re-run recomputes only what is missing and ends
+with the tables (and weights) of an uninterrupted run. Every flow whose tasks write shards: cscore, proxies and
+prune_grid, subspaces and deq, lime_data and lime_pretrain."""
+import re
 import signal
 from pathlib import Path
 
@@ -15,6 +17,10 @@ from flows.cscore import CScoreFlowConfig
 from flows.proxies import ProxiesFlowConfig
 from flows.prune_grid import PruneGridFlowConfig, PruningConfig
 from flows.registry import FLOWS
+from test_flow_deq import CONFIG as DEQ
+from test_flow_lime_data import CONFIG as LIME_DATA
+from test_flow_lime_pretrain import CONFIG as LIME_PRETRAIN
+from test_flow_subspaces import CONFIG as SUBSPACES
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -27,9 +33,21 @@ CONFIGS = {
                                  n_bootstrap=0, cleanlab_folds=3),
     "prune_grid": PruneGridFlowConfig(dataset=DATA, widths=[8], depths=[1, 2], data_fractions=[1.0], seeds=[0, 1],
                                       pruning=PruningConfig(levels=2, rewind_step=2), train=TRAIN),
+    "subspaces": SUBSPACES, "deq": DEQ, "lime_data": LIME_DATA, "lime_pretrain": LIME_PRETRAIN,
 }
 # (how, at which atomic write of that attempt): config.json is write 1 of the first; later attempts skip what exists
-KILLS = [("during", 3), ("after", 2), ("during", 3)]
+KILLS = [("during", 3), ("after", 2)]
+TIMINGS = ["seconds", "epoch_seconds"]  # wall-clock columns (deq, lime_pretrain): the rest must be equal
+# A unit of work (one `compute_once`, one pruning level) writes its files in turn and is done once its last file is:
+# until then a re-run computes it again, all its files. Each rule maps a file to the last file of its unit.
+UNIT_ENDS = [
+    (r"weights/([^/]+)/rewind\.safetensors", r"shards/\1/level-00.parquet"),  # prune_grid: weights, then the table
+    (r"weights/([^/]+)/(level-\d+)\.safetensors", r"shards/\1/\2.parquet"),
+    (r"shards/epochs/(.+)", r"shards/inference/\1"),  # deq: a gamma's epochs, then its capped inference
+    (r"shards/alpha/(.+)", r"shards/summary/\1"),  # subspaces: points along alpha, then the summary
+    (r"examples/(.+)", r"shards/lengths/\1"),  # lime_data: the examples, then their lengths
+    (r"shards/pretrain/(.+)\.parquet", r"pretrained/\1.safetensors"),  # lime_pretrain: the curve, then the weights
+]
 
 
 def attempt(processes, flow: str, root: Path, how: str, at: int, logs: Path) -> tuple[int, str]:
@@ -53,22 +71,25 @@ def assert_same_outputs(folder: Path, reference: Path) -> None:
     assert ours == sorted(p.relative_to(reference) for p in finished_files(reference))
     for name in ours:
         if name.suffix == ".parquet":
-            pd.testing.assert_frame_equal(pd.read_parquet(folder / name), pd.read_parquet(reference / name), obj=str(name))
+            ours, theirs = (pd.read_parquet(f / name).drop(columns=TIMINGS, errors="ignore") for f in (folder, reference))
+            pd.testing.assert_frame_equal(ours, theirs, obj=str(name))
         else:
             theirs = load_file(reference / name)
             assert all(torch.equal(value, theirs[key]) for key, value in load_file(folder / name).items()), name
 
 
-def level_table(weights: Path) -> Path:
-    """The table whose presence marks the pruning level of `weights` finished (rewind: level 0's snapshot)."""
-    level = "level-00" if weights.stem == "rewind" else weights.stem
-    return weights.parents[2] / "shards" / weights.parent.name / f"{level}.parquet"
+def unit_end(name: str) -> str:
+    """The last file of the unit of work that writes `name` (a path inside the run folder): `name` itself, unless a
+    rule of UNIT_ENDS says otherwise."""
+    for pattern, end in UNIT_ENDS:
+        if re.fullmatch(pattern, name):
+            return re.sub(pattern, end, name)
+    return name
 
 
-def finished_work(files: dict[Path, int]) -> dict[Path, int]:
-    """The files no re-run may write again: every table, and the weights of the levels whose table is written
-    (a level writes its weights first and its table last: without the table the level trains again)."""
-    return {p: t for p, t in files.items() if p.suffix == ".parquet" or level_table(p) in files}
+def finished_work(files: dict[Path, int], folder: Path) -> dict[Path, int]:
+    """The files no re-run may write again: those of every unit of work whose last file is written."""
+    return {p: t for p, t in files.items() if folder / unit_end(p.relative_to(folder).as_posix()) in files}
 
 
 @pytest.mark.parametrize("flow", sorted(CONFIGS))
@@ -82,12 +103,12 @@ def test_killed_runs_resume_to_the_tables_of_an_uninterrupted_run(flow, tmp_path
         code, stderr = attempt(flow_processes, flow, root, how, at, tmp_path / f"attempt-{i}")
         assert code == -signal.SIGKILL, stderr
         after = finished_files(folder)
-        kept = finished_work(before)
+        kept = finished_work(before, folder)
         assert {p: after.get(p) for p in kept} == kept  # nothing finished earlier was written again
         assert len(after) > len(before) or how == "during"  # an `after` kill always lands one more file
         before = after
     assert any(p.name.endswith(".tmp") for p in folder.rglob(".*")), "a `during` kill leaves a partial temp file"
     assert Path(run(CONFIGS[flow], data_root=str(root))) == folder
-    kept = finished_work(before)
+    kept = finished_work(before, folder)
     assert {p: t for p, t in finished_files(folder).items() if p in kept} == kept
     assert_same_outputs(folder, reference)
