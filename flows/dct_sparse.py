@@ -36,7 +36,7 @@ class DCTSparseFlowConfig(Config):
     dataset: DatasetConfig = Field(DatasetConfig(name="mnist1d"), description="what to train on")
     model: str = Field("mlp_w256_d2", description="registry name of the plain network (no dct_ prefix): "
                        "mlp_w256_d2, mlp_h300-100, lenet_300_100, cnn1d_w32_d2, cnn_w16_d2")
-    layer_types: list[LayerType] = Field(["dense", "sparse", "dct_sparse"], min_length=1,
+    layer_types: list[LayerType] = Field(["dct_sparse", "dense", "sparse"], min_length=1,  # as the validator sorts
                                          description="how every Linear/Conv layer is built (one task each)")
     densities: list[float] = Field([0.1, 0.03, 0.01, 0.003, 0.001, 0.0003], min_length=1,
                                    description="fractions of each network's Linear/Conv weights that train (sparse "

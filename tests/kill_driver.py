@@ -5,10 +5,11 @@ tests/test_kill.py and tests/test_claims.py.
   {"start": [FLOW, CONFIG_JSON, DATA_ROOT, "during" | "after", N, STDOUT_PATH, STDERR_PATH]}
       forks a child that runs the flow (its output to the two files) and answers {"pid": PID} at once;
   {"wait": PID}   answers {"returncode": ...} once that child ends (-9: it SIGKILLed itself).
-`during`: the N-th write's temp file gets half its bytes, then the child dies before the rename (what a kill in
-the middle of writing a table leaves). `after`: it dies right after the N-th write lands. Without a kill (N larger
-than the writes) the child prints the run folder and exits 0. A child is a fresh process as far as a run can tell
-(its own pid, Prefect client and threads); only the imports, seconds of them, are done once.
+N counts the writes into run folders (not the dataset cache). `during`: the N-th write's temp file gets half its
+bytes, then the child dies before the rename (what a kill in the middle of writing a table leaves). `after`: it dies
+right after the N-th write lands. Without a kill (N larger than the writes) the child prints the run folder and exits
+0. A child is a fresh process as far as a run can tell (its own pid, Prefect client and threads); only the imports,
+seconds of them, are done once.
 """
 from __future__ import annotations
 
@@ -27,13 +28,15 @@ def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def dying_write(real, mode: str, n: int):
-    """`store.atomic_write` (`real`) that kills the process at call `n`."""
+def dying_write(real, mode: str, n: int, runs: Path):
+    """`store.atomic_write` (`real`) that kills the process at its `n`-th call on a file under `runs` (the run
+    folders; not the dataset cache beside them)."""
     calls = [0]
 
     def write(path: Path, body) -> None:
-        calls[0] += 1
-        if calls[0] != n:
+        inside = Path(path).resolve().is_relative_to(runs)
+        calls[0] += inside
+        if calls[0] != n or not inside:
             return real(path, body)
         if mode == "after":
             real(path, body)
@@ -59,7 +62,7 @@ def run_child(flow_name: str, config_json: str, data_root: str, mode: str, n: in
 
     for stream, path in ((1, out), (2, err)):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), stream)
-    store.atomic_write = dying_write(store.atomic_write, mode, n)
+    store.atomic_write = dying_write(store.atomic_write, mode, n, Path(data_root).resolve() / "runs")
     flow, config_class = FLOWS[flow_name].load()
     code = 0
     try:

@@ -24,6 +24,15 @@ def test_every_shipped_config_is_valid(path):
     FLOWS[flow].config_class().model_validate(yaml.safe_load(path.read_text()))  # raises, naming the field, if not
 
 
+@pytest.mark.parametrize("flow", sorted(FLOWS))
+def test_a_default_config_is_the_same_run_from_python_as_from_a_form_or_a_file(flow):
+    """Python's default is not validated, a form's or a file's JSON is: a default that a validator would reorder
+    gave the same settings two run ids (dct_sparse's layer types did)."""
+    config_class = FLOWS[flow].config_class()
+    default = config_class()
+    assert config_class.model_validate_json(default.model_dump_json()) == default
+
+
 def test_a_partial_group_keeps_the_flows_own_defaults(tmp_path):
     """`--set train.epochs=20`, a YAML block or a deployment parameter naming part of a group leaves the rest at the
     flow's defaults (subspaces trains at lr 0.1, weight_correlation on mnist1d), not at the group class's."""

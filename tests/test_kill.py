@@ -1,6 +1,6 @@
 """SIGKILL in the middle of a table write, then right after one: the re-run recomputes only what is missing and ends
-with the tables (and weights) of an uninterrupted run. Every flow whose tasks write shards: cscore, proxies and
-prune_grid, subspaces and deq, lime_data and lime_pretrain."""
+with the tables (and weights) of an uninterrupted run. Every flow whose tasks write shards: cscore, proxies,
+prune_grid, weight_correlation, dct_sparse, subspaces, deq, lime_data and lime_pretrain (train: test_flow_train)."""
 import re
 import signal
 from pathlib import Path
@@ -17,10 +17,12 @@ from flows.cscore import CScoreFlowConfig
 from flows.proxies import ProxiesFlowConfig
 from flows.prune_grid import PruneGridFlowConfig, PruningConfig
 from flows.registry import FLOWS
+from test_flow_dct_sparse import CONFIG as DCT_SPARSE
 from test_flow_deq import CONFIG as DEQ
 from test_flow_lime_data import CONFIG as LIME_DATA
 from test_flow_lime_pretrain import CONFIG as LIME_PRETRAIN
 from test_flow_subspaces import CONFIG as SUBSPACES
+from test_weight_correlation import CONFIG as WEIGHT_CORRELATION
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -33,7 +35,8 @@ CONFIGS = {
                                  n_bootstrap=0, cleanlab_folds=3),
     "prune_grid": PruneGridFlowConfig(dataset=DATA, widths=[8], depths=[1, 2], data_fractions=[1.0], seeds=[0, 1],
                                       pruning=PruningConfig(levels=2, rewind_step=2), train=TRAIN),
-    "subspaces": SUBSPACES, "deq": DEQ, "lime_data": LIME_DATA, "lime_pretrain": LIME_PRETRAIN,
+    "weight_correlation": WEIGHT_CORRELATION, "dct_sparse": DCT_SPARSE, "subspaces": SUBSPACES, "deq": DEQ,
+    "lime_data": LIME_DATA, "lime_pretrain": LIME_PRETRAIN,
 }
 # (how, at which atomic write of that attempt): config.json is write 1 of the first; later attempts skip what exists
 KILLS = [("during", 3), ("after", 2)]
@@ -43,6 +46,7 @@ TIMINGS = ["seconds", "epoch_seconds"]  # wall-clock columns (deq, lime_pretrain
 UNIT_ENDS = [
     (r"weights/([^/]+)/rewind\.safetensors", r"shards/\1/level-00.parquet"),  # prune_grid: weights, then the table
     (r"weights/([^/]+)/(level-\d+)\.safetensors", r"shards/\1/\2.parquet"),
+    (r"weights/(round-\d+)\.safetensors", r"shards/\1.parquet"),  # weight_correlation: weights, then the table
     (r"shards/epochs/(.+)", r"shards/inference/\1"),  # deq: a gamma's epochs, then its capped inference
     (r"shards/alpha/(.+)", r"shards/summary/\1"),  # subspaces: points along alpha, then the summary
     (r"examples/(.+)", r"shards/lengths/\1"),  # lime_data: the examples, then their lengths
