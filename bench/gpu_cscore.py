@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from bench.trainer import training_flops_per_example
     from core.data.datasets import DatasetConfig
-    from core.training.experiment import subset_size
     from core.runs.store import read_provenance
+    from core.training.experiment import subset_size
     from core.training.trainer import TrainConfig
     from flows import server
 
