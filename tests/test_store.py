@@ -299,8 +299,9 @@ def test_data_root_from_env_and_default(tmp_path: Path, monkeypatch: pytest.Monk
     run = RunStore.open("toy", Tiny())
     assert run.root == tmp_path.resolve() / "rel/root/runs/toy" / EXPECTED_ID
     monkeypatch.delenv(DATA_ROOT_ENV)
-    repo = Path(store_mod.__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[1]  # this file's checkout, not a path derived from the store's module
     assert default_data_root() == repo / "data" and default_data_root().is_absolute()
+    assert (default_data_root() / "README.md").is_file()  # the repository's data/, documented there
 
 
 def test_pack_unpack_bool_rows_exact():

@@ -30,7 +30,7 @@ from core.config import canonical_json, run_id
 DATA_ROOT_ENV = "REGULARITY_DATA_ROOT"
 RUN_ID = re.compile(r"[a-z_]+-[0-9a-f]{12}")
 META_PREFIX = "regularity."
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # core/runs/store.py
 TMP_ABANDONED_S = 3600  # a temp file untouched this long belongs to a write that a kill interrupted
 _JSON_FIELDS = ("config", "inputs", "versions", "hardware", "built_from")
 _PACKAGES = ("torch", "numpy", "pandas", "pyarrow", "scikit-learn", "scipy", "prefect")
