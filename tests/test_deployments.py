@@ -9,7 +9,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from flows import server
 from flows.cscore import CScoreFlowConfig, cscore_flow
 from flows.registry import FLOWS
 from flows.train import TrainFlowConfig, train_flow
+from test_server import free_port
 
 SMALL = {"dataset": {"name": "digits", "n_train": 300, "n_test": 100}, "model": "mlp_w8_d1", "n_models": 3,
          "shard_size": 2, "train": {"epochs": 2, "batch_size": 32}}
@@ -40,13 +40,6 @@ STOP_TIMEOUT_S = 10  # `prefect server stop` sends SIGTERM without waiting for t
 PASSWORD = secrets.token_urlsafe(16)
 AUTH = f"regularity:{PASSWORD}"
 TOKEN = base64.b64encode(AUTH.encode()).decode()  # what travels in the Authorization header
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def only_server_auth(env: pytest.MonkeyPatch) -> None:
@@ -263,7 +256,6 @@ def assert_same_tables(run_a: Path, run_b: Path, names: list[str]) -> None:
         pd.testing.assert_frame_equal(pd.read_parquet(run_a / name), pd.read_parquet(run_b / name), obj=name)
 
 
-@pytest.mark.usefixtures("prefect_harness")
 def test_the_authenticated_worker_runs_a_deployment_as_a_direct_run_does(private_server, tmp_path):
     """The worker of `up` runs train/mnist1d into the tables a direct run writes, and writes the secret nowhere."""
     assert private_server.startswith("http://127.0.0.1:")
@@ -368,7 +360,6 @@ def submit(page, failed_calls: list[str]) -> None:
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason="needs Debian's chromium: `make browser-deps` (in make test)")
-@pytest.mark.usefixtures("prefect_harness")
 def test_a_run_started_in_the_ui_writes_what_a_direct_run_writes(private_server, tmp_path):
     """A user logs in to the UI, fills the cscore deployment's form; the run writes a direct run's tables."""
     from playwright.sync_api import sync_playwright

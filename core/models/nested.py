@@ -54,7 +54,7 @@ def nested_ensemble(names: list[str], input_shape, num_classes: int, seeds: list
     check_precision(precision, torch.device(device))
     template = init_model(host, tuple(input_shape), num_classes, 0)
     params = {n: torch.zeros(len(names), *p.shape) for n, p in template.named_parameters()}
-    # BatchNorm statistics nest like the parameters: zeros outside a model's block are never read, since a dead
+    # BatchNorm statistics nest like the parameters: zeros outside a model's block never matter, since a dead
     # channel's BatchNorm output is its (zero, masked) bias whatever its statistics
     buffers = {n: torch.zeros(len(names), *b.shape, dtype=b.dtype) for n, b in template.named_buffers()}
     support = {n: torch.zeros(p.shape, dtype=torch.bool) for n, p in params.items()}
