@@ -16,11 +16,12 @@ import torch
 
 from bench.plain import masking_hook, train_plain
 from bench.trainer import interleaved_seconds, matmul_gflops
-from core.models.dct_sparse import dct, layer_densities, random_masks, uses_fft
 from core.models import dct_sparse
+from core.models.dct_sparse import dct, layer_densities, random_masks, uses_fft
 from core.models.networks import init_model, prunable_parameters
+from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble
-from core.training.trainer import TrainConfig, reuse_freed_memory, train
+from core.training.trainer import reuse_freed_memory, train
 
 # ---- knobs ---------------------------------------------------------------------------------
 MODEL, INPUT_SHAPE, CLASSES = "dct_mlp_w256_d2", (1, 40), 10  # MNIST-1D-shaped inputs (random: speed only)

@@ -15,12 +15,14 @@ import torch
 
 from bench.plain import train_plain
 from bench.trainer import interleaved_seconds, matmul_gflops
-from core.data.datasets import DatasetConfig, load_dataset
+from core.data.config import DatasetConfig
+from core.data.datasets import load_dataset
 from core.methods.deq_monitor import JacobianRegularization, deq_layers
 from core.models.deq import SolverLog, jacobian_frobenius
 from core.models.networks import init_model
+from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble
-from core.training.trainer import TrainConfig, reuse_freed_memory, train
+from core.training.trainer import reuse_freed_memory, train
 
 # ---- knobs ---------------------------------------------------------------------------------
 MODEL = "deq_w64"  # the deq flow's default network

@@ -85,10 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     import tempfile
 
     from bench.trainer import training_flops_per_example
-    from core.data.datasets import DatasetConfig
+    from core.data.config import DatasetConfig
     from core.runs.store import read_provenance
+    from core.training.config import TrainConfig
     from core.training.experiment import subset_size
-    from core.training.trainer import TrainConfig
     from flows import server
 
     if args.cpu_smoke and not os.environ.get("PREFECT_API_URL"):

@@ -17,7 +17,8 @@ import torch
 
 from core.training.ensemble import Ensemble
 import core.training.trainer as training
-from core.training.trainer import StackedSGD, TrainConfig
+from core.training.config import TrainConfig
+from core.training.trainer import StackedSGD
 
 # ---- knobs ---------------------------------------------------------------------------------
 SHAPES = [("mlp_w128_d2", 32, (1, 64)), ("mlp_w64_d2", 64, (1, 40)), ("mlp_w256_d2", 64, (1, 40))]  # model, K, input

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from core.training.trainer import TrainConfig, lr_at
+from core.training.config import TrainConfig, lr_at
 
 
 def train_plain(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, members: torch.Tensor,

@@ -18,10 +18,11 @@ import torch
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 from bench.trainer import interleaved_seconds, matmul_gflops
+from core.sequence.config import TransformerConfig
 from core.sequence.lime import LimeConfig
 from core.sequence.rewriting import RewriteConfig, generate as rewriting_examples
 from core.sequence.transfer import lime_batches
-from core.sequence.transformer import Seq2Seq, TransformerConfig, collate, sequence_loss
+from core.sequence.transformer import Seq2Seq, collate, sequence_loss
 
 # ---- knobs ---------------------------------------------------------------------------------
 CONFIG = TransformerConfig()  # the lime_pretrain flow's default network (d_model 64, 2 + 2 layers)

@@ -18,8 +18,9 @@ from bench.plain import train_plain
 from bench.trainer import interleaved_seconds, matmul_gflops
 from core.models.networks import init_model
 from core.models.subspaces import SubspaceTraining, fix_coefficients, line_coefficients, subspace_layers
+from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble
-from core.training.trainer import TrainConfig, reuse_freed_memory, train
+from core.training.trainer import reuse_freed_memory, train
 
 # ---- knobs ---------------------------------------------------------------------------------
 MODELS = ["mlp_w256_d2", "cnn1d_bn_w32_d2"]  # plain networks; each line is subspace2_<model>

@@ -15,10 +15,12 @@ import time
 import torch
 
 from bench.plain import train_plain
-from core.data.datasets import DatasetConfig, load_dataset
+from core.data.config import DatasetConfig
+from core.data.datasets import load_dataset
 from core.models.networks import init_model
+from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble
-from core.training.trainer import TrainConfig, reuse_freed_memory, train
+from core.training.trainer import reuse_freed_memory, train
 
 # ---- knobs ---------------------------------------------------------------------------------
 MODELS = ["mlp_w64_d2", "mlp_w256_d2", "cnn1d_w32_d3"]

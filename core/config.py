@@ -3,14 +3,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import typing
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from core.runtime import ThreadChoice, available_cores, choose_threads
+
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+class AddedSetting:
+    """Marks a setting added after runs existed: `Annotated[type, ADDED_SETTING] = Field(default, ...)`. While it holds
+    its default it is left out of the run id (`canonical_json`), so every config written before it keeps its id."""
+
+    def __repr__(self) -> str:
+        return "ADDED_SETTING"
+
+
+ADDED_SETTING = AddedSetting()
 
 
 class Config(BaseModel):
@@ -58,7 +70,9 @@ class RuntimeConfig(Config):
 
     device: str = Field("auto", description="torch device: auto (cuda when present, else cpu), cpu, cuda, cuda:N or mps")
     threads: int = Field(0, ge=0, description="torch CPU threads per task; 0 = the cores divided among concurrent "
-                         "tasks (in a Dask worker: what that worker has, its OMP_NUM_THREADS or its cores per thread)")
+                         "tasks (only those other processes leave free when the run starts, where OpenMP threads "
+                         "spin: OMP_WAIT_POLICY not PASSIVE), in a Dask worker what that worker has (its "
+                         "OMP_NUM_THREADS or its cores per thread)")
     max_workers: int = Field(1, ge=1, description="shards run at once by the local task runner")
     task_runner: Literal["local", "dask"] = Field("local", description="local threads, or a Dask cluster (prefect-dask)")
     dask_address: str | None = Field(None, description="address of an existing Dask scheduler, e.g. tcp://host:8786; "
@@ -91,32 +105,55 @@ class RuntimeConfig(Config):
                              f"outdated, all); got {bad}")
         return patterns
 
-    def torch_threads(self) -> int:
-        """Threads a task of this process should give torch: the setting, or this machine's cores shared by the
-        local runner's concurrent tasks (tasks in Dask workers size theirs there: `tasks.common.task_threads`)."""
-        return self.threads or max(1, available_cores() // self.max_workers)
+    def torch_threads(self, busy_cores: float | None = None) -> int:
+        """Threads a task of this process should give torch: the setting, or the cores shared by the local runner's
+        concurrent tasks, less those others keep busy (`busy_cores`, measured as the flow started) where OpenMP
+        threads spin (`core.runtime.threads_for_load`; tasks in Dask workers size theirs there: `task_threads`)."""
+        return self.thread_choice(busy_cores).threads
 
-    def dask_worker_threads(self) -> int:
-        """Torch threads per worker of the local Dask cluster: the setting, or the cores shared by its workers."""
-        return self.threads or max(1, available_cores() // self.dask_workers)
+    def thread_choice(self, busy_cores: float | None = None) -> ThreadChoice:
+        """`torch_threads` with what it was chosen from, for the run's log."""
+        return choose_threads(self.threads, available_cores(), self.max_workers, busy_cores)
 
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity, which containers and taskset narrow), else the count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+    def dask_worker_threads(self, busy_cores: float | None = None) -> int:
+        """Torch threads per worker of the local Dask cluster: the setting, or the cores shared by its workers (as
+        `torch_threads`)."""
+        return choose_threads(self.threads, available_cores(), self.dask_workers, busy_cores).threads
 
 
 def canonical_json(config: BaseModel | dict[str, Any]) -> str:
     """Stable JSON of a resolved config with the `runtime` group left out, but for a precision other than fp32
-    (it changes the numbers; fp32 runs keep the ids they always had)."""
-    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config)
+    (it changes the numbers; fp32 runs keep the ids they always had), and without ADDED_SETTING fields at their
+    defaults (a config is validated first for that: a plain dict is taken as it is)."""
+    data = identity_data(config) if isinstance(config, BaseModel) else dict(config)
     runtime = data.pop("runtime", None) or {}
     if runtime.get("precision", "fp32") != "fp32":
         data["precision"] = runtime["precision"]
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def identity_data(config: BaseModel) -> dict[str, Any]:
+    """`config` as JSON data without the ADDED_SETTING fields that hold their defaults, in every nested group."""
+    data = config.model_dump(mode="json")
+    _leave_out_added_defaults(config, data)
+    return data
+
+
+def _leave_out_added_defaults(value: Any, data: Any) -> None:
+    """Delete from `data` (the JSON dump of `value`) each ADDED_SETTING field of `value`'s models at its default."""
+    if isinstance(value, BaseModel) and isinstance(data, dict):
+        for name, field in type(value).model_fields.items():
+            child = getattr(value, name)
+            if ADDED_SETTING in field.metadata and child == field.get_default(call_default_factory=True):
+                data.pop(name, None)
+            else:
+                _leave_out_added_defaults(child, data.get(name))
+    elif isinstance(value, (list, tuple)) and isinstance(data, list):
+        for item, dumped in zip(value, data):
+            _leave_out_added_defaults(item, dumped)
+    elif isinstance(value, dict) and isinstance(data, dict):
+        for key, item in value.items():
+            _leave_out_added_defaults(item, data.get(str(key)))
 
 
 def run_id(flow: str, config: BaseModel | dict[str, Any], inputs: dict[str, str] | None = None) -> str:

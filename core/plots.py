@@ -69,38 +69,55 @@ def _chosen_per_class(scores: np.ndarray, labels: np.ndarray, classes: int, per_
     return rows
 
 
+LABEL_BAND = 0.4  # height of the text under each example of `extreme_examples`, in example heights
+SOURCE_CHARS = 20  # a longer source shows its end (the file name), after an ellipsis
+
+
+def _short(source: str) -> str:
+    """`source` cut to its last SOURCE_CHARS characters, so that it fits under its example."""
+    return source if len(source) <= SOURCE_CHARS else "…" + source[-(SOURCE_CHARS - 1):]
+
+
 def extreme_examples(x: np.ndarray, scores: np.ndarray, labels: np.ndarray, class_names: list[str],
-                     path: Path, per_side: int = 5, title: str = "") -> Path:
-    """Per class (row): the `per_side` lowest-scoring examples, then the `per_side` highest.
+                     path: Path, per_side: int = 5, title: str = "", *, ids: np.ndarray, sources: np.ndarray) -> Path:
+    """Per class (row): the `per_side` lowest-scoring examples, then the `per_side` highest, each labelled with its
+    score, `example_id` and source (where the user's files hold it), so that any one can be looked up.
 
     Drawn on one axes (a mosaic of images, or offset line plots for sequences): a grid of 100
     small axes takes seconds to render.
     """
     rows, cols = len(class_names), 2 * per_side
     chosen = _chosen_per_class(scores, labels, rows, per_side)
-    fig, ax = plt.subplots(figsize=(1.1 * cols + 1, 1.1 * rows + 0.6))
-    if x.ndim == 4:  # [N, C, H, W] images: one mosaic, 1-pixel gaps
+    if x.ndim == 4:  # [N, C, H, W] images: one mosaic, 1-pixel gaps, a white band under each row for the labels
         _, channels, h, w = x.shape
-        mosaic = np.ones((rows * (h + 1), cols * (w + 1), channels))
+        band = max(1, round(LABEL_BAND * h))
+        pitch = (h + band) / h  # a row's height, in example heights
+        mosaic = np.ones((rows * (h + band), cols * (w + 1), channels))
         for r, row in enumerate(chosen):
             for c, i in enumerate(row):
-                mosaic[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = np.moveaxis(_scaled(x[i]), 0, -1)
-        ax.imshow(mosaic.squeeze(-1) if channels == 1 else mosaic, cmap="gray", extent=(0, cols, rows, 0))
+                mosaic[r * (h + band) : r * (h + band) + h, c * (w + 1) : c * (w + 1) + w] = \
+                    np.moveaxis(_scaled(x[i]), 0, -1)
+    else:
+        pitch = 1 + LABEL_BAND
+    fig, ax = plt.subplots(figsize=(1.1 * cols + 1, 1.1 * rows * pitch + 0.6))
+    if x.ndim == 4:
+        ax.imshow(mosaic.squeeze(-1) if channels == 1 else mosaic, cmap="gray", extent=(0, cols, rows * pitch, 0))
     else:  # sequences: each cell's channels as lines, scaled into the cell
         for r, row in enumerate(chosen):
             for c, i in enumerate(row):
                 for channel in np.atleast_2d(x[i]):
-                    ax.plot(c + 0.05 + 0.9 * np.linspace(0, 1, len(channel)), r + 0.9 - 0.8 * _scaled(channel),
+                    ax.plot(c + 0.05 + 0.9 * np.linspace(0, 1, len(channel)), r * pitch + 0.9 - 0.8 * _scaled(channel),
                             lw=0.8, color="tab:blue")
-        ax.set(xlim=(0, cols), ylim=(rows, 0))
+        ax.set(xlim=(0, cols), ylim=(rows * pitch, 0))
     for r, row in enumerate(chosen):
         for c, i in enumerate(row):
-            ax.text(c + 0.5, r + 0.02, f"{scores[i]:.2f}", ha="center", va="bottom", fontsize=6,
-                    color="tab:red" if c < per_side else "tab:green")
-    ax.set_yticks(np.arange(rows) + 0.5, class_names, fontsize=8)
+            ax.text(c + 0.5, r * pitch + 1.02, f"{scores[i]:.2f}  id {ids[i]}\n{_short(str(sources[i]))}", ha="center",
+                    va="top", fontsize=4.5, color="tab:red" if c < per_side else "tab:green")
+    ax.set_yticks(np.arange(rows) * pitch + 0.5, class_names, fontsize=8)
     ax.set_xticks([])
     ax.axvline(per_side, color="k", lw=1)
-    ax.set_title(title or f"lowest {per_side} (red) and highest {per_side} (green) per class")
+    ax.set_title(title or f"lowest {per_side} (red) and highest {per_side} (green) per class: score, example_id, "
+                 "source")
     return save(fig, path)
 
 

@@ -6,17 +6,25 @@ prefect) only after it has decided which API the run talks to.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import logging
 import os
 import sys
+import textwrap
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from flows import server
-from flows.registry import FLOWS
+from core.runtime import set_wait_policy
+
+set_wait_policy()  # before flows/ load torch (libgomp reads it once, on loading); processes started here inherit it
+
+from flows import server  # noqa: E402
+from flows.registry import FLOWS  # noqa: E402
 
 
 class ConfigError(ValueError):
@@ -76,12 +84,94 @@ def load_config(config_class: type, path: str | None, overrides: list[str], flow
     try:
         return config_class.model_validate(data)
     except ValidationError as err:
-        lines = [f"  {'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']} (got {e.get('input')!r})" for e in err.errors()]
+        lines = [f"  {'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']} (got {e.get('input')!r})"
+                 f"{did_you_mean(config_class, e['loc']) if e['type'] == 'extra_forbidden' else ''}"
+                 for e in err.errors()]
         raise ConfigError("invalid config:\n" + "\n".join(lines)) from err
 
 
+def group_class(config_class: type, path: tuple) -> type | None:
+    """The config class of the group at `path` (field names from the top), or None where no group is."""
+    for name in path:
+        field = config_class.model_fields.get(name) if isinstance(config_class, type) else None
+        if field is None:
+            return None
+        groups = [t for t in (field.annotation, *typing.get_args(field.annotation))
+                  if isinstance(t, type) and issubclass(t, BaseModel)]  # a group, or an optional one
+        if not groups:
+            return None
+        config_class = groups[0]
+    return config_class
+
+
+def did_you_mean(config_class: type, loc: tuple) -> str:
+    """`; did you mean train.epochs?` for an unknown setting `loc` close to a field of its group, else ''."""
+    *parents, unknown = loc
+    group = group_class(config_class, tuple(parents))
+    close = difflib.get_close_matches(str(unknown), list(group.model_fields), n=1) if group else []
+    return f"; did you mean {'.'.join(map(str, [*parents, close[0]]))}?" if close else ""
+
+
+def flow_name(name: str) -> str:
+    """A flow name given on the command line, or an argparse error with the closest flow and the list."""
+    if name in FLOWS:
+        return name
+    close = difflib.get_close_matches(name, list(FLOWS), n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise argparse.ArgumentTypeError(f"unknown flow {name!r}; {hint}flows: {', '.join(sorted(FLOWS))}")
+
+
+def check_data(flow: str, config: Any, data_root: str | None) -> None:
+    """Load the dataset `config` names and check the flow's models can train on it, before a server starts or a run
+    folder exists: a missing or malformed file fails in one line. The dataset stays loaded in this process
+    (`tasks.common.shared_dataset`), so the flow does not load it again. Flows without a dataset skip this."""
+    from core.data.config import DatasetConfig
+    from core.runs.store import dataset_cache
+    from tasks.common import shared_dataset
+
+    if isinstance(getattr(config, "dataset", None), DatasetConfig):
+        FLOWS[flow].check_fits()(config, shared_dataset(config.dataset, dataset_cache(data_root)))
+
+
+def run_folder_of(flow: str, config: Any, data_root: str | None) -> Path | None:
+    """The newest run folder of `flow` whose config.json holds `config` (runtime aside), or None."""
+    from core.config import canonical_json
+    from core.runs.store import default_data_root
+
+    wanted, found = canonical_json(config), []
+    for path in Path(data_root or default_data_root()).glob(f"runs/{flow}/*/config.json"):
+        try:  # validated as the run's own config was, so settings added since compare as their defaults
+            if canonical_json(type(config).model_validate(json.loads(path.read_text())["config"])) == wanted:
+                found.append(path.parent)
+        except (OSError, ValueError, KeyError, TypeError):  # a folder being written, not a run's, or of older code
+            continue
+    return max(found, key=lambda folder: folder.stat().st_mtime, default=None)
+
+
+def interrupted(flow: str, config: Any, data_root: str | None) -> str:
+    """The one line a Ctrl-C of a run prints: what is written, and that the same command resumes from it."""
+    from core.runs.store import run_status
+
+    folder = run_folder_of(flow, config, data_root)
+    if folder is None:
+        return "interrupted before the run folder was made; run the same command again to start the run"
+    return (f"interrupted: run {folder.name} is {run_status(folder)} in {folder}; run the same command again "
+            "to resume it from there")
+
+
+def _before_warnings(record: logging.LogRecord) -> bool:
+    """A logging filter keeping warnings and errors only."""
+    return record.levelno >= logging.WARNING
+
+
+def quiet_prefect_exit() -> None:
+    """Keep Prefect's own logger to warnings from here on: at exit it says "Stopping temporary server" (an --ephemeral
+    run's API), which would come after the run folder, the line scripts read."""
+    logging.getLogger("prefect").addFilter(_before_warnings)  # the same filter once, however often called
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    """Validate the config, point Prefect at an API, run the flow, print the run folder last."""
+    """Validate the config and its data, point Prefect at an API, run the flow, print the run folder last."""
     explicit_api = os.environ.get("PREFECT_API_URL")
     if args.ephemeral:
         os.environ.pop("PREFECT_API_URL", None)
@@ -91,19 +181,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     flow_fn, config_class = FLOWS[args.flow].load()
     recompute = [f"runtime.recompute={json.dumps(args.recompute)}"] if args.recompute else []
     config = load_config(config_class, args.config, args.set + recompute, args.flow)
-    if not args.ephemeral:
-        print(f"Prefect API: {explicit_api or server.start_server()}", file=sys.stderr)
     data_root = str(Path(args.data_root).resolve()) if args.data_root else None
-    run_folder = Path(flow_fn(config=config, data_root=data_root))
+    check_data(args.flow, config, data_root)
+    if not args.ephemeral:
+        print(f"Prefect API: {explicit_api or server.start_server()} ({server.api_owner(explicit_api)})",
+              file=sys.stderr)
+    try:
+        run_folder = Path(flow_fn(config=config, data_root=data_root))
+    except KeyboardInterrupt:
+        quiet_prefect_exit()
+        print(f"regularity: {interrupted(args.flow, config, data_root)}", file=sys.stderr)
+        return 130
+    quiet_prefect_exit()
     outputs = sorted(str(p.relative_to(run_folder)) for p in [*run_folder.glob("*.*"), *run_folder.glob("figures/*")])
     print(f"\nOutputs of {run_folder.name}:\n" + "\n".join(f"  {name}" for name in outputs), file=sys.stderr)
     print(run_folder)
     return 0
 
 
+def commented_yaml(config: BaseModel, indent: int = 0) -> list[str]:
+    """The YAML lines of `config`, each field's description as a comment above its key, groups nested below theirs."""
+    pad, values, lines = " " * indent, config.model_dump(mode="json"), []
+    for name, field in type(config).model_fields.items():
+        lines += [f"{pad}# {line}" for line in textwrap.wrap(field.description or "", 118 - indent)]
+        group = getattr(config, name)
+        if isinstance(group, BaseModel) and type(group).model_fields:
+            lines += [f"{pad}{name}:", *commented_yaml(group, indent + 2)]
+        else:
+            lines += [pad + line for line in yaml.safe_dump({name: values[name]}, sort_keys=False).splitlines()]
+    return lines
+
+
 def cmd_config(args: argparse.Namespace) -> int:
-    """Print a flow's default config as YAML, ready to edit."""
-    print(yaml.safe_dump(FLOWS[args.flow].config_class()().model_dump(mode="json"), sort_keys=False), end="")
+    """Print a flow's default config as YAML, ready to edit, with each setting's description above it."""
+    entry = FLOWS[args.flow]
+    header = [f"# {args.flow}: {entry.summary}", f"# run it with: regularity run {args.flow} --config FILE", ""]
+    print("\n".join(header + commented_yaml(entry.config_class()())))
     return 0
 
 
@@ -160,9 +273,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     from core.runs.store import audit_run, find_run, run_status, short_revision
 
-    folder = find_run(args.run, args.data_root)
+    folder = find_run(args.run, args.data_root, prefix=True)
     doc = json.loads((folder / "config.json").read_text())
-    print(f"{args.run}  ({run_status(folder)})\n{folder}\n")
+    print(f"{folder.name}  ({run_status(folder)})\n{folder}\n")
     print(yaml.safe_dump(doc["config"], sort_keys=False))
     audit = audit_run(folder)
     nested = audit["name"].str.contains("/")
@@ -185,16 +298,15 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    """Start, stop or check the project-local Prefect server."""
-    url = server.local_settings()["PREFECT_API_URL"]
+    """Start, stop or check this checkout's Prefect server (`status` exits 1 unless it is up); never another's."""
     if args.action == "start":
-        server.start_server()
-        print(f"Prefect server up; UI at {url.removesuffix('/api')}")
+        url = server.start_server()
+        print(f"Prefect server up; UI at {url.removesuffix('/api')} ({server.api_owner(None)})")
     elif args.action == "stop":
         print(server.stop_server())
     else:
-        up = server.is_healthy(url)
-        print(f"Prefect server at {url}: {'up' if up else 'down'}")
+        said, up = server.server_status()
+        print(said)
         return 0 if up else 1
     return 0
 
@@ -208,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a flow; prints the run folder as its last line")
-    run.add_argument("flow", choices=sorted(FLOWS))
+    run.add_argument("flow", type=flow_name, choices=sorted(FLOWS))
     run.add_argument("--config", help="YAML file mirroring the flow's config (see `regularity config FLOW`), or the "
                                       "config.json of a run folder to run that run again")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field, e.g. train.lr=0.1")
@@ -220,14 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "another code revision), or all; repeatable (sets runtime.recompute)")
     run.set_defaults(handler=cmd_run)
     config = sub.add_parser("config", help="print a flow's default config as YAML")
-    config.add_argument("flow", choices=sorted(FLOWS))
+    config.add_argument("flow", type=flow_name, choices=sorted(FLOWS))
     config.set_defaults(handler=cmd_config)
     ls = sub.add_parser("ls", help="list runs (flow, run id, status, created, tables, size, config summary)")
-    ls.add_argument("--flow", choices=sorted(FLOWS))
+    ls.add_argument("--flow", type=flow_name, choices=sorted(FLOWS))
     ls.add_argument("--data-root", help="where runs/ lives (default: $REGULARITY_DATA_ROOT or ./data)")
     ls.set_defaults(handler=cmd_ls)
     show = sub.add_parser("show", help="a run's config, tables and summary")
-    show.add_argument("run", help="run id, e.g. cscore-1a2b3c4d5e6f")
+    show.add_argument("run", help="run id, or its start when only one run begins so, e.g. cscore-1a2b3c4d5e6f or "
+                                  "cscore-1a2b")
     show.add_argument("--data-root", help="where runs/ lives (default: $REGULARITY_DATA_ROOT or ./data)")
     show.set_defaults(handler=cmd_show)
     srv = sub.add_parser("server", help="the project-local Prefect server (SQLite under .prefect/, 127.0.0.1)")
@@ -249,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, RuntimeError, FileNotFoundError) as err:
         print(f"regularity: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside a flow run (cmd_run answers a run's own Ctrl-C): no traceback either
+        print("regularity: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

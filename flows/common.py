@@ -4,18 +4,21 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import pandas as pd
-import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
 from core.config import Config, RuntimeConfig
-from core.data.datasets import Dataset, DatasetConfig
-from core.models.networks import DCT_FAMILIES, init_model, parse_model_name
-from core.runs.store import default_data_root, find_run
-from core.training.trainer import TrainConfig
+from core.data.config import DatasetConfig
+from core.models.names import DCT_FAMILIES, ModelNameError, parse_model_name
+from core.training.config import TrainConfig
+
+if TYPE_CHECKING:  # annotations only: these load torch and pandas, which reading a config must not
+    import pandas as pd
+    from core.data.datasets import Dataset
+    from core.runs.store import RunStore
+
 
 
 class SubsetTrainingConfig(Config):
@@ -88,6 +91,8 @@ def checked_data_root(data_root: str | None, from_deployment: bool | None = None
         folder wherever the worker's user may create one: run the worker as a user without rights to system folders.
     A blank value means the default data root, as an empty `--data-root` does.
     """
+    from core.runs.store import default_data_root
+
     if data_root is not None and not str(data_root).strip():
         return None
     if data_root is None or not (_started_from_deployment() if from_deployment is None else from_deployment):
@@ -118,16 +123,33 @@ def checked_data_root(data_root: str | None, from_deployment: bool | None = None
     return data_root
 
 
+def check_model_takes(model: str, dataset: Dataset) -> None:
+    """Fail in one line when `model` cannot take the dataset's examples, saying how to give them the shape it needs."""
+    from core.models.networks import init_model
+
+    try:
+        init_model(model, dataset.input_shape, dataset.num_classes, 0)
+    except ModelNameError as err:
+        shape = list(dataset.input_shape)
+        try:  # the usual cause: images or sequences saved without their channel axis
+            init_model(model, (1, *shape), dataset.num_classes, 0)
+        except ModelNameError:
+            raise ValueError(f"{err}; store the examples with the axes it needs (e.g. [N, C, H, W] in an .npz), or "
+                             "choose an mlp_ model, which takes any shape") from None
+        raise ValueError(f"{err}: they lack a channel axis; save x_train[:, None] and x_test[:, None] (shape "
+                         f"[N, {', '.join(map(str, [1, *shape]))}]) in your .npz, or choose an mlp_ model") from None
+
+
 def check_whole_set_fits(model: str, batch_size: int, dataset: Dataset) -> None:
     """Fail before any work when `model` cannot take the data or one batch is larger than the whole training set."""
-    init_model(model, dataset.input_shape, dataset.num_classes, 0)
+    check_model_takes(model, dataset)
     if dataset.n_train < batch_size:
         raise ValueError(f"train.batch_size={batch_size} is larger than the training set ({dataset.n_train})")
 
 
 def check_fits(config: SubsetTrainingConfig, dataset: Dataset, smallest_subset: int, field: str) -> None:
     """Fail before any work when the model or the smallest subset cannot work with this dataset."""
-    init_model(config.model, dataset.input_shape, dataset.num_classes, 0)
+    check_model_takes(config.model, dataset)
     if smallest_subset < config.train.batch_size:
         raise ValueError(
             f"{field} gives {smallest_subset} of {dataset.n_train} examples per model, fewer than "
@@ -141,6 +163,9 @@ def upstream_table(field: str, run: str, tables: dict[str, str], data_root: str 
     a run of to the table needed. With `dataset`, that run must have used exactly this dataset, and files
     of the same `contents` fingerprint (downstream flows join on example ids). Checked before any work,
     each failure saying what to change."""
+    import pyarrow.parquet as pq
+    from core.runs.store import find_run
+
     folder = find_run(run, data_root)
     stored = json.loads((folder / "config.json").read_text())
     if stored["flow"] not in tables:
@@ -166,13 +191,27 @@ def upstream_table(field: str, run: str, tables: dict[str, str], data_root: str 
 
 
 def examples_table(dataset: Dataset) -> pd.DataFrame:
-    """Which example each position of the per-example list columns refers to."""
+    """Which example each position of the per-example list columns refers to, and where the user's files hold it."""
+    import pandas as pd
+
     return pd.concat([
         pd.DataFrame({"split": "train", "position": np.arange(dataset.n_train), "example_id": dataset.train_ids,
-                      "label": dataset.y_train, "true_label": dataset.true_label, "is_noisy": dataset.is_noisy}),
+                      "source": dataset.train_source, "label": dataset.y_train, "true_label": dataset.true_label,
+                      "is_noisy": dataset.is_noisy}),
         pd.DataFrame({"split": "test", "position": np.arange(dataset.n_test), "example_id": dataset.test_ids,
-                      "label": dataset.y_test, "true_label": dataset.y_test, "is_noisy": False}),
+                      "source": dataset.test_source, "label": dataset.y_test, "true_label": dataset.y_test,
+                      "is_noisy": False}),
     ], ignore_index=True)
+
+
+def write_examples_table(store: RunStore, dataset: Dataset) -> None:
+    """examples.parquet, unless the run has it with every column (a run begun before `source` existed gets it now,
+    and the tables built from it are rebuilt)."""
+    import pyarrow.parquet as pq
+
+    if store.is_complete("examples.parquet") and "source" in pq.read_schema(store.path("examples.parquet")).names:
+        return
+    store.write_table("examples.parquet", examples_table(dataset))
 
 
 def chunks(items: list, size: int) -> list[list]:

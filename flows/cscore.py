@@ -13,24 +13,18 @@ model sees exactly `train.batch_size` examples, whatever the ratio.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import pandas as pd
 from prefect import flow, get_run_logger
 from pydantic import Field, field_validator, model_validator
 
-from core.data.datasets import DatasetConfig
-from core.methods.cscore import rounds_until_precise
-from core.methods.proxies import detection_metrics
-from core.plots import detection_curves, extreme_examples, heldout_accuracy_by_ratio, per_class_histograms
-from core.runs.store import RunStore, dataset_cache
-from core.training.experiment import ratio_seed, subset_size
-from core.training.trainer import TrainConfig
-from flows.common import SubsetTrainingConfig, check_fits, checked_data_root, chunks, examples_table
-from flows.report import publish
-from flows.runner import configure_runtime, run_shards
-from tasks.common import combine_shards, shared_dataset
-from tasks.cscore import holdout_outcomes, holdout_shard, score_runs
+from core.data.config import DatasetConfig
+from core.training.config import TrainConfig
+from flows.common import SubsetTrainingConfig, check_fits, checked_data_root, chunks, write_examples_table
+
+if TYPE_CHECKING:  # annotations only: these load torch and pandas, which reading a config must not
+    from core.runs.store import RunStore
+
 
 FLOW = "cscore"
 DEFAULT_RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -83,6 +77,8 @@ class CScoreFlowConfig(SubsetTrainingConfig):
 def plan_shards(config: CScoreFlowConfig, n_train: int, rounds: int = 1) -> list[dict]:
     """Task parameters of rounds 0..rounds-1, numbered in that order; model id = ratio index * max_runs + run.
     Shards never mix ratios or rounds."""
+    from core.training.experiment import ratio_seed, subset_size
+
     shards = []
     for round_ in range(rounds):
         first, stop = round_ * config.runs_per_ratio, min((round_ + 1) * config.runs_per_ratio, config.max_runs())
@@ -97,14 +93,27 @@ def plan_shards(config: CScoreFlowConfig, n_train: int, rounds: int = 1) -> list
 @flow(name=FLOW, description="C-scores by holdout resampling: many subset-trained models per ratio.")
 def cscore_flow(config: CScoreFlowConfig = CScoreFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the holdout pipeline of `config`; returns the run folder."""
+    import pandas as pd
+    from core.methods.cscore import coverage_warning, rounds_until_precise
+    from core.methods.proxies import detection_metrics
+    from core.runs.store import RunStore, dataset_cache
+    from core.training.experiment import subset_size
+    from flows.report import publish
+    from flows.runner import configure_runtime, run_shards
+    from tasks.common import combine_shards, shared_dataset
+    from tasks.cscore import holdout_outcomes, holdout_shard, score_runs
+
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_runtime(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
     smallest = subset_size(config.ratios[0], dataset.n_train)
     check_fits(config, dataset, smallest, f"ratios={config.ratios[0]}")  # before the run folder exists
+    uncovered = coverage_warning(config.holdout_design, dataset.n_train, config.ratios, config.runs_per_ratio,
+                                 config.target_se, config.max_runs_per_ratio)
+    if uncovered:  # before any training: the tables would show it only in n_missing_ratios
+        get_run_logger().warning(uncovered)
     store = RunStore.open(FLOW, config, data_root, inputs={"dataset": dataset.fingerprint})
-    if not store.is_complete("examples.parquet"):
-        store.write_table("examples.parquet", examples_table(dataset))
+    write_examples_table(store, dataset)
     names: list[str] = []
 
     def run_round(round_: int):
@@ -137,6 +146,8 @@ def cscore_flow(config: CScoreFlowConfig = CScoreFlowConfig(), data_root: str | 
 
 def draw_figures(store: RunStore, dataset) -> list:
     """Score histograms per class, extreme examples per class, held-out accuracy by ratio."""
+    from core.plots import detection_curves, extreme_examples, heldout_accuracy_by_ratio, per_class_histograms
+
     scores = store.read_table("cscores.parquet")
     by_ratio = store.read_table("cscore_by_ratio.parquet").groupby("ratio")["score"].mean()
     runs = store.read_table("runs.parquet")
@@ -148,7 +159,8 @@ def draw_figures(store: RunStore, dataset) -> list:
     return extra + [
         per_class_histograms(values, labels, dataset.class_names, "C-score", folder / "cscore_histograms.png"),
         extreme_examples(dataset.x_train.numpy(), values, labels, dataset.class_names, folder / "extremes.png",
-                         title="C-score: lowest 5 (red) and highest 5 (green) per class"),
+                         title="C-score: lowest 5 (red) and highest 5 (green) per class; score, example_id, source",
+                         ids=scores["example_id"].to_numpy(), sources=scores["source"].to_numpy()),
         heldout_accuracy_by_ratio(by_ratio.index.to_numpy(), by_ratio.to_numpy(), test_by_ratio.to_numpy(),
                                   folder / "heldout_by_ratio.png"),
     ]

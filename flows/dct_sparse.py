@@ -16,15 +16,9 @@ from prefect import flow
 from pydantic import Field, field_validator
 
 from core.config import Config, RuntimeConfig
-from core.data.datasets import DatasetConfig
-from core.plots import accuracy_vs_trainable_params
-from core.runs.store import RunStore, dataset_cache
-from core.training.trainer import TrainConfig
+from core.data.config import DatasetConfig
+from core.training.config import TrainConfig
 from flows.common import check_whole_set_fits, checked_data_root, distinct_values, plain_stackable_model
-from flows.report import publish
-from flows.runner import configure_runtime, run_shards
-from tasks.common import combine_shards, shared_dataset
-from tasks.dct_sparse import train_layer_type
 
 FLOW = "dct_sparse"
 LayerType = Literal["dense", "sparse", "dct_sparse"]
@@ -71,6 +65,13 @@ SWEEP_LISTS = {
 @flow(name=FLOW, description="Sparse-at-initialisation networks, plain and DCT+Sparse, at densities down to 0.03%.")
 def dct_sparse_flow(config: DCTSparseFlowConfig = DCTSparseFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the sweep of `config`; returns the run folder."""
+    from core.plots import accuracy_vs_trainable_params
+    from core.runs.store import RunStore, dataset_cache
+    from flows.report import publish
+    from flows.runner import configure_runtime, run_shards
+    from tasks.common import combine_shards, shared_dataset
+    from tasks.dct_sparse import train_layer_type
+
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_runtime(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))

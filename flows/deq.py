@@ -17,17 +17,10 @@ from prefect import flow
 from pydantic import Field, field_validator
 
 from core.config import Config, RuntimeConfig
-from core.data.datasets import DatasetConfig
-from core.methods.deq_monitor import deq_summary
-from core.models.networks import parse_model_name
-from core.plots import capped_inference_curves, deq_training_curves
-from core.runs.store import RunStore, dataset_cache
-from core.training.trainer import TrainConfig
+from core.data.config import DatasetConfig
+from core.models.names import parse_model_name
+from core.training.config import TrainConfig
 from flows.common import check_whole_set_fits, checked_data_root, distinct_values
-from flows.report import publish
-from flows.runner import configure_runtime, run_shards
-from tasks.common import combine_shards, shared_dataset
-from tasks.deq import EPOCH_SHARDS, INFERENCE_SHARDS, train_gamma
 
 FLOW = "deq"
 
@@ -72,7 +65,7 @@ class DEQFlowConfig(Config):
 
     dataset: DatasetConfig = Field(DatasetConfig(name="mnist1d"), description="what to train on (synthetic: a small "
                                    "generated problem of 20 features, the paper's toy setting in spirit)")
-    model: str = Field("deq_w64", description="registry name of the DEQ classifier: deq_w<width> (flatten, one DEQ "
+    model: str = Field("deq_w64", description="registry name of the DEQ classifier: deq_w{width} (flatten, one DEQ "
                        "block of `width` tanh units, linear)")
     gammas: list[float] = Field([0.0, 2.0], min_length=1, description="regularisation strengths; 0 trains without "
                                 "the regulariser. Every gamma trains every seed")
@@ -103,6 +96,14 @@ class DEQFlowConfig(Config):
                              "residuals, ||J||_F, spectral radius and capped-inference accuracy per epoch.")
 def deq_flow(config: DEQFlowConfig = DEQFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the comparison of `config`; returns the run folder."""
+    from core.methods.deq_monitor import deq_summary
+    from core.plots import capped_inference_curves, deq_training_curves
+    from core.runs.store import RunStore, dataset_cache
+    from flows.report import publish
+    from flows.runner import configure_runtime, run_shards
+    from tasks.common import combine_shards, shared_dataset
+    from tasks.deq import EPOCH_SHARDS, INFERENCE_SHARDS, train_gamma
+
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_runtime(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))

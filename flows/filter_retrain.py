@@ -7,24 +7,19 @@ pairwise; at fraction 0 nothing is removed and one set of models ("none") serves
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
 from prefect import flow
 from pydantic import Field, field_validator
 
-from core.data.datasets import Dataset
-from core.data.fingerprint import fingerprint
-from core.methods.filtering import filtering_summary
-from core.plots import filtering_curve
-from core.runs.store import RunStore, dataset_cache, unpack_bool_rows
-from core.training.experiment import model_seed
-from flows.common import SubsetTrainingConfig, check_fits, checked_data_root, chunks, examples_table, upstream_table
-from flows.report import publish
-from flows.runner import configure_runtime, run_shards
-from tasks.common import combine_shards, shared_dataset
-from tasks.filter_retrain import filter_shard
+from flows.common import (SubsetTrainingConfig, check_fits, checked_data_root, chunks, upstream_table,
+                          write_examples_table)
+
+if TYPE_CHECKING:  # annotations only: these load torch and pandas, which reading a config must not
+    import pandas as pd
+    from core.data.datasets import Dataset
+
 
 FLOW = "filter_retrain"
 SCORE_TABLES = {"cscore": "cscores.parquet", "proxies": "proxies.parquet"}
@@ -56,6 +51,8 @@ class FilterRetrainFlowConfig(SubsetTrainingConfig):
 def aligned_scores(config: FilterRetrainFlowConfig, dataset: Dataset, data_root: str | None) -> tuple[pd.DataFrame, Path]:
     """The score of every training example, in dataset order, from the run or file named by `scores`; and the
     absolute path of the table read."""
+    import pandas as pd
+
     if not config.scores:
         raise ValueError("scores is required: the run id of a cscore or proxies run (see `regularity ls`) "
                          "or a Parquet file with example_id and a score column")
@@ -67,7 +64,7 @@ def aligned_scores(config: FilterRetrainFlowConfig, dataset: Dataset, data_root:
     table = pd.read_parquet(path)
     if config.score_column not in table or "example_id" not in table:
         raise ValueError(f"{path} needs columns example_id and {config.score_column!r}; it has {list(table.columns)}")
-    ids = pd.DataFrame({"example_id": dataset.train_ids.numpy()})
+    ids = pd.DataFrame({"example_id": dataset.train_ids.numpy(), "source": dataset.train_source})
     joined = ids.merge(table[["example_id", config.score_column]], on="example_id", how="left", validate="one_to_one")
     covered = int(joined[config.score_column].notna().sum())
     if covered < len(ids) // 2:
@@ -78,6 +75,8 @@ def aligned_scores(config: FilterRetrainFlowConfig, dataset: Dataset, data_root:
 
 def plan_shards(config: FilterRetrainFlowConfig) -> list[dict]:
     """Per fraction, every arm x seed; model ids run over the whole grid."""
+    from core.training.experiment import model_seed
+
     plan, next_id = [], 0
     for fraction in config.fractions:
         arms = ["none"] if fraction == 0 else list(config.arms)
@@ -93,6 +92,9 @@ def plan_shards(config: FilterRetrainFlowConfig) -> list[dict]:
 
 def filtering_table(models: pd.DataFrame, examples: pd.DataFrame, score: str) -> pd.DataFrame:
     """One row per model: arm, fraction removed, seed, examples kept, noisy examples removed, accuracy."""
+    import pandas as pd
+    from core.runs.store import unpack_bool_rows
+
     kept = unpack_bool_rows(models["in_subset"])
     noisy = examples.loc[examples["split"] == "train", "is_noisy"].to_numpy()
     return pd.DataFrame({
@@ -106,6 +108,15 @@ def filtering_table(models: pd.DataFrame, examples: pd.DataFrame, score: str) ->
 @flow(name=FLOW, description="Remove the lowest-scoring examples (and random / highest as controls), retrain, compare.")
 def filter_retrain_flow(config: FilterRetrainFlowConfig = FilterRetrainFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the filtering pipeline of `config`; returns the run folder."""
+    from core.data.fingerprint import fingerprint
+    from core.methods.filtering import filtering_summary
+    from core.plots import filtering_curve
+    from core.runs.store import RunStore, dataset_cache
+    from flows.report import publish
+    from flows.runner import configure_runtime, run_shards
+    from tasks.common import combine_shards, shared_dataset
+    from tasks.filter_retrain import filter_shard
+
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_runtime(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
@@ -115,8 +126,7 @@ def filter_retrain_flow(config: FilterRetrainFlowConfig = FilterRetrainFlowConfi
     scores_file = Path(config.scores)  # a file's contents are part of the run's identity; a run's id already is
     inputs = {"dataset": dataset.fingerprint, "scores": fingerprint([scores_file]) if scores_file.is_file() else None}
     store = RunStore.open(FLOW, config, data_root, inputs=inputs)
-    if not store.is_complete("examples.parquet"):
-        store.write_table("examples.parquet", examples_table(dataset))
+    write_examples_table(store, dataset)
     source = [str(scores_path)]  # another run's table: when it is recomputed, so is everything after it
     if not store.is_complete("scores.parquet", source):
         store.write_table("scores.parquet", scores, built_from=source)

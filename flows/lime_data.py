@@ -19,15 +19,8 @@ from prefect import flow
 from pydantic import Field, model_validator
 
 from core.config import Config, RuntimeConfig
-from core.plots import lime_length_histograms
-from core.runs.store import RunStore
 from core.sequence.lime import N_SPECIAL, LimeConfig
-from core.sequence.lime_data import bytes_per_example, length_sample, task_summary
 from flows.common import checked_data_root
-from flows.report import publish
-from flows.runner import configure_runtime, run_shards
-from tasks.common import combine_shards
-from tasks.lime_data import EXAMPLES, write_shard
 
 FLOW = "lime_data"
 SHARDS_TABLE = "lime_shards.parquet"
@@ -100,6 +93,10 @@ class LimeDataFlowConfig(Config):
 def check_disk_space(config: LimeDataFlowConfig, data_root: str | None) -> None:
     """Fail before any work when the data root's disk cannot hold the examples still to write: their size is
     estimated from the first examples, and the shards an earlier run of this config wrote are counted as written."""
+    from core.runs.store import RunStore
+    from core.sequence.lime_data import bytes_per_example
+    from tasks.lime_data import EXAMPLES
+
     folder = RunStore.folder(FLOW, config, data_root) / EXAMPLES
     written = sum(path.stat().st_size for path in folder.glob("part-*.parquet"))
     needed = bytes_per_example(config.task, config.seed, config.lime.to_core()) * config.examples - written
@@ -114,6 +111,14 @@ def check_disk_space(config: LimeDataFlowConfig, data_root: str | None) -> None:
                              "generated in shards and written to Parquet, with their lengths by task.")
 def lime_data_flow(config: LimeDataFlowConfig = LimeDataFlowConfig(), data_root: str | None = None) -> str:
     """Write (or finish writing) the examples of `config`; returns the run folder."""
+    from core.plots import lime_length_histograms
+    from core.runs.store import RunStore
+    from core.sequence.lime_data import length_sample, task_summary
+    from flows.report import publish
+    from flows.runner import configure_runtime, run_shards
+    from tasks.common import combine_shards
+    from tasks.lime_data import EXAMPLES, write_shard
+
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_runtime(config.runtime)
     check_disk_space(config, data_root)

@@ -16,16 +16,10 @@ from prefect import flow
 from pydantic import Field, field_validator
 
 from core.config import Config, RuntimeConfig
-from core.plots import lime_sample_efficiency, lime_transfer_curves
-from core.runs.store import RunStore
-from core.sequence.transfer import ARMS, SCRATCH, sample_efficiency, transfer_summary
-from core.sequence.transformer import MAX_LENGTH, OptimConfig, TransformerConfig
+from core.sequence.config import ARMS, SCRATCH
+from core.sequence.config import MAX_LENGTH, OptimConfig, TransformerConfig
 from flows.common import checked_data_root, distinct_values
 from flows.lime_data import LimeGenerationConfig
-from flows.report import publish
-from flows.runner import configure_runtime, run_shards
-from tasks.common import combine_shards
-from tasks.lime_pretrain import finetune_arm, pretrain_arm
 
 FLOW = "lime_pretrain"
 Arm = Literal[ARMS]
@@ -116,6 +110,14 @@ def check_sequences_fit(config: LimePretrainFlowConfig) -> None:
                              "one-step term rewriting; exact-match curves and sample efficiency per arm.")
 def lime_pretrain_flow(config: LimePretrainFlowConfig = LimePretrainFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the comparison of `config`; returns the run folder."""
+    from core.plots import lime_sample_efficiency, lime_transfer_curves
+    from core.runs.store import RunStore
+    from core.sequence.transfer import sample_efficiency, transfer_summary
+    from flows.report import publish
+    from flows.runner import configure_runtime, run_shards
+    from tasks.common import combine_shards
+    from tasks.lime_pretrain import finetune_arm, pretrain_arm
+
     data_root = checked_data_root(data_root)
     configure_runtime(config.runtime)
     check_sequences_fit(config)

@@ -10,21 +10,22 @@ probabilities, and cleanlab's label-quality score and `find_label_issues` join t
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from pydantic import Field, model_validator
 
-from core.data.datasets import Dataset, DatasetConfig
-from core.methods.label_quality import cleanlab_installed
-from core.plots import detection_curves, dynamics_curves, proxy_scatter
-from core.runs.store import RunStore, dataset_cache
-from core.training.trainer import TrainConfig
-from flows.common import SubsetTrainingConfig, check_fits, checked_data_root, chunks, examples_table, upstream_table
-from flows.report import publish
-from flows.runner import configure_runtime, run_shards
-from tasks.common import shared_dataset
-from tasks.proxies import FLAGS, aligned_cscore, compute_proxies, fold_shard, record_shard
+from core.data.config import DatasetConfig
+from core.training.config import TrainConfig
+from flows.common import (SubsetTrainingConfig, check_fits, checked_data_root, chunks, upstream_table,
+                          write_examples_table)
+
+if TYPE_CHECKING:  # annotations only: these load torch and pandas, which reading a config must not
+    from core.data.datasets import Dataset
+    from core.runs.store import RunStore
+
 
 FLOW = "proxies"
 
@@ -59,6 +60,12 @@ class ProxiesFlowConfig(SubsetTrainingConfig):
 @flow(name=FLOW, description="Cheap proxies of the C-score: learning speed, forgetting, AUM, EL2N, densities, LOF.")
 def proxies_flow(config: ProxiesFlowConfig = ProxiesFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the proxies pipeline of `config`; returns the run folder."""
+    from core.runs.store import RunStore, dataset_cache
+    from flows.report import publish
+    from flows.runner import configure_runtime, run_shards
+    from tasks.common import shared_dataset
+    from tasks.proxies import compute_proxies, fold_shard, record_shard
+
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_runtime(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
@@ -67,8 +74,7 @@ def proxies_flow(config: ProxiesFlowConfig = ProxiesFlowConfig(), data_root: str
     cscores = (str(upstream_table("cscore_run", config.cscore_run, {"cscore": "cscores.parquet"}, data_root,
                                   config.dataset, dataset.fingerprint)) if config.cscore_run else None)
     store = RunStore.open(FLOW, config, data_root, inputs={"dataset": dataset.fingerprint})
-    if not store.is_complete("examples.parquet"):
-        store.write_table("examples.parquet", examples_table(dataset))
+    write_examples_table(store, dataset)
     shards = chunks(list(range(config.n_models)), config.shard_size)
     plan = [{"store": store, "shard": s, "model_ids": ids} for s, ids in enumerate(shards)]
     names = run_shards(record_shard, plan, config.runtime, "recorded training")
@@ -83,6 +89,8 @@ def proxies_flow(config: ProxiesFlowConfig = ProxiesFlowConfig(), data_root: str
 
 def use_cleanlab(config: ProxiesFlowConfig, dataset: Dataset) -> bool:
     """Whether this run trains fold models for cleanlab: asked for and installed (else a warning); checked to fit."""
+    from core.methods.label_quality import cleanlab_installed
+
     folds, n = config.cleanlab_folds, dataset.n_train
     if not folds:
         return False
@@ -97,9 +105,13 @@ def use_cleanlab(config: ProxiesFlowConfig, dataset: Dataset) -> bool:
 
 def draw_figures(store: RunStore, cscores: str | None) -> list[Path]:
     """Proxy-vs-C-score scatter and learning dynamics (with a C-score run); detection curves (with noise)."""
+    from core.plots import detection_curves, dynamics_curves, proxy_scatter
+    from tasks.proxies import FLAGS, aligned_cscore
+
     folder, figures = store.root / "figures", []
     proxies = store.read_table("proxies.parquet")
-    scores = {n: proxies[n].to_numpy() for n in proxies.columns if n not in ("example_id", "label", "is_noisy", *FLAGS)}
+    scores = {n: proxies[n].to_numpy() for n in proxies.columns
+              if n not in ("example_id", "source", "label", "is_noisy", *FLAGS)}
     if cscores:
         cscore = aligned_cscore(proxies["example_id"], cscores)
         spearman = store.read_table("proxy_correlations.parquet").set_index("proxy")["spearman"].to_dict()

@@ -16,16 +16,9 @@ from prefect import flow
 from pydantic import Field, ValidationInfo, field_validator
 
 from core.config import Config, RuntimeConfig
-from core.data.datasets import DatasetConfig
-from core.models.networks import init_model
-from core.plots import error_vs_density
-from core.runs.store import RunStore, dataset_cache
-from core.training.trainer import TrainConfig
+from core.data.config import DatasetConfig
+from core.training.config import TrainConfig
 from flows.common import checked_data_root, distinct_values
-from flows.report import publish
-from flows.runner import configure_runtime, run_shards
-from tasks.common import combine_shards, shared_dataset
-from tasks.pruning import prune_networks
 
 FLOW = "prune_grid"
 
@@ -44,7 +37,7 @@ class PruneGridFlowConfig(Config):
     """A grid of networks (family x widths x depths), data fractions and seeds, each pruned level by level."""
 
     dataset: DatasetConfig = Field(DatasetConfig(name="mnist1d"), description="what to train on")
-    family: Literal["mlp", "cnn1d", "cnn"] = Field("mlp", description="model family; networks are <family>_w<width>_d<depth>")
+    family: Literal["mlp", "cnn1d", "cnn"] = Field("mlp", description="model family; networks are {family}_w{width}_d{depth}")
     widths: list[int] = Field([32, 64, 128], min_length=1, description="widths (units or channels)")
     depths: list[int] = Field([1, 2, 3], min_length=1, description="depths (hidden or conv layers)")
     data_fractions: list[float] = Field([1.0], min_length=1, description="fractions of the training set, each in (0, 1]")
@@ -96,6 +89,8 @@ def pass_label(group: list[dict]) -> str:
 
 def check_grid(config: PruneGridFlowConfig, dataset) -> None:
     """Fail before any work when a network does not fit the data or the rewind step is past training."""
+    from core.models.networks import init_model
+
     init_model(networks(config)[0]["network"], dataset.input_shape, dataset.num_classes, 0)
     smallest = round(config.data_fractions[0] * dataset.n_train)
     steps = config.train.epochs * (smallest // config.train.batch_size)
@@ -110,6 +105,13 @@ def check_grid(config: PruneGridFlowConfig, dataset) -> None:
 @flow(name=FLOW, description="Iterative magnitude pruning with rewinding over width x depth x data-fraction grids.")
 def prune_grid_flow(config: PruneGridFlowConfig = PruneGridFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the pruning grid of `config`; returns the run folder."""
+    from core.plots import error_vs_density
+    from core.runs.store import RunStore, dataset_cache
+    from flows.report import publish
+    from flows.runner import configure_runtime, run_shards
+    from tasks.common import combine_shards, shared_dataset
+    from tasks.pruning import prune_networks
+
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_runtime(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))

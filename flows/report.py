@@ -7,21 +7,33 @@ import pandas as pd
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from core.runs.store import REPORT, RunStore, atomic_write
+from flows.registry import FLOWS, FlowEntry
 
 
 def publish(store: RunStore, summary: pd.DataFrame, figures: list[Path], description: str) -> None:
-    """A table artifact of `summary`, and a markdown report of the run's tables and figures, as an artifact
-    and as `report.md` in the run folder."""
+    """A table artifact of `summary`, and a markdown report of the run's tables (each with what its rows and numbers
+    are, from the flow's registry entry), its figures and its summary, as an artifact and as `report.md` in the run
+    folder."""
     key = store.run_id.lower().replace("_", "-")  # artifact keys: lowercase letters, digits, dashes
     create_table_artifact(key=f"{key}-summary", table=summary.round(4).to_dict("records"), description=description)
-    tables = sorted(p.relative_to(store.root) for p in store.root.glob("*.parquet"))
-    lines = [f"# {store.flow} run `{store.run_id}`", "", description, "", f"Run folder: `{store.root}`", "", "## Tables", ""]
-    lines += [f"- `{t}`" for t in tables] + ["", "## Figures", ""]
+    entry = FLOWS.get(store.flow, FlowEntry("", "", "", ""))
+    lines = [f"# {store.flow} run `{store.run_id}`", "", description, "", f"Run folder: `{store.root}`", ""]
+    lines += [f"**Where to look:** {entry.question}", ""] if entry.question else []
+    lines += ["## Tables", "", *table_lines(store.root, entry.tables), "", "## Figures", ""]
     lines += [f"- `{f.relative_to(store.root)}` ({f.as_uri()})" for f in figures]
-    lines += ["", "## Summary", "", *markdown_table(summary.round(4))]
+    lines += ["", "## Summary", "", *([entry.report_summary, ""] if entry.report_summary else [])]
+    lines += markdown_table(summary.round(4))
     create_markdown_artifact(key=f"{key}-report", markdown="\n".join(lines), description=description)
     report = "\n".join(lines).encode() + b"\n"
     atomic_write(store.root / REPORT, lambda f: f.write(report))  # written last: the run is complete
+
+
+def table_lines(folder: Path, described: dict[str, str]) -> list[str]:
+    """One line per table of the run folder: the described ones present (names or patterns, in the order given) with
+    what they hold, then the other top-level tables by name."""
+    present = [(name, text) for name, text in described.items() if any(folder.glob(name))]
+    others = sorted({p.name for p in folder.glob("*.parquet")} - {name for name, _ in present})
+    return [f"- `{name}`: {text}" for name, text in present] + [f"- `{name}`" for name in others]
 
 
 def markdown_table(frame: pd.DataFrame) -> list[str]:

@@ -1,26 +1,42 @@
 """Running a flow's shards on a bounded task runner, with a progress bar and Prefect logs."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Callable
 
 import torch
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.exceptions import MissingContextError
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm.auto import tqdm
 
 from core.config import RuntimeConfig
+from core.runtime import measure_load, start_up_load
 from core.training.ensemble import check_precision, resolve_device, use_precision
 
 PROGRESS_EVERY_S = 2.0  # least seconds between updates of the UI's progress artifact
 
 
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The flow or task run's logger (its lines reach the UI); outside a run (a flow called as `flow.fn(...)` in
+    tests and scripts), the module's own."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
 def configure_runtime(runtime: RuntimeConfig) -> None:
-    """Torch CPU threads and float32 mode of the flow's own process (tasks set theirs, wherever they run); a
-    precision this device cannot run is refused here, before any work."""
-    torch.set_num_threads(runtime.torch_threads())
+    """Torch CPU threads and float32 mode of the flow's own process (tasks set theirs, wherever they run): the threads
+    by `core.runtime`'s rule (from the cores, the concurrent tasks, and where threads spin, the load other processes
+    put on our cores now), logged once; a precision this device cannot run is refused here, before any work."""
+    busy = None if runtime.threads else measure_load()
+    choice = runtime.thread_choice(busy)
+    torch.set_num_threads(choice.threads)
+    run_logger().info(choice.describe())
     check_precision(runtime.precision, resolve_device(runtime.device))
     use_precision(runtime.precision)
 
@@ -34,9 +50,10 @@ def task_runner(runtime: RuntimeConfig):
     if runtime.dask_address:
         return DaskTaskRunner(address=runtime.dask_address)
     # each worker process runs one task at a time with its share of the cores (Dask's nanny would give it 1)
+    threads = runtime.dask_worker_threads(start_up_load())
     return DaskTaskRunner(cluster_kwargs={"n_workers": runtime.dask_workers, "threads_per_worker": 1,
                                          "processes": True, "dashboard_address": None,
-                                         "env": {"OMP_NUM_THREADS": str(runtime.dask_worker_threads())}})
+                                         "env": {"OMP_NUM_THREADS": str(threads)}})
 
 
 def run_shards(task: Callable, parameters: list[dict[str, Any]], runtime: RuntimeConfig, what: str) -> list[Any]:

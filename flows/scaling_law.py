@@ -5,21 +5,16 @@ eps_up, p and gamma; jointly, density is replaced by m* = l^phi w^psi d. With `e
 joint law is also fitted on all but the largest width, depth and data fraction and judged on them.
 Every fit runs on the seed means of each (network, data fraction, level); the seed-to-seed spread is
 reported beside each fit's sigma. With `dip_form`, a second form that can follow the lottery-ticket dip
-is fitted beside the paper's (see core/methods/scaling.py).
+is fitted beside the paper's (see core/methods/scaling.py). A fit that is no test of the law says why in the
+`warning` column and the log: errors that rise with density, an exponent an extrapolation cannot determine.
 """
 from __future__ import annotations
 
-import pandas as pd
 from prefect import flow
 from pydantic import Field
 
 from core.config import Config, RuntimeConfig
-from core.plots import collapse_on_invariant, error_vs_density, predicted_vs_actual, seed_scatter
-from core.runs.store import RunStore
 from flows.common import checked_data_root, upstream_table
-from flows.report import publish
-from flows.runner import configure_runtime
-from tasks.scaling import fit_scaling_law
 
 FLOW = "scaling_law"
 
@@ -40,6 +35,13 @@ class ScalingLawFlowConfig(Config):
 @flow(name=FLOW, description="Fit the pruning scaling law per network and jointly; extrapolate to larger networks.")
 def scaling_law_flow(config: ScalingLawFlowConfig = ScalingLawFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the fits of `config`; returns the run folder."""
+    import pandas as pd
+    from core.plots import collapse_on_invariant, error_vs_density, predicted_vs_actual, seed_scatter
+    from core.runs.store import RunStore
+    from flows.report import publish
+    from flows.runner import configure_runtime
+    from tasks.scaling import fit_scaling_law
+
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_runtime(config.runtime)
     if not config.prune_run:
@@ -58,5 +60,11 @@ def scaling_law_flow(config: ScalingLawFlowConfig = ScalingLawFlowConfig(), data
         seed_scatter(pd.read_parquet(errors), predictions, spread, folder / "seed_scatter.png")])
     quality = fits[fits["param"].isin(["mu", "sigma", "sigma_over_spread"])]
     summary = quality.pivot(index="scope", columns="param", values="value").reset_index().assign(seed_spread=spread)
-    publish(store, summary, figures, f"scaling law fitted to {config.prune_run}")
+    warnings = fits["warning"] if "warning" in fits else pd.Series("", fits.index)  # none in tables of older code
+    # the grid's warnings lead every row's: said once above the table, each scope's own beside it
+    grid = warnings[fits["scope"] == "data"].iloc[0]
+    own = warnings.groupby(fits["scope"]).first().map(lambda text: text.removeprefix(grid).removeprefix("; "))
+    summary["warning"] = summary["scope"].map(own)
+    warned = f". WARNING: {grid}" if grid else ""
+    publish(store, summary, figures, f"scaling law fitted to {config.prune_run}{warned}")
     return str(store.root)

@@ -18,16 +18,10 @@ from prefect import flow
 from pydantic import Field, field_validator, model_validator
 
 from core.config import Config, RuntimeConfig
-from core.data.datasets import DatasetConfig
-from core.methods.subspace_evaluation import METHODS, STANDARD, gains_over_standard
-from core.plots import gains_over_standard_bars, subspace_paths
-from core.runs.store import RunStore, dataset_cache
-from core.training.trainer import TrainConfig
+from core.data.config import DatasetConfig
+from core.models.names import METHODS, STANDARD
+from core.training.config import TrainConfig
 from flows.common import check_whole_set_fits, checked_data_root, distinct_values, plain_stackable_model
-from flows.report import publish
-from flows.runner import configure_runtime, run_shards
-from tasks.common import combine_shards, shared_dataset
-from tasks.subspaces import ALPHA_SHARDS, SUMMARY_SHARDS, train_method
 
 FLOW = "subspaces"
 Method = Literal[tuple(METHODS)]
@@ -39,7 +33,7 @@ class SubspacesFlowConfig(Config):
     dataset: DatasetConfig = Field(DatasetConfig(name="mnist1d"), description="what to train on; leave its label_noise "
                                    "at 0: the flow's own label_noise list sweeps it")
     model: str = Field("mlp_w128_d2", description="registry name of the plain network (the methods build "
-                       "subspace<m>_<model>): mlp_w128_d2, cnn1d_bn_w32_d2 (BatchNorm), cnn_bn_w16_d2, lenet_300_100")
+                       "subspace{m}_{model}): mlp_w128_d2, cnn1d_bn_w32_d2 (BatchNorm), cnn_bn_w16_d2, lenet_300_100")
     methods: list[Method] = Field(["line", "layerwise_line", "curve", "simplex3", "simplex4"], min_length=1,
                                   validate_default=True,  # sorted like a given list: one set, one run id
                                   description="subspaces to train: a line (2 endpoints), a quadratic Bezier curve (2 "
@@ -95,6 +89,14 @@ def check_sweep(config: SubspacesFlowConfig, dataset) -> None:
                              "calibration along each subspace, at its midpoint and of its ends' ensemble, under label noise.")
 def subspaces_flow(config: SubspacesFlowConfig = SubspacesFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the comparison of `config`; returns the run folder."""
+    from core.methods.subspace_evaluation import gains_over_standard
+    from core.plots import gains_over_standard_bars, subspace_paths
+    from core.runs.store import RunStore, dataset_cache
+    from flows.report import publish
+    from flows.runner import configure_runtime, run_shards
+    from tasks.common import combine_shards, shared_dataset
+    from tasks.subspaces import ALPHA_SHARDS, SUMMARY_SHARDS, train_method
+
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_runtime(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))

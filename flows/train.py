@@ -5,19 +5,17 @@ aggregate -> figure and artifacts) and the pattern the other flows follow.
 """
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
+
 from prefect import flow
 from pydantic import Field
 
-from core.data.datasets import DatasetConfig
-from core.plots import training_summary
-from core.runs.store import RunStore, dataset_cache, unpack_float_rows
-from core.training.experiment import subset_size
-from flows.common import SubsetTrainingConfig, check_fits, checked_data_root, chunks, examples_table
-from flows.report import publish
-from flows.runner import configure_runtime, run_shards
-from tasks.common import combine_shards, shared_dataset
-from tasks.train import train_shard
+from core.data.config import DatasetConfig
+from flows.common import SubsetTrainingConfig, check_fits, checked_data_root, chunks, write_examples_table
+
+if TYPE_CHECKING:  # annotations only: these load torch and pandas, which reading a config must not
+    import pandas as pd
+
 
 FLOW = "train"
 
@@ -39,14 +37,21 @@ def summarise(models: pd.DataFrame) -> pd.DataFrame:
 @flow(name=FLOW, description="Train many models at once on seeded subsets; one Parquet row per model.")
 def train_flow(config: TrainFlowConfig = TrainFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the `train` pipeline of `config`; returns the run folder."""
+    from core.plots import training_summary
+    from core.runs.store import RunStore, dataset_cache, unpack_float_rows
+    from core.training.experiment import subset_size
+    from flows.report import publish
+    from flows.runner import configure_runtime, run_shards
+    from tasks.common import combine_shards, shared_dataset
+    from tasks.train import train_shard
+
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_runtime(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
     size = subset_size(config.subset_ratio, dataset.n_train)
     check_fits(config, dataset, size, f"subset_ratio={config.subset_ratio}")  # before the run folder exists
     store = RunStore.open(FLOW, config, data_root, inputs={"dataset": dataset.fingerprint})
-    if not store.is_complete("examples.parquet"):
-        store.write_table("examples.parquet", examples_table(dataset))
+    write_examples_table(store, dataset)
     shards = chunks(list(range(config.n_models)), config.shard_size)
     parameters = [{"store": store, "shard": s, "model_ids": ids, "subset_size": size} for s, ids in enumerate(shards)]
     names = run_shards(train_shard, parameters, config.runtime, "train shards")

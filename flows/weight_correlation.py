@@ -18,17 +18,10 @@ from prefect import flow
 from pydantic import Field, field_validator
 
 from core.config import Config, RuntimeConfig
-from core.data.datasets import DatasetConfig
-from core.methods.weight_correlation import method_gaps
-from core.plots import accuracy_by_method, correlation_vs_fraction
-from core.runs.store import RunStore, dataset_cache
-from core.training.trainer import TrainConfig
+from core.data.config import DatasetConfig
+from core.training.config import TrainConfig
 from flows.common import check_whole_set_fits, checked_data_root, distinct_values, sgd_trainable_model
 from flows.prune_grid import PruningConfig
-from flows.report import publish
-from flows.runner import configure_runtime, run_shards
-from tasks.common import combine_shards, shared_dataset
-from tasks.weight_correlation import CORRELATION, compare_methods
 
 FLOW = "weight_correlation"
 
@@ -81,6 +74,14 @@ def check_sweep(config: WeightCorrelationFlowConfig, dataset) -> None:
 def weight_correlation_flow(config: WeightCorrelationFlowConfig = WeightCorrelationFlowConfig(),
                             data_root: str | None = None) -> str:
     """Run (or resume) the sweep of `config`; returns the run folder."""
+    from core.methods.weight_correlation import method_gaps
+    from core.plots import accuracy_by_method, correlation_vs_fraction
+    from core.runs.store import RunStore, dataset_cache
+    from flows.report import publish
+    from flows.runner import configure_runtime, run_shards
+    from tasks.common import combine_shards, shared_dataset
+    from tasks.weight_correlation import CORRELATION, compare_methods
+
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_runtime(config.runtime)
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))

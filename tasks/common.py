@@ -15,9 +15,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from core.config import RuntimeConfig, available_cores
-from core.data.datasets import Dataset, DatasetConfig, DatasetError, load_dataset
-from core.data.fingerprint import fingerprint
+from core.data.config import DatasetConfig
+from core.data.datasets import Dataset, DatasetError, load_dataset
 from core.runs.store import RunStore, code_revision, short_revision
+from core.runtime import start_up_load
 from core.training.ensemble import resolve_device, use_precision
 from core.training.experiment import model_seed, outcome_table, train_on_subsets
 
@@ -33,7 +34,7 @@ def shared_dataset(config: DatasetConfig, cache_dir: Path) -> Dataset:
     key = (config.model_dump_json(), str(cache_dir))
     with _DATASETS_LOCK:
         dataset = _DATASETS.get(key)
-        if dataset is None or fingerprint(dataset.sources, Path(cache_dir)) != dataset.fingerprint:
+        if dataset is None or dataset.files_changed(Path(cache_dir)):
             dataset = _DATASETS[key] = load_dataset(config, Path(cache_dir))
             while len(_DATASETS) > KEPT_DATASETS:
                 _DATASETS.pop(next(iter(_DATASETS)))  # the oldest load
@@ -44,12 +45,12 @@ def task_threads(runtime: RuntimeConfig) -> int:
     """Torch threads for a task: `runtime.threads` if set; in a Dask worker, what that worker has (the
     OMP_NUM_THREADS its nanny sets, else its cores shared by its threads), never the client's view of cores and
     workers (2 worker processes each given the client's 2 threads on 2 cores ran 20x slower); else the
-    local runner's share of the cores."""
+    local runner's share of the cores as `configure_runtime` chose it when the flow started."""
     if runtime.threads:
         return runtime.threads
     worker = dask_worker()
     if worker is None:
-        return runtime.torch_threads()
+        return runtime.torch_threads(start_up_load())
     omp = os.environ.get("OMP_NUM_THREADS", "")
     if omp.isdigit() and int(omp) > 0:
         return int(omp)

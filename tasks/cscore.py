@@ -52,6 +52,8 @@ def score_runs(store: RunStore, class_names: list[str]) -> list[str]:
     for name, table in tables.items():
         store.write_table(name, table, {"models": str(runs.num_rows)}, SCORED_FROM)
     overall = tables["summary.parquet"].iloc[0]
-    get_run_logger().info("C-scores of %d examples from %d models; split-half Spearman %.3f; %d never held out",
-                          overall["n_examples"], runs.num_rows, overall["split_half_spearman"], overall["n_never_heldout"])
+    # a C-score averages the ratios an example was held out at: missing one biases it, missing all leaves none
+    get_run_logger().info("C-scores of %d examples from %d models; split-half Spearman %.3f; %d missed at least one "
+                          "ratio (%d never held out)", overall["n_examples"], runs.num_rows,
+                          overall["split_half_spearman"], overall["n_missing_some_ratio"], overall["n_never_heldout"])
     return list(SCORE_TABLES)

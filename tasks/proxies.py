@@ -93,6 +93,7 @@ def _train_folds(store: RunStore) -> None:
     seconds, accuracy = time.perf_counter() - before, float(outcome.test.accuracy().mean())
     probabilities = out_of_sample_probabilities(predict_probabilities(outcome.ensemble, dataset.x_train), fold_of)
     table = pa.table({"example_id": pa.array(dataset.train_ids.numpy(), pa.int64()),
+                      "source": pa.array(dataset.train_source, pa.string()),
                       "label": pa.array(dataset.y_train.numpy(), pa.int64()),
                       "fold": pa.array(fold_of, pa.int64()),
                       "probabilities": pack_float_rows(probabilities)})
@@ -153,7 +154,7 @@ def compute_proxies(store: RunStore, record_names: list[str], final_names: list[
     cleanlab = label_issue_columns(store, out_of_sample) if out_of_sample else {}
     flags = {name: cleanlab.pop(name) for name in FLAGS if name in cleanlab}
     columns.update(cleanlab)
-    proxies = pd.DataFrame({"example_id": dataset.train_ids.numpy(), "label": labels,
+    proxies = pd.DataFrame({"example_id": dataset.train_ids.numpy(), "source": dataset.train_source, "label": labels,
                             "is_noisy": dataset.is_noisy.numpy(), **columns, **flags})
     written.append(store.write_table("proxies.parquet", proxies, built_from=built_from).name)
     scores = {name: proxies[name].to_numpy() for name in columns}

@@ -6,8 +6,9 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.methods.scaling import (Fit, bootstrap_intervals, dip_rows, fit, fit_rows, heldout_by_dimension, heldout_rows, predict,
-                          seed_means, seed_spread, spread_rows)
+from core.methods.scaling import (Fit, bootstrap_intervals, density_trend, dip_rows, extrapolation_warning, fit,
+                                  fit_rows, heldout_by_dimension, heldout_rows, predict, seed_means, seed_spread,
+                                  spread_rows, trend_rows, trend_warning, without_dip_warning)
 from core.runs.store import RunStore
 
 OUTPUTS = ("scaling_fit.parquet", "scaling_predictions.parquet")
@@ -30,8 +31,9 @@ def joint_fits(table: pd.DataFrame, config, spread: float, dip: bool) -> tuple[l
             continue
         small = fit(table[~held], joint=True, n_starts=config.n_starts, seed=config.seed, dip=dip)
         extrapolated = predict(table, small.params)
-        deviation = extrapolated[held] / table["test_error"].to_numpy()[held] - 1
-        rows += fit_rows("extrapolation" + scope + suffix, Fit(small.params, deviation), {}, spread)  # on the held-out rows
+        deviation = extrapolated[held] / table["test_error"].to_numpy()[held] - 1  # judged on the held-out rows
+        warning = extrapolation_warning(table[~held], table[held])
+        rows += fit_rows("extrapolation" + scope + suffix, Fit(small.params, deviation), {}, spread, warning)
         if not scope:
             columns |= {"heldout": held, "predicted_error_extrapolation" + suffix: extrapolated}
     return rows, columns
@@ -47,7 +49,8 @@ def fit_scaling_law(store: RunStore, prune_errors: str) -> tuple[str, str]:
     spread = seed_spread(means)
     table = means[means["test_error"] > 0].reset_index(drop=True)  # the relative error needs eps > 0
     table["dip"] = dip_rows(table)
-    rows, single = spread_rows(means), np.full(len(table), np.nan)
+    trend = density_trend(table, spread)
+    rows, single = spread_rows(means) + trend_rows(trend), np.full(len(table), np.nan)
     for curve, part in table.groupby("curve"):
         result = fit(part, n_starts=config.n_starts, seed=config.seed)
         rows += fit_rows(curve, result, bootstrap_intervals(part, False, config.n_bootstrap, config.seed), spread)
@@ -56,13 +59,23 @@ def fit_scaling_law(store: RunStore, prune_errors: str) -> tuple[str, str]:
     for dip in (False, True) if config.dip_form else (False,):
         form_rows, form_columns = joint_fits(table, config, spread, dip)
         rows, columns = rows + form_rows, columns | form_columns
-    # how much of the joint sigma the dip explains: the paper's form fitted and judged outside the dip
-    outside = fit(table[~table["dip"]], joint=True, n_starts=config.n_starts, seed=config.seed)
-    rows += fit_rows("joint_without_dip", outside, {}, spread)
+    # how much of the joint sigma the dip explains: the paper's form fitted and judged outside the dip, where enough
+    # pruned rows lie there to judge it (else the reason goes on the joint rows)
+    left_out = without_dip_warning(table)
+    if left_out is None:
+        outside = fit(table[~table["dip"]], joint=True, n_starts=config.n_starts, seed=config.seed)
+        rows += fit_rows("joint_without_dip", outside, {}, spread)
+    notes = {row["scope"]: row["warning"] for row in rows if row["warning"]} | ({"joint": left_out} if left_out else {})
+    grid = trend_warning(trend)  # about every fit of this grid
+    for row in rows:
+        row["warning"] = "; ".join(w for w in (grid, notes.get(row["scope"])) if w)
+    for scope, note in ({"grid": grid} | notes).items():
+        if note:
+            logger.warning("%s: %s", scope, note)
     store.write_table(OUTPUTS[0], pd.DataFrame(rows), built_from=[prune_errors])
     store.write_table(OUTPUTS[1], table.assign(**columns), built_from=[prune_errors])
     sigma = {row["scope"]: row["value"] for row in rows if row["param"] == "sigma"}
-    logger.info("%d seed means, seed spread %.4f; joint sigma %.4f, without the %d dip rows %.4f%s", len(table), spread,
-                sigma["joint"], table["dip"].sum(), sigma["joint_without_dip"],
-                f", dip form {sigma['joint_dip']:.4f}" if config.dip_form else "")
+    logger.info("%d seed means, seed spread %.4f; joint sigma %.4f, %s%s", len(table), spread, sigma["joint"],
+                f"without the {table['dip'].sum()} dip rows {sigma['joint_without_dip']:.4f}" if left_out is None
+                else "joint_without_dip left out", f", dip form {sigma['joint_dip']:.4f}" if config.dip_form else "")
     return OUTPUTS

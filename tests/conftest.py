@@ -6,6 +6,10 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="regularity-prefec
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)  # tests never talk to a real server
 
+from core.runtime import set_wait_policy  # noqa: E402
+
+set_wait_policy()  # as the CLI does, before a test loads torch: tests share the cores with other processes
+
 import pytest  # noqa: E402
 
 

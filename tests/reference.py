@@ -5,7 +5,7 @@ from torch import nn
 
 from core.models.subspaces import (SubspaceBatchNorm, SubspaceConv, SubspaceLinear, draw_coefficients, draw_pair,
                             set_coefficients, subspace_layers)
-from core.training.trainer import lr_at
+from core.training.config import lr_at
 
 
 def train_one_by_one(model, x, y, members, order_seed, config, mask=None, stop_after=None, start=0, before_step=None):

@@ -1,9 +1,11 @@
 """The `regularity` command: config files, overrides, messages, and a real run."""
+import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -72,7 +74,11 @@ def test_printed_default_config_reads_back(capsys):
 
 @pytest.mark.parametrize("override,message", [
     ("train.lr=-1", r"train.lr: Input should be greater than 0 \(got -1\)"),
-    ("trian.lr=1", r"trian: Extra inputs are not permitted"),
+    ("trian.lr=1", r"trian: Extra inputs are not permitted \(got \{'lr': 1\}\); did you mean train\?"),
+    ("train.ephocs=3", r"train.ephocs: Extra inputs are not permitted \(got 3\); did you mean train.epochs\?$"),
+    ("n_model=3", r"n_model: Extra inputs are not permitted \(got 3\); did you mean n_models\?$"),
+    ("dataset.nme=x", r"dataset.nme: Extra inputs are not permitted \(got 'x'\); did you mean dataset.name\?$"),
+    ("zzz=1", r"zzz: Extra inputs are not permitted \(got 1\)$"),  # nothing close: no guess
     ("model=mlp_w2", r"(?s)model: Value error, unknown model 'mlp_w2'.*mlp_w\{width\}_d\{depth\}"),
     ("dataset.label_noise=1.5", r"dataset.label_noise: Input should be less than 1"),
     ("n_models", r"--set 'n_models': expected KEY=VALUE"),
@@ -142,8 +148,12 @@ def test_run_prints_the_run_folder_last(tmp_path, capsys, monkeypatch, prefect_h
     assert folder.parent == tmp_path / "runs" / "train" and (folder / "models.parquet").is_file()
     assert "models.parquet" in captured.err and "figures/training.png" in captured.err
     report = (folder / "report.md").read_text()  # the markdown artifact, also beside the tables
-    assert report.startswith(f"# train run `{folder.name}`") and "- `models.parquet`" in report
-    assert "- `figures/training.png`" in report
+    assert report.startswith(f"# train run `{folder.name}`") and "- `figures/training.png`" in report
+    entry = FLOWS["train"]  # what each table's numbers are, and where to look, from the flow's registry entry
+    assert f"\n**Where to look:** {entry.question}\n" in report
+    for table in ["models.parquet", "summary.parquet", "examples.parquet"]:
+        assert f"\n- `{table}`: {entry.tables[table]}\n" in report
+    assert f"## Summary\n\n{entry.report_summary}\n\n| metric | mean | std | min | max |" in report
 
     assert main(["ls", "--data-root", str(tmp_path)]) == 0
     listing = capsys.readouterr().out.splitlines()
@@ -172,3 +182,227 @@ def test_recompute_is_checked_with_the_config_before_a_server_starts(capsys, mon
     err = capsys.readouterr().err
     assert "runtime.recompute: Value error, recompute patterns name files inside the run folder" in err
     assert "['../elsewhere/x.parquet']" in err and not (tmp_path / "runs").exists()
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if `regularity run` starts the local server or calls the flow."""
+    from flows.registry import FlowEntry
+
+    monkeypatch.setattr(server, "start_server", lambda: pytest.fail("the server was started"))
+    real_load = FlowEntry.load
+    monkeypatch.setattr(FlowEntry, "load", lambda self: (lambda **_: pytest.fail("the flow ran"), real_load(self)[1]))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+
+
+@pytest.mark.usefixtures("restored_prefect_env", "no_work")
+@pytest.mark.parametrize("case", ["missing file", "malformed file", "model against shape", "batch against set"])
+def test_data_errors_come_in_one_line_before_any_work(case, tmp_path, capsys):
+    """The dataset is loaded and the model checked against it before a server starts or a run folder exists."""
+    data_root = tmp_path / "data"
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip archive")
+    settings, message = {
+        "missing file": (["dataset.name=arrays", f"dataset.path={tmp_path / 'none.npz'}"],
+                         f"arrays file not found: looked at {tmp_path / 'none.npz'}; set dataset.path to an existing "
+                         ".npz or .parquet file"),
+        "malformed file": (["dataset.name=arrays", f"dataset.path={tmp_path / 'garbage.npz'}"],
+                           f"{tmp_path / 'garbage.npz'} is not an .npz file"),
+        "model against shape": (["dataset.name=digits", "model=cnn1d_w4_d1"], "model 'cnn1d_w4_d1' needs [C, L]"),
+        "batch against set": (["dataset.name=digits", "train.batch_size=2000"],
+                              "train.batch_size=2000 is larger than the training set (1437)"),
+    }[case]
+    args = ["run", "train", "--data-root", str(data_root)] + [a for s in settings for a in ("--set", s)]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1  # one line, nothing before it
+    assert captured.err.startswith(f"regularity: error: {message}")
+    assert not data_root.exists()  # no run folder, no cache
+
+
+@pytest.mark.usefixtures("restored_prefect_env", "no_work")
+def test_flows_check_their_own_grids_before_any_work(tmp_path, capsys):
+    """A flow with its own check of the data (`FlowEntry.fits`) runs it: prune_grid's smallest data fraction."""
+    assert main(["run", "prune_grid", "--data-root", str(tmp_path / "data"), "--set", "dataset.name=digits",
+                 "--set", "data_fractions=[0.01]", "--set", "train.batch_size=32"]) == 2
+    assert capsys.readouterr().err == ("regularity: error: data_fractions=0.01 gives 14 examples, fewer than "
+                                       "train.batch_size=32\n")  # round(0.01 * 1437)
+
+
+def test_a_mistyped_flow_name_gets_the_closest(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "cscroe"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"regularity run: error: argument flow: unknown flow 'cscroe'; did you mean cscore? flows: "
+        f"{', '.join(sorted(FLOWS))}")
+
+
+def test_printed_config_says_what_each_setting_is(capsys):
+    assert main(["config", "train"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"# train: {FLOWS['train'].summary}"
+    at = lines.index("n_models: 16")
+    assert lines[at - 1] == f"# {TrainFlowConfig.model_fields['n_models'].description}"
+    at = lines.index("train:")  # a group: its settings indented below it, each with its description
+    assert lines[at - 1] == "# optimiser and schedule"
+    assert lines[at + 1: at + 3] == ["  # passes over each model's training subset", "  epochs: 20"]
+    assert max(map(len, lines)) <= 120
+
+
+@pytest.mark.parametrize("flow", sorted(FLOWS))
+def test_printed_config_reads_back_as_the_default(flow, tmp_path, capsys):
+    assert main(["config", flow]) == 0
+    path = tmp_path / "config.yaml"
+    path.write_text(capsys.readouterr().out)
+    config_class = FLOWS[flow].config_class()
+    assert load_config(config_class, str(path), []) == config_class()
+
+
+@pytest.mark.usefixtures("restored_prefect_env")
+def test_run_reads_the_printed_config(tmp_path, capsys, monkeypatch):
+    """`config FLOW > f.yaml; run FLOW --config f.yaml` runs the default config (scaling_law: no dataset to load)."""
+    from flows.registry import FlowEntry
+    from flows.scaling_law import ScalingLawFlowConfig
+
+    ran = []
+    real_load = FlowEntry.load
+    monkeypatch.setattr(FlowEntry, "load", lambda self: (lambda config, data_root: ran.append(config) or str(tmp_path),
+                                                         real_load(self)[1]))
+    assert main(["config", "scaling_law"]) == 0
+    (tmp_path / "f.yaml").write_text(capsys.readouterr().out)
+    assert main(["run", "scaling_law", "--ephemeral", "--config", str(tmp_path / "f.yaml")]) == 0
+    assert ran == [ScalingLawFlowConfig()] and capsys.readouterr().out == f"{tmp_path}\n"
+
+
+def fake_runs(data_root: Path, run_ids: list[str]) -> None:
+    """Run folders holding only a config.json."""
+    for run_id in run_ids:
+        folder = data_root / "runs" / run_id.rsplit("-", 1)[0] / run_id
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(f'{{"flow": "{folder.parent.name}", "run_id": "{run_id}", "config": {{}}}}')
+
+
+def test_show_finds_a_run_by_the_start_of_its_id(tmp_path, capsys):
+    from core.runs.store import find_run
+
+    fake_runs(tmp_path, ["cscore-8e05aaaaaaaa", "cscore-8e05bbbbbbbb", "train-0123456789ab"])
+    assert find_run("cscore-8e05a", tmp_path, prefix=True) == tmp_path / "runs/cscore/cscore-8e05aaaaaaaa"
+    assert find_run("train", tmp_path, prefix=True) == tmp_path / "runs/train/train-0123456789ab"
+    with pytest.raises(ValueError, match=r"^'cscore-8e05' is the start of 2 runs under .*/runs: cscore-8e05aaaaaaaa, "
+                                         r"cscore-8e05bbbbbbbb; give more of the id$"):
+        find_run("cscore-8e05", tmp_path, prefix=True)
+    with pytest.raises(FileNotFoundError, match=r"^no run 'cscore-9' \(nor one beginning so\) under .*; runs there: "
+                                                r"cscore-8e05aaaaaaaa, cscore-8e05bbbbbbbb, train-0123456789ab"):
+        find_run("cscore-9", tmp_path, prefix=True)
+    with pytest.raises(ValueError, match="'cscore-8e05a' is not a run id: those read"):
+        find_run("cscore-8e05a", tmp_path)  # a config's setting names a whole id
+    with pytest.raises(ValueError, match="is not a run id or the start of one"):
+        find_run("../cscore-8e05", tmp_path, prefix=True)
+
+    assert main(["show", "cscore-8e05b", "--data-root", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith(f"cscore-8e05bbbbbbbb  (partial (0 shard tables))\n"
+                                              f"{tmp_path / 'runs/cscore/cscore-8e05bbbbbbbb'}\n")
+    assert main(["show", "cscore-8e05", "--data-root", str(tmp_path)]) == 2
+    assert "is the start of 2 runs" in capsys.readouterr().err
+
+
+def test_ls_summary_names_the_data_file():
+    from core.runs.store import config_summary
+
+    config = {"dataset": {"name": "arrays", "path": "/d/x.npz", "n_train": 100}, "model": "mlp_w8_d1"}
+    assert config_summary(config) == "arrays path=/d/x.npz n_train=100 mlp_w8_d1"
+    assert config_summary({"dataset": {"name": "digits", "path": None}}) == "digits"
+
+
+def test_every_flow_says_what_its_tables_hold():
+    """Each flow's registry entry says where to look, what its summary's cells are, and what each table holds; a named
+    table is one that data/README.md documents."""
+    documented = (Path(__file__).parents[1] / "data" / "README.md").read_text()
+    for name, entry in FLOWS.items():
+        assert entry.question and entry.report_summary and entry.tables, name
+        for table in entry.tables:
+            assert "*" in table or f"`{table}`" in documented, (name, table)
+
+
+@pytest.mark.parametrize("flow", sorted(entry for entry in FLOWS if FLOWS[entry].fits))
+def test_a_flows_own_data_check_is_the_one_it_runs(flow):
+    """`fits` names the function the flow itself calls on (config, dataset) before any work."""
+    import inspect
+
+    entry = FLOWS[flow]
+    check = entry.check_fits()
+    assert check is getattr(importlib.import_module(entry.module), entry.fits)
+    assert list(inspect.signature(check).parameters) == ["config", "dataset"]
+    assert f"{entry.fits}(config, dataset)" in inspect.getsource(entry.load()[0].fn)
+
+
+def test_report_lists_described_tables_first_then_the_others(tmp_path):
+    from flows.report import table_lines
+
+    for name in ["b.parquet", "c.parquet", "weights/x/level-00.safetensors"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).touch()
+    described = {"c.parquet": "one row per c", "weights/*/level-*.safetensors": "weights", "gone.parquet": "absent"}
+    assert table_lines(tmp_path, described) == ["- `c.parquet`: one row per c",
+                                                "- `weights/*/level-*.safetensors`: weights", "- `b.parquet`"]
+
+
+def test_ctrl_c_says_what_is_written_and_a_rerun_resumes(tmp_path):
+    """A real SIGINT to `regularity run --ephemeral` after its first shard: one line, no traceback; the same command
+    again finishes the run, and its folder is the last line of stdout and stderr together (the temporary server's
+    goodbye comes before it)."""
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "flows.cli", "run", "train", "--ephemeral", "--data-root", str(tmp_path),
+               "--set", "dataset.name=digits", "--set", "model=mlp_w8_d1", "--set", "n_models=8",
+               "--set", "shard_size=1", "--set", "train.epochs=3"]
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    repo = Path(__file__).parents[1]
+    process = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob("runs/train/*/shards/*.parquet")) and process.poll() is None:
+        assert time.monotonic() < deadline, "no shard written in 300 s"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    (folder,) = tmp_path.glob("runs/train/*")
+    shards = len(list(folder.glob("shards/*.parquet")))
+    assert process.returncode == 130 and out == "" and "Traceback" not in err and 1 <= shards < 8
+    assert err.splitlines()[-1] == (f"regularity: interrupted: run {folder.name} is partial ({shards} shard tables) "
+                                    f"in {folder}; run the same command again to resume it from there")
+
+    again = subprocess.run(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=300)
+    assert again.returncode == 0 and again.stdout.splitlines()[-1] == str(folder)
+    assert pq.read_metadata(folder / "models.parquet").num_rows == 8  # every model, the first ones found again
+
+
+HEAVY_MODULES = ("torch", "matplotlib", "scipy", "sklearn", "prefect.server")  # and for a config, pandas
+LOADED = ("import sys; from flows.cli import main; code = main({argv!r}); "
+          "print(sorted(m for m in {heavy!r} if m in sys.modules)); sys.exit(code)")
+
+
+@pytest.mark.parametrize("argv", [["config", "cscore"], ["config", "lime_pretrain"], ["ls"], ["ls", "--flow", "deq"]])
+def test_config_and_ls_load_neither_torch_nor_plots_nor_the_prefect_server(argv, tmp_path):
+    """What `regularity config` and `ls` answer never loads the training stack: they stay near a second, not the ~6 s
+    that importing a flow's tasks, torch, scipy.stats and matplotlib took."""
+    heavy = HEAVY_MODULES if argv[0] == "ls" else (*HEAVY_MODULES, "pandas")  # ls prints its table with pandas
+    argv = [*argv, "--data-root", str(tmp_path)] if argv[0] == "ls" else argv
+    done = subprocess.run([sys.executable, "-c", LOADED.format(argv=argv, heavy=heavy)], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_flows_config_validates_without_the_training_stack():
+    """Each flow module's top level is its config and the flow's signature: the tasks, torch and the figures load
+    inside the flow when it runs, so the UI's form, the CLI's validation and `config` never pay for them."""
+    names = {name: entry.module for name, entry in FLOWS.items()}
+    script = ("import sys, importlib; from flows.registry import FLOWS\n"
+              "for entry in FLOWS.values(): entry.config_class()()\n"
+              f"print(sorted(m for m in {(*HEAVY_MODULES, 'pandas')!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", f"a config of {sorted(names)} loads {done.stdout.strip()}"

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from core.config import RuntimeConfig
-from core.data.datasets import DatasetConfig
+from core.data.config import DatasetConfig
 from core.runs import store as store_mod
 from core.runs.store import audit_run, read_provenance
-from core.training.trainer import TrainConfig
+from core.training.config import TrainConfig
 from flows.cli import main
 from flows.cscore import CScoreFlowConfig, cscore_flow
 

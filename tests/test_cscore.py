@@ -78,8 +78,10 @@ def test_split_half_reliability_matches_scipy_on_the_halves():
 
 
 def test_long_table_keeps_example_order():
-    table = by_ratio_table(np.array([10, 11, 12, 13]), holdout_scores(IN_SUBSET, CORRECT, RATIOS))
+    sources = np.array([f"x_train[{i}]" for i in (3, 0, 1, 2)], dtype=object)
+    table = by_ratio_table(np.array([10, 11, 12, 13]), holdout_scores(IN_SUBSET, CORRECT, RATIOS), sources)
     assert table["example_id"].tolist() == [10, 11, 12, 13] * 2
+    assert table["source"].tolist() == sources.tolist() * 2
     assert table["ratio"].tolist() == [0.5] * 4 + [0.9] * 4
     assert table["n_heldout"].tolist() == [1, 1, 2, 0, 1, 1, 1, 1]
 

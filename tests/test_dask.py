@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 from core.config import RuntimeConfig, available_cores
-from core.data.datasets import DatasetConfig
+from core.data.config import DatasetConfig
 from core.runs.store import read_provenance
-from core.training.trainer import TrainConfig
+from core.training.config import TrainConfig
 from flows.cscore import CScoreFlowConfig, cscore_flow
 from tasks.common import task_threads
 

@@ -15,8 +15,8 @@ from PIL import Image
 from pydantic import ValidationError
 
 import core.data.datasets as data_mod
-from core.data.datasets import (DATASETS, DatasetConfig, DatasetError, get_loader, load_dataset,
-                       load_dataset_by_name)
+from core.data.config import DatasetConfig
+from core.data.datasets import DATASETS, DatasetError, get_loader, load_dataset, load_dataset_by_name
 from core.data.sources import FASHION_MNIST_DIR, load_fashion_mnist
 
 
@@ -323,7 +323,7 @@ def image_root(tmp_path):
 
 def test_image_folder_round_trip(image_root):
     root, imgs = image_root
-    write_png(root / "test/dog/5.png", np.full((3, 4), 51, np.uint8))  # greyscale becomes RGB
+    write_png(root / "test/dog/5.png", np.full((3, 4), 51, np.uint8))  # greyscale among colour images becomes RGB
     d = load(name="image_folder", path=str(root), normalize=False)
     assert d.x_train.shape == (3, 3, 3, 4) and d.n_test == 3 and d.class_names == ["cat", "dog"]
     assert d.y_train.tolist() == [0, 0, 1] and d.y_test.tolist() == [0, 1, 1]

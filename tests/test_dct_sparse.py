@@ -11,10 +11,12 @@ from torch import nn
 import core.models.dct_sparse as dct_sparse
 from core.models.dct_sparse import (DCTPlusSparseConv, DCTPlusSparseLinear, dct, dct_kernel, dct_matrix, layer_densities,
                              random_masks)
+from core.models.names import ModelNameError, parse_model_name
 from core.models.nested import host_name
-from core.models.networks import ModelNameError, init_model, parse_model_name, prunable_parameters
+from core.models.networks import init_model, prunable_parameters
+from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble
-from core.training.trainer import TrainConfig, train
+from core.training.trainer import train
 from reference import assert_same_weights, toy_data, train_one_by_one
 
 N, CLASSES = 240, 5

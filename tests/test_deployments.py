@@ -193,13 +193,14 @@ def test_a_client_without_or_with_another_auth_string_is_told_so(private_server,
 
 def test_a_running_server_without_authentication_is_not_taken_for_one(monkeypatch, tmp_path):
     only_server_auth(monkeypatch)
+    home = tmp_path / "prefect"
 
     class Open(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802  (answers everything, as a server without authentication does)
+        def do_GET(self):  # noqa: N802  (answers everything, as our own server started without authentication does)
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
-            self.wfile.write(b"true")
+            self.wfile.write(json.dumps({"home": str(home)}).encode())  # /api/admin/settings names our home
 
         def log_message(self, *args):
             pass
@@ -208,7 +209,7 @@ def test_a_running_server_without_authentication_is_not_taken_for_one(monkeypatc
     threading.Thread(target=stub.serve_forever, daemon=True).start()
     try:
         monkeypatch.setenv(server.PORT_ENV, str(stub.server_address[1]))
-        monkeypatch.setenv("REGULARITY_PREFECT_HOME", str(tmp_path / "prefect"))
+        monkeypatch.setenv("REGULARITY_PREFECT_HOME", str(home))
         with pytest.raises(RuntimeError, match="answers without authentication although"):
             server.start_server()
     finally:

@@ -9,8 +9,9 @@ from torch import nn
 
 from core.models.deq import (DEQLinear, SolverStats, anderson, broyden, equilibrium, jacobian_frobenius, relative_residual,
                       spectral_radius)
+from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble
-from core.training.trainer import TrainConfig, train
+from core.training.trainer import train
 from reference import assert_same_weights, toy_data, train_one_by_one
 
 SOLVERS = [anderson, broyden]

@@ -10,8 +10,9 @@ from torch import nn
 
 from core.methods.deq_monitor import JacobianRegularization, capped_inference, deq_layers, deq_summary, probe
 from core.models.deq import Solution, SolverLog
+from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble
-from core.training.trainer import TrainConfig, train
+from core.training.trainer import train
 from reference import assert_same_weights, jacobian_penalty_step, toy_data, train_one_by_one
 from test_deq import deq_model
 

@@ -5,10 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.data.datasets import DatasetConfig, load_dataset
+from core.data.config import DatasetConfig
+from core.data.datasets import load_dataset
 from core.methods.filtering import filtering_summary, kept_examples
 from core.runs.store import unpack_bool_rows
-from core.training.trainer import TrainConfig
+from core.training.config import TrainConfig
 from flows.filter_retrain import FilterRetrainFlowConfig, filter_retrain_flow, plan_shards
 
 SCORES = np.array([0.5, 0.1, np.nan, 0.9, 0.3, 0.7, 0.2, 0.8, 0.6, 0.4])

@@ -6,11 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.data.datasets import DatasetConfig, DatasetError, load_dataset
+from core.data.config import DatasetConfig
+from core.data.datasets import DatasetError, load_dataset
 import core.data.fingerprint
 from core.data.fingerprint import CACHE_FILE, fingerprint
 from core.runs.store import RunStore
-from core.training.trainer import TrainConfig
+from core.training.config import TrainConfig
 from flows.common import upstream_table
 from flows.train import TrainFlowConfig, train_flow
 from tasks.common import shared_dataset, task_dataset

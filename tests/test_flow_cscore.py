@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 
 from core.config import run_id
-from core.data.datasets import DatasetConfig
+from core.data.config import DatasetConfig
 from core.runs.store import unpack_bool_rows
+from core.training.config import TrainConfig
 from core.training.experiment import subset_size
-from core.training.trainer import TrainConfig
 from flows.cscore import CScoreFlowConfig, cscore_flow, plan_shards
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from core.config import derive_seed
-from core.data.datasets import DatasetConfig, load_dataset
+from core.data.config import DatasetConfig
+from core.data.datasets import load_dataset
 from core.models.dct_sparse import layer_densities, random_masks
 from core.models.networks import init_model
+from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble, evaluate
 from core.training.experiment import INIT_STREAM, MASK_STREAM, ORDER_STREAM, model_seed
-from core.training.trainer import TrainConfig
 from flows.dct_sparse import DCTSparseFlowConfig, dct_sparse_flow
 from reference import train_one_by_one
 from tasks.dct_sparse import sparse_masks

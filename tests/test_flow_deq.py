@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from core.config import derive_seed
-from core.data.datasets import DatasetConfig, load_dataset
+from core.data.config import DatasetConfig
+from core.data.datasets import load_dataset
 from core.models.networks import init_model
+from core.training.config import TrainConfig
 from core.training.experiment import DRAW_STREAM, INIT_STREAM, ORDER_STREAM, model_seed
-from core.training.trainer import TrainConfig
 from flows.deq import DEQFlowConfig, MonitorConfig, PenaltyConfig, SolverConfig, deq_flow
 from reference import jacobian_penalty_step, train_one_by_one
 

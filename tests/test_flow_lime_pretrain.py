@@ -9,9 +9,10 @@ import torch
 from core.config import derive_seed
 from core.models.networks import seeded_init
 from core.runs.store import RunStore
+from core.sequence.config import OptimConfig, TransformerConfig
 from core.sequence.rewriting import RewriteConfig, split
 from core.sequence.transfer import epoch_batches, held_out_figures, lime_batches, sample_efficiency
-from core.sequence.transformer import OptimConfig, Seq2Seq, TransformerConfig, train_seq2seq
+from core.sequence.transformer import Seq2Seq, train_seq2seq
 from core.training.experiment import DRAW_STREAM, INIT_STREAM, ORDER_STREAM, SUBSET_STREAM, model_seed
 from flows.lime_data import LimeGenerationConfig
 from flows.lime_pretrain import DownstreamConfig, LimePretrainFlowConfig, PretrainConfig, lime_pretrain_flow

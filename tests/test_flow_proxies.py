@@ -11,14 +11,15 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from core.config import run_id
-from core.data.datasets import DatasetConfig, load_dataset
+from core.data.config import DatasetConfig
+from core.data.datasets import load_dataset
+from core.methods import label_quality
 from core.methods.label_quality import fold_assignment
 from core.methods.proxies import detection_metrics, kernel_density_proxies, median_bandwidth
 from core.runs.store import read_provenance, unpack_bool_rows, unpack_float_rows
-from core.training.trainer import TrainConfig
+from core.training.config import TrainConfig
 from flows.common import upstream_table
 from flows.cscore import CScoreFlowConfig, cscore_flow
-from flows import proxies as proxies_module
 from flows.proxies import ProxiesFlowConfig, proxies_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -78,7 +79,7 @@ def test_correlations_detection_and_dynamics(run):
     proxies = pd.read_parquet(folder / "proxies.parquet")
     cscores = proxies[["example_id"]].merge(pd.read_parquet(cscore_run / "cscores.parquet"), on="example_id")
     correlations = pd.read_parquet(folder / "proxy_correlations.parquet").set_index("proxy")
-    names = [c for c in proxies.columns if c not in ("example_id", "label", "is_noisy", "cleanlab_issue")]
+    names = [c for c in proxies.columns if c not in ("example_id", "source", "label", "is_noisy", "cleanlab_issue")]
     assert list(correlations.index) == names and len(names) == 14
     finite = np.isfinite(cscores["cscore"])
     expected = stats.spearmanr(proxies["aum"][finite], cscores["cscore"][finite]).statistic
@@ -122,7 +123,7 @@ def test_cleanlab_installed_later_adds_its_columns_and_keeps_the_models(tmp_path
     """Without cleanlab the flow warns and skips it; installed later, a rerun trains only the fold models."""
     config = ProxiesFlowConfig(dataset=DATA, model="mlp_w16_d1", train=TRAIN, n_models=2, n_bootstrap=0,
                                cleanlab_folds=2)
-    monkeypatch.setattr(proxies_module, "cleanlab_installed", lambda: False)
+    monkeypatch.setattr(label_quality, "cleanlab_installed", lambda: False)  # the flow looks it up when it runs
     folder = Path(proxies_flow(config, data_root=str(tmp_path)))
     assert not (folder / "out_of_sample.parquet").exists()
     assert "cleanlab_label_quality" not in pd.read_parquet(folder / "proxies.parquet").columns

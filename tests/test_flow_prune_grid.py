@@ -9,11 +9,12 @@ import yaml
 from safetensors.torch import load_file
 
 from core.config import derive_seed
-from core.data.datasets import DatasetConfig, load_dataset
+from core.data.config import DatasetConfig
+from core.data.datasets import load_dataset
 from core.methods.pruning import target_kept
 from core.models.networks import init_model
+from core.training.config import TrainConfig
 from core.training.experiment import INIT_STREAM, ORDER_STREAM, model_seed
-from core.training.trainer import TrainConfig
 from flows.prune_grid import PruneGridFlowConfig, PruningConfig, prune_grid_flow
 from reference import train_one_by_one
 from tasks.pruning import fraction_subsets

@@ -1,4 +1,5 @@
 """The `scaling_law` flow on a pruning table generated from known parameters."""
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,69 @@ def test_flow_recovers_the_law_and_extrapolates(tmp_path):
     assert single["sigma"] < 0.02  # each curve alone fits to its noise
     for name in ("error_vs_density_fit.png", "collapse.png", "predicted_vs_actual.png", "seed_scatter.png"):
         assert (folder / "figures" / name).is_file()
-    assert "| scope | mu | sigma | sigma_over_spread | seed_spread |" in (folder / "report.md").read_text()
+    assert "| scope | mu | sigma | sigma_over_spread | seed_spread | warning |" in (folder / "report.md").read_text()
+    # the law holds, on a grid of 9 networks: nothing to warn about, and the error falls as density rises
+    assert (fits["warning"] == "").all() and "WARNING" not in (folder / "report.md").read_text()
+    assert data["density_slope"] < -2 * data["density_slope_se"]
+
+
+def rising_prune_run(root: Path) -> str:
+    """A prune_grid run of two networks (widths 16, 32; depth 1) whose error falls at every pruning level, as a small
+    under-trained grid's may: error = eps_np * density^0.2, 1% noise per seed."""
+    config = PruneGridFlowConfig(widths=[16, 32], depths=[1], seeds=[0, 1])
+    store = RunStore.open("prune_grid", config, root)
+    rng, rows, level = np.random.default_rng(1), [], np.arange(0, 10)
+    for width in config.widths:
+        for seed in config.seeds:
+            error = 0.1 * (0.8**level) ** 0.2 * (1 + rng.normal(scale=0.01, size=len(level)))
+            rows.append(pd.DataFrame({"network": f"mlp_w{width}_d1", "width": width, "depth": 1, "data_fraction": 1.0,
+                                      "seed": seed, "level": level, "density": 0.8**level, "params_remaining": 0,
+                                      "train_error": error, "test_error": error, "test_loss": 0.0}))
+    store.write_table("prune_errors.parquet", pd.concat(rows, ignore_index=True))
+    return store.run_id
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_grid_where_pruning_helps_and_an_extrapolation_from_one_network_are_flagged(tmp_path):
+    config = ScalingLawFlowConfig(prune_run=rising_prune_run(tmp_path), n_bootstrap=0, n_starts=2)
+    handler = Messages()
+    logging.getLogger("prefect").addHandler(handler)
+    try:
+        folder = Path(scaling_law_flow(config, data_root=str(tmp_path)))
+    finally:
+        logging.getLogger("prefect").removeHandler(handler)
+    fits = pd.read_parquet(folder / "scaling_fit.parquet")
+    data = fits[fits.scope == "data"].set_index("param")["value"]
+    assert data["density_slope"] == pytest.approx(0.2, abs=0.01)  # the slope the errors were made with
+    grid = fits.loc[fits.scope == "data", "warning"].iloc[0]
+    assert grid.startswith("errors rise with density: within curves ln error grows by 0.20")
+    assert fits["warning"].str.startswith(grid).all()  # every fit of this grid carries it
+    # every pruned row is below its dense error: outside the dip lie only the 2 dense rows, which any fit matches
+    assert "joint_without_dip" not in set(fits.scope)
+    left_out = "joint_without_dip left out: only 0 pruned rows lie outside the dip"
+    assert fits.loc[fits.scope == "joint", "warning"].str.startswith(f"{grid}; {left_out}").all()
+    single = ("fitted on a single network (mlp_w16_d1): psi not determined, so its predictions at width 32 are "
+              "arbitrary")
+    for scope in ("extrapolation", "extrapolation_width"):
+        assert (fits.loc[fits.scope == scope, "warning"] == f"{grid}; {single}").all()
+    quality = fits[fits.param.isin(["mu", "sigma"])].pivot(index="scope", columns="param", values="value")
+    assert not ((quality["mu"] == 0) & (quality["sigma"] == 0)).any()  # no row of zeros reads as a result
+    report = (folder / "report.md").read_text()
+    assert f"WARNING: {grid}" in report and f"| {single} |" in report
+    logged = [m for m in handler.messages if m.startswith(("grid:", "joint:", "extrapolation"))]
+    assert logged[:3] == [f"grid: {grid}", f"extrapolation: {single}", f"extrapolation_width: {single}"]
+    assert len(logged) == 4 and logged[3].startswith(f"joint: {left_out}")
+
+
+class Messages(logging.Handler):
+    """Every Prefect log message, in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def test_missing_prune_run_is_explained(tmp_path):

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from core.config import derive_seed
-from core.data.datasets import DatasetConfig, load_dataset
+from core.data.config import DatasetConfig
+from core.data.datasets import load_dataset
 from core.methods.subspace_evaluation import calibration, midpoint_coefficients, path_coefficients
 from core.models.networks import init_model
 from core.models.subspaces import fix_coefficients
+from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble, predict_probabilities, recalibrate_batchnorm
 from core.training.experiment import DRAW_STREAM, INIT_STREAM, MEMBER_STREAM, ORDER_STREAM, model_seed
-from core.training.trainer import TrainConfig
 from flows.subspaces import SubspacesFlowConfig, subspaces_flow
 from reference import subspace_step, train_one_by_one
 

@@ -12,10 +12,11 @@ import torch
 
 import tasks.common
 from core.config import RuntimeConfig, run_id
-from core.data.datasets import DatasetConfig, load_dataset
+from core.data.config import DatasetConfig
+from core.data.datasets import load_dataset
 from core.runs.store import read_provenance, unpack_bool_rows, unpack_float_rows
+from core.training.config import TrainConfig
 from core.training.experiment import model_seed, subset_mask, train_on_subsets
-from core.training.trainer import TrainConfig
 from flows.train import TrainFlowConfig, train_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -34,7 +34,7 @@ from pydantic import BaseModel
 
 import flows.common as common
 from core.data.datasets import DatasetError
-from core.models.networks import MODEL_PATTERNS
+from core.models.names import MODEL_PATTERNS
 from flows import server
 from flows.cli import ConfigError, apply_override, load_config, main
 from flows.common import checked_data_root, upstream_table
@@ -736,7 +736,8 @@ def test_show_refuses_a_run_id_that_is_not_a_run(cli, capsys, data_root, run_id)
     run_id = run_id.format(tmp=data_root.parent)
     assert cli(["show", run_id, "--data-root", str(data_root)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"regularity: error: {run_id!r} is not a run id: those read <flow>-<12 hex digits>"), err
+    assert err.startswith(f"regularity: error: {run_id!r} is not a run id or the start of one: those read "
+                          "<flow>-<12 hex digits>"), err
     runs_unchanged(data_root)
 
 

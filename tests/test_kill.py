@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.data.datasets import DatasetConfig
-from core.training.trainer import TrainConfig
+from core.data.config import DatasetConfig
+from core.training.config import TrainConfig
 from flows.cscore import CScoreFlowConfig
 from flows.proxies import ProxiesFlowConfig
 from flows.prune_grid import PruneGridFlowConfig, PruningConfig

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from core.data.datasets import DatasetConfig, load_dataset
+from core.data.config import DatasetConfig
+from core.data.datasets import load_dataset
 from core.methods.label_quality import cleanlab_scores, fold_assignment, fold_subsets, out_of_sample_probabilities
+from core.training.config import TrainConfig
 from core.training.ensemble import evaluate, predict_probabilities
 from core.training.experiment import train_on_subsets
-from core.training.trainer import TrainConfig
 
 
 def test_folds_partition_the_examples_in_sizes_that_differ_by_at_most_one():

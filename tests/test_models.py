@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.models.networks import ModelNameError, init_model, parse_model_name, prunable_parameters
+from core.models.names import ModelNameError, parse_model_name
+from core.models.networks import init_model, prunable_parameters
 
 
 def n_params(model):

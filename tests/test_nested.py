@@ -5,8 +5,9 @@ import torch
 from core.methods.pruning import dense_masks, density, prunable_names, prune, remaining_parameters, target_kept
 from core.models.nested import embed, extract, nested_ensemble, state_shapes, with_support
 from core.models.networks import init_model
+from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble, evaluate
-from core.training.trainer import TrainConfig, train
+from core.training.trainer import train
 
 CLASSES, N = 5, 192
 CONFIG = TrainConfig(epochs=2, batch_size=32, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine")

@@ -3,11 +3,13 @@ import pytest
 import torch
 
 from core.config import RuntimeConfig, run_id
-from core.data.datasets import DatasetConfig, load_dataset
+from core.data.config import DatasetConfig
+from core.data.datasets import load_dataset
 import core.training.ensemble
+from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble, check_precision, evaluate
 from core.training.experiment import train_on_subsets
-from core.training.trainer import TrainConfig, train
+from core.training.trainer import train
 
 TRAIN = TrainConfig(epochs=4, batch_size=32, lr=0.05)
 SEEDS = [1, 2, 3, 4]

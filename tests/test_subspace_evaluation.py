@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from core.methods.subspace_evaluation import (METHODS, calibration, end_coefficients, ensemble_sizes,
-                                      gains_over_standard, midpoint_coefficients, path_coefficients)
+from core.methods.subspace_evaluation import calibration, end_coefficients, ensemble_sizes, gains_over_standard, midpoint_coefficients, path_coefficients
+from core.models.names import METHODS
 
 
 def test_paths_midpoints_and_ends_by_hand():

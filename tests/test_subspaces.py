@@ -8,13 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.models.networks import ModelNameError, init_model, parse_model_name
-from core.training.ensemble import Ensemble
+from core.models.names import ModelNameError, parse_model_name
+from core.models.networks import init_model
 from core.models.subspaces import (SubspaceBatchNorm, SubspaceConv, SubspaceLinear, SubspaceTraining, curve_coefficients,
                             draw_coefficients, draw_pair, endpoint_cosine_squared, expected_calibration_error,
                             fix_coefficients, line_coefficients, sample_coefficients,
                             subspace_layers, subspace_network)
-from core.training.trainer import TrainConfig, train
+from core.training.config import TrainConfig
+from core.training.ensemble import Ensemble
+from core.training.trainer import train
 from reference import assert_same_weights, subspace_step, toy_data, train_one_by_one, with_random_batch_norm
 
 N, CLASSES = 240, 5

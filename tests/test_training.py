@@ -8,9 +8,10 @@ from torch import nn
 
 from core.methods.pruning import rewind
 from core.models.networks import init_model
-from core.training.ensemble import Ensemble, embed, evaluate, example_outcomes
 from core.training import trainer as training
-from core.training.trainer import TrainConfig, lr_at, train
+from core.training.config import TrainConfig, lr_at
+from core.training.ensemble import Ensemble, embed, evaluate, example_outcomes
+from core.training.trainer import train
 from reference import assert_same_weights, toy_data, train_one_by_one
 
 N, CLASSES = 240, 5

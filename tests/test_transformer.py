@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from core.models.networks import seeded_init
+from core.sequence.config import OptimConfig, TransformerConfig
 from core.sequence.lime import BOS, EOS, PAD
-from core.sequence.transformer import (OptimConfig, Seq2Seq, TransformerConfig, collate, exact_match, greedy_decode,
-                                       pad, sinusoids, token_accuracy, train_seq2seq)
+from core.sequence.transformer import Seq2Seq, collate, exact_match, greedy_decode, pad, sinusoids, token_accuracy, train_seq2seq
 
 TINY = TransformerConfig(d_model=32, heads=2, encoder_layers=1, decoder_layers=1, feedforward=64)
 

@@ -8,13 +8,14 @@ import torch
 from safetensors.torch import load_file
 
 from core.config import derive_seed
-from core.data.datasets import DatasetConfig, load_dataset
+from core.data.config import DatasetConfig
+from core.data.datasets import load_dataset
 from core.methods.pruning import target_kept
-from core.models.networks import init_model
-from core.training.experiment import INIT_STREAM, ORDER_STREAM, REINIT_STREAM, model_seed
-from core.training.trainer import TrainConfig
 from core.methods.weight_correlation import (METHODS, budget, mask_sources, method_gaps, method_rows, starting_points,
                                      top_fraction, weight_correlation)
+from core.models.networks import init_model
+from core.training.config import TrainConfig
+from core.training.experiment import INIT_STREAM, ORDER_STREAM, REINIT_STREAM, model_seed
 from flows.prune_grid import PruningConfig
 from flows.weight_correlation import WeightCorrelationFlowConfig, weight_correlation_flow
 from reference import train_one_by_one

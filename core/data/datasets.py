@@ -1,67 +1,29 @@
 """Dataset registry: loads a dataset by config, then subsets, normalises and injects label noise.
 
 Every dataset comes back as a `Dataset` whose examples carry an `example_id` (their index in the
-source), so per-example results from different runs and subsets can be joined on it.
+source, or the ids of the user's file), so per-example results from different runs and subsets can be
+joined on it, and a `source` saying where the example is stored (an image's path relative to
+dataset.path, or `container[row]`: the array or file and the row that hold it).
 """
 from __future__ import annotations
 
 import random
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from pydantic import Field
 
-from core.config import Config
+from core.data.config import DatasetConfig, names_a_file
 from core.data.fingerprint import fingerprint
-from core.runs.store import atomic_write
 from core.data.sources import (DatasetError, RawData, describe_classes, int_labels, load_arrays, load_cifar,
-                               load_fashion_mnist, load_image_folder)
+                               load_fashion_mnist, load_image_folder, read_id_file, rows_of)
+from core.runs.store import atomic_write
 
-__all__ = ["DATASETS", "Dataset", "DatasetConfig", "DatasetError", "RawData", "get_loader", "load_dataset",
-           "load_dataset_by_name"]
-
-DatasetName = Literal["mnist1d", "digits", "synthetic", "fashion_mnist", "cifar10", "cifar100", "image_folder",
-                      "arrays"]
-
-
-class DatasetConfig(Config):
-    """Which dataset to load and how to subset, normalise and corrupt it."""
-
-    name: DatasetName = Field("digits", description=(
-        "Dataset. mnist1d, digits and synthetic are generated/bundled locally (synthetic: scikit-learn's "
-        "make_classification, 10,000 examples of 20 features in 4 classes, 80% train); fashion_mnist reads the IDX "
-        "files of the Debian package dataset-fashion-mnist; cifar10/cifar100, image_folder and arrays read your "
-        "files at `path`."))
-    path: str | None = Field(None, description=(
-        "Where the files are. fashion_mnist: folder of the IDX .gz files (default "
-        "/usr/share/datasets/fashion-mnist). cifar10/cifar100: folder containing cifar-10-batches-py/ or "
-        "cifar-100-python/ (or that folder itself). image_folder: folder with train/<class>/ and "
-        "test/<class>/ image folders. arrays: an .npz (x_train, y_train, x_test, y_test, optional "
-        "class_names, train_ids, test_ids) or a Parquet file (columns split, label, and a list column "
-        "`features` or numeric columns f0..fN; optional example_id). Unused by mnist1d and digits."))
-    n_train: int | None = Field(None, ge=1, description=(
-        "Number of training examples: a seeded random subset, kept in example-id order. Empty = all."))
-    n_test: int | None = Field(None, ge=1, description=(
-        "Number of test examples: a seeded random subset, kept in example-id order. Empty = all."))
-    normalize: bool = Field(True, description=(
-        "Standardise features with the training split's mean and std (per channel for images "
-        "[N, C, H, W], one scalar otherwise), applied to both splits."))
-    label_noise: float = Field(0.0, ge=0.0, lt=1.0, description=(
-        "Fraction in [0, 1) of training labels replaced by a wrong class; exactly "
-        "round(label_noise * n_train) examples. Test labels are never changed."))
-    noise_kind: Literal["uniform", "pair"] = Field("uniform", description=(
-        "How a corrupted label is chosen: uniform = a uniformly random different class; "
-        "pair = class c becomes (c + 1) mod C."))
-    seed: int = Field(0, ge=0, description=(
-        "Random seed for the subsets, the digits train/test split, MNIST-1D generation and label noise."))
-    mnist1d_samples: int = Field(5000, ge=10, le=1_000_000, description=(
-        "mnist1d only: total generated examples (rounded down to a multiple of 10), 80% train / 20% test."))
-    digits_test_fraction: float = Field(0.2, ge=0.01, le=0.99, description=(
-        "digits only: fraction of the 1,797 examples held out as the stratified test split."))
+__all__ = ["DATASETS", "Dataset", "DatasetError", "RawData", "get_loader", "load_dataset", "load_dataset_by_name"]
 
 
 @dataclass
@@ -75,11 +37,14 @@ class Dataset:
     y_test: torch.Tensor  # int64 [M]
     train_ids: torch.Tensor  # int64 [N], index of each example in its source, ascending
     test_ids: torch.Tensor  # int64 [M]
-    true_label: torch.Tensor  # int64 [N], training labels before noise
+    true_label: torch.Tensor  # int64 [N], training labels before noise; -1 where the user marked it wrong
     is_noisy: torch.Tensor  # bool [N]
     class_names: list[str]
+    train_source: np.ndarray  # str [N]: where each example is stored (core.data.sources.RawData)
+    test_source: np.ndarray  # str [M]
     sources: list[Path] = field(default_factory=list)  # the user's files it was read from; none if generated
     fingerprint: str | None = None  # of those files' contents (core.data.fingerprint); part of every run's id
+    decoding: str | None = None  # how the files were read, where earlier code read them otherwise; in the fingerprint
 
     @property
     def num_classes(self) -> int:
@@ -101,6 +66,10 @@ class Dataset:
         """Number of test examples."""
         return len(self.y_test)
 
+    def files_changed(self, cache_dir: Path | None) -> bool:
+        """Whether the files it was read from hold other contents now than when it was loaded."""
+        return fingerprint(self.sources, cache_dir, self.decoding) != self.fingerprint
+
 
 # ---------------------------------------------------------------- generated / bundled datasets
 def load_mnist1d(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
@@ -119,7 +88,8 @@ def load_mnist1d(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
         on_success = (lambda: _save_cache(cache, d)) if cache is not None else None
     x, xt = d["x"][:, None, :], d["x_test"][:, None, :]
     return RawData(x, d["y"], np.arange(len(x)), xt, d["y_test"], np.arange(len(xt)),
-                   [str(i) for i in range(10)], on_success=on_success)
+                   [str(i) for i in range(10)], on_success=on_success,  # sources: the arrays of make_dataset
+                   train_source=rows_of("x", np.arange(len(x))), test_source=rows_of("x_test", np.arange(len(xt))))
 
 
 _GLOBAL_RNG = threading.Lock()
@@ -161,7 +131,8 @@ def load_digits(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
                            f"({e}); choose a fraction between 0.01 and 0.99") from None
     tr, te = np.sort(tr), np.sort(te)
     x = d.images[:, None]
-    return RawData(x[tr], d.target[tr], tr, x[te], d.target[te], te, [str(i) for i in range(10)])
+    return RawData(x[tr], d.target[tr], tr, x[te], d.target[te], te, [str(i) for i in range(10)],
+                   train_source=rows_of("load_digits", tr), test_source=rows_of("load_digits", te))
 
 
 SYNTHETIC = {"n_samples": 10_000, "n_features": 20, "n_informative": 10, "n_redundant": 5, "n_classes": 4,
@@ -175,7 +146,9 @@ def load_synthetic(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData
     x, y = make_classification(**SYNTHETIC, random_state=cfg.seed)
     n = len(y) * 4 // 5
     ids = np.arange(len(y))
-    return RawData(x[:n], y[:n], ids[:n], x[n:], y[n:], ids[n:], [str(c) for c in range(SYNTHETIC["n_classes"])])
+    where = rows_of("make_classification", ids)
+    return RawData(x[:n], y[:n], ids[:n], x[n:], y[n:], ids[n:], [str(c) for c in range(SYNTHETIC["n_classes"])],
+                   train_source=where[:n], test_source=where[n:])
 
 
 Loader = Callable[[DatasetConfig, "Path | None"], RawData]
@@ -208,6 +181,9 @@ def _check(raw: RawData, name: str) -> RawData:
             raise DatasetError(f"{name} {split} split: features have {len(x)} examples but labels have "
                                f"{len(y)} (and ids {len(ids)}); every example needs exactly one label")
         ids = int_labels(ids, f"the {split} split of {name}", what="example ids")
+        source = getattr(raw, f"{split}_source")
+        if source is None or len(source) != len(x):
+            raise TypeError(f"the {name} loader gives no source for each {split} example (RawData.{split}_source)")
         bad = np.flatnonzero((y < 0) | (y >= C))
         if len(bad):
             i = bad[0]
@@ -237,6 +213,7 @@ def _check(raw: RawData, name: str) -> RawData:
         setattr(raw, f"x_{split}", x[order])
         setattr(raw, f"y_{split}", y[order])
         setattr(raw, f"{split}_ids", ids[order])
+        setattr(raw, f"{split}_source", np.asarray(source, dtype=object)[order])
     if len(raw.y_train) == 0:
         raise DatasetError(f"{name} has no training examples; check the file at dataset.path")
     if raw.x_train.shape[1:] != raw.x_test.shape[1:]:
@@ -275,10 +252,31 @@ def _add_noise(y: np.ndarray, frac: float, kind: str, C: int, rng: np.random.Gen
     return y
 
 
+def _user_marked(config: DatasetConfig, raw: RawData) -> np.ndarray:
+    """Bool per training example of `raw`: listed by dataset.noisy_ids (a file of ids, or the array / column the
+    loader read). An id that is no training example's fails, naming the file."""
+    if config.noisy_ids is None:
+        return np.zeros(len(raw.train_ids), bool)
+    if names_a_file(config.noisy_ids):
+        path = Path(config.noisy_ids).expanduser()
+        ids, where = read_id_file(path, raw.train_ids, raw.train_source), str(path)
+        raw.sources = [*raw.sources, path]  # the ids are the user's data too: part of the run's fingerprint
+    else:
+        ids, where = raw.noisy_ids, f"{config.noisy_ids!r} of {raw.sources[0]}"
+    unknown = np.setdiff1d(ids, raw.train_ids)
+    if len(unknown):
+        raise DatasetError(f"dataset.noisy_ids: {len(unknown)} of the ids in {where} are not example ids of the "
+                           f"{config.name} training split (first: {unknown[:5].tolist()}); list example_id values "
+                           "of training examples (examples.parquet)")
+    return np.isin(raw.train_ids, ids)
+
+
 def load_dataset(config: DatasetConfig, cache_dir: Path | None = None) -> Dataset:
-    """Load `config.name`, then subset (seeded), normalise (train stats) and add training label noise."""
+    """Load `config.name`, then subset (seeded), normalise (train stats) and add training label noise, or mark the
+    examples dataset.noisy_ids lists."""
     loader = get_loader(config.name)
     raw = _check(loader(config, Path(cache_dir) if cache_dir is not None else None), config.name)
+    marked = _user_marked(config, raw)
     C = len(raw.class_names)
     if config.label_noise > 0 and C < 2:
         raise DatasetError(f"label_noise={config.label_noise} needs at least 2 classes but {config.name} "
@@ -296,14 +294,20 @@ def load_dataset(config: DatasetConfig, cache_dir: Path | None = None) -> Datase
     noisy = true
     if config.label_noise > 0:
         noisy = _add_noise(true, config.label_noise, config.noise_kind, C, rng_noise)
+    is_noisy = (noisy != true) | marked[tr]
+    if marked.any() and not marked[tr].any():
+        warnings.warn(f"none of the {int(marked.sum())} examples dataset.noisy_ids lists is in the n_train="
+                      f"{config.n_train} subset: no noise detection; raise n_train or leave it empty", stacklevel=2)
+    true = np.where(marked[tr], -1, true)  # the user's file says the label is wrong, not what is right
     if raw.on_success is not None:
         raw.on_success()
     return Dataset(
         name=config.name, x_train=xtr, y_train=torch.from_numpy(noisy.copy()), x_test=xte,
         y_test=torch.from_numpy(raw.y_test[te]), train_ids=torch.from_numpy(raw.train_ids[tr]),
         test_ids=torch.from_numpy(raw.test_ids[te]), true_label=torch.from_numpy(true.copy()),
-        is_noisy=torch.from_numpy(noisy != true), class_names=list(raw.class_names), sources=raw.sources,
-        fingerprint=fingerprint(raw.sources, cache_dir))
+        is_noisy=torch.from_numpy(is_noisy), class_names=list(raw.class_names),
+        train_source=raw.train_source[tr], test_source=raw.test_source[te], sources=raw.sources,
+        fingerprint=fingerprint(raw.sources, cache_dir, raw.decoding), decoding=raw.decoding)
 
 
 def load_dataset_by_name(name: str, cache_dir: Path | None = None, **options: Any) -> Dataset:

@@ -35,8 +35,10 @@ def _read_cache(path: Path) -> dict[str, list]:
     return entries if isinstance(entries, dict) else {}
 
 
-def fingerprint(files: list[Path], cache_dir: Path | None = None) -> str | None:
-    """16 hex digits naming the contents and relative names of `files` (None for no files)."""
+def fingerprint(files: list[Path], cache_dir: Path | None = None, decoding: str | None = None) -> str | None:
+    """16 hex digits naming the contents and relative names of `files` (None for no files), and how they are read
+    (`decoding`, e.g. "grayscale images as 1 channel") where earlier code read them otherwise: the same files read
+    into other arrays are other data, so the run ids that read them change; with None, ids stay as they were."""
     if not files:
         return None
     resolved = sorted(Path(f).resolve() for f in files)
@@ -54,4 +56,5 @@ def fingerprint(files: list[Path], cache_dir: Path | None = None) -> str | None:
     if cache_path and changed:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(cache_path, lambda f: f.write(json.dumps(cache, sort_keys=True).encode()))
-    return hashlib.sha256(json.dumps(names, sort_keys=True).encode()).hexdigest()[:16]
+    identity = json.dumps(names, sort_keys=True) + (f"\ndecoded as: {decoding}" if decoding else "")
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]

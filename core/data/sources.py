@@ -8,12 +8,11 @@ import math
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from core.data.datasets import DatasetConfig
+from core.data.config import DatasetConfig, names_a_file
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -45,6 +44,24 @@ class RawData:
     scale: float = 1.0  # features are divided by this when converted to float (255 for uint8 pixels)
     on_success: Callable[[], None] | None = None  # deferred cache write: nothing is written on failure
     sources: list[Path] = field(default_factory=list)  # the user's files it was read from
+    # per example, where it is stored: a file path relative to dataset.path, or `container[row]` (see `rows_of`)
+    train_source: np.ndarray | None = None
+    test_source: np.ndarray | None = None
+    noisy_ids: np.ndarray | None = None  # training example ids the user's file marks as mislabeled (dataset.noisy_ids)
+    decoding: str | None = None  # how the files became arrays, where that differs from what earlier code did
+
+
+GRAYSCALE_MODES = {"1", "L", "LA"}  # PIL modes of 8-bit grayscale images (bilevel, plain, with alpha)
+
+
+def rows_of(container: str, rows: np.ndarray) -> np.ndarray:
+    """The source of each example stored at `rows` of an array or file: `container[row]`, e.g. `x_train[12]`."""
+    return np.array([f"{container}[{int(row)}]" for row in rows], dtype=object)
+
+
+def rows(array: np.ndarray) -> np.ndarray:
+    """0..len-1 over the first axis of `array` (none for a 0-d array, which the checks refuse with its shape)."""
+    return np.arange(len(array) if np.ndim(array) else 0)
 
 
 def _need_path(cfg: DatasetConfig, what: str) -> Path:
@@ -97,7 +114,9 @@ def load_fashion_mnist(cfg: DatasetConfig, cache_dir: Path | None = None) -> Raw
         sources.append(found)
     (xtr, ytr, xte, yte) = arrays
     return RawData(xtr[:, None], ytr, np.arange(len(xtr)), xte[:, None], yte, np.arange(len(xte)),
-                   list(FASHION_CLASSES), scale=255.0, sources=sources)
+                   list(FASHION_CLASSES), scale=255.0, sources=sources,
+                   train_source=rows_of("train-images-idx3-ubyte", np.arange(len(xtr))),
+                   test_source=rows_of("t10k-images-idx3-ubyte", np.arange(len(xte))))
 
 
 # ---------------------------------------------------------------- CIFAR-10/100 (python pickles)
@@ -148,9 +167,10 @@ def load_cifar(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
         raise DatasetError(f"{cfg.name} files ({need}) not found; looked in: " + ", ".join(map(str, tried))
                            + ". To fix: " + CIFAR_HELP.format(folder=folder))
 
-    def split(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Images [n, 3, 32, 32] uint8 and labels of the given batch files, concatenated in order."""
-        xs, ys = [], []
+    def split(files: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Images [n, 3, 32, 32] uint8, labels and sources (`batch file[row]`) of the given batch files, concatenated
+        in order."""
+        xs, ys, where = [], [], []
         for f in files:
             d = _unpickle(found / f)
             x, y = np.asarray(_get(d, b"data", found / f)), np.asarray(_get(d, label_key, found / f))
@@ -170,20 +190,35 @@ def load_cifar(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
                                        "is corrupt, re-download it")
             xs.append(x.astype(np.uint8).reshape(-1, 3, 32, 32))
             ys.append(y)
-        return np.concatenate(xs), np.concatenate(ys)
+            where.append(rows_of(f, np.arange(len(x))))
+        return np.concatenate(xs), np.concatenate(ys), np.concatenate(where)
 
-    (xtr, ytr), (xte, yte) = split(train_files), split([test_file])
+    (xtr, ytr, str_), (xte, yte, ste) = split(train_files), split([test_file])
     names = [n.decode() if isinstance(n, bytes) else str(n)
              for n in _get(_unpickle(found / meta_file), meta_key, found / meta_file)]
     return RawData(xtr, ytr, np.arange(len(xtr)), xte, yte, np.arange(len(xte)), names, scale=255.0,
-                   sources=[found / f for f in [*train_files, test_file, meta_file]])
+                   sources=[found / f for f in [*train_files, test_file, meta_file]], train_source=str_,
+                   test_source=ste)
 
 
 # ---------------------------------------------------------------- image folder
-def _read_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[Path]]:
-    """All images of one ImageFolder split as uint8 [N, 3, H, W] (RGB), labels, class names and image files."""
+def _read_image(path: str) -> np.ndarray:
+    """One image file as uint8 [1, H, W] when it is 8-bit grayscale (`GRAYSCALE_MODES`), else [3, H, W] RGB."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            pixels = np.asarray(img.convert("L" if img.mode in GRAYSCALE_MODES else "RGB"))
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError or its own errors on a bad file
+        raise DatasetError(f"cannot read image {path} ({type(e).__name__}: {e}); replace or remove the "
+                           "file") from None
+    return pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, -1, 0)
+
+
+def _read_image_folder(root: Path) -> tuple[list[np.ndarray], np.ndarray, list[str], list[Path]]:
+    """All images of one ImageFolder split (each [1 or 3, H, W] uint8, `_read_image`), labels, class names and image
+    files, in the order of (class folder, file name)."""
     from torchvision.datasets import ImageFolder
-    from torchvision.transforms.v2.functional import pil_to_tensor
 
     try:
         folder = ImageFolder(str(root))
@@ -192,18 +227,20 @@ def _read_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray, list[str], l
                            "holding image files (png, jpg, ...)") from None
     images, sizes = [], {}
     for path, _ in folder.samples:
-        try:
-            img = pil_to_tensor(folder.loader(path)).numpy()  # the default loader converts to RGB
-        except Exception as e:  # PIL raises OSError, ValueError, SyntaxError or its own errors on a bad file
-            raise DatasetError(f"cannot read image {path} ({type(e).__name__}: {e}); replace or remove the "
-                               "file") from None
+        img = _read_image(path)
         sizes.setdefault(img.shape[1:], path)
         if len(sizes) > 1:
             (s1, p1), (s2, p2) = sizes.items()
             raise DatasetError(f"images in {root} differ in size: {s1[0]}x{s1[1]} ({p1}) and "
                                f"{s2[0]}x{s2[1]} ({p2}) (HxW); resize them all to one size first")
         images.append(img)
-    return np.stack(images), np.asarray(folder.targets), list(folder.classes), [Path(p) for p, _ in folder.samples]
+    return images, np.asarray(folder.targets), list(folder.classes), [Path(p) for p, _ in folder.samples]
+
+
+def _stack_images(images: list[np.ndarray], channels: int) -> np.ndarray:
+    """Images of 1 or 3 channels as one uint8 [N, channels, H, W] array; grayscale ones repeated into RGB when
+    `channels` is 3 (what PIL's convert("RGB") gives them)."""
+    return np.stack([np.repeat(img, channels // len(img), axis=0) for img in images])
 
 
 def load_image_folder(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
@@ -213,21 +250,28 @@ def load_image_folder(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawD
     if missing:
         raise DatasetError(f"image folder split(s) not found: {', '.join(missing)}; dataset.path must hold "
                            "train/<class>/<image> and test/<class>/<image>")
-    xtr, ytr, classes, train_files = _read_image_folder(root / "train")
-    xte, yte, test_classes, test_files = _read_image_folder(root / "test")
+    train_images, ytr, classes, train_files = _read_image_folder(root / "train")
+    test_images, yte, test_classes, test_files = _read_image_folder(root / "test")
     if test_classes != classes:
         raise DatasetError(f"test classes {test_classes} differ from train classes {classes} in {root}; "
                            "give test/ exactly the same class folders as train/")
-    if xtr.shape[1:] != xte.shape[1:]:
-        raise DatasetError(f"train images are {tuple(xtr.shape[2:])} but test images are "
-                           f"{tuple(xte.shape[2:])} (HxW) in {root}; resize them to one size")
+    if train_images and test_images and train_images[0].shape[1:] != test_images[0].shape[1:]:
+        raise DatasetError(f"train images are {train_images[0].shape[1:]} but test images are "
+                           f"{test_images[0].shape[1:]} (HxW) in {root}; resize them to one size")
+    # the files' own mode: all grayscale stays 1 channel (a third of the work of RGB), any colour makes all RGB
+    grayscale = all(len(img) == 1 for img in train_images + test_images)
+    channels = 1 if grayscale else 3
+    xtr, xte = _stack_images(train_images, channels), _stack_images(test_images, channels)
+    relative = [p.relative_to(root).as_posix() for p in train_files + test_files]
     return RawData(xtr, ytr, np.arange(len(xtr)), xte, yte, np.arange(len(xte)), classes, scale=255.0,
-                   sources=train_files + test_files)
+                   sources=train_files + test_files, train_source=np.array(relative[:len(xtr)], dtype=object),
+                   test_source=np.array(relative[len(xtr):], dtype=object),
+                   decoding="grayscale images as 1 channel" if grayscale else None)
 
 
 # ---------------------------------------------------------------- user arrays: .npz or Parquet
-def _parquet_split(df: Any, split: str, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Features, labels and ids of one split of a Parquet table."""
+def _parquet_split(df: Any, split: str, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Features, labels, ids and sources (`file name[row]`) of one split of a Parquet table."""
     part = df[df["split"] == split]
     if "features" in part.columns:  # one list column: every row of both splits must have the same length
         lens = {len(v) for v in df["features"]}
@@ -239,11 +283,12 @@ def _parquet_split(df: Any, split: str, path: Path) -> tuple[np.ndarray, np.ndar
         cols = sorted((c for c in df.columns if c[:1] == "f" and c[1:].isdigit()), key=lambda c: int(c[1:]))
         x = part[cols].to_numpy(dtype=np.float64)
     ids = part["example_id"].to_numpy() if "example_id" in part.columns else part.index.to_numpy()
-    return x, part["label"].to_numpy(), ids
+    return x, part["label"].to_numpy(), ids, rows_of(path.name, part.index.to_numpy())
 
 
-def _load_parquet(path: Path) -> RawData:
-    """A Parquet table with columns split, label, features (list) or f0..fN, and optional example_id."""
+def _load_parquet(path: Path, noisy_column: str | None = None) -> RawData:
+    """A Parquet table with columns split, label, features (list) or f0..fN, optional example_id, and the bool
+    column `noisy_column` (true = the label is wrong) when given."""
     import pandas as pd
 
     df = pd.read_parquet(path).reset_index(drop=True)  # row number = default example_id
@@ -261,7 +306,7 @@ def _load_parquet(path: Path) -> RawData:
     bad = sorted(set(df["split"].astype(str)) - {"train", "test"})
     if bad:
         raise DatasetError(f"{path}: column `split` has values {bad}; only 'train' and 'test' are allowed")
-    (xtr, ytr, itr), (xte, yte, ite) = _parquet_split(df, "train", path), _parquet_split(df, "test", path)
+    (xtr, ytr, itr, str_), (xte, yte, ite, ste) = _parquet_split(df, "train", path), _parquet_split(df, "test", path)
     names = None
     if ytr.dtype.kind in "OSU":  # string labels: classes are the sorted distinct train labels
         names = sorted(set(ytr.astype(str)))
@@ -271,11 +316,30 @@ def _load_parquet(path: Path) -> RawData:
                                "training examples")
         index = {n: i for i, n in enumerate(names)}
         ytr, yte = (np.array([index[v] for v in y.astype(str)], dtype=np.int64) for y in (ytr, yte))
-    return RawData(xtr, ytr, itr, xte, yte, ite, names)  # type: ignore[arg-type]
+    noisy = _flagged_ids(df, noisy_column, path, itr) if noisy_column else None
+    return RawData(xtr, ytr, itr, xte, yte, ite, names, train_source=str_, test_source=ste,  # type: ignore[arg-type]
+                   noisy_ids=noisy)
 
 
-def _load_npz(path: Path) -> RawData:
-    """An .npz with x_train, y_train, x_test, y_test and optional class_names, train_ids, test_ids."""
+def _flagged_ids(df: Any, column: str, path: Path, train_ids: np.ndarray) -> np.ndarray:
+    """Ids of the training rows whose bool column `column` is true; a flagged test row or non-bool values fail."""
+    if column not in df.columns:
+        raise DatasetError(f"{path} has no column {column!r} for dataset.noisy_ids (has {list(df.columns)}); name "
+                           "one of its columns, or give the path of a .csv/.parquet file of example ids")
+    flags = df[column]
+    if flags.dtype.kind != "b":
+        raise DatasetError(f"column {column!r} of {path} has dtype {flags.dtype}; dataset.noisy_ids needs a bool "
+                           "column (true = the label is wrong) in a Parquet dataset")
+    test_flagged = np.flatnonzero(flags.to_numpy() & (df["split"] == "test").to_numpy())
+    if len(test_flagged):
+        raise DatasetError(f"column {column!r} of {path} flags {len(test_flagged)} test rows (first: row "
+                           f"{test_flagged[0]}); only training labels are checked for noise, so flag train rows only")
+    return train_ids[flags[df["split"] == "train"].to_numpy()]
+
+
+def _load_npz(path: Path, noisy_array: str | None = None) -> RawData:
+    """An .npz with x_train, y_train, x_test, y_test and optional class_names, train_ids, test_ids, and the array
+    `noisy_array` (example ids, or one bool per row of x_train: true = the label is wrong) when given."""
     with open(path, "rb") as f:
         head = f.read(4)
     if head not in (b"PK\x03\x04", b"PK\x05\x06"):  # an .npz is a zip archive (the second: an empty one)
@@ -289,8 +353,23 @@ def _load_npz(path: Path) -> RawData:
         d = {k: z[k] for k in z.files}
     ids = {s: d.get(f"{s}_ids", np.arange(len(d[f"y_{s}"]))) for s in ("train", "test")}
     names = [str(n) for n in d["class_names"]] if "class_names" in d else None
+    noisy = None
+    if noisy_array is not None:
+        if noisy_array not in d:
+            raise DatasetError(f"{path} has no array {noisy_array!r} for dataset.noisy_ids (has {sorted(d)}); name one "
+                               "of its arrays, or give the path of a .csv/.parquet file of example ids")
+        noisy = np.asarray(d[noisy_array])
+        if noisy.dtype.kind == "b":  # one flag per row of x_train
+            n_rows = len(rows(d["x_train"]))
+            if noisy.shape != (n_rows,):
+                raise DatasetError(f"bool array {noisy_array!r} of {path} has shape {noisy.shape}; as flags it needs "
+                                   f"one per row of x_train ({n_rows}), or store example ids instead")
+            noisy = np.asarray(ids["train"])[noisy]
+        else:
+            noisy = int_labels(noisy, f"array {noisy_array!r} of {path} (dataset.noisy_ids)", what="example ids")
     return RawData(d["x_train"], d["y_train"], ids["train"], d["x_test"], d["y_test"], ids["test"],
-                   names)  # type: ignore[arg-type]
+                   names, train_source=rows_of("x_train", rows(d["x_train"])),  # type: ignore[arg-type]
+                   test_source=rows_of("x_test", rows(d["x_test"])), noisy_ids=noisy)
 
 
 def load_arrays(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
@@ -300,8 +379,9 @@ def load_arrays(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
         raise DatasetError(f"arrays file not found: looked at {path}; set dataset.path to an existing "
                            ".npz or .parquet file")
     is_parquet = path.suffix in (".parquet", ".pq")
+    column = cfg.noisy_ids if cfg.noisy_ids and not names_a_file(cfg.noisy_ids) else None
     try:
-        raw = _load_parquet(path) if is_parquet else _load_npz(path)
+        raw = _load_parquet(path, column) if is_parquet else _load_npz(path, column)
     except DatasetError:
         raise
     except Exception as e:  # unreadable container: say which file and what kind was expected
@@ -314,6 +394,44 @@ def load_arrays(cfg: DatasetConfig, cache_dir: Path | None = None) -> RawData:
         top = max((int(y.max()) for y in (raw.y_train, raw.y_test) if len(y)), default=-1)
         raw.class_names = [str(i) for i in range(max(top + 1, 1))]
     return raw
+
+
+def read_id_file(path: Path, train_ids: np.ndarray, train_source: np.ndarray) -> np.ndarray:
+    """Example ids from a .csv or Parquet file: its column `example_id`, or its column `source` (each an example's
+    place in your files, e.g. an image path relative to dataset.path, mapped to its id), or its only column (ids if
+    they are numbers, sources if text)."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise DatasetError(f"dataset.noisy_ids file not found: {path}; give the path of a .csv or .parquet file with "
+                           "a column example_id or source")
+    try:
+        table = pd.read_parquet(path) if path.suffix.lower() in (".parquet", ".pq") else pd.read_csv(path)
+    except Exception as e:  # unreadable container: say which file and what it should hold
+        raise DatasetError(f"cannot read {path} ({type(e).__name__}: {e}); dataset.noisy_ids needs a .csv or "
+                           ".parquet file with a column example_id or source") from None
+    if not {"example_id", "source"} & set(table.columns) and len(table.columns) != 1:
+        raise DatasetError(f"{path} has columns {list(table.columns)} but no example_id or source; name the column "
+                           "of ids example_id, or that of file paths source (or keep only that column)")
+    if not len(table):
+        raise DatasetError(f"{path} lists no example ids or sources; list the mislabeled training examples, or "
+                           "leave dataset.noisy_ids empty")
+    column = next((c for c in ("example_id", "source") if c in table.columns), table.columns[0])
+    if column == "source" or (column != "example_id" and table[column].dtype.kind in "OSU"):  # paths, not ids
+        return ids_of_sources(table[column].astype(str).to_numpy(), train_ids, train_source, path)
+    return int_labels(table[column].to_numpy(), f"column {column!r} of {path}", what="example ids")
+
+
+def ids_of_sources(wanted: np.ndarray, train_ids: np.ndarray, train_source: np.ndarray, path: Path) -> np.ndarray:
+    """The example ids of the training examples stored at `wanted` (values of the `source` column); one that is no
+    training example's source fails, naming the file."""
+    index = dict(zip(train_source.tolist(), train_ids.tolist()))
+    unknown = [w for w in wanted if w not in index]
+    if unknown:
+        raise DatasetError(f"dataset.noisy_ids: {len(unknown)} of the sources in {path} are no training example's "
+                           f"(first: {unknown[:3]}); give them as the source column of examples.parquet writes them "
+                           "(an image path relative to dataset.path, e.g. train/CLASS_NAME/0042.png)")
+    return np.array([index[w] for w in wanted], dtype=np.int64)
 
 
 def int_labels(y: Any, where: str, what: str = "labels") -> np.ndarray:

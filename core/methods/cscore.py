@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from core.training.experiment import subset_size
+
 
 @dataclass
 class HoldoutScores:
@@ -95,6 +97,72 @@ def rounds_until_precise(run_round: Callable[[int], Callable[[], Outcomes]], max
     return Precision(max_rounds, se, False)
 
 
+def examples_missing_ratio(design: str, n: int, sizes: np.ndarray, runs: int) -> np.ndarray:
+    """Per subset size, the examples of `n` that none of `runs` models holds out: exact for the balanced design,
+    expected for the independent one.
+
+    balanced: runs 0..R-1 hold out the first R*h entries of a chain of permutations (h = n - size each), and
+    the first n entries are one permutation, so exactly max(0, n - R*h) examples miss. independent: an example
+    is in all R subsets, drawn independently, with probability (size / n)^R.
+    """
+    sizes = np.asarray(sizes, np.int64)
+    if design == "balanced":
+        return np.maximum(0, n - runs * (n - sizes)).astype(float)
+    return n * (sizes / n) ** runs
+
+
+def runs_to_cover(design: str, n: int, sizes: np.ndarray) -> int:
+    """The fewest models per ratio that leave no example missing a ratio: every one held out at every size
+    (balanced: max over sizes of ceil(n / (n - size))), or fewer than one expected to miss any (independent)."""
+    sizes = np.asarray(sizes, np.int64)
+    if design == "balanced":
+        return int(np.max(-(-n // (n - sizes))))
+    # each size alone needs n (size/n)^R < 1, i.e. R > ln n / ln(n / size): start below that, the sum may need more
+    runs = max(1, int(np.max(np.log(n) / np.log(n / np.maximum(sizes, 1)))))
+    while examples_missing_ratio(design, n, sizes, runs).sum() >= 1:
+        runs += 1
+    return runs
+
+
+def coverage_warning(design: str, n: int, ratios: list[float], runs_per_ratio: int, target_se: float | None,
+                     max_runs_per_ratio: int) -> str | None:
+    """Two lines saying which ratios `runs_per_ratio` models leave some of the `n` examples out of, the fewest runs
+    that cover every example, and whether `target_se`'s rounds would get there; None when every example is covered.
+
+    An example no model holds out at a ratio has no score there: its C-score is the mean of its other ratios,
+    biased towards them, and only `n_missing_ratios` records it.
+    """
+    sizes = np.array([subset_size(ratio, n) for ratio in ratios])
+    needed = runs_to_cover(design, n, sizes)
+    if runs_per_ratio >= needed:
+        return None
+    missing = examples_missing_ratio(design, n, sizes, runs_per_ratio)
+    # ratios draw their subsets with seeds of their own: an example misses each independently
+    missing_some = n * (1 - np.prod(1 - missing / n))
+    counts = [f"{m:.0f}" if design == "balanced" else f"about {m:.{0 if m >= 10 else 1}f}" for m in missing]
+    shown = min(0.05, missing.max())  # the ratios that matter, the worst one at least
+    listed = ", ".join(f"{count} at ratio {r:g}" for r, m, count in zip(ratios, missing, counts) if m >= shown)
+    if design == "balanced":
+        rule = (f"{needed} runs per ratio hold every example out at every ratio (balanced design: "
+                f"ceil(N / (N - floor(sN))) at ratio {ratios[int(np.argmin(n - sizes))]:g})")
+    else:
+        rule = (f"{needed} runs per ratio leave fewer than one example expected to miss a ratio (independent design: "
+                f"sum over ratios of N (floor(sN) / N)^R < 1; holdout_design=balanced needs "
+                f"{runs_to_cover('balanced', n, sizes)})")
+    if target_se is None:
+        then = f"target_se is not set: raise runs_per_ratio to {needed}"
+    elif max_runs_per_ratio < needed:
+        then = (f"target_se={target_se} cannot get there: max_runs_per_ratio={max_runs_per_ratio} ends the rounds "
+                f"first; raise runs_per_ratio to {needed}")
+    else:
+        rounds = -(-needed // runs_per_ratio)
+        then = (f"target_se={target_se} gets there only if still unmet after round {rounds - 1} "
+                f"({(rounds - 1) * runs_per_ratio} models per ratio): a met target stops the rounds whatever ratios "
+                f"examples miss; raise runs_per_ratio to {needed} to be sure")
+    return (f"runs_per_ratio={runs_per_ratio} leaves examples that no model holds out ({listed}, of {n}): about "
+            f"{missing_some:.0f} will miss a ratio, their C-scores averaging the other ratios only.\n{rule}; {then}.")
+
+
 def _divide(numerator: np.ndarray, denominator: np.ndarray, where: np.ndarray) -> np.ndarray:
     """numerator / denominator where `where`, NaN elsewhere (no warnings)."""
     out = np.full(np.shape(numerator), np.nan)
@@ -148,11 +216,12 @@ def scores_of_unseen(correct: np.ndarray, ratios: np.ndarray) -> HoldoutScores:
     return holdout_scores(np.zeros_like(correct), correct, ratios)
 
 
-def by_ratio_table(example_ids: np.ndarray, scores: HoldoutScores) -> pd.DataFrame:
+def by_ratio_table(example_ids: np.ndarray, scores: HoldoutScores, sources: np.ndarray) -> pd.DataFrame:
     """Long table: one row per (example, ratio) with its score and held-out count."""
     n_levels, n = scores.by_ratio.shape
     return pd.DataFrame({
         "example_id": np.tile(np.asarray(example_ids), n_levels),
+        "source": np.tile(np.asarray(sources, dtype=object), n_levels),
         "ratio": np.repeat(scores.ratios, n),
         "score": scores.by_ratio.ravel(),
         "n_heldout": scores.heldout_counts.ravel().astype(np.int64),
@@ -183,24 +252,24 @@ def cscore_tables(in_subset: np.ndarray, train_correct: np.ndarray, test_correct
                   runs: np.ndarray, examples: pd.DataFrame, class_names: list[str]) -> dict[str, pd.DataFrame]:
     """All tables of a holdout run from its dense per-model results (rows = models, columns = examples).
 
-    `examples` is the run's examples table (split, position, example_id, label, true_label, is_noisy);
+    `examples` is the run's examples table (split, position, example_id, source, label, true_label, is_noisy);
     runs with even and odd `runs` index form the two halves of the reliability estimate.
     """
     train = examples[examples["split"] == "train"].sort_values("position").reset_index(drop=True)
     test = examples[examples["split"] == "test"].sort_values("position").reset_index(drop=True)
     scores = holdout_scores(in_subset, train_correct, ratios)
-    cscores = train[["example_id", "label", "true_label", "is_noisy"]].assign(
+    cscores = train[["example_id", "source", "label", "true_label", "is_noisy"]].assign(
         cscore=scores.cscore, cscore_se=scores.cscore_se, n_heldout=scores.n_heldout.astype(np.int64),
         memorization=memorization(in_subset, train_correct, ratios),
         n_missing_ratios=(scores.heldout_counts == 0).sum(0).astype(np.int64),
     )
     unseen = scores_of_unseen(test_correct, ratios)
-    test_table = test[["example_id", "label"]].assign(cscore=unseen.cscore, cscore_se=unseen.cscore_se,
+    test_table = test[["example_id", "source", "label"]].assign(cscore=unseen.cscore, cscore_se=unseen.cscore_se,
                                                       n_heldout=unseen.n_heldout.astype(np.int64))
     halves = half_cscores(in_subset, train_correct, ratios, np.asarray(runs) % 2 == 0)
     return {
         "cscores.parquet": cscores,
-        "cscore_by_ratio.parquet": by_ratio_table(train["example_id"].to_numpy(), scores),
+        "cscore_by_ratio.parquet": by_ratio_table(train["example_id"].to_numpy(), scores, train["source"].to_numpy()),
         "test_cscores.parquet": test_table,
         "summary.parquet": _class_rows(cscores, class_names, test_table, halves).assign(
             models=len(ratios), runs_per_ratio=len(ratios) // len(scores.ratios)),

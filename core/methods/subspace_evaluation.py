@@ -14,19 +14,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from core.models.subspaces import Kind, curve_coefficients, expected_calibration_error, line_coefficients
+from core.models.names import METHODS, STANDARD, Kind
+from core.models.subspaces import curve_coefficients, expected_calibration_error, line_coefficients
 
-METHODS: dict[str, tuple[Kind, int, bool]] = {  # name: (kind, endpoints, layerwise)
-    "line": ("line", 2, False),
-    "layerwise_line": ("line", 2, True),
-    "curve": ("curve", 3, False),
-    "layerwise_curve": ("curve", 3, True),
-    "simplex3": ("simplex", 3, False),
-    "layerwise_simplex3": ("simplex", 3, True),
-    "simplex4": ("simplex", 4, False),
-    "layerwise_simplex4": ("simplex", 4, True),
-}
-STANDARD = "standard"  # the baseline: plain networks, standard training, as many epochs
 
 
 def path_coefficients(kind: Kind, m: int, alphas: Tensor) -> Tensor:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from core.models.networks import build_model, init_model, parse_model_name
+from core.models.names import parse_model_name
+from core.models.networks import build_model, init_model
 from core.training.ensemble import Ensemble, check_precision
 
 

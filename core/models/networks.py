@@ -3,86 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import threading
-from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 from torch import nn
 
-MODEL_PATTERNS = {
-    "mlp_w{width}_d{depth}": "MLP with `depth` hidden layers of `width` units (any input)",
-    "mlp_h{w1}-{w2}-...": "MLP with hidden layers of these widths, e.g. mlp_h512-256 (the C-score paper's MNIST MLP)",
-    "cnn1d_w{width}_d{depth}": "1-D CNN with `depth` conv layers of `width` channels (MNIST-1D, [C, L] inputs)",
-    "cnn_w{width}_d{depth}": "2-D CNN with `depth` 3x3 conv layers of `width` channels (images, [C, H, W])",
-    "cnn1d_bn_w{width}_d{depth}": "cnn1d with BatchNorm after each (bias-free) conv, before its ReLU ([C, L] inputs)",
-    "cnn_bn_w{width}_d{depth}": "cnn with BatchNorm after each (bias-free) conv, before its ReLU ([C, H, W] inputs)",
-    "lenet_300_100": "LeNet-300-100 fully connected network (any input)",
-    "deq_w{width}": "deep equilibrium classifier: z* = tanh(W z* + U x + b) of `width` units, then linear (any input)",
-    "resnet18": "torchvision ResNet-18 (images; meant for GPU users)",
-    "dct_{any above but resnet18}": "every Linear/Conv a DCT+Sparse layer (Price & Tanner 2021), e.g. dct_mlp_w64_d2",
-    "subspace{m}_{any above but resnet18}": "every Linear/Conv/BatchNorm holds m = 2..9 endpoints (Wortsman et al. "
-                                            "2021), e.g. subspace2_mlp_w64_d2",
-}
-# the families the stacked fast path runs (dct_, subspace)
-DCT_FAMILIES = ("mlp", "mlp_h", "lenet_300_100", "cnn1d", "cnn", "cnn1d_bn", "cnn_bn")
-
-
-class ModelNameError(ValueError):
-    """An unknown or malformed model name."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A parsed model name: its family and, where it has them, width and depth."""
-
-    name: str
-    family: str
-    width: int | None = None
-    depth: int | None = None
-    hidden: tuple[int, ...] = ()  # hidden widths of an mlp_h network
-    dct_plus_sparse: bool = False  # a dct_ name: every Linear/Conv a DCT+Sparse layer
-    endpoints: int = 0  # a subspace{m}_ name: every Linear/Conv/BatchNorm a subspace layer of m endpoints
-
-
-_GRID_NAME = re.compile(r"^(mlp|cnn1d|cnn|cnn1d_bn|cnn_bn)_w(\d+)_d(\d+)$")
-_HIDDEN_NAME = re.compile(r"^mlp_h(\d+(?:-\d+)*)$")
-_DEQ_NAME = re.compile(r"^deq_w(\d+)$")
-_SUBSPACE_PREFIX = re.compile(r"^subspace([2-9])_")
-
-
-def _parse_plain_name(name: str) -> ModelSpec | None:
-    """The spec of a registry name without the dct_ prefix, or None."""
-    if name in ("lenet_300_100", "resnet18"):
-        return ModelSpec(name, name)
-    match = _GRID_NAME.match(name)
-    if match and int(match[2]) >= 1 and int(match[3]) >= 1:
-        return ModelSpec(name, match[1], int(match[2]), int(match[3]))
-    match = _DEQ_NAME.match(name)
-    if match and int(match[1]) >= 1:
-        return ModelSpec(name, "deq", int(match[1]))
-    match = _HIDDEN_NAME.match(name)
-    if match and all(int(w) >= 1 for w in match[1].split("-")):
-        return ModelSpec(name, "mlp_h", hidden=tuple(int(w) for w in match[1].split("-")))
-    return None
-
-
-def parse_model_name(name: str) -> ModelSpec:
-    """Parse a registry name, or fail with the list of valid patterns."""
-    subspace = _SUBSPACE_PREFIX.match(name)
-    rest = name[subspace.end():] if subspace else name
-    plain = rest.removeprefix("dct_")
-    spec = _parse_plain_name(plain)
-    if spec is not None and plain == name:
-        return spec
-    if spec is not None and spec.family in DCT_FAMILIES and (subspace is None) != (plain == rest):  # one prefix
-        return replace(spec, name=name, dct_plus_sparse=plain != rest, endpoints=int(subspace[1]) if subspace else 0)
-    valid = "\n".join(f"  {pattern:30s} {text}" for pattern, text in MODEL_PATTERNS.items())
-    raise ModelNameError(
-        f"unknown model {name!r}; width and depth must be positive integers. Valid names:\n{valid}\n"
-        "e.g. mlp_w64_d2, cnn1d_w32_d3, cnn_w16_d4, dct_mlp_w64_d2"
-    )
+from core.models.names import ModelNameError, parse_model_name
 
 
 def _mlp(in_features: int, hidden: list[int], num_classes: int) -> nn.Sequential:

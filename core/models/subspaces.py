@@ -17,16 +17,15 @@ and conv layers only: it measures how far apart the endpoints point, and BatchNo
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair, _single
 
+from core.models.names import Kind
 from core.training.ensemble import Ensemble, _grouped_conv, _linear, stacked_batch_norm
 
-Kind = Literal["line", "curve", "simplex"]
 ENDPOINTS = {"line": 2, "curve": 3}  # a simplex takes any m >= 2
 
 

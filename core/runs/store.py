@@ -29,6 +29,7 @@ from core.config import canonical_json, run_id
 
 DATA_ROOT_ENV = "REGULARITY_DATA_ROOT"
 RUN_ID = re.compile(r"[a-z_]+-[0-9a-f]{12}")
+RUN_PREFIX = re.compile(r"[a-z_]+(-[0-9a-f]{0,12})?")  # the start of a run id, flow name first
 META_PREFIX = "regularity."
 REPO_ROOT = Path(__file__).resolve().parents[2]  # core/runs/store.py
 TMP_ABANDONED_S = 3600  # a temp file untouched this long belongs to a write that a kill interrupted
@@ -259,7 +260,8 @@ class RunStore:
             return
         try:
             doc = json.loads(path.read_text())
-            stored, inputs = canonical_json(doc["config"]), doc.get("inputs", {})
+            # validated, so that settings added since (core.config.ADDED_SETTING) read as they do in the run id
+            stored, inputs = canonical_json(type(self.config).model_validate(doc["config"])), doc.get("inputs", {})
         except (ValueError, KeyError, TypeError) as err:
             raise RunConflictError(f"{path} is unreadable ({err}); move it away to recreate") from err
         if inputs != self.inputs:
@@ -518,10 +520,10 @@ class RunStore:
 
 
 # What tells runs of a flow apart at a glance, in the order `config_summary` shows it; dataset and model bare.
-SUMMARY_KEYS = ["dataset.name", "dataset.n_train", "dataset.label_noise", "model", "family", "widths", "depths",
-                "data_fractions", "seeds", "n_models", "runs_per_ratio", "ratios", "fractions", "arms", "pruning.levels",
-                "learning_rates", "layer_types", "densities", "heuristic", "methods", "label_noise", "gammas", "task",
-                "examples", "train.epochs", "train.lr", "cscore_run", "scores", "prune_run"]
+SUMMARY_KEYS = ["dataset.name", "dataset.path", "dataset.n_train", "dataset.label_noise", "model", "family", "widths",
+                "depths", "data_fractions", "seeds", "n_models", "runs_per_ratio", "ratios", "fractions", "arms",
+                "pruning.levels", "learning_rates", "layer_types", "densities", "heuristic", "methods", "label_noise",
+                "gammas", "task", "examples", "train.epochs", "train.lr", "cscore_run", "scores", "prune_run"]
 
 
 def config_summary(config: dict[str, Any]) -> str:
@@ -646,15 +648,24 @@ def unpack_float_rows(column: pa.Array | pa.ChunkedArray | pd.Series) -> np.ndar
     return _unpack_rows(column, np.float32)
 
 
-def find_run(run: str, data_root: Path | str | None = None) -> Path:
-    """The folder of run id `run` (`<flow>-<hash>`) under the data root, or an error naming what exists."""
-    if not RUN_ID.fullmatch(run):  # also keeps `..` and absolute paths from leading out of the data root
-        raise ValueError(f"{run!r} is not a run id: those read <flow>-<12 hex digits>, e.g. cscore-3f9c0a1b2c3d "
-                         "(`regularity ls` lists them)")
-    flow = run.rsplit("-", 1)[0]
-    folder = _resolve_root(data_root) / "runs" / flow / run
+def find_run(run: str, data_root: Path | str | None = None, prefix: bool = False) -> Path:
+    """The folder of run id `run` (`<flow>-<hash>`) under the data root, or an error naming what exists. With
+    `prefix`, `run` may be the start of one run id (`cscore-8e05`); a start shared by several lists them. A config's
+    setting that names a run gives the whole id: a run's identity must not depend on which runs exist."""
+    if not (RUN_PREFIX if prefix else RUN_ID).fullmatch(run):  # also keeps `..` and absolute paths out of the data root
+        raise ValueError(f"{run!r} is not a run id{' or the start of one' * prefix}: those read <flow>-<12 hex "
+                         "digits>, e.g. cscore-3f9c0a1b2c3d (`regularity ls` lists them)")
+    runs = _resolve_root(data_root) / "runs"
+    folder = runs / run.rsplit("-", 1)[0] / run
     if (folder / "config.json").is_file():
         return folder
-    known = sorted(p.parent.name for p in (_resolve_root(data_root) / "runs").glob("*/*/config.json"))
-    raise FileNotFoundError(f"no run {run!r} under {_resolve_root(data_root) / 'runs'}; "
+    known = sorted(p.parent.name for p in runs.glob("*/*/config.json"))
+    matches = [name for name in known if prefix and name.startswith(run)]
+    if len(matches) == 1:
+        return runs / matches[0].rsplit("-", 1)[0] / matches[0]
+    if matches:
+        raise ValueError(f"{run!r} is the start of {len(matches)} runs under {runs}: {', '.join(matches)}; "
+                         "give more of the id")
+    start = prefix and not RUN_ID.fullmatch(run)
+    raise FileNotFoundError(f"no run {run!r}{' (nor one beginning so)' * start} under {runs}; "
                             f"runs there: {', '.join(known) or 'none'} (set --data-root if it lives elsewhere)")

@@ -14,11 +14,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.sequence.lime import CONTROLS, TASKS, LimeConfig, generate
-from core.sequence.transformer import Batches, OptimConfig, Seq2Seq, exact_match, token_accuracy, train_seq2seq
+from core.sequence.config import OptimConfig
+from core.sequence.lime import LimeConfig, generate
+from core.sequence.transformer import Batches, Seq2Seq, exact_match, token_accuracy, train_seq2seq
 
-SCRATCH = "scratch"
-ARMS = (SCRATCH, "mixed", *TASKS, *CONTROLS)  # "scratch", or the task pretrained on
 
 
 def lime_batches(task: str, seed: int, batch_size: int, config: LimeConfig) -> Batches:

@@ -16,8 +16,9 @@ from torch import Tensor
 from core.config import derive_seed
 from core.data.datasets import Dataset
 from core.runs.store import pack_bool_rows, pack_float_rows
+from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble, Evaluation, evaluate
-from core.training.trainer import TrainConfig, TrainingRecord, TrainResult, train
+from core.training.trainer import TrainingRecord, TrainResult, train
 
 # independent random streams derived from one model seed (a second initialisation; a sparse mask; a subspace's
 # per-step coefficient draws or penalty draws; the other members of a seed's ensemble; probes of a run's monitor)
