@@ -25,6 +25,17 @@ class AddedSetting:
 ADDED_SETTING = AddedSetting()
 
 
+class RunReference:
+    """Marks a setting that names another run by its id (`Annotated[str | None, RUN_REFERENCE]`): the CLI takes the
+    start of an id there and checks the run exists before any work (`flows.cli.resolve_run_references`)."""
+
+    def __repr__(self) -> str:
+        return "RUN_REFERENCE"
+
+
+RUN_REFERENCE = RunReference()
+
+
 class Config(BaseModel):
     """Base of every config group: unknown fields are errors, values are immutable."""
 

@@ -133,6 +133,22 @@ def check_data(flow: str, config: Any, data_root: str | None) -> None:
         FLOWS[flow].check_fits()(config, shared_dataset(config.dataset, dataset_cache(data_root)))
 
 
+def resolve_run_references(config: Any, data_root: str | None) -> Any:
+    """`config` with each setting that names a run (`RUN_REFERENCE`) given as its whole id: the start of one is taken
+    (`cscore_run=cscore-8e05`), and a run that does not exist fails here, before a server starts."""
+    from core.config import RUN_REFERENCE
+    from core.runs.store import find_run
+
+    resolved = {}
+    for name, field in type(config).model_fields.items():
+        given = getattr(config, name)
+        if RUN_REFERENCE in field.metadata and given:
+            resolved[name] = find_run(given, data_root, prefix=True).name
+            if resolved[name] != given:
+                print(f"{name}={given} is run {resolved[name]}", file=sys.stderr)
+    return config.model_copy(update=resolved) if resolved else config
+
+
 def run_folder_of(flow: str, config: Any, data_root: str | None) -> Path | None:
     """The newest run folder of `flow` whose config.json holds `config` (runtime aside), or None."""
     from core.config import canonical_json
@@ -182,6 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     recompute = [f"runtime.recompute={json.dumps(args.recompute)}"] if args.recompute else []
     config = load_config(config_class, args.config, args.set + recompute, args.flow)
     data_root = str(Path(args.data_root).resolve()) if args.data_root else None
+    config = resolve_run_references(config, data_root)
     check_data(args.flow, config, data_root)
     if not args.ephemeral:
         print(f"Prefect API: {explicit_api or server.start_server()} ({server.api_owner(explicit_api)})",

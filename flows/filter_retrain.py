@@ -7,12 +7,13 @@ pairwise; at fraction 0 nothing is removed and one set of models ("none") serves
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 from prefect import flow
 from pydantic import Field, field_validator
 
+from core.config import RUN_REFERENCE
 from flows.common import (SubsetTrainingConfig, check_fits, checked_data_root, chunks, upstream_table,
                           write_examples_table)
 
@@ -29,7 +30,7 @@ FILTERED_FROM = ["models.parquet", "examples.parquet"]
 class FilterRetrainFlowConfig(SubsetTrainingConfig):
     """Retrain after removing fractions of the training set by a per-example score."""
 
-    scores: str | None = Field(None, description="run id of a cscore or proxies run on the same dataset "
+    scores: Annotated[str | None, RUN_REFERENCE] = Field(None, description="run id of a cscore or proxies run on the same dataset "
                                "(e.g. cscore-1a2b3c4d5e6f), or a Parquet file with example_id and the score column")
     score_column: str = Field("cscore", description="column of the score table; low values are removed first")
     fractions: list[float] = Field([0.0, 0.02, 0.05, 0.1, 0.2], min_length=1,

@@ -10,13 +10,14 @@ probabilities, and cleanlab's label-quality score and `find_label_issues` join t
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from pydantic import Field, model_validator
 
+from core.config import RUN_REFERENCE
 from core.data.config import DatasetConfig
 from core.training.config import TrainConfig
 from flows.common import (SubsetTrainingConfig, check_fits, checked_data_root, chunks, upstream_table,
@@ -42,7 +43,7 @@ class ProxiesFlowConfig(SubsetTrainingConfig):
     kde_bandwidth: float | None = Field(None, gt=0, description="RBF bandwidth; empty = median pairwise distance")
     kde_chunk: int = Field(1024, ge=1, description="rows of the kernel matrix computed at once (memory: chunk x N)")
     lof_neighbors: int = Field(20, ge=1, description="neighbours of the local outlier factor (input space)")
-    cscore_run: str | None = Field(None, description="run id of a cscore run on the same data, for correlations and dynamics")
+    cscore_run: Annotated[str | None, RUN_REFERENCE] = Field(None, description="run id of a cscore run on the same data, for correlations and dynamics")
     dynamics_bins: int = Field(5, ge=2, description="C-score quantile bins of the learning-dynamics table")
     n_bootstrap: int = Field(200, ge=0, description="bootstrap resamples of the correlation intervals")
     cleanlab_folds: int = Field(5, ge=0, description="K of the K-fold models whose out-of-sample probabilities "

@@ -10,10 +10,12 @@ is fitted beside the paper's (see core/methods/scaling.py). A fit that is no tes
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 from prefect import flow
 from pydantic import Field
 
-from core.config import Config, RuntimeConfig
+from core.config import RUN_REFERENCE, Config, RuntimeConfig
 from flows.common import checked_data_root, upstream_table
 
 FLOW = "scaling_law"
@@ -22,7 +24,7 @@ FLOW = "scaling_law"
 class ScalingLawFlowConfig(Config):
     """Which pruning run to fit, and how hard to search."""
 
-    prune_run: str | None = Field(None, description="run id of a prune_grid run (see `regularity ls --flow prune_grid`)")
+    prune_run: Annotated[str | None, RUN_REFERENCE] = Field(None, description="run id of a prune_grid run (see `regularity ls --flow prune_grid`)")
     n_starts: int = Field(8, ge=1, description="least-squares starts per fit (the best is kept)")
     n_bootstrap: int = Field(50, ge=0, description="bootstrap resamples for the parameter intervals")
     extrapolate: bool = Field(True, description="also fit on the smaller networks and predict the largest")

@@ -54,3 +54,22 @@ def flow_processes(prefect_harness):
     processes = FlowProcesses({**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()})
     yield processes
     processes.close()
+
+
+@pytest.fixture
+def prefect_log():
+    """Every message logged through Prefect's loggers during the test, in order (flow and task run logs)."""
+    import logging
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    handler = Records()
+    logging.getLogger("prefect").addHandler(handler)
+    yield handler.messages
+    logging.getLogger("prefect").removeHandler(handler)

@@ -306,6 +306,30 @@ def test_show_finds_a_run_by_the_start_of_its_id(tmp_path, capsys):
     assert "is the start of 2 runs" in capsys.readouterr().err
 
 
+def test_a_setting_that_names_a_run_takes_the_start_of_its_id_and_fails_before_any_work(tmp_path, capsys,
+                                                                                        monkeypatch):
+    """`--set prune_run=prune_grid-0a1b` runs with the whole id in its config (so the run id does not depend on which
+    runs exist); a start that names no run, or several, stops the command before the flow or a server starts."""
+    from flows.registry import FlowEntry
+    from flows.scaling_law import ScalingLawFlowConfig
+
+    ran = []
+    real_load = FlowEntry.load
+    monkeypatch.setattr(FlowEntry, "load", lambda self: (lambda config, data_root: ran.append(config) or str(tmp_path),
+                                                         real_load(self)[1]))
+    monkeypatch.setattr(server, "start_server", lambda: pytest.fail("a server was started"))
+    fake_runs(tmp_path, ["prune_grid-0a1b2c3d4e5f", "prune_grid-0a1bffffffff"])
+    data_root = ["--data-root", str(tmp_path), "--ephemeral"]
+    assert main(["run", "scaling_law", "--set", "prune_run=prune_grid-0a1b2", *data_root]) == 0
+    assert ran == [ScalingLawFlowConfig(prune_run="prune_grid-0a1b2c3d4e5f")]
+    assert "prune_run=prune_grid-0a1b2 is run prune_grid-0a1b2c3d4e5f\n" in capsys.readouterr().err
+    for start, error in (("prune_grid-0a1b", "is the start of 2 runs"), ("prune_grid-9", "no run 'prune_grid-9'")):
+        assert main(["run", "scaling_law", "--set", f"prune_run={start}", *data_root]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("regularity: error: ") and error in err and err.count("\n") == 1, err
+    assert len(ran) == 1
+
+
 def test_ls_summary_names_the_data_file():
     from core.runs.store import config_summary
 

@@ -2,7 +2,6 @@
 request; a derived table built from shards that changed later is rebuilt."""
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
@@ -24,25 +23,6 @@ CONFIG = CScoreFlowConfig(dataset=DatasetConfig(name="digits", n_train=200, n_te
                           runs_per_ratio=2, shard_size=2)
 TABLES = ("runs", "cscores", "cscore_by_ratio", "summary")
 OLD = "0123456789abcdef" * 2 + "01234567"  # another commit's hash (40 hex digits)
-
-
-class Records(logging.Handler):
-    """Every Prefect log message, kept."""
-
-    def __init__(self):
-        super().__init__()
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def prefect_log():
-    handler = Records()
-    logging.getLogger("prefect").addHandler(handler)
-    yield handler.messages
-    logging.getLogger("prefect").removeHandler(handler)
 
 
 def tables(folder: Path) -> dict[str, pd.DataFrame]:

@@ -1,5 +1,4 @@
 """The warning before a holdout run whose few runs per ratio leave examples without a score at some ratio."""
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -77,37 +76,21 @@ def test_independent_counts_are_expected_values_and_may_need_more_runs_than_any_
             "ratios of N (floor(sN) / N)^R < 1; holdout_design=balanced needs 2)") in message
 
 
-class Messages(logging.Handler):
-    """Every Prefect log message, in order."""
-
-    def __init__(self):
-        super().__init__()
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_tiny_run_warns_before_training_and_its_tables_agree(tmp_path):
+def test_a_tiny_run_warns_before_training_and_its_tables_agree(tmp_path, prefect_log):
     # 300 examples; s = 0.9 holds out 30 per model, 4 runs cover 120: 180 miss it, exactly. s = 0.3 holds out 210.
     config = CScoreFlowConfig(dataset=DatasetConfig(name="digits", n_train=300, n_test=50), model="mlp_w16_d1",
                               train=TrainConfig(epochs=1, batch_size=32, lr=0.05), ratios=[0.3, 0.9], runs_per_ratio=4)
-    handler = Messages()
-    logging.getLogger("prefect").addHandler(handler)
-    try:
-        folder = Path(cscore_flow(config, data_root=str(tmp_path)))
-    finally:
-        logging.getLogger("prefect").removeHandler(handler)
-    warned = [i for i, m in enumerate(handler.messages) if m.startswith("runs_per_ratio=4 leaves examples")]
+    folder = Path(cscore_flow(config, data_root=str(tmp_path)))
+    warned = [i for i, m in enumerate(prefect_log) if m.startswith("runs_per_ratio=4 leaves examples")]
     assert len(warned) == 1
-    assert handler.messages[warned[0]] == (
+    assert prefect_log[warned[0]] == (
         "runs_per_ratio=4 leaves examples that no model holds out (180 at ratio 0.9, of 300): about 180 will miss a "
         "ratio, their C-scores averaging the other ratios only.\n10 runs per ratio hold every example out at every "
         "ratio (balanced design: ceil(N / (N - floor(sN))) at ratio 0.9); target_se is not set: raise runs_per_ratio "
         "to 10.")
-    trained = [i for i, m in enumerate(handler.messages) if m.startswith("shards/runs-")]  # a shard trained
+    trained = [i for i, m in enumerate(prefect_log) if m.startswith("shards/runs-")]  # a shard trained
     assert trained and warned[0] < min(trained)  # said before any shard ran
     overall = pd.read_parquet(folder / "summary.parquet").iloc[0]
     assert overall["n_missing_some_ratio"] == 180 and overall["n_never_heldout"] == 0
-    assert any("180 missed at least one ratio (0 never held out)" in m for m in handler.messages)
+    assert any("180 missed at least one ratio (0 never held out)" in m for m in prefect_log)

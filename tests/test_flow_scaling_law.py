@@ -1,5 +1,4 @@
 """The `scaling_law` flow on a pruning table generated from known parameters."""
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -104,14 +103,9 @@ def rising_prune_run(root: Path) -> str:
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_grid_where_pruning_helps_and_an_extrapolation_from_one_network_are_flagged(tmp_path):
+def test_a_grid_where_pruning_helps_and_an_extrapolation_from_one_network_are_flagged(tmp_path, prefect_log):
     config = ScalingLawFlowConfig(prune_run=rising_prune_run(tmp_path), n_bootstrap=0, n_starts=2)
-    handler = Messages()
-    logging.getLogger("prefect").addHandler(handler)
-    try:
-        folder = Path(scaling_law_flow(config, data_root=str(tmp_path)))
-    finally:
-        logging.getLogger("prefect").removeHandler(handler)
+    folder = Path(scaling_law_flow(config, data_root=str(tmp_path)))
     fits = pd.read_parquet(folder / "scaling_fit.parquet")
     data = fits[fits.scope == "data"].set_index("param")["value"]
     assert data["density_slope"] == pytest.approx(0.2, abs=0.01)  # the slope the errors were made with
@@ -130,20 +124,9 @@ def test_a_grid_where_pruning_helps_and_an_extrapolation_from_one_network_are_fl
     assert not ((quality["mu"] == 0) & (quality["sigma"] == 0)).any()  # no row of zeros reads as a result
     report = (folder / "report.md").read_text()
     assert f"WARNING: {grid}" in report and f"| {single} |" in report
-    logged = [m for m in handler.messages if m.startswith(("grid:", "joint:", "extrapolation"))]
+    logged = [m for m in prefect_log if m.startswith(("grid:", "joint:", "extrapolation"))]
     assert logged[:3] == [f"grid: {grid}", f"extrapolation: {single}", f"extrapolation_width: {single}"]
     assert len(logged) == 4 and logged[3].startswith(f"joint: {left_out}")
-
-
-class Messages(logging.Handler):
-    """Every Prefect log message, in order."""
-
-    def __init__(self):
-        super().__init__()
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
 
 
 def test_missing_prune_run_is_explained(tmp_path):

@@ -19,6 +19,7 @@ from core.methods.proxies import detection_metrics
 from core.runs.store import RunStore
 from flows.common import check_fits, check_whole_set_fits, examples_table, write_examples_table
 from flows.cscore import CScoreFlowConfig
+from test_data import write_png
 
 
 def load(**settings):
@@ -34,11 +35,6 @@ def row_of(source: str, container: str) -> int:
 
 
 # ---------------------------------------------------------------- sources
-def write_png(path: Path, pixels: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
-
-
 @pytest.fixture
 def gray_folder(tmp_path):
     """A grayscale image folder whose file names sort as text, not as numbers (10 before 9)."""
