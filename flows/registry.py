@@ -46,7 +46,8 @@ class FlowEntry:
 
 # Shared sentences: tables several flows write alike.
 EXAMPLES = ("one row per training and test example: which example each position of the per-example list columns "
-            "refers to (`example_id` leads back to your file), its label, true label and `is_noisy`")
+            "refers to, its `example_id`, its `source` (the file, or the array and row, of your data that holds it), "
+            "its label, true label and `is_noisy`")
 NOISE_DETECTION = ("one row per score: how well a low score finds the mislabeled examples (AUROC, average precision, "
                    "precision at k = the number of noisy examples)")
 
