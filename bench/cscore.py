@@ -50,8 +50,9 @@ def time_core(config, dataset) -> float:
     import pyarrow as pa
 
     from core.methods.cscore import cscore_tables
+    from core.runs.rows import unpack_bool_rows
+    from core.runs.store import RunStore
     from core.training.experiment import outcome_table
-    from core.runs.store import RunStore, unpack_bool_rows
     from flows.common import examples_table
     from flows.cscore import draw_figures, plan_shards
 

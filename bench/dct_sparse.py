@@ -19,9 +19,10 @@ from bench.trainer import interleaved_seconds, matmul_gflops
 from core.models import dct_sparse
 from core.models.dct_sparse import dct, layer_densities, random_masks, uses_fft
 from core.models.networks import init_model, prunable_parameters
+from core.runtime import reuse_freed_memory
 from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble
-from core.training.trainer import reuse_freed_memory, train
+from core.training.trainer import train
 
 # ---- knobs ---------------------------------------------------------------------------------
 MODEL, INPUT_SHAPE, CLASSES = "dct_mlp_w256_d2", (1, 40), 10  # MNIST-1D-shaped inputs (random: speed only)
@@ -133,7 +134,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    malloc_reuse = reuse_freed_memory()  # as train() does on the CPU; set up front so the loop gets it too
+    malloc_reuse = reuse_freed_memory()  # as a run on the CPU does (configure_runtime), for both sides
     k, repeats = (16, 1) if args.quick else (K, REPEATS)
     sizes, rows = ([n for n in SIZES if n <= 2048], 16 * 128) if args.quick else (SIZES, ROWS)
     shapes = [(n, n) for n in sizes] + LAYERS

@@ -20,9 +20,10 @@ from core.data.datasets import load_dataset
 from core.methods.deq_monitor import JacobianRegularization, deq_layers
 from core.models.deq import SolverLog, jacobian_frobenius
 from core.models.networks import init_model
+from core.runtime import reuse_freed_memory
 from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble
-from core.training.trainer import reuse_freed_memory, train
+from core.training.trainer import train
 
 # ---- knobs ---------------------------------------------------------------------------------
 MODEL = "deq_w64"  # the deq flow's default network
@@ -101,7 +102,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    malloc_reuse = reuse_freed_memory()  # as train() does on the CPU; set up front so the loop gets it too
+    malloc_reuse = reuse_freed_memory()  # as a run on the CPU does (configure_runtime), for both sides
     sizes, repeats = ([3], 1) if args.quick else (ENSEMBLE_SIZES, REPEATS)
     data = load_dataset(DATASET)
     probes, rows = [matmul_gflops()], []

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from bench.trainer import training_flops_per_example
     from core.data.config import DatasetConfig
-    from core.runs.store import read_provenance
+    from core.runs.files import read_provenance
     from core.training.config import TrainConfig
     from core.training.experiment import subset_size
     from flows import server

@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 import yaml
 
 from core.methods.cscore import spearman_of_finite, split_half_reliability
-from core.runs.store import find_run, unpack_bool_rows
+from core.runs.catalog import find_run
+from core.runs.rows import unpack_bool_rows
 from flows import server
 
 CONFIGS = {"digits": "flows/configs/cscore.yaml", "fashion": "flows/configs/cscore-fashion-noisy.yaml"}

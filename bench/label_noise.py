@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 import yaml
 
 from core.methods.label_quality import cleanlab_scores
-from core.runs.store import read_provenance, unpack_float_rows
+from core.runs.files import read_provenance
+from core.runs.rows import unpack_float_rows
 from flows import server
 
 CSCORE_CONFIG, PROXIES_CONFIG = "flows/configs/cscore-fashion-noisy.yaml", "flows/configs/proxies-fashion-noisy.yaml"

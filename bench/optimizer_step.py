@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from core.runtime import reuse_freed_memory
 from core.training.ensemble import Ensemble
 import core.training.trainer as training
 from core.training.config import TrainConfig
@@ -78,7 +79,7 @@ def job_seconds() -> dict[str, list[float]]:
 
 
 def main() -> None:
-    training.reuse_freed_memory()
+    reuse_freed_memory()
     steps = [step_times(*shape) for shape in SHAPES]
     for row in steps:
         print(f"{row['model']:12s} K={row['K']:<3d} {row['params_mb']:5.1f} MB  fused {row['fused_us']:6d} us  "

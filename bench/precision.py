@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
-import core.training.ensemble
+import core.runtime
 from flows import server
 
 # ---- knobs ---------------------------------------------------------------------------------
@@ -65,9 +65,9 @@ def main() -> None:
     parser.add_argument("--allow-slow-bf16", action="store_true", help="run bf16 on a CPU without bf16 hardware")
     parser.add_argument("--data-root", default=None, help="where the runs go (default: the project's data/)")
     args = parser.parse_args()
-    native = core.training.ensemble.cpu_has_bf16()
+    native = core.runtime.cpu_has_bf16()
     if args.allow_slow_bf16:
-        core.training.ensemble.cpu_has_bf16 = lambda: True  # this process only: the flow runs its tasks in it
+        core.runtime.cpu_has_bf16 = lambda: True  # this process only: the flow runs its tasks in it
     server.use_local_server()  # before prefect is imported
     rows = []
     for name in [args.only] if args.only else list(CONFIGS):

@@ -25,8 +25,9 @@ from core.data.datasets import load_dataset
 from core.methods.pruning import dense_masks, prunable_names, prune
 from core.models.nested import nested_ensemble, with_support
 from core.models.networks import init_model
+from core.runtime import reuse_freed_memory
 from core.training.experiment import INIT_STREAM, ORDER_STREAM, model_seed
-from core.training.trainer import reuse_freed_memory, train
+from core.training.trainer import train
 from flows.prune_grid import PruneGridFlowConfig, networks, passes
 from tasks.pruning import fraction_subsets
 
@@ -78,7 +79,7 @@ def main() -> None:
     parser.add_argument("--levels", type=int, default=2, help="pruning levels timed after the dense run")
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds of each side after the warm-up")
     args = parser.parse_args()
-    reuse_freed_memory()  # as train() does on the CPU; set up front so the loop gets it too
+    reuse_freed_memory()  # as a run on the CPU does (configure_runtime), for both sides
     config = PruneGridFlowConfig.model_validate(yaml.safe_load(Path(args.config).read_text()))
     dataset = load_dataset(config.dataset)
     warmup = config.model_copy(update={"train": config.train.model_copy(update={"epochs": 1})})

@@ -71,7 +71,7 @@ def time_run(config, root: Path) -> tuple[float, Path]:
 
 def shard_threads(folder: Path) -> list[int]:
     """The torch threads each shard's task used, as its table recorded them."""
-    from core.runs.store import read_provenance
+    from core.runs.files import read_provenance
 
     return sorted({read_provenance(p)["hardware"]["torch_threads"] for p in folder.glob("shards/*.parquet")})
 

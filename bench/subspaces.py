@@ -16,11 +16,13 @@ import torch.nn.functional as F
 
 from bench.plain import train_plain
 from bench.trainer import interleaved_seconds, matmul_gflops
+from core.methods.subspace_evaluation import SubspaceTraining
 from core.models.networks import init_model
-from core.models.subspaces import SubspaceTraining, fix_coefficients, line_coefficients, subspace_layers
+from core.models.subspaces import fix_coefficients, line_coefficients, subspace_layers
+from core.runtime import reuse_freed_memory
 from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble
-from core.training.trainer import reuse_freed_memory, train
+from core.training.trainer import train
 
 # ---- knobs ---------------------------------------------------------------------------------
 MODELS = ["mlp_w256_d2", "cnn1d_bn_w32_d2"]  # plain networks; each line is subspace2_<model>
@@ -90,7 +92,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    malloc_reuse = reuse_freed_memory()  # as train() does on the CPU; set up front so the loop gets it too
+    malloc_reuse = reuse_freed_memory()  # as a run on the CPU does (configure_runtime), for both sides
     sizes, repeats = ([5], 1) if args.quick else (ENSEMBLE_SIZES, REPEATS)
     probes, rows = [matmul_gflops()], []
     for model in MODELS:

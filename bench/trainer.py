@@ -18,9 +18,10 @@ from bench.plain import train_plain
 from core.data.config import DatasetConfig
 from core.data.datasets import load_dataset
 from core.models.networks import init_model
+from core.runtime import reuse_freed_memory
 from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble
-from core.training.trainer import reuse_freed_memory, train
+from core.training.trainer import train
 
 # ---- knobs ---------------------------------------------------------------------------------
 MODELS = ["mlp_w64_d2", "mlp_w256_d2", "cnn1d_w32_d3"]
@@ -126,7 +127,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    malloc_reuse = reuse_freed_memory()  # as train() does on the CPU; set up front so the loop gets it too
+    malloc_reuse = reuse_freed_memory()  # as a run on the CPU does (configure_runtime), for both sides
     sizes, repeats = ([1, 16], 1) if args.quick else (ENSEMBLE_SIZES, REPEATS)
     data = load_dataset(DatasetConfig(name="mnist1d"))
     probes, measured = [matmul_gflops()], []

@@ -1,4 +1,5 @@
-"""Process-wide settings, each set in this one place at start-up: OpenMP's wait policy and torch's CPU threads.
+"""Process-wide settings, each set in this one place at start-up: OpenMP's wait policy, torch's CPU threads, the
+device and its float32 precision, and glibc's allocator (flows.runner.configure_runtime, tasks.common.task_dataset).
 
 The wait policy must be in the environment before torch loads libgomp (it reads it once, then), so this module never
 imports torch at its top, and `set_wait_policy` runs first thing in the `regularity` CLI and in the tests' conftest.
@@ -6,11 +7,18 @@ Flow processes that a Prefect worker or a local Dask cluster starts inherit it f
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: torch loads inside the functions that use it
+    import torch
 
 # Idle OpenMP threads sleep instead of spinning. libgomp's default spins up to 300,000 times before it sleeps, and on a
 # core shared with another process the spinning thread takes the time its partner needs: 2 threads beside one CPU-bound
@@ -163,3 +171,59 @@ def measure_load() -> float | None:
 def start_up_load() -> float | None:
     """Other processes' busy cores as this process's last flow started; None before any, or where unmeasurable."""
     return _start_up_load
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` means CUDA when present, else CPU."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU does bfloat16 arithmetic natively (oneDNN's test: AVX-512 BF16 or AMX)."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a precision this device cannot run fast, before any work (see RuntimeConfig.precision)."""
+    import torch
+
+    if precision != "bf16":
+        return
+    if device.type == "cpu" and not cpu_has_bf16():
+        raise ValueError("runtime.precision=bf16: this CPU has no native bfloat16 arithmetic (AVX-512 BF16 or AMX), "
+                         "so bf16 matmuls run hundreds of times slower than fp32 here; use precision fp32")
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise ValueError(f"runtime.precision=bf16: {torch.cuda.get_device_name(device)} has no native bfloat16; "
+                         "use precision fp32 or tf32")
+
+
+def use_precision(precision: str) -> None:
+    """This process's float32 matmul and conv mode on NVIDIA GPUs: TF32 for `tf32`, else IEEE fp32 (cuDNN would
+    pick TF32 convs by default). Process-wide, as torch's threads are; CPUs compute fp32 either way."""
+    import torch
+
+    mode = "tf32" if precision == "tf32" else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = mode
+    torch.backends.cudnn.conv.fp32_precision = mode
+
+
+@functools.cache
+def reuse_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of giving it back to the OS (process-wide, once).
+
+    By default glibc maps every large block afresh and trims the heap on free, so each multi-MB tensor
+    of a training step pays a page fault per 4 KiB page: a third of the stacked CNN's step time at
+    K=64 on the CPU. The cost: the process keeps its peak heap. False where glibc is not the allocator.
+    """
+    libc = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(libc), "mallopt", None) if libc else None
+    if mallopt is None:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, 1 << 30) and mallopt(m_trim_threshold, (1 << 31) - 1))

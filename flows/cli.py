@@ -126,7 +126,7 @@ def check_data(flow: str, config: Any, data_root: str | None) -> None:
     folder exists: a missing or malformed file fails in one line. The dataset stays loaded in this process
     (`tasks.common.shared_dataset`), so the flow does not load it again. Flows without a dataset skip this."""
     from core.data.config import DatasetConfig
-    from core.runs.store import dataset_cache
+    from core.runs.files import dataset_cache
     from tasks.common import shared_dataset
 
     if isinstance(getattr(config, "dataset", None), DatasetConfig):
@@ -137,7 +137,7 @@ def resolve_run_references(config: Any, data_root: str | None) -> Any:
     """`config` with each setting that names a run (`RUN_REFERENCE`) given as its whole id: the start of one is taken
     (`cscore_run=cscore-8e05`), and a run that does not exist fails here, before a server starts."""
     from core.config import RUN_REFERENCE
-    from core.runs.store import find_run
+    from core.runs.catalog import find_run
 
     resolved = {}
     for name, field in type(config).model_fields.items():
@@ -152,7 +152,7 @@ def resolve_run_references(config: Any, data_root: str | None) -> Any:
 def run_folder_of(flow: str, config: Any, data_root: str | None) -> Path | None:
     """The newest run folder of `flow` whose config.json holds `config` (runtime aside), or None."""
     from core.config import canonical_json
-    from core.runs.store import default_data_root
+    from core.runs.files import default_data_root
 
     wanted, found = canonical_json(config), []
     for path in Path(data_root or default_data_root()).glob(f"runs/{flow}/*/config.json"):
@@ -166,7 +166,7 @@ def run_folder_of(flow: str, config: Any, data_root: str | None) -> Path | None:
 
 def interrupted(flow: str, config: Any, data_root: str | None) -> str:
     """The one line a Ctrl-C of a run prints: what is written, and that the same command resumes from it."""
-    from core.runs.store import run_status
+    from core.runs.catalog import run_status
 
     folder = run_folder_of(flow, config, data_root)
     if folder is None:
@@ -239,9 +239,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     """List the runs under the data root, newest last."""
-    from core.runs.store import default_data_root, list_runs
+    from core.runs.catalog import list_runs
+    from core.runs.files import default_data_root
 
-    runs = list_runs(args.data_root)
+    runs = list_runs(args.data_root, {name: entry.summary_keys for name, entry in FLOWS.items()})
     if args.flow:
         runs = runs[runs["flow"] == args.flow]
     if runs.empty:
@@ -259,7 +260,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def code_lines(audit, rerun: str) -> list[str]:
     """What `show` says about the code revisions of a run's files, and what is out of date, with the fix."""
-    from core.runs.store import code_revision, short_revision
+    from core.runs.files import code_revision, short_revision
 
     if audit.empty:
         return []
@@ -288,7 +289,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     """Print a run's config, tables (rows, columns, code revision), figures, summary, and what is out of date."""
     import pandas as pd
 
-    from core.runs.store import audit_run, find_run, run_status, short_revision
+    from core.runs.catalog import audit_run, find_run, run_status
+    from core.runs.files import short_revision
 
     folder = find_run(args.run, args.data_root, prefix=True)
     doc = json.loads((folder / "config.json").read_text())

@@ -47,10 +47,12 @@ def distinct_values(values: list, allowed: Callable[[Any], bool], requirement: s
 
 def sgd_trainable_model(name: str) -> str:
     """`name`, if the registry knows it (else the list of valid patterns) and plain training trains it: a subspace
-    network needs its coefficients drawn every step (core.models.subspaces.SubspaceTraining), which these flows do not."""
+    network needs its coefficients drawn every step (core.methods.subspace_evaluation.SubspaceTraining), which these
+    flows do not."""
     if parse_model_name(name).endpoints:
         raise ValueError(f"{name!r} is a subspace network: its coefficients are drawn every step by "
-                         "core.models.subspaces.SubspaceTraining, which this flow does not run; use the plain name")
+                         "core.methods.subspace_evaluation.SubspaceTraining, which this flow does not run; "
+                         "use the plain name")
     return name
 
 
@@ -91,7 +93,7 @@ def checked_data_root(data_root: str | None, from_deployment: bool | None = None
         folder wherever the worker's user may create one: run the worker as a user without rights to system folders.
     A blank value means the default data root, as an empty `--data-root` does.
     """
-    from core.runs.store import default_data_root
+    from core.runs.files import default_data_root
 
     if data_root is not None and not str(data_root).strip():
         return None
@@ -164,7 +166,7 @@ def upstream_table(field: str, run: str, tables: dict[str, str], data_root: str 
     of the same `contents` fingerprint (downstream flows join on example ids). Checked before any work,
     each failure saying what to change."""
     import pyarrow.parquet as pq
-    from core.runs.store import find_run
+    from core.runs.catalog import find_run
 
     folder = find_run(run, data_root)
     stored = json.loads((folder / "config.json").read_text())
@@ -209,6 +211,7 @@ def write_examples_table(store: RunStore, dataset: Dataset) -> None:
     and the tables built from it are rebuilt)."""
     import pyarrow.parquet as pq
 
+    store.remove_corrupt("examples.parquet")
     if store.is_complete("examples.parquet") and "source" in pq.read_schema(store.path("examples.parquet")).names:
         return
     store.write_table("examples.parquet", examples_table(dataset))

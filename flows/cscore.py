@@ -96,7 +96,8 @@ def cscore_flow(config: CScoreFlowConfig = CScoreFlowConfig(), data_root: str | 
     import pandas as pd
     from core.methods.cscore import coverage_warning, rounds_until_precise
     from core.methods.proxies import detection_metrics
-    from core.runs.store import RunStore, dataset_cache
+    from core.runs.files import dataset_cache
+    from core.runs.store import RunStore
     from core.training.experiment import subset_size
     from flows.report import publish
     from flows.runner import configure_runtime, run_shards
@@ -130,6 +131,7 @@ def cscore_flow(config: CScoreFlowConfig = CScoreFlowConfig(), data_root: str | 
     precision = rounds_until_precise(run_round, config.max_rounds(), config.target_se, report)
     combine_shards(store, names, "runs.parquet", "model_id")
     score_runs(store, dataset.class_names)
+    store.remove_corrupt("noise_detection.parquet")
     if dataset.is_noisy.any() and not store.is_complete("noise_detection.parquet", ["cscores.parquet"]):
         scores = store.read_table("cscores.parquet")
         detection = {"score": "cscore", **detection_metrics(scores["cscore"], scores["is_noisy"])}
@@ -146,7 +148,7 @@ def cscore_flow(config: CScoreFlowConfig = CScoreFlowConfig(), data_root: str | 
 
 def draw_figures(store: RunStore, dataset) -> list:
     """Score histograms per class, extreme examples per class, held-out accuracy by ratio."""
-    from core.plots import detection_curves, extreme_examples, heldout_accuracy_by_ratio, per_class_histograms
+    from core.plots.cscore import detection_curves, extreme_examples, heldout_accuracy_by_ratio, per_class_histograms
 
     scores = store.read_table("cscores.parquet")
     by_ratio = store.read_table("cscore_by_ratio.parquet").groupby("ratio")["score"].mean()

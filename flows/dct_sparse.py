@@ -65,8 +65,9 @@ SWEEP_LISTS = {
 @flow(name=FLOW, description="Sparse-at-initialisation networks, plain and DCT+Sparse, at densities down to 0.03%.")
 def dct_sparse_flow(config: DCTSparseFlowConfig = DCTSparseFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the sweep of `config`; returns the run folder."""
-    from core.plots import accuracy_vs_trainable_params
-    from core.runs.store import RunStore, dataset_cache
+    from core.plots.dct_sparse import accuracy_vs_trainable_params
+    from core.runs.files import dataset_cache
+    from core.runs.store import RunStore
     from flows.report import publish
     from flows.runner import configure_runtime, run_shards
     from tasks.common import combine_shards, shared_dataset

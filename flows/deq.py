@@ -97,8 +97,9 @@ class DEQFlowConfig(Config):
 def deq_flow(config: DEQFlowConfig = DEQFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the comparison of `config`; returns the run folder."""
     from core.methods.deq_monitor import deq_summary
-    from core.plots import capped_inference_curves, deq_training_curves
-    from core.runs.store import RunStore, dataset_cache
+    from core.plots.deq import capped_inference_curves, deq_training_curves
+    from core.runs.files import dataset_cache
+    from core.runs.store import RunStore
     from flows.report import publish
     from flows.runner import configure_runtime, run_shards
     from tasks.common import combine_shards, shared_dataset

@@ -94,7 +94,7 @@ def plan_shards(config: FilterRetrainFlowConfig) -> list[dict]:
 def filtering_table(models: pd.DataFrame, examples: pd.DataFrame, score: str) -> pd.DataFrame:
     """One row per model: arm, fraction removed, seed, examples kept, noisy examples removed, accuracy."""
     import pandas as pd
-    from core.runs.store import unpack_bool_rows
+    from core.runs.rows import unpack_bool_rows
 
     kept = unpack_bool_rows(models["in_subset"])
     noisy = examples.loc[examples["split"] == "train", "is_noisy"].to_numpy()
@@ -111,8 +111,9 @@ def filter_retrain_flow(config: FilterRetrainFlowConfig = FilterRetrainFlowConfi
     """Run (or resume) the filtering pipeline of `config`; returns the run folder."""
     from core.data.fingerprint import fingerprint
     from core.methods.filtering import filtering_summary
-    from core.plots import filtering_curve
-    from core.runs.store import RunStore, dataset_cache
+    from core.plots.filter_retrain import filtering_curve
+    from core.runs.files import dataset_cache
+    from core.runs.store import RunStore
     from flows.report import publish
     from flows.runner import configure_runtime, run_shards
     from tasks.common import combine_shards, shared_dataset
@@ -129,11 +130,13 @@ def filter_retrain_flow(config: FilterRetrainFlowConfig = FilterRetrainFlowConfi
     store = RunStore.open(FLOW, config, data_root, inputs=inputs)
     write_examples_table(store, dataset)
     source = [str(scores_path)]  # another run's table: when it is recomputed, so is everything after it
+    store.remove_corrupt("scores.parquet")
     if not store.is_complete("scores.parquet", source):
         store.write_table("scores.parquet", scores, built_from=source)
     plan = [{"store": store, **p} for p in plan_shards(config)]
     names = run_shards(filter_shard, plan, config.runtime, "filter shards")
     combine_shards(store, names, "models.parquet", "model_id")
+    store.remove_corrupt("filtering.parquet", "filtering_summary.parquet")
     if not (store.is_complete("filtering.parquet", FILTERED_FROM) and store.is_complete("filtering_summary.parquet", FILTERED_FROM)):
         table = filtering_table(store.read_table("models.parquet"), store.read_table("examples.parquet"), config.score_column)
         store.write_table("filtering.parquet", table, built_from=FILTERED_FROM)

@@ -111,7 +111,7 @@ def check_disk_space(config: LimeDataFlowConfig, data_root: str | None) -> None:
                              "generated in shards and written to Parquet, with their lengths by task.")
 def lime_data_flow(config: LimeDataFlowConfig = LimeDataFlowConfig(), data_root: str | None = None) -> str:
     """Write (or finish writing) the examples of `config`; returns the run folder."""
-    from core.plots import lime_length_histograms
+    from core.plots.lime_data import lime_length_histograms
     from core.runs.store import RunStore
     from core.sequence.lime_data import length_sample, task_summary
     from flows.report import publish

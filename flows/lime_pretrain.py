@@ -110,7 +110,7 @@ def check_sequences_fit(config: LimePretrainFlowConfig) -> None:
                              "one-step term rewriting; exact-match curves and sample efficiency per arm.")
 def lime_pretrain_flow(config: LimePretrainFlowConfig = LimePretrainFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the comparison of `config`; returns the run folder."""
-    from core.plots import lime_sample_efficiency, lime_transfer_curves
+    from core.plots.lime_pretrain import lime_sample_efficiency, lime_transfer_curves
     from core.runs.store import RunStore
     from core.sequence.transfer import sample_efficiency, transfer_summary
     from flows.report import publish
@@ -135,6 +135,7 @@ def lime_pretrain_flow(config: LimePretrainFlowConfig = LimePretrainFlowConfig()
                    [*keys, ("train_examples", "ascending"), ("step", "ascending")])
     finetune = store.read_table("lime_finetune_curves.parquet")
     efficiency = sample_efficiency(finetune, config.downstream.thresholds)
+    store.remove_corrupt("lime_sample_efficiency.parquet")
     if not store.is_complete("lime_sample_efficiency.parquet", ["lime_finetune_curves.parquet"]):
         store.write_table("lime_sample_efficiency.parquet", efficiency, built_from=["lime_finetune_curves.parquet"])
     pretrain = store.read_table("lime_pretrain_curves.parquet") if curves else finetune.iloc[:0]

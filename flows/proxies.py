@@ -61,7 +61,8 @@ class ProxiesFlowConfig(SubsetTrainingConfig):
 @flow(name=FLOW, description="Cheap proxies of the C-score: learning speed, forgetting, AUM, EL2N, densities, LOF.")
 def proxies_flow(config: ProxiesFlowConfig = ProxiesFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the proxies pipeline of `config`; returns the run folder."""
-    from core.runs.store import RunStore, dataset_cache
+    from core.runs.files import dataset_cache
+    from core.runs.store import RunStore
     from flows.report import publish
     from flows.runner import configure_runtime, run_shards
     from tasks.common import shared_dataset
@@ -106,7 +107,8 @@ def use_cleanlab(config: ProxiesFlowConfig, dataset: Dataset) -> bool:
 
 def draw_figures(store: RunStore, cscores: str | None) -> list[Path]:
     """Proxy-vs-C-score scatter and learning dynamics (with a C-score run); detection curves (with noise)."""
-    from core.plots import detection_curves, dynamics_curves, proxy_scatter
+    from core.plots.cscore import detection_curves
+    from core.plots.proxies import dynamics_curves, proxy_scatter
     from tasks.proxies import FLAGS, aligned_cscore
 
     folder, figures = store.root / "figures", []

@@ -105,8 +105,9 @@ def check_grid(config: PruneGridFlowConfig, dataset) -> None:
 @flow(name=FLOW, description="Iterative magnitude pruning with rewinding over width x depth x data-fraction grids.")
 def prune_grid_flow(config: PruneGridFlowConfig = PruneGridFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the pruning grid of `config`; returns the run folder."""
-    from core.plots import error_vs_density
-    from core.runs.store import RunStore, dataset_cache
+    from core.plots.prune_grid import error_vs_density
+    from core.runs.files import dataset_cache
+    from core.runs.store import RunStore
     from flows.report import publish
     from flows.runner import configure_runtime, run_shards
     from tasks.common import combine_shards, shared_dataset

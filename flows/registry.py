@@ -19,6 +19,9 @@ class FlowEntry:
     tables: dict[str, str] = field(default_factory=dict)  # table name -> what one row is and what its numbers are
     fits: str | None = None  # a function (config, dataset) of the flow module that fails on data its models cannot take
     report_summary: str = ""  # what the rows and cells of the summary table in the flow's report are
+    # the settings that tell this flow's runs apart in `regularity ls`, beside the dataset, model and training ones
+    # (`core.runs.catalog.config_summary`); naming one of those places it
+    summary_keys: tuple[str, ...] = ()
 
     def load(self) -> tuple[Any, type]:
         """The flow object and its pydantic config class."""
@@ -55,6 +58,7 @@ FLOWS: dict[str, FlowEntry] = {
     "train": FlowEntry(
         "flows.train", "train_flow", "TrainFlowConfig",
         "train many models at once on seeded subsets; one Parquet row per model",
+        summary_keys=("n_models",),
         question="How well and how consistently does this model learn the data? Read `test_accuracy` in "
                  "`models.parquet`, one row per model, or its mean and spread in `summary.parquet`.",
         tables={"models.parquet": "one row per model: its seed and subset size, accuracy on its subset, on the "
@@ -68,6 +72,7 @@ FLOWS: dict[str, FlowEntry] = {
     "cscore": FlowEntry(
         "flows.cscore", "cscore_flow", "CScoreFlowConfig",
         "C-scores by holdout resampling: per-example consistency, memorization, reliability",
+        summary_keys=("runs_per_ratio", "ratios"),
         question="Which examples are atypical or mislabeled? Sort `cscores.parquet` by `cscore` (ascending): "
                  "the lowest are the examples held-out models get wrong.",
         tables={"cscores.parquet": "one row per training example: its C-score (`cscore`, the held-out accuracy "
@@ -91,6 +96,7 @@ FLOWS: dict[str, FlowEntry] = {
     "proxies": FlowEntry(
         "flows.proxies", "proxies_flow", "ProxiesFlowConfig",
         "cheap C-score proxies: learning speed, forgetting, AUM, EL2N, densities, LOF",
+        summary_keys=("n_models", "train.epochs", "train.lr", "cscore_run"),
         question="Which labels are likely wrong? Sort `proxies.parquet` by `aum` (ascending; or "
                  "`cleanlab_label_quality`, or filter on `cleanlab_issue`): every proxy is oriented so that low means "
                  "irregular.",
@@ -112,6 +118,7 @@ FLOWS: dict[str, FlowEntry] = {
     "filter_retrain": FlowEntry(
         "flows.filter_retrain", "filter_retrain_flow", "FilterRetrainFlowConfig",
         "remove the lowest-scoring examples (random / highest as controls), retrain, compare",
+        summary_keys=("fractions", "arms", "train.epochs", "train.lr", "scores"),
         question="Does removing the lowest-scoring examples help? Compare `mean_test_accuracy` in "
                  "`filtering_summary.parquet` across arms at each `fraction_removed` (arm `none` is fraction 0).",
         tables={"filtering_summary.parquet": "one row per (arm, fraction removed): the mean test accuracy of the "
@@ -127,6 +134,7 @@ FLOWS: dict[str, FlowEntry] = {
     "prune_grid": FlowEntry(
         "flows.prune_grid", "prune_grid_flow", "PruneGridFlowConfig",
         "iterative magnitude pruning with rewinding over width x depth x data-fraction grids",
+        summary_keys=("family", "widths", "depths", "data_fractions", "seeds", "pruning.levels"),
         question="How does error grow as networks are pruned? Plot `test_error` against `density` in "
                  "`prune_errors.parquet`, per `network` and `data_fraction`; fit it with the scaling_law flow.",
         tables={"prune_errors.parquet": "one row per (network, data fraction, seed, pruning level): the density "
@@ -138,6 +146,7 @@ FLOWS: dict[str, FlowEntry] = {
     "scaling_law": FlowEntry(
         "flows.scaling_law", "scaling_law_flow", "ScalingLawFlowConfig",
         "fit the error-vs-density law per network and jointly; extrapolate to the largest",
+        summary_keys=("prune_run",),
         question="Does the law fit, and does it extrapolate? Read `sigma` and `sigma_over_spread` (near 1 = within "
                  "seed noise) of the scopes `joint` and `extrapolation` in `scaling_fit.parquet`.",
         tables={"scaling_fit.parquet": "one row per (scope, parameter): each fit's parameters with bootstrap 95% "
@@ -153,6 +162,7 @@ FLOWS: dict[str, FlowEntry] = {
     "weight_correlation": FlowEntry(
         "flows.weight_correlation", "weight_correlation_flow", "WeightCorrelationFlowConfig",
         "R_p across learning rates; lottery ticket vs rewinding vs pruning and fine-tuning",
+        summary_keys=("seeds", "pruning.levels", "learning_rates"),
         question="Is a lottery ticket better than pruning and fine-tuning at each learning rate? Compare "
                  "`test_accuracy` by `method` and `density` in `lt_vs_pf.parquet`; `r_p` in "
                  "`weight_correlation.parquet` says how much of the initial weight order training kept.",
@@ -170,6 +180,7 @@ FLOWS: dict[str, FlowEntry] = {
     "dct_sparse": FlowEntry(
         "flows.dct_sparse", "dct_sparse_flow", "DCTSparseFlowConfig",
         "dense vs sparse vs DCT+Sparse layers, sparse from initialisation, down to extreme sparsity",
+        summary_keys=("seeds", "layer_types", "densities", "heuristic"),
         question="Does DCT+Sparse keep accuracy where a plain sparse layer loses it? Compare `test_accuracy` of "
                  "`layer_type` dct_sparse and sparse at each `density` in `dct_sparse.parquet` (or against "
                  "`trainable_params`).",
@@ -180,6 +191,7 @@ FLOWS: dict[str, FlowEntry] = {
     "subspaces": FlowEntry(
         "flows.subspaces", "subspaces_flow", "SubspacesFlowConfig",
         "lines, curves and simplexes of networks vs standard training, accuracy and calibration",
+        summary_keys=("seeds", "methods", "label_noise"),
         question="Does a subspace's midpoint beat standard training? Read `accuracy_gain` and `ece_change` per "
                  "`method` and `noise` in the summary below, or `accuracy` by `point` in `subspace_summary.parquet`.",
         tables={"subspace_summary.parquet": "one row per (method, noise, seed, point, members): test accuracy, "
@@ -196,6 +208,7 @@ FLOWS: dict[str, FlowEntry] = {
     "deq": FlowEntry(
         "flows.deq", "deq_flow", "DEQFlowConfig",
         "deep equilibrium models with and without Jacobian regularisation: solver steps, ||J||, accuracy",
+        summary_keys=("seeds", "gammas"),
         question="Does Jacobian regularisation make the equilibrium easier to find? Compare `train_forward_steps`, "
                  "`jacobian_frobenius` and `accuracy` across `gamma` (0 = none) by `epoch` in `deq_epochs.parquet`.",
         tables={"deq_epochs.parquet": "one row per (gamma, seed, epoch): training loss, solver steps and residuals "
@@ -209,6 +222,7 @@ FLOWS: dict[str, FlowEntry] = {
     "lime_data": FlowEntry(
         "flows.lime_data", "lime_data_flow", "LimeDataFlowConfig",
         "LIME's Deduct/Abduct/Induct examples (Mixed; copy, reverse controls) to sharded Parquet",
+        summary_keys=("task", "examples"),
         question="What did it generate? Read the examples as one table from `examples/` (token ids in `source` and "
                  "`target`, the `task` of each); `lime_shards.parquet` counts them per shard and task.",
         tables={"examples/part-*.parquet": "one row per example, one file per shard: its index, task, and the token "
@@ -220,6 +234,7 @@ FLOWS: dict[str, FlowEntry] = {
     "lime_pretrain": FlowEntry(
         "flows.lime_pretrain", "lime_pretrain_flow", "LimePretrainFlowConfig",
         "transformer pretrained on LIME vs a control vs scratch, fine-tuned on term rewriting",
+        summary_keys=("seeds", "arms"),
         question="Does LIME pretraining help? Compare `examples_needed` per `arm` (fewer = better) in "
                  "`lime_sample_efficiency.parquet`, or `exact_match` by `train_examples` in "
                  "`lime_finetune_curves.parquet`.",

@@ -6,7 +6,8 @@ from pathlib import Path
 import pandas as pd
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from core.runs.store import REPORT, RunStore, atomic_write
+from core.runs.files import atomic_write
+from core.runs.store import REPORT, RunStore
 from flows.registry import FLOWS, FlowEntry
 
 

@@ -14,8 +14,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm.auto import tqdm
 
 from core.config import RuntimeConfig
-from core.runtime import measure_load, start_up_load
-from core.training.ensemble import check_precision, resolve_device, use_precision
+from core.runtime import check_precision, measure_load, resolve_device, reuse_freed_memory, start_up_load, use_precision
 
 PROGRESS_EVERY_S = 2.0  # least seconds between updates of the UI's progress artifact
 
@@ -32,13 +31,17 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
 def configure_runtime(runtime: RuntimeConfig) -> None:
     """Torch CPU threads and float32 mode of the flow's own process (tasks set theirs, wherever they run): the threads
     by `core.runtime`'s rule (from the cores, the concurrent tasks, and where threads spin, the load other processes
-    put on our cores now), logged once; a precision this device cannot run is refused here, before any work."""
+    put on our cores now), logged once; a precision this device cannot run is refused here, before any work; on the
+    CPU, glibc keeps freed memory for reuse (`reuse_freed_memory`)."""
     busy = None if runtime.threads else measure_load()
     choice = runtime.thread_choice(busy)
     torch.set_num_threads(choice.threads)
     run_logger().info(choice.describe())
-    check_precision(runtime.precision, resolve_device(runtime.device))
+    device = resolve_device(runtime.device)
+    check_precision(runtime.precision, device)
     use_precision(runtime.precision)
+    if device.type == "cpu":
+        reuse_freed_memory()
 
 
 def task_runner(runtime: RuntimeConfig):

@@ -38,7 +38,8 @@ class ScalingLawFlowConfig(Config):
 def scaling_law_flow(config: ScalingLawFlowConfig = ScalingLawFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the fits of `config`; returns the run folder."""
     import pandas as pd
-    from core.plots import collapse_on_invariant, error_vs_density, predicted_vs_actual, seed_scatter
+    from core.plots.prune_grid import error_vs_density
+    from core.plots.scaling_law import collapse_on_invariant, predicted_vs_actual, seed_scatter
     from core.runs.store import RunStore
     from flows.report import publish
     from flows.runner import configure_runtime

@@ -90,8 +90,9 @@ def check_sweep(config: SubspacesFlowConfig, dataset) -> None:
 def subspaces_flow(config: SubspacesFlowConfig = SubspacesFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the comparison of `config`; returns the run folder."""
     from core.methods.subspace_evaluation import gains_over_standard
-    from core.plots import gains_over_standard_bars, subspace_paths
-    from core.runs.store import RunStore, dataset_cache
+    from core.plots.subspaces import gains_over_standard_bars, subspace_paths
+    from core.runs.files import dataset_cache
+    from core.runs.store import RunStore
     from flows.report import publish
     from flows.runner import configure_runtime, run_shards
     from tasks.common import combine_shards, shared_dataset

@@ -37,8 +37,10 @@ def summarise(models: pd.DataFrame) -> pd.DataFrame:
 @flow(name=FLOW, description="Train many models at once on seeded subsets; one Parquet row per model.")
 def train_flow(config: TrainFlowConfig = TrainFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the `train` pipeline of `config`; returns the run folder."""
-    from core.plots import training_summary
-    from core.runs.store import RunStore, dataset_cache, unpack_float_rows
+    from core.plots.train import training_summary
+    from core.runs.files import dataset_cache
+    from core.runs.rows import unpack_float_rows
+    from core.runs.store import RunStore
     from core.training.experiment import subset_size
     from flows.report import publish
     from flows.runner import configure_runtime, run_shards
@@ -57,6 +59,7 @@ def train_flow(config: TrainFlowConfig = TrainFlowConfig(), data_root: str | Non
     names = run_shards(train_shard, parameters, config.runtime, "train shards")
     combine_shards(store, names, "models.parquet", "model_id")
     models = store.read_table("models.parquet")
+    store.remove_corrupt("summary.parquet")
     if not store.is_complete("summary.parquet", ["models.parquet"]):
         store.write_table("summary.parquet", summarise(models), built_from=["models.parquet"])
     summary = store.read_table("summary.parquet")

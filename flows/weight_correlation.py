@@ -75,8 +75,9 @@ def weight_correlation_flow(config: WeightCorrelationFlowConfig = WeightCorrelat
                             data_root: str | None = None) -> str:
     """Run (or resume) the sweep of `config`; returns the run folder."""
     from core.methods.weight_correlation import method_gaps
-    from core.plots import accuracy_by_method, correlation_vs_fraction
-    from core.runs.store import RunStore, dataset_cache
+    from core.plots.weight_correlation import accuracy_by_method, correlation_vs_fraction
+    from core.runs.files import dataset_cache
+    from core.runs.store import RunStore
     from flows.report import publish
     from flows.runner import configure_runtime, run_shards
     from tasks.common import combine_shards, shared_dataset

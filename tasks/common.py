@@ -17,9 +17,9 @@ from prefect.cache_policies import NO_CACHE
 from core.config import RuntimeConfig, available_cores
 from core.data.config import DatasetConfig
 from core.data.datasets import Dataset, DatasetError, load_dataset
-from core.runs.store import RunStore, code_revision, short_revision
-from core.runtime import start_up_load
-from core.training.ensemble import resolve_device, use_precision
+from core.runs.files import code_revision, short_revision
+from core.runs.store import RunStore
+from core.runtime import resolve_device, reuse_freed_memory, start_up_load, use_precision
 from core.training.experiment import model_seed, outcome_table, train_on_subsets
 
 
@@ -70,11 +70,13 @@ def dask_worker():
 
 
 def task_dataset(store: RunStore, config: DatasetConfig | None = None) -> Dataset:
-    """Set this process's torch threads (`task_threads`) and float32 mode for the task, and return the run's
-    dataset (or that of `config`, a variant of it on the same files, e.g. another label noise), refusing files whose
-    contents are not the ones the run's id was made from."""
+    """Set this process's torch threads (`task_threads`), float32 mode and, on the CPU, allocator for the task, and
+    return the run's dataset (or that of `config`, a variant of it on the same files, e.g. another label noise),
+    refusing files whose contents are not the ones the run's id was made from."""
     torch.set_num_threads(task_threads(store.config.runtime))
     use_precision(store.config.runtime.precision)
+    if resolve_device(store.config.runtime.device).type == "cpu":
+        reuse_freed_memory()
     dataset = shared_dataset(config or store.config.dataset, store.cache_dir)
     if dataset.fingerprint != store.inputs.get("dataset"):
         raise DatasetError(f"the files of dataset {store.config.dataset.name!r} changed after run {store.run_id} "
@@ -98,6 +100,7 @@ def compute_once(store: RunStore, names: list[str], compute: Callable[[], Any], 
     given). It runs under the claim on `names[0]`, so a second process running the same config waits for the
     first instead of computing again."""
     with store.claim(names[0], on_wait=waiting(names[0])):
+        store.remove_corrupt(*names)
         if all(store.is_complete(name, built_from) for name in names):
             get_run_logger().info("%s already written, skipped", ", ".join(names))
             return
@@ -153,6 +156,7 @@ def warn_mixed_revisions(store: RunStore, names: list[str], output: str) -> None
 def combine_shards(store: RunStore, shards: list[str], output: str, sort_by: str | list[tuple[str, str]]) -> str:
     """Concatenate shard tables into `output`, sorted by `sort_by`; skipped when already built from these shards
     as they are. Says so first when the shards come from different code revisions."""
+    store.remove_corrupt(output)
     if store.is_complete(output, built_from=shards):
         return output
     warn_mixed_revisions(store, shards, output)

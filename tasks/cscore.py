@@ -7,7 +7,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from core.methods.cscore import Outcomes, cscore_tables
-from core.runs.store import RunStore, unpack_bool_rows
+from core.runs.rows import unpack_bool_rows
+from core.runs.store import RunStore
 from core.training.experiment import holdout_subsets
 from tasks.common import train_models_shard
 
@@ -41,6 +42,7 @@ SCORED_FROM = ["runs.parquet", "examples.parquet"]
 @task(cache_policy=NO_CACHE, task_run_name="score-holdout-runs")
 def score_runs(store: RunStore, class_names: list[str]) -> list[str]:
     """C-scores, memorization, per-ratio scores and the summary from `runs.parquet`."""
+    store.remove_corrupt(*SCORE_TABLES)
     if all(store.is_complete(name, SCORED_FROM) for name in SCORE_TABLES):
         return list(SCORE_TABLES)
     runs = pq.read_table(store.path("runs.parquet"))

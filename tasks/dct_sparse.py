@@ -14,7 +14,8 @@ from core.methods.pruning import remaining_parameters
 from core.models.dct_sparse import layer_densities, random_masks
 from core.models.networks import prunable_parameters
 from core.runs.store import RunStore
-from core.training.ensemble import Ensemble, evaluate, resolve_device
+from core.runtime import resolve_device
+from core.training.ensemble import Ensemble, evaluate
 from core.training.experiment import INIT_STREAM, MASK_STREAM, ORDER_STREAM, model_seed
 from core.training.trainer import train
 from tasks.common import compute_once, task_dataset

@@ -13,7 +13,8 @@ from core.config import derive_seed
 from core.methods.deq_monitor import JacobianRegularization, capped_inference, deq_layers, probe
 from core.models.deq import SolverLog
 from core.runs.store import RunStore
-from core.training.ensemble import Ensemble, resolve_device
+from core.runtime import resolve_device
+from core.training.ensemble import Ensemble
 from core.training.experiment import DRAW_STREAM, INIT_STREAM, MONITOR_STREAM, ORDER_STREAM, model_seed
 from core.training.trainer import train
 from tasks.common import compute_once, task_dataset

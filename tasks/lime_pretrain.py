@@ -13,12 +13,12 @@ from tqdm.auto import tqdm
 from core.config import derive_seed
 from core.models.networks import seeded_init
 from core.runs.store import RunStore
+from core.runtime import resolve_device
 from core.sequence.config import SCRATCH
 from core.sequence.lime import generate
 from core.sequence.rewriting import RewriteConfig, split
 from core.sequence.transfer import epoch_batches, held_out_figures, lime_batches, train_with_evaluation
 from core.sequence.transformer import Seq2Seq
-from core.training.ensemble import resolve_device
 from core.training.experiment import DRAW_STREAM, INIT_STREAM, MONITOR_STREAM, ORDER_STREAM, SUBSET_STREAM, model_seed
 from tasks.common import compute_once, task_threads
 

@@ -13,8 +13,10 @@ from prefect.cache_policies import NO_CACHE
 
 from core.methods.label_quality import cleanlab_scores, fold_assignment, fold_subsets, out_of_sample_probabilities
 from core.methods.proxies import density_proxies, detection_metrics, learning_dynamics, rank_correlations, training_proxies
-from core.runs.store import RunStore, pack_bool_rows, pack_float_rows, unpack_bool_rows, unpack_float_rows
-from core.training.ensemble import embed, predict_probabilities, resolve_device
+from core.runs.rows import pack_bool_rows, pack_float_rows, unpack_bool_rows, unpack_float_rows
+from core.runs.store import RunStore
+from core.runtime import resolve_device
+from core.training.ensemble import embed, predict_probabilities
 from core.training.experiment import model_seed, train_on_subsets
 from tasks.common import compute_once, task_dataset
 
@@ -142,6 +144,7 @@ def compute_proxies(store: RunStore, record_names: list[str], final_names: list[
     expected = ["proxies.parquet"] + (["proxy_correlations.parquet", "dynamics.parquet"] if cscores else []) + \
         (["noise_detection.parquet"] if dataset.is_noisy.any() else [])
     built_from = [*record_names, *final_names, *([out_of_sample] if out_of_sample else []), *([cscores] if cscores else [])]
+    store.remove_corrupt(*expected)
     if all(store.is_complete(name, built_from) for name in expected):
         return expected  # built from these inputs as they are: with cleanlab's columns if they are asked for now
     records, finals = read_records(store, record_names), read_finals(store, final_names)

@@ -13,7 +13,8 @@ from core.config import derive_seed
 from core.methods.pruning import dense_masks, density, prunable_names, prune, remaining_parameters, rewind
 from core.models.nested import embed, extract, nested_ensemble, state_shapes, with_support
 from core.runs.store import RunStore
-from core.training.ensemble import evaluate, resolve_device
+from core.runtime import resolve_device
+from core.training.ensemble import evaluate
 from core.training.experiment import INIT_STREAM, ORDER_STREAM, masked_row_mean, model_seed, subset_mask
 from core.training.trainer import train
 from tasks.common import task_dataset, waiting
@@ -90,6 +91,7 @@ def _prune_pass(store: RunStore, networks: list[dict], label: str) -> list[str]:
         files = {n: level_names(n, level) for n in layout.rows}
         # a level is made from the level before and the rewind point: when they were rewritten, it is redone
         sources = {n: [level_names(n, level - 1)[1], rewind_name(n)] if level else [] for n in layout.rows}
+        store.remove_corrupt(*(table for table, _ in files.values()))
         saved = {n: store.whole_tensors(weights) for n, (table, weights) in files.items()
                  if store.is_complete(table, sources[n])}
         if len(saved) == len(files) and all(v is not None for v in [*saved.values(), *rewinds.values()]):

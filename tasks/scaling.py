@@ -42,6 +42,7 @@ def joint_fits(table: pd.DataFrame, config, spread: float, dip: bool) -> tuple[l
 @task(cache_policy=NO_CACHE, task_run_name="fit-scaling-law")
 def fit_scaling_law(store: RunStore, prune_errors: str) -> tuple[str, str]:
     """Fit every curve on its own and all curves jointly (m* = l^phi w^psi d) on seed means; extrapolate to the largest."""
+    store.remove_corrupt(*OUTPUTS)
     if all(store.is_complete(name, [prune_errors]) for name in OUTPUTS):
         return OUTPUTS
     config, logger = store.config, get_run_logger()

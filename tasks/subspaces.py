@@ -13,11 +13,13 @@ from torch import Tensor
 
 from core.config import derive_seed
 from core.data.datasets import Dataset
-from core.methods.subspace_evaluation import calibration, end_coefficients, ensemble_sizes, midpoint_coefficients, path_coefficients
+from core.methods.subspace_evaluation import (SubspaceTraining, calibration, end_coefficients, ensemble_sizes,
+                                              midpoint_coefficients, path_coefficients)
 from core.models.names import METHODS, STANDARD
-from core.models.subspaces import SubspaceTraining, fix_coefficients
+from core.models.subspaces import fix_coefficients
 from core.runs.store import RunStore
-from core.training.ensemble import Ensemble, predict_probabilities, recalibrate_batchnorm, resolve_device
+from core.runtime import resolve_device
+from core.training.ensemble import Ensemble, predict_probabilities, recalibrate_batchnorm
 from core.training.experiment import DRAW_STREAM, INIT_STREAM, MEMBER_STREAM, ORDER_STREAM, model_seed
 from core.training.trainer import train
 from tasks.common import compute_once, task_dataset

@@ -13,7 +13,8 @@ from core.config import derive_seed
 from core.methods.pruning import dense_masks, density, prunable_names, prune, rewind
 from core.methods.weight_correlation import METHODS, budget, mask_sources, starting_points, weight_correlation
 from core.runs.store import RunStore
-from core.training.ensemble import Ensemble, evaluate, resolve_device
+from core.runtime import resolve_device
+from core.training.ensemble import Ensemble, evaluate
 from core.training.experiment import INIT_STREAM, ORDER_STREAM, REINIT_STREAM, model_seed
 from core.training.trainer import train
 from tasks.common import task_dataset, waiting
@@ -68,6 +69,7 @@ def compare_methods(store: RunStore) -> list[str]:
 def _dense_round(store: RunStore, sweep: Sweep, dataset, device) -> dict[str, torch.Tensor]:
     """Round 0: every base model trained dense (skipped when stored); its weights, rewind point and R_p table."""
     config, (table, weights) = store.config, round_names(0)
+    store.remove_corrupt(table)
     saved = store.whole_tensors(weights) if store.is_complete(table) else None
     if saved is None:
         dense = Ensemble.init(config.model, dataset.input_shape, dataset.num_classes, sweep.stream(INIT_STREAM), device,
@@ -80,6 +82,7 @@ def _dense_round(store: RunStore, sweep: Sweep, dataset, device) -> dict[str, to
         store.write_tensors(weights, saved)
         accuracy = evaluate(dense, dataset.x_test, dataset.y_test).accuracy().double()
         store.write_table(table, sweep.table(["dense"], 1.0, result.steps.numpy(), accuracy.numpy()), built_from=[weights])
+    store.remove_corrupt(CORRELATION)
     if not store.is_complete(CORRELATION, [weights]):
         store.write_table(CORRELATION, _correlations(store, sweep, dataset, _state(saved, "state")), built_from=[weights])
     return saved
@@ -116,6 +119,7 @@ def _compare(store: RunStore) -> list[str]:
     everything = torch.ones(repeat * base, dataset.n_train, dtype=torch.bool)
     for level in range(1, pruning.levels + 1):
         (table, weights), previous = round_names(level), round_names(level - 1)[1]
+        store.remove_corrupt(table)
         saved = store.whole_tensors(weights) if store.is_complete(table, [previous]) else None
         if saved is not None:
             state, masks, spent = _state(saved, "state"), _state(saved, "mask"), saved["updates"]

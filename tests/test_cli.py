@@ -283,7 +283,7 @@ def fake_runs(data_root: Path, run_ids: list[str]) -> None:
 
 
 def test_show_finds_a_run_by_the_start_of_its_id(tmp_path, capsys):
-    from core.runs.store import find_run
+    from core.runs.catalog import find_run
 
     fake_runs(tmp_path, ["cscore-8e05aaaaaaaa", "cscore-8e05bbbbbbbb", "train-0123456789ab"])
     assert find_run("cscore-8e05a", tmp_path, prefix=True) == tmp_path / "runs/cscore/cscore-8e05aaaaaaaa"
@@ -331,7 +331,7 @@ def test_a_setting_that_names_a_run_takes_the_start_of_its_id_and_fails_before_a
 
 
 def test_ls_summary_names_the_data_file():
-    from core.runs.store import config_summary
+    from core.runs.catalog import config_summary
 
     config = {"dataset": {"name": "arrays", "path": "/d/x.npz", "n_train": 100}, "model": "mlp_w8_d1"}
     assert config_summary(config) == "arrays path=/d/x.npz n_train=100 mlp_w8_d1"

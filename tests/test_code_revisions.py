@@ -11,7 +11,8 @@ import pytest
 from core.config import RuntimeConfig
 from core.data.config import DatasetConfig
 from core.runs import store as store_mod
-from core.runs.store import audit_run, read_provenance
+from core.runs.catalog import audit_run
+from core.runs.files import read_provenance
 from core.training.config import TrainConfig
 from flows.cli import main
 from flows.cscore import CScoreFlowConfig, cscore_flow

@@ -7,7 +7,7 @@ import pytest
 
 from core.config import RuntimeConfig, available_cores
 from core.data.config import DatasetConfig
-from core.runs.store import read_provenance
+from core.runs.files import read_provenance
 from core.training.config import TrainConfig
 from flows.cscore import CScoreFlowConfig, cscore_flow
 from tasks.common import task_threads

@@ -7,7 +7,7 @@ import pytest
 
 from core.config import run_id
 from core.data.config import DatasetConfig
-from core.runs.store import unpack_bool_rows
+from core.runs.rows import unpack_bool_rows
 from core.training.config import TrainConfig
 from core.training.experiment import subset_size
 from flows.cscore import CScoreFlowConfig, cscore_flow, plan_shards

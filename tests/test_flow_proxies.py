@@ -16,7 +16,8 @@ from core.data.datasets import load_dataset
 from core.methods import label_quality
 from core.methods.label_quality import fold_assignment
 from core.methods.proxies import detection_metrics, kernel_density_proxies, median_bandwidth
-from core.runs.store import read_provenance, unpack_bool_rows, unpack_float_rows
+from core.runs.files import read_provenance
+from core.runs.rows import unpack_bool_rows, unpack_float_rows
 from core.training.config import TrainConfig
 from flows.common import upstream_table
 from flows.cscore import CScoreFlowConfig, cscore_flow

@@ -14,7 +14,8 @@ import tasks.common
 from core.config import RuntimeConfig, run_id
 from core.data.config import DatasetConfig
 from core.data.datasets import load_dataset
-from core.runs.store import read_provenance, unpack_bool_rows, unpack_float_rows
+from core.runs.files import read_provenance
+from core.runs.rows import unpack_bool_rows, unpack_float_rows
 from core.training.config import TrainConfig
 from core.training.experiment import model_seed, subset_mask, train_on_subsets
 from flows.train import TrainFlowConfig, train_flow

@@ -5,9 +5,10 @@ import torch
 from core.config import RuntimeConfig, run_id
 from core.data.config import DatasetConfig
 from core.data.datasets import load_dataset
-import core.training.ensemble
+import core.runtime
+from core.runtime import check_precision
 from core.training.config import TrainConfig
-from core.training.ensemble import Ensemble, check_precision, evaluate
+from core.training.ensemble import Ensemble, evaluate
 from core.training.experiment import train_on_subsets
 from core.training.trainer import train
 
@@ -60,7 +61,7 @@ def test_fp32_and_tf32_on_the_cpu_are_the_same_exact_numbers(digits):
 
 
 def test_bf16_is_refused_on_a_cpu_without_it(monkeypatch, digits):
-    monkeypatch.setattr(core.training.ensemble, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(core.runtime, "cpu_has_bf16", lambda: False)
     message = (r"runtime.precision=bf16: this CPU has no native bfloat16 arithmetic \(AVX-512 BF16 or AMX\), so bf16 "
                r"matmuls run hundreds of times slower than fp32 here; use precision fp32")
     with pytest.raises(ValueError, match=message):
@@ -69,7 +70,7 @@ def test_bf16_is_refused_on_a_cpu_without_it(monkeypatch, digits):
         Ensemble.init("mlp_w8_d1", digits.input_shape, digits.num_classes, [0], precision="bf16")
     check_precision("fp32", torch.device("cpu"))
     check_precision("tf32", torch.device("cpu"))
-    monkeypatch.setattr(core.training.ensemble, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(core.runtime, "cpu_has_bf16", lambda: True)
     check_precision("bf16", torch.device("cpu"))  # AVX-512 BF16 / AMX: allowed
 
 
@@ -77,7 +78,7 @@ def test_bf16_is_refused_on_a_cpu_without_it(monkeypatch, digits):
 def test_a_flow_refuses_bf16_here_before_any_work(monkeypatch, tmp_path):
     from flows.train import TrainFlowConfig, train_flow
 
-    monkeypatch.setattr(core.training.ensemble, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(core.runtime, "cpu_has_bf16", lambda: False)
     config = TrainFlowConfig(runtime=RuntimeConfig(device="cpu", precision="bf16"))
     with pytest.raises(ValueError, match="runtime.precision=bf16: this CPU has no native bfloat16"):
         train_flow.fn(config, data_root=str(tmp_path))

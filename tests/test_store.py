@@ -1,4 +1,5 @@
-"""Tests of core.runs.store: run identity, run folders, atomic Parquet, provenance, list columns."""
+"""Tests of core.runs (store, files, completeness, catalog, rows): run identity, run folders, atomic Parquet,
+provenance, list columns."""
 from __future__ import annotations
 
 import hashlib
@@ -18,10 +19,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from core.config import Config, RuntimeConfig, canonical_json, run_id
+from core.runs import files as files_mod
 from core.runs import store as store_mod
-from core.runs.store import (DATA_ROOT_ENV, CorruptFileError, RunConflictError, RunStore, config_summary,
-                        default_data_root, list_runs, pack_bool_rows, pack_float_rows, read_provenance, read_table,
-                        unpack_bool_rows, unpack_float_rows)
+from core.runs.catalog import audit_run, config_summary, list_runs
+from core.runs.completeness import CorruptFileError
+from core.runs.files import DATA_ROOT_ENV, default_data_root, read_provenance, read_table
+from core.runs.rows import pack_bool_rows, pack_float_rows, unpack_bool_rows, unpack_float_rows
+from core.runs.store import RunConflictError, RunStore
+from flows.registry import FLOWS
 
 # sha256('{"lr":0.1,"seed":0}')[:12], computed by hand once; must never change.
 EXPECTED_ID = "toy-ff0a64b8b476"
@@ -221,7 +226,7 @@ def test_the_run_folder_is_known_before_it_is_opened(tmp_path: Path):
 
 
 def test_store_does_not_import_prefect():
-    code = "import sys, core.runs.store; print('prefect' in sys.modules)"
+    code = "import sys, core.runs.catalog, core.runs.rows, core.runs.store; print('prefect' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -232,9 +237,9 @@ def test_code_revision_of_a_git_repo(tmp_path: Path, monkeypatch: pytest.MonkeyP
     repo = tmp_path / "repo"
     repo.mkdir()
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # never find an outer repo
-    monkeypatch.setattr(store_mod, "REPO_ROOT", repo)
-    store_mod.code_revision.cache_clear()
-    assert store_mod.code_revision() == "unknown"  # not a repo
+    monkeypatch.setattr(files_mod, "REPO_ROOT", repo)
+    files_mod.code_revision.cache_clear()
+    assert files_mod.code_revision() == "unknown"  # not a repo
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
     subprocess.run([*git, "init", "-q"], check=True)
     (repo / "a.py").write_text("x = 1\n")
@@ -242,24 +247,24 @@ def test_code_revision_of_a_git_repo(tmp_path: Path, monkeypatch: pytest.MonkeyP
     subprocess.run([*git, "commit", "-qm", "init"], check=True)
     head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
                           check=True).stdout.strip()
-    store_mod.code_revision.cache_clear()
-    assert store_mod.code_revision() == head
+    files_mod.code_revision.cache_clear()
+    assert files_mod.code_revision() == head
     revisions = []
     for edit in ("x = 2\n", "x = 3\n"):
         (repo / "a.py").write_text(edit)
         diff = subprocess.run([*git, "diff", "HEAD", "--binary"], capture_output=True, check=True).stdout
-        store_mod.code_revision.cache_clear()
-        revisions.append(store_mod.code_revision())
+        files_mod.code_revision.cache_clear()
+        revisions.append(files_mod.code_revision())
         assert revisions[-1] == f"{head}+dirty.{hashlib.sha256(diff).hexdigest()[:8]}"
     assert revisions[0] != revisions[1]  # two different edits are two revisions
     (repo / "b.py").write_text("y = 1\n")  # untracked source changes the revision too
-    store_mod.code_revision.cache_clear()
-    assert store_mod.code_revision().startswith(head + "+dirty.") and store_mod.code_revision() != revisions[1]
+    files_mod.code_revision.cache_clear()
+    assert files_mod.code_revision().startswith(head + "+dirty.") and files_mod.code_revision() != revisions[1]
     (repo / "a.py").write_text("x = 1\n")
     (repo / "b.py").unlink()
-    store_mod.code_revision.cache_clear()
-    assert store_mod.code_revision() == head  # back to the commit
-    store_mod.code_revision.cache_clear()
+    files_mod.code_revision.cache_clear()
+    assert files_mod.code_revision() == head  # back to the commit
+    files_mod.code_revision.cache_clear()
 
 
 def test_is_complete_true_after_write(run: RunStore):
@@ -271,25 +276,44 @@ def test_is_complete_true_after_write(run: RunStore):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
-def test_is_complete_removes_unreadable_file(run: RunStore, damage: str):
+def test_remove_corrupt_removes_unreadable_file(run: RunStore, damage: str):
     path = run.write_table("shards/s0.parquet", frame())
     if damage == "garbage":
         path.write_bytes(b"\x00garbage, not parquet" * 10)
     else:
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.warns(RuntimeWarning, match="recomputed"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         assert not run.is_complete("shards/s0.parquet")
+    assert path.exists()  # a check deletes nothing
+    with pytest.warns(RuntimeWarning, match="recomputed"):
+        assert run.remove_corrupt("shards/s0.parquet") == ["shards/s0.parquet"]
     assert not path.exists()
 
 
-def test_is_complete_removes_file_of_another_run(tmp_path: Path, run: RunStore):
+def test_remove_corrupt_removes_file_of_another_run(tmp_path: Path, run: RunStore):
     other = RunStore.open("toy", Tiny(seed=5), data_root=tmp_path)
     src = other.write_table("models.parquet", frame())
     shutil.copy(src, run.path("models.parquet"))
+    assert not run.is_complete("models.parquet")
+    assert (run.root / "models.parquet").exists()  # a check deletes nothing
     with pytest.warns(RuntimeWarning, match=other.run_id):
-        assert not run.is_complete("models.parquet")
+        assert run.remove_corrupt("models.parquet") == ["models.parquet"]
     assert not (run.root / "models.parquet").exists()
     assert other.is_complete("models.parquet")
+
+
+def test_remove_corrupt_leaves_whole_missing_and_stale_files(run: RunStore):
+    import torch
+
+    run.write_table("shards/a.parquet", frame())
+    run.write_table("combined.parquet", frame(), built_from=["shards/a.parquet"])
+    run.write_table("shards/a.parquet", frame())  # rewritten: combined.parquet is out of date, but whole
+    weights = run.write_tensors("weights/w.safetensors", {"w": torch.ones(3)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run.remove_corrupt("shards/a.parquet", "combined.parquet", "weights/w.safetensors", "missing.parquet") == []
+    assert (run.root / "combined.parquet").exists() and weights.exists()
 
 
 def test_data_root_from_env_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -377,20 +401,33 @@ def test_list_runs(tmp_path: Path):
 
 
 def test_config_summary_names_what_tells_runs_apart():
+    keys = {name: entry.summary_keys for name, entry in FLOWS.items()}  # each flow's own, from its registry entry
     config = {"dataset": {"name": "fashion_mnist", "n_train": 100, "n_test": None, "label_noise": 0.1},
               "model": "mlp_w8_d1", "train": {"epochs": 3, "lr": 0.1}, "ratios": [0.1, 0.2, 0.3, 0.4, 0.5],
               "runs_per_ratio": 4, "runtime": {"max_workers": 2}}
-    assert config_summary(config) == ("fashion_mnist n_train=100 noise=0.1 mlp_w8_d1 runs_per_ratio=4 "
-                                      "ratios=0.1..0.5 (5) epochs=3 lr=0.1")
+    assert config_summary(config, keys["cscore"]) == ("fashion_mnist n_train=100 noise=0.1 mlp_w8_d1 runs_per_ratio=4 "
+                                                      "ratios=0.1..0.5 (5) epochs=3 lr=0.1")
     grid = {"dataset": {"name": "mnist1d", "n_train": None, "label_noise": 0.0}, "family": "cnn1d", "widths": [8, 16],
             "depths": [1, 2, 3], "data_fractions": [1.0], "seeds": list(range(16)), "pruning": {"levels": 16},
             "train": {"epochs": 20, "lr": 0.2}}
-    assert config_summary(grid) == ("mnist1d family=cnn1d widths=8/16 depths=1/2/3 data_fractions=1.0 seeds=0..15 (16) "
-                                    "levels=16 epochs=20 lr=0.2")
-    assert config_summary({"prune_run": "prune_grid-0123456789ab", "seed": 0}) == "prune_run=prune_grid-0123456789ab"
+    assert config_summary(grid, keys["prune_grid"]) == ("mnist1d family=cnn1d widths=8/16 depths=1/2/3 "
+                                                        "data_fractions=1.0 seeds=0..15 (16) levels=16 epochs=20 lr=0.2")
+    assert config_summary({"prune_run": "prune_grid-0123456789ab", "seed": 0},
+                          keys["scaling_law"]) == "prune_run=prune_grid-0123456789ab"
     deq = {"dataset": {"name": "mnist1d"}, "model": "deq_w64", "gammas": [0.0, 2.0], "seeds": [0, 1, 2],
            "train": {"epochs": 30, "lr": 0.1}}
-    assert config_summary(deq) == "mnist1d deq_w64 seeds=0/1/2 gammas=0.0/2.0 epochs=30 lr=0.1"
+    assert config_summary(deq, keys["deq"]) == "mnist1d deq_w64 seeds=0/1/2 gammas=0.0/2.0 epochs=30 lr=0.1"
+
+
+def test_a_flow_places_a_shared_summary_key_it_names_and_ls_adds_each_flows_keys(tmp_path: Path):
+    proxies = {"dataset": {"name": "digits"}, "model": "mlp_w8_d1", "n_models": 8, "train": {"epochs": 2, "lr": 0.1},
+               "cscore_run": "cscore-0123456789ab"}
+    assert config_summary(proxies, FLOWS["proxies"].summary_keys) == ("digits mlp_w8_d1 n_models=8 epochs=2 lr=0.1 "
+                                                                      "cscore_run=cscore-0123456789ab")
+    assert config_summary(proxies) == "digits mlp_w8_d1 epochs=2 lr=0.1"  # the shared keys alone
+    RunStore.open("toy", Tiny(seed=1), data_root=tmp_path)
+    assert list_runs(tmp_path)["summary"].tolist() == [""]
+    assert list_runs(tmp_path, {"toy": ("seed", "lr"), "other": ("x",)})["summary"].tolist() == ["seed=1 lr=0.1"]
 
 
 def test_tensors_round_trip_with_run_metadata(run):
@@ -431,7 +468,7 @@ def test_damaged_weights_are_detected_and_recomputed(tmp_path: Path, run: RunSto
 
 def stamp_of(run: RunStore, name: str) -> dict:
     """The id and code revision `name` was written with, read back as a later table would record them."""
-    meta = read_provenance(run.root / name) if name.endswith(".parquet") else store_mod._tensor_metadata(run.root / name)
+    meta = read_provenance(run.root / name) if name.endswith(".parquet") else files_mod._tensor_metadata(run.root / name)
     return {"id": meta["table_id"], "code_revision": meta["code_revision"]}
 
 
@@ -502,7 +539,7 @@ def test_weights_record_their_inputs_too_and_inputs_may_be_other_runs_tables(run
     run.write_tensors("weights/w0.safetensors", {"w": torch_ones()})
     run.write_tensors("weights/w1.safetensors", {"w": torch_ones()}, ["weights/w0.safetensors", str(upstream)])
     from_here = f"../{other.run_id}/scores.parquet"  # another run's table, from this run's folder
-    assert store_mod._tensor_metadata(run.root / "weights/w1.safetensors")["built_from"] == {
+    assert files_mod._tensor_metadata(run.root / "weights/w1.safetensors")["built_from"] == {
         "weights/w0.safetensors": stamp_of(run, "weights/w0.safetensors"),
         from_here: {"id": read_provenance(upstream)["table_id"], "code_revision": store_mod.code_revision()}}
     assert run.whole_tensors("weights/w1.safetensors")["w"].sum() == 4
@@ -620,7 +657,7 @@ def test_audit_lists_revisions_and_out_of_date_tables(run: RunStore, monkeypatch
     monkeypatch.setattr(store_mod, "code_revision", lambda: "f" * 40)
     run.write_table("shards/s1.parquet", frame().head(2))
     monkeypatch.undo()
-    audit = store_mod.audit_run(run.root).set_index("name")
+    audit = audit_run(run.root).set_index("name")
     assert audit.index.tolist() == ["cscores.parquet", "runs.parquet", "shards/s0.parquet", "shards/s1.parquet",
                                     "weights/n/level-00.safetensors"]
     assert audit.loc["shards/s1.parquet", ["rows", "columns"]].tolist() == [2, 4]  # 3 columns and the index
@@ -628,5 +665,5 @@ def test_audit_lists_revisions_and_out_of_date_tables(run: RunStore, monkeypatch
     assert audit["code_revision"].tolist() == [store_mod.code_revision()] * 3 + ["f" * 40, store_mod.code_revision()]
     assert audit["changed"].tolist() == [[], ["shards/s1.parquet"], [], [], []]
     (run.root / "shards/s2.parquet").write_bytes(b"cut short")
-    garbled = store_mod.audit_run(run.root).set_index("name").loc["shards/s2.parquet"]
+    garbled = audit_run(run.root).set_index("name").loc["shards/s2.parquet"]
     assert garbled["code_revision"] == "unreadable" and pd.isna(garbled["rows"]) and garbled["changed"] == []

@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.methods.subspace_evaluation import SubspaceTraining, expected_calibration_error
 from core.models.names import ModelNameError, parse_model_name
 from core.models.networks import init_model
-from core.models.subspaces import (SubspaceBatchNorm, SubspaceConv, SubspaceLinear, SubspaceTraining, curve_coefficients,
-                            draw_coefficients, draw_pair, endpoint_cosine_squared, expected_calibration_error,
+from core.models.subspaces import (SubspaceBatchNorm, SubspaceConv, SubspaceLinear, curve_coefficients,
+                            draw_coefficients, draw_pair, endpoint_cosine_squared,
                             fix_coefficients, line_coefficients, sample_coefficients,
                             subspace_layers, subspace_network)
 from core.training.config import TrainConfig

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-import core.plots as plots
+import core.plots.cscore as plots
 from core.data.config import DatasetConfig
 from core.data.datasets import DatasetError, load_dataset
 from core.data.fingerprint import fingerprint

@@ -21,7 +21,7 @@ from core.data.config import DatasetConfig, names_a_file
 from core.data.fingerprint import fingerprint
 from core.data.sources import (DatasetError, RawData, describe_classes, int_labels, load_arrays, load_cifar,
                                load_fashion_mnist, load_image_folder, read_id_file, rows_of)
-from core.runs.store import atomic_write
+from core.runs.files import atomic_write
 
 __all__ = ["DATASETS", "Dataset", "DatasetError", "RawData", "get_loader", "load_dataset", "load_dataset_by_name"]
 

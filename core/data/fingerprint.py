@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from core.runs.store import atomic_write
+from core.runs.files import atomic_write
 
 CACHE_FILE = "fingerprints.json"
 CHUNK = 1 << 20  # bytes read at a time while hashing

@@ -15,7 +15,10 @@ import torch
 from torch import Tensor
 
 from core.models.names import METHODS, STANDARD, Kind
-from core.models.subspaces import curve_coefficients, expected_calibration_error, line_coefficients
+from core.models.subspaces import (ENDPOINTS, SubspaceConv, SubspaceLinear, curve_coefficients, draw_pair,
+                                   endpoint_cosine_squared, line_coefficients, sample_coefficients, set_coefficients,
+                                   subspace_layers)
+from core.training.ensemble import Ensemble
 
 
 
@@ -38,6 +41,17 @@ def midpoint_coefficients(kind: Kind, m: int) -> Tensor:
 def end_coefficients(kind: Kind, m: int) -> Tensor:
     """`[E, m]` coefficients of the subspace's ends: every endpoint, or a curve's two ends."""
     return path_coefficients(kind, m, torch.tensor([0.0, 1.0])) if kind == "curve" else torch.eye(m)
+
+
+def expected_calibration_error(probs: Tensor, labels: Tensor, bins: int = 20) -> Tensor:
+    """`[K]` ECE of predictions `probs` `[K, N, C]`: the |accuracy - mean confidence| of each of `bins` equal-width
+    confidence bins ((b/bins, (b+1)/bins]), weighted by its share of the N examples."""
+    confidence, predicted = probs.max(-1)
+    correct = (predicted == labels.to(probs.device)).to(probs.dtype)
+    bin_index = (confidence * bins).ceil().long().clamp(1, bins) - 1  # a confidence of 0 joins the first bin
+    # |B| |acc_B - conf_B| = |sum over B of (correct - confidence)|: one scatter, no per-bin counts
+    gaps = torch.zeros(probs.shape[0], bins, dtype=probs.dtype, device=probs.device)
+    return gaps.scatter_add_(1, bin_index, correct - confidence).abs().sum(1) / probs.shape[1]
 
 
 def calibration(probs: Tensor, labels: Tensor, bins: int = 20) -> tuple[Tensor, Tensor, Tensor]:
@@ -78,3 +92,40 @@ def gains_over_standard(summary: pd.DataFrame) -> pd.DataFrame:
                      "ensemble_gain": ensemble_gain.mean(), "ensemble_gain_sem": ensemble_gain.sem(),
                      "seeds": len(midpoint)})
     return pd.DataFrame(rows).sort_values(["noise", "method"], ignore_index=True)
+
+
+class SubspaceTraining:
+    """core.training.trainer.train's hooks for a subspace ensemble: `step` draws each stepping model's coefficients and
+    endpoint pair from its own generator; `regularizer` is beta cos^2 of that pair. Pass both to train()."""
+
+    def __init__(self, ensemble: Ensemble, kind: Kind, seeds: list[int], layerwise: bool = False, beta: float = 1.0):
+        self.template, self.layers = ensemble.template, subspace_layers(ensemble.template)
+        if not self.layers or len(seeds) != ensemble.size:
+            raise ValueError(f"need a subspace network and one seed per model ({ensemble.size}); got {len(seeds)} "
+                             f"seeds and {len(self.layers)} subspace layers")
+        self.m = self.layers[0].endpoints
+        if kind not in ("line", "curve", "simplex") or ENDPOINTS.get(kind, self.m) != self.m:
+            raise ValueError(f"a {kind!r} subspace needs {ENDPOINTS.get(kind, 'two or more')} endpoints; the network "
+                             f"has {self.m}")
+        self.kind, self.layerwise, self.beta = kind, layerwise, beta
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.coefficients = torch.zeros(ensemble.size, len(self.layers), self.m)
+        self.pairs = torch.tensor([[0, 1]]).repeat(ensemble.size, 1)  # until a model first steps
+        # linear and conv weights, not BatchNorm's (core.models.subspaces says why)
+        self.weight_names = [f"{name}.weight" for name, module in self.template.named_modules()
+                             if isinstance(module, (SubspaceLinear, SubspaceConv))]
+
+    def step(self, takes: Tensor) -> None:
+        """Draw coefficients, then a pair, for each model with `takes[k]` (bool `[K]`); set them on the template."""
+        takes = takes.cpu()
+        sample_coefficients(self.kind, self.generators, takes, len(self.layers), self.m, self.layerwise,
+                            self.coefficients)
+        for k in takes.nonzero().flatten().tolist():  # each generator is one model's: it draws c, then the pair
+            self.pairs[k] = draw_pair(self.generators[k], self.m)
+        set_coefficients(self.template, self.coefficients)
+
+    def regularizer(self, params: dict[str, Tensor]) -> Tensor:
+        """`[K]` beta cos^2 between each model's two drawn endpoints (linear and conv weights only: biases and
+        BatchNorm's affine parameters left out)."""
+        weights = [params[name] for name in self.weight_names]
+        return self.beta * endpoint_cosine_squared(weights, self.pairs.to(weights[0].device))

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair, _single
 
-from core.training.ensemble import _grouped_conv, _linear
+from core.models.stacked import stacked_conv, stacked_linear
 
 Transform = Literal["auto", "fft", "matrix"]
 Heuristic = Literal["uniform", "erk", "epl"]
@@ -209,7 +209,8 @@ class DCTPlusSparseLinear(nn.Module):
     def forward_stacked(self, x: Tensor, params: dict[str, Tensor], k: int) -> Tensor:
         """All K models on `[K, in, B]`: S x + b by one batched matmul, D x by one transform of all K models' inputs."""
         transformed = dct(x, self.out_features, 1, self.transform)
-        return torch.addcmul(_linear(x, params["weight"], params["bias"]), params["alpha"].view(k, 1, 1), transformed)
+        return torch.addcmul(stacked_linear(x, params["weight"], params["bias"]), params["alpha"].view(k, 1, 1),
+                             transformed)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, transform={self.transform}"
@@ -258,7 +259,7 @@ class DCTPlusSparseConv(nn.Module):
         """
         d_kernel = self._shared_kernel(x)
         kernels = torch.addcmul(params["weight"], params["alpha"].view(k, *[1] * d_kernel.dim()), d_kernel)
-        return _grouped_conv(self, x, kernels, params["bias"], k)
+        return stacked_conv(self, x, kernels, params["bias"], k)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

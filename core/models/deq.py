@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from core.training.ensemble import _linear
+from core.models.stacked import stacked_linear
 
 TINY = 1e-12  # keeps a zero f(z) from dividing by zero: its residual is then ||z|| / tiny, or 0 at z = 0
 
@@ -260,7 +260,7 @@ class DEQLinear(nn.Module):
 
     def forward_stacked(self, x: Tensor, params: dict[str, Tensor], k: int) -> Tensor:
         """All K models on `[K, in, B]` -> `[K, features, B]`: one solve for all K models and B examples."""
-        injection = _linear(x, params["input_weight"], params["bias"]).transpose(1, 2)
+        injection = stacked_linear(x, params["input_weight"], params["bias"]).transpose(1, 2)
         return self._equilibrium(injection, params["weight"]).transpose(1, 2)
 
     def _equilibrium(self, injection: Tensor, weight: Tensor) -> Tensor:

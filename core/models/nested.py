@@ -14,7 +14,8 @@ from torch import Tensor
 
 from core.models.names import parse_model_name
 from core.models.networks import build_model, init_model
-from core.training.ensemble import Ensemble, check_precision
+from core.runtime import check_precision
+from core.training.ensemble import Ensemble
 
 
 def leading_block(shape: tuple[int, ...]) -> tuple[slice, ...]:

@@ -9,7 +9,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from core.models.dct_sparse import DCTPlusSparseConv, DCTPlusSparseLinear, dct_plus_sparse
+from core.models.deq import DEQLinear
 from core.models.names import ModelNameError, parse_model_name
+from core.models.subspaces import subspace_network
 
 
 def _mlp(in_features: int, hidden: list[int], num_classes: int) -> nn.Sequential:
@@ -42,8 +45,6 @@ def _cnn(input_shape: tuple[int, ...], width: int, depth: int, num_classes: int,
 
 def _deq(in_features: int, width: int, num_classes: int) -> nn.Sequential:
     """Flatten, one DEQ block of `width` units (core.models.deq.DEQLinear), then a linear classifier."""
-    from core.models.deq import DEQLinear  # not at the top: core.models.deq needs core.training.ensemble, which imports us
-
     return nn.Sequential(nn.Flatten(), DEQLinear(in_features, width), nn.Linear(width, num_classes))
 
 
@@ -77,12 +78,8 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
         kind = "[C, L] sequences" if rank == 2 else "[C, H, W] images"
         raise ModelNameError(f"model {name!r} needs {kind}, but the dataset's examples have shape {list(input_shape)}")
     if spec.dct_plus_sparse:
-        from core.models.dct_sparse import dct_plus_sparse  # not at the top: it needs core.training.ensemble, which imports us
-
         return dct_plus_sparse(builders[spec.family]())  # the plain network's initial weights become S
     if spec.endpoints:
-        from core.models.subspaces import subspace_network  # not at the top: see dct_plus_sparse
-
         return subspace_network(builders[spec.family](), spec.endpoints)  # fresh endpoints after the plain init
     return builders[spec.family]()
 
@@ -107,8 +104,6 @@ def seeded_init(seed: int):
 def prunable_parameters(model: nn.Module) -> list[str]:
     """Names of weights of linear and conv layers, DCT+Sparse layers' S included, in layer order (biases, the
     DCT+Sparse alphas and normalisation stay dense)."""
-    from core.models.dct_sparse import DCTPlusSparseConv, DCTPlusSparseLinear  # not at the top: see build_model
-
     return [
         f"{module_name}.weight" if module_name else "weight"
         for module_name, module in model.named_modules()

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair, _single
 
 from core.models.names import Kind
-from core.training.ensemble import Ensemble, _grouped_conv, _linear, stacked_batch_norm
+from core.models.stacked import stacked_batch_norm, stacked_conv, stacked_linear
 
 ENDPOINTS = {"line": 2, "curve": 3}  # a simplex takes any m >= 2
 
@@ -77,7 +77,7 @@ class SubspaceLinear(_SubspaceLayer):
 
     def forward_stacked(self, x: Tensor, params: dict[str, Tensor], k: int) -> Tensor:
         """All K models on `[K, in, B]`: one batched matmul with each model's combined weight."""
-        return _linear(x, *self._combined_stacked(params, k))
+        return stacked_linear(x, *self._combined_stacked(params, k))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, endpoints={self.endpoints}"
@@ -104,7 +104,7 @@ class SubspaceConv(_SubspaceLayer):
 
     def forward_stacked(self, x: Tensor, params: dict[str, Tensor], k: int) -> Tensor:
         """All K models on `[B, K*C, *spatial]`: one grouped conv with each model's combined kernel."""
-        return _grouped_conv(self, x, *self._combined_stacked(params, k), k)
+        return stacked_conv(self, x, *self._combined_stacked(params, k), k)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -249,50 +249,3 @@ def endpoint_cosine_squared(weights: list[Tensor], pairs: Tensor) -> Tensor:
         a, b = weight[rows, pairs[:, 0]].flatten(1), weight[rows, pairs[:, 1]].flatten(1)
         dot, first, second = dot + (a * b).sum(1), first + a.square().sum(1), second + b.square().sum(1)
     return dot.square() / (first * second)
-
-
-def expected_calibration_error(probs: Tensor, labels: Tensor, bins: int = 20) -> Tensor:
-    """`[K]` ECE of predictions `probs` `[K, N, C]`: the |accuracy - mean confidence| of each of `bins` equal-width
-    confidence bins ((b/bins, (b+1)/bins]), weighted by its share of the N examples."""
-    confidence, predicted = probs.max(-1)
-    correct = (predicted == labels.to(probs.device)).to(probs.dtype)
-    bin_index = (confidence * bins).ceil().long().clamp(1, bins) - 1  # a confidence of 0 joins the first bin
-    # |B| |acc_B - conf_B| = |sum over B of (correct - confidence)|: one scatter, no per-bin counts
-    gaps = torch.zeros(probs.shape[0], bins, dtype=probs.dtype, device=probs.device)
-    return gaps.scatter_add_(1, bin_index, correct - confidence).abs().sum(1) / probs.shape[1]
-
-
-class SubspaceTraining:
-    """core.training.trainer.train's hooks for a subspace ensemble: `step` draws each stepping model's coefficients and
-    endpoint pair from its own generator; `regularizer` is beta cos^2 of that pair. Pass both to train()."""
-
-    def __init__(self, ensemble: Ensemble, kind: Kind, seeds: list[int], layerwise: bool = False, beta: float = 1.0):
-        self.template, self.layers = ensemble.template, subspace_layers(ensemble.template)
-        if not self.layers or len(seeds) != ensemble.size:
-            raise ValueError(f"need a subspace network and one seed per model ({ensemble.size}); got {len(seeds)} "
-                             f"seeds and {len(self.layers)} subspace layers")
-        self.m = self.layers[0].endpoints
-        if kind not in ("line", "curve", "simplex") or ENDPOINTS.get(kind, self.m) != self.m:
-            raise ValueError(f"a {kind!r} subspace needs {ENDPOINTS.get(kind, 'two or more')} endpoints; the network "
-                             f"has {self.m}")
-        self.kind, self.layerwise, self.beta = kind, layerwise, beta
-        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        self.coefficients = torch.zeros(ensemble.size, len(self.layers), self.m)
-        self.pairs = torch.tensor([[0, 1]]).repeat(ensemble.size, 1)  # until a model first steps
-        self.weight_names = [f"{name}.weight" for name, module in self.template.named_modules()
-                             if isinstance(module, (SubspaceLinear, SubspaceConv))]  # not BatchNorm's (see above)
-
-    def step(self, takes: Tensor) -> None:
-        """Draw coefficients, then a pair, for each model with `takes[k]` (bool `[K]`); set them on the template."""
-        takes = takes.cpu()
-        sample_coefficients(self.kind, self.generators, takes, len(self.layers), self.m, self.layerwise,
-                            self.coefficients)
-        for k in takes.nonzero().flatten().tolist():  # each generator is one model's: it draws c, then the pair
-            self.pairs[k] = draw_pair(self.generators[k], self.m)
-        set_coefficients(self.template, self.coefficients)
-
-    def regularizer(self, params: dict[str, Tensor]) -> Tensor:
-        """`[K]` beta cos^2 between each model's two drawn endpoints (linear and conv weights only: biases and
-        BatchNorm's affine parameters left out)."""
-        weights = [params[name] for name in self.weight_names]
-        return self.beta * endpoint_cosine_squared(weights, self.pairs.to(weights[0].device))

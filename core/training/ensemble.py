@@ -4,7 +4,7 @@ Sequential models of Linear/Conv/elementwise/pooling layers run as batched matmu
 convolutions (the fast path); any other module (e.g. ResNet-18) runs through torch.func.vmap.
 
 BatchNorm (affine, with running statistics and a momentum) runs as one F.batch_norm over all K*C channels,
-updating the stacked `[K, C]` running statistics in place (`stacked_batch_norm`).
+updating the stacked `[K, C]` running statistics in place (core.models.stacked.stacked_batch_norm).
 
 Another layer type joins the fast path by offering its own stacked implementation: a `stacked_layout`
 attribute ("features": activations `[K, F, B]`, as linear layers take them; "channels": `[B, K*C, *spatial]`
@@ -15,7 +15,6 @@ does not have reads None; e.g. core.models.dct_sparse, core.models.subspaces). B
 from __future__ import annotations
 
 import copy
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -25,42 +24,13 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.modules.utils import _single
 
 from core.models.networks import init_model
+from core.models.stacked import (BatchNormMoments, batch_norm_calibration, stacked_batch_norm, stacked_conv,
+                                 stacked_linear)
+from core.runtime import check_precision
 
 _CONV = (nn.Conv1d, nn.Conv2d)  # run as one grouped conv for all K models
 _BATCH_NORM = (nn.BatchNorm1d, nn.BatchNorm2d)  # one F.batch_norm over all K*C channels
 _PARAMETER_FREE = (nn.ReLU, nn.Flatten, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.Identity)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """`auto` means CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU does bfloat16 arithmetic natively (oneDNN's test: AVX-512 BF16 or AMX)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def check_precision(precision: str, device: torch.device) -> None:
-    """Refuse a precision this device cannot run fast, before any work (see RuntimeConfig.precision)."""
-    if precision != "bf16":
-        return
-    if device.type == "cpu" and not cpu_has_bf16():
-        raise ValueError("runtime.precision=bf16: this CPU has no native bfloat16 arithmetic (AVX-512 BF16 or AMX), "
-                         "so bf16 matmuls run hundreds of times slower than fp32 here; use precision fp32")
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
-        raise ValueError(f"runtime.precision=bf16: {torch.cuda.get_device_name(device)} has no native bfloat16; "
-                         "use precision fp32 or tf32")
-
-
-def use_precision(precision: str) -> None:
-    """This process's float32 matmul and conv mode on NVIDIA GPUs: TF32 for `tf32`, else IEEE fp32 (cuDNN would
-    pick TF32 convs by default). Process-wide, as torch's threads are; CPUs compute fp32 either way."""
-    mode = "tf32" if precision == "tf32" else "ieee"
-    torch.backends.cuda.matmul.fp32_precision = mode
-    torch.backends.cudnn.conv.fp32_precision = mode
 
 
 def _own_stacked_layout(layer: nn.Module) -> str | None:
@@ -99,73 +69,11 @@ def _execution_order(template: nn.Sequential) -> list[tuple[int, nn.Module]]:
     return layers
 
 
-def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """`[K, out, B]` from `[K, in, B]`: W @ x needs no transposed weight, so its gradient needs no copy."""
-    return torch.bmm(weight, x) if bias is None else torch.baddbmm(bias.unsqueeze(2), weight, x)
-
-
 def _to_channels(x: Tensor) -> Tensor:
     """`[K, B, C, *spatial]` -> `[B, K*C, *spatial]` stored channels-last (oneDNN's fast grouped-conv layout)."""
     k, batch, channels, *spatial = x.shape
     channels_last = x.permute(1, *range(3, x.dim()), 0, 2).contiguous()  # [B, *spatial, K, C]
     return channels_last.view(batch, *spatial, k * channels).movedim(-1, 1)
-
-
-def _grouped_conv(layer: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None, k: int) -> Tensor:
-    """All K models' conv layer (`weight` `[K, out, in, *kernel]`; `layer` gives stride and padding) as one grouped
-    conv; a 1-D conv runs as a 2-D one of height 1 (channels-last)."""
-    weight, bias = weight.flatten(0, 1), None if bias is None else bias.flatten()
-    if weight.dim() == 4:  # [K*out, in, kh, kw]: a 2-D conv
-        return F.conv2d(x, weight, bias, stride=layer.stride, padding=layer.padding, groups=k)
-    padding = layer.padding if isinstance(layer.padding, str) else (0, *layer.padding)
-    out = F.conv2d(x.unsqueeze(2), weight.unsqueeze(2), bias, stride=(1, *layer.stride), padding=padding, groups=k)
-    return out.squeeze(2)
-
-
-@dataclass
-class _Moments:
-    """One BatchNorm layer's float64 count, sum and sum of squares per model and channel (`[K, C]`) of all the
-    inputs it normalised, and the running statistics they are written to."""
-
-    running_mean: Tensor
-    running_var: Tensor
-    count: int = 0
-    total: Tensor | float = 0.0
-    squares: Tensor | float = 0.0
-
-    def add(self, x: Tensor) -> None:
-        """Count in the channels of `x` (`[B, K*C, *spatial]`)."""
-        dims, x = [0, *range(2, x.dim())], x.double()
-        self.count += x.numel() // x.shape[1]
-        self.total = self.total + x.sum(dims).view_as(self.running_mean)
-        self.squares = self.squares + x.square().sum(dims).view_as(self.running_mean)
-
-    def write(self) -> None:
-        """Set the running mean and variance to the mean and unbiased variance of all that was counted."""
-        mean = self.total / self.count
-        self.running_mean.copy_(mean)
-        # sum x^2 - n mean^2 cancels digits, but float64 holds ~9 more than float32 activations have
-        self.running_var.copy_((self.squares - self.count * mean.square()) / (self.count - 1))
-
-
-# set by recalibrate_batchnorm: each layer's _Moments by id of its stacked running mean; a context variable, so another
-# thread's forward passes never feed it
-_calibration: ContextVar[dict[int, _Moments] | None] = ContextVar("calibration", default=None)
-
-
-def stacked_batch_norm(layer: nn.Module, x: Tensor, weight: Tensor, bias: Tensor, state: dict[str, Tensor]) -> Tensor:
-    """All K models' BatchNorm on `[B, K*C, *spatial]`: one F.batch_norm over K*C channels with affine `weight`,
-    `bias` `[K, C]` and `state`'s running statistics `[K, C]` (flat views: torch updates them in place), `layer`
-    giving eps, momentum and the mode; in training mode it counts the batch in `state`'s `[K]` num_batches_tracked."""
-    running_mean, running_var = state["running_mean"], state["running_var"]
-    if layer.training:
-        state["num_batches_tracked"].add_(1)
-        if (calibration := _calibration.get()) is not None:
-            calibration.setdefault(id(running_mean), _Moments(running_mean, running_var)).add(x)
-    one_d = x.dim() == 3  # [B, K*C, L] channels-last runs as 2-D of height 1, as the convs and pools do
-    out = F.batch_norm(x.unsqueeze(2) if one_d else x, running_mean.view(-1), running_var.view(-1), weight.flatten(),
-                       bias.flatten(), layer.training, layer.momentum, layer.eps)
-    return out.squeeze(2) if one_d else out
 
 
 def _pool_channels_last(layer: nn.Module, x: Tensor) -> Tensor:
@@ -266,10 +174,10 @@ class Ensemble:
         for i, layer in _execution_order(self.template):
             weight, bias = self.params.get(f"{i}.weight"), self.params.get(f"{i}.bias")
             if isinstance(layer, nn.Linear):
-                x = _linear(_to_layout(x, layout, "features", k), weight, bias)  # e.g. after BatchNorm1d: channels
+                x = stacked_linear(_to_layout(x, layout, "features", k), weight, bias)  # after BatchNorm1d: channels
                 layout, fresh = "features", True
             elif isinstance(layer, _CONV):
-                x = _grouped_conv(layer, x if layout == "channels" else _to_channels(x), weight, bias, k)
+                x = stacked_conv(layer, x if layout == "channels" else _to_channels(x), weight, bias, k)
                 layout, fresh = "channels", False  # 1-D results are views: in place, autograd would be slow
             elif isinstance(layer, _BATCH_NORM):
                 x = stacked_batch_norm(layer, _to_layout(x, layout, "channels", k), weight, bias, self._state(i, layer))
@@ -398,13 +306,13 @@ def recalibrate_batchnorm(ensemble: Ensemble | nn.Module, x: Tensor, batch_size:
         ensemble.buffers[f"{name}.running_mean"].zero_()
         ensemble.buffers[f"{name}.running_var"].fill_(1)
         ensemble.buffers[f"{name}.num_batches_tracked"].zero_()
-    moments: dict[int, _Moments] = {}
-    token = _calibration.set(moments)
+    moments: dict[int, BatchNormMoments] = {}
+    token = batch_norm_calibration.set(moments)
     try:
         for rows in calibration_chunks(len(x), batch_size):
             ensemble(x[rows].to(ensemble.device, non_blocking=True), shared=True, train=True)
     finally:
-        _calibration.reset(token)
+        batch_norm_calibration.reset(token)
     if len(moments) != len(layers):  # a layer with running statistics that stacked_batch_norm never ran
         raise ValueError(f"{len(layers) - len(moments)} of the BatchNorm layers {layers} did not run through "
                          "stacked_batch_norm; their statistics cannot be recalibrated")

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from core.config import derive_seed
 from core.data.datasets import Dataset
-from core.runs.store import pack_bool_rows, pack_float_rows
+from core.runs.rows import pack_bool_rows, pack_float_rows
 from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble, Evaluation, evaluate
 from core.training.trainer import TrainingRecord, TrainResult, train

@@ -6,9 +6,6 @@ momentum visibly hurts; see the C-score issue). A subset smaller than one batch 
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,22 +19,6 @@ from core.training.config import TrainConfig, lr_at
 from core.training.ensemble import Ensemble, example_outcomes
 
 FUSED_SGD_DEVICES = ("cpu", "cuda")  # where torch's fused SGD kernel exists
-
-
-@functools.cache
-def reuse_freed_memory() -> bool:
-    """Make glibc keep freed memory for reuse instead of giving it back to the OS (process-wide, once).
-
-    By default glibc maps every large block afresh and trims the heap on free, so each multi-MB tensor
-    of a training step pays a page fault per 4 KiB page: a third of the stacked CNN's step time at
-    K=64 on the CPU. The cost: the process keeps its peak heap. False where glibc is not the allocator.
-    """
-    libc = ctypes.util.find_library("c")
-    mallopt = getattr(ctypes.CDLL(libc), "mallopt", None) if libc else None
-    if mallopt is None:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, 1 << 30) and mallopt(m_trim_threshold, (1 << 31) - 1))
 
 
 class StackedSGD:
@@ -222,8 +203,6 @@ def train(
     leave the parameters, buffers and the hooks' generators as it found them.
     """
     device = ensemble.device
-    if device.type == "cpu":
-        reuse_freed_memory()
     x, y = x.to(device), y.to(device)
     members = [row.nonzero().squeeze(1) for row in subsets.cpu()]
     too_small = [k for k, m in enumerate(members) if len(m) < config.batch_size]
