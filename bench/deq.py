@@ -17,7 +17,7 @@ from bench.plain import train_plain
 from bench.trainer import interleaved_seconds, matmul_gflops
 from core.data.config import DatasetConfig
 from core.data.datasets import load_dataset
-from core.methods.deq_monitor import JacobianRegularization, deq_layers
+from core.methods.deq import JacobianRegularization, deq_layers
 from core.models.deq import SolverLog, jacobian_frobenius
 from core.models.networks import init_model
 from core.runtime import reuse_freed_memory

@@ -29,7 +29,7 @@ from core.runtime import reuse_freed_memory
 from core.training.experiment import INIT_STREAM, ORDER_STREAM, model_seed
 from core.training.trainer import train
 from flows.prune_grid import PruneGridFlowConfig, networks, passes
-from tasks.pruning import fraction_subsets
+from tasks.prune_grid import fraction_subsets
 
 
 def pass_models(config, dataset, group: list[dict]):

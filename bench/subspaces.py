@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from bench.plain import train_plain
 from bench.trainer import interleaved_seconds, matmul_gflops
-from core.methods.subspace_evaluation import SubspaceTraining
+from core.methods.subspaces import SubspaceTraining
 from core.models.networks import init_model
 from core.models.subspaces import fix_coefficients, line_coefficients, subspace_layers
 from core.runtime import reuse_freed_memory

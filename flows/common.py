@@ -47,11 +47,11 @@ def distinct_values(values: list, allowed: Callable[[Any], bool], requirement: s
 
 def sgd_trainable_model(name: str) -> str:
     """`name`, if the registry knows it (else the list of valid patterns) and plain training trains it: a subspace
-    network needs its coefficients drawn every step (core.methods.subspace_evaluation.SubspaceTraining), which these
+    network needs its coefficients drawn every step (core.methods.subspaces.SubspaceTraining), which these
     flows do not."""
     if parse_model_name(name).endpoints:
         raise ValueError(f"{name!r} is a subspace network: its coefficients are drawn every step by "
-                         "core.methods.subspace_evaluation.SubspaceTraining, which this flow does not run; "
+                         "core.methods.subspaces.SubspaceTraining, which this flow does not run; "
                          "use the plain name")
     return name
 

@@ -96,7 +96,7 @@ class DEQFlowConfig(Config):
                              "residuals, ||J||_F, spectral radius and capped-inference accuracy per epoch.")
 def deq_flow(config: DEQFlowConfig = DEQFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the comparison of `config`; returns the run folder."""
-    from core.methods.deq_monitor import deq_summary
+    from core.methods.deq import deq_summary
     from core.plots.deq import capped_inference_curves, deq_training_curves
     from core.runs.files import dataset_cache
     from core.runs.store import RunStore

@@ -110,7 +110,7 @@ def filtering_table(models: pd.DataFrame, examples: pd.DataFrame, score: str) ->
 def filter_retrain_flow(config: FilterRetrainFlowConfig = FilterRetrainFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the filtering pipeline of `config`; returns the run folder."""
     from core.data.fingerprint import fingerprint
-    from core.methods.filtering import filtering_summary
+    from core.methods.filter_retrain import filtering_summary
     from core.plots.filter_retrain import filtering_curve
     from core.runs.files import dataset_cache
     from core.runs.store import RunStore

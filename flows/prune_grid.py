@@ -111,7 +111,7 @@ def prune_grid_flow(config: PruneGridFlowConfig = PruneGridFlowConfig(), data_ro
     from flows.report import publish
     from flows.runner import configure_runtime, run_shards
     from tasks.common import combine_shards, shared_dataset
-    from tasks.pruning import prune_networks
+    from tasks.prune_grid import prune_networks
 
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_runtime(config.runtime)

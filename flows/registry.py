@@ -22,6 +22,9 @@ class FlowEntry:
     # the settings that tell this flow's runs apart in `regularity ls`, beside the dataset, model and training ones
     # (`core.runs.catalog.config_summary`); naming one of those places it
     summary_keys: tuple[str, ...] = ()
+    # a config that fails a check of its own soon after the flow starts, so that a flow that does not call the
+    # data-root guard yet stops before it writes anything (tests/test_hostile_input.py)
+    early_failure: dict[str, Any] = field(default_factory=dict)
 
     def load(self) -> tuple[Any, type]:
         """The flow object and its pydantic config class."""
@@ -68,7 +71,8 @@ FLOWS: dict[str, FlowEntry] = {
                                    "over the models",
                 "examples.parquet": EXAMPLES},
         report_summary="Each row is a metric of `models.parquet` (accuracies are fractions in 0..1, `test_loss` "
-                       "is cross-entropy); the columns are its mean, std, min and max over the models."),
+                       "is cross-entropy); the columns are its mean, std, min and max over the models.",
+        early_failure={"dataset": {"name": "digits", "n_train": 10}}),
     "cscore": FlowEntry(
         "flows.cscore", "cscore_flow", "CScoreFlowConfig",
         "C-scores by holdout resampling: per-example consistency, memorization, reliability",
@@ -92,7 +96,8 @@ FLOWS: dict[str, FlowEntry] = {
         report_summary="One row for all examples (class -1), then one per class: the mean and median C-score "
                        "(held-out accuracy, 0..1), memorization, `split_half_spearman` (agreement of the C-scores of "
                        "the even and the odd runs; near 1 = reliable) and `cscore_se_p90` (90th percentile of the "
-                       "per-example standard error)."),
+                       "per-example standard error).",
+        early_failure={"dataset": {"name": "digits", "n_train": 10}}),
     "proxies": FlowEntry(
         "flows.proxies", "proxies_flow", "ProxiesFlowConfig",
         "cheap C-score proxies: learning speed, forgetting, AUM, EL2N, densities, LOF",
@@ -114,7 +119,8 @@ FLOWS: dict[str, FlowEntry] = {
                 "examples.parquet": EXAMPLES},
         report_summary="With `cscore_run`: one row per proxy, its Spearman and Kendall rank correlation with the "
                        "C-score (and 95% bootstrap bounds); without it: the distribution (count, mean, std, "
-                       "quartiles) of each column of `proxies.parquet`."),
+                       "quartiles) of each column of `proxies.parquet`.",
+        early_failure={"dataset": {"name": "digits", "n_train": 10}, "cleanlab_folds": 0}),
     "filter_retrain": FlowEntry(
         "flows.filter_retrain", "filter_retrain_flow", "FilterRetrainFlowConfig",
         "remove the lowest-scoring examples (random / highest as controls), retrain, compare",
@@ -130,7 +136,8 @@ FLOWS: dict[str, FlowEntry] = {
                                   "lists included) plus its arm and fraction removed",
                 "examples.parquet": EXAMPLES},
         report_summary="One row per (arm, fraction of the training set removed): the mean test accuracy (0..1) of "
-                       "the retrained models, its standard error over seeds, and the number of models."),
+                       "the retrained models, its standard error over seeds, and the number of models.",
+        early_failure={"dataset": {"name": "digits", "n_train": 10}}),
     "prune_grid": FlowEntry(
         "flows.prune_grid", "prune_grid_flow", "PruneGridFlowConfig",
         "iterative magnitude pruning with rewinding over width x depth x data-fraction grids",
@@ -142,7 +149,8 @@ FLOWS: dict[str, FlowEntry] = {
                 "weights/*/level-*.safetensors": "the trained weights and masks of each network at each level"},
         fits="check_grid",
         report_summary="One row per pruning level (0 = dense), one column per network: the mean test error (0..1) "
-                       "over seeds and data fractions at that level."),
+                       "over seeds and data fractions at that level.",
+        early_failure={"dataset": {"name": "digits", "n_train": 10}}),
     "scaling_law": FlowEntry(
         "flows.scaling_law", "scaling_law_flow", "ScalingLawFlowConfig",
         "fit the error-vs-density law per network and jointly; extrapolate to the largest",
@@ -158,7 +166,8 @@ FLOWS: dict[str, FlowEntry] = {
                        "and `sigma`, the mean and standard deviation of the relative prediction error "
                        "(predicted - measured) / measured, and `sigma_over_spread`, sigma over the seed-to-seed spread "
                        "`seed_spread` (near 1 = the fit is as good as the noise allows); a `warning` says why a "
-                       "row's fit may be no result."),
+                       "row's fit may be no result.",
+        early_failure={}),
     "weight_correlation": FlowEntry(
         "flows.weight_correlation", "weight_correlation_flow", "WeightCorrelationFlowConfig",
         "R_p across learning rates; lottery ticket vs rewinding vs pruning and fine-tuning",
@@ -176,7 +185,8 @@ FLOWS: dict[str, FlowEntry] = {
         report_summary="One row per learning rate: the dense test accuracy, the mean accuracy gaps lottery ticket - "
                        "random re-initialisation, fine-tune - lottery ticket and rewind - lottery ticket over the "
                        "pruned rounds (paired by seed and round; `_sem` = standard error over seeds), and R_p at each "
-                       "p (`r_p@p`)."),
+                       "p (`r_p@p`).",
+        early_failure={"dataset": {"name": "digits", "n_train": 10}}),
     "dct_sparse": FlowEntry(
         "flows.dct_sparse", "dct_sparse_flow", "DCTSparseFlowConfig",
         "dense vs sparse vs DCT+Sparse layers, sparse from initialisation, down to extreme sparsity",
@@ -187,7 +197,8 @@ FLOWS: dict[str, FlowEntry] = {
         tables={"dct_sparse.parquet": "one row per (layer type, density, seed): trainable parameters, test "
                                       "accuracy (0..1) and final training loss"},
         report_summary="One row per density, one column per layer type: the mean test accuracy (0..1) over seeds "
-                       "(the `dense` column is the dense network at density 1)."),
+                       "(the `dense` column is the dense network at density 1).",
+        early_failure={"dataset": {"name": "digits", "n_train": 10}}),
     "subspaces": FlowEntry(
         "flows.subspaces", "subspaces_flow", "SubspacesFlowConfig",
         "lines, curves and simplexes of networks vs standard training, accuracy and calibration",
@@ -204,7 +215,8 @@ FLOWS: dict[str, FlowEntry] = {
                        "(`accuracy_gain`) and in expected calibration error (`ece_change`, lower = better "
                        "calibrated), the ends' ensemble minus a standard ensemble of as many members "
                        "(`ensemble_gain`), each paired by seed with its standard error (`_sem`), beside the means "
-                       "they come from."),
+                       "they come from.",
+        early_failure={"dataset": {"name": "digits", "n_train": 10}}),
     "deq": FlowEntry(
         "flows.deq", "deq_flow", "DEQFlowConfig",
         "deep equilibrium models with and without Jacobian regularisation: solver steps, ||J||, accuracy",
@@ -218,7 +230,8 @@ FLOWS: dict[str, FlowEntry] = {
         report_summary="One row per gamma (weight of the Jacobian regulariser, 0 = none) at the last epoch: means "
                        "over seeds of test accuracy, solver steps forward and backward, ||J_f||_F^2 / D, spectral "
                        "radius and epoch seconds (`_sem` = standard error), and the residual at each solver cap "
-                       "(`residual_cap<c>`)."),
+                       "(`residual_cap<c>`).",
+        early_failure={"dataset": {"name": "digits", "n_train": 10}}),
     "lime_data": FlowEntry(
         "flows.lime_data", "lime_data_flow", "LimeDataFlowConfig",
         "LIME's Deduct/Abduct/Induct examples (Mixed; copy, reverse controls) to sharded Parquet",
@@ -230,7 +243,8 @@ FLOWS: dict[str, FlowEntry] = {
                 "lime_shards.parquet": "one row per (shard, task): the examples of that task in the shard and their "
                                        "mean and longest source and target, in tokens"},
         report_summary="One row per task over all shards: examples, their share of the run, and the mean and "
-                       "longest source and target, in tokens."),
+                       "longest source and target, in tokens.",
+        early_failure={"examples": 10**12, "shard_size": 10**9}),  # ~240 TB of Parquet: more than the disk holds
     "lime_pretrain": FlowEntry(
         "flows.lime_pretrain", "lime_pretrain_flow", "LimePretrainFlowConfig",
         "transformer pretrained on LIME vs a control vs scratch, fine-tuned on term rewriting",
@@ -247,5 +261,6 @@ FLOWS: dict[str, FlowEntry] = {
                 "pretrained/*.safetensors": "the pretrained weights of each arm and seed"},
         report_summary="One row per (arm, downstream training-set size): the test exact match (0..1) after "
                        "fine-tuning, its standard error, min and max over seeds, and `examples_for_<t>`, the median "
-                       "training-set size at which a seed reached exact match t."),
+                       "training-set size at which a seed reached exact match t.",
+        early_failure={"lime": {"case_length": [2, 64], "rule_math": [5, 200]}}),  # sequences past the positions
 }

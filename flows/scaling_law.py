@@ -5,7 +5,7 @@ eps_up, p and gamma; jointly, density is replaced by m* = l^phi w^psi d. With `e
 joint law is also fitted on all but the largest width, depth and data fraction and judged on them.
 Every fit runs on the seed means of each (network, data fraction, level); the seed-to-seed spread is
 reported beside each fit's sigma. With `dip_form`, a second form that can follow the lottery-ticket dip
-is fitted beside the paper's (see core/methods/scaling.py). A fit that is no test of the law says why in the
+is fitted beside the paper's (see core/methods/scaling_law.py). A fit that is no test of the law says why in the
 `warning` column and the log: errors that rise with density, an exponent an extrapolation cannot determine.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ def scaling_law_flow(config: ScalingLawFlowConfig = ScalingLawFlowConfig(), data
     from core.runs.store import RunStore
     from flows.report import publish
     from flows.runner import configure_runtime
-    from tasks.scaling import fit_scaling_law
+    from tasks.scaling_law import fit_scaling_law
 
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_runtime(config.runtime)

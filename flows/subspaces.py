@@ -89,7 +89,7 @@ def check_sweep(config: SubspacesFlowConfig, dataset) -> None:
                              "calibration along each subspace, at its midpoint and of its ends' ensemble, under label noise.")
 def subspaces_flow(config: SubspacesFlowConfig = SubspacesFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the comparison of `config`; returns the run folder."""
-    from core.methods.subspace_evaluation import gains_over_standard
+    from core.methods.subspaces import gains_over_standard
     from core.plots.subspaces import gains_over_standard_bars, subspace_paths
     from core.runs.files import dataset_cache
     from core.runs.store import RunStore

@@ -10,7 +10,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from core.config import derive_seed
-from core.methods.deq_monitor import JacobianRegularization, capped_inference, deq_layers, probe
+from core.methods.deq import JacobianRegularization, capped_inference, deq_layers, probe
 from core.models.deq import SolverLog
 from core.runs.store import RunStore
 from core.runtime import resolve_device

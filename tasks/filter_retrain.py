@@ -5,7 +5,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from core.methods.filtering import kept_examples
+from core.methods.filter_retrain import kept_examples
 from core.runs.store import RunStore
 from tasks.common import train_models_shard
 

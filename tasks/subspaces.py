@@ -13,8 +13,8 @@ from torch import Tensor
 
 from core.config import derive_seed
 from core.data.datasets import Dataset
-from core.methods.subspace_evaluation import (SubspaceTraining, calibration, end_coefficients, ensemble_sizes,
-                                              midpoint_coefficients, path_coefficients)
+from core.methods.subspaces import (SubspaceTraining, calibration, end_coefficients, ensemble_sizes,
+                                    midpoint_coefficients, path_coefficients)
 from core.models.names import METHODS, STANDARD
 from core.models.subspaces import fix_coefficients
 from core.runs.store import RunStore

@@ -1,4 +1,4 @@
-"""core.methods.deq_monitor: the Jacobian regulariser against one-by-one training, the probes against closed forms (the tanh
+"""core.methods.deq: the Jacobian regulariser against one-by-one training, the probes against closed forms (the tanh
 cell's Jacobian is diag(1 - f^2) W), capped inference against the iteration written out, the summary by hand."""
 import math
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.methods.deq_monitor import JacobianRegularization, capped_inference, deq_layers, deq_summary, probe
+from core.methods.deq import JacobianRegularization, capped_inference, deq_layers, deq_summary, probe
 from core.models.deq import Solution, SolverLog
 from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble

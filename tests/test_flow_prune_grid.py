@@ -17,7 +17,7 @@ from core.training.config import TrainConfig
 from core.training.experiment import INIT_STREAM, ORDER_STREAM, model_seed
 from flows.prune_grid import PruneGridFlowConfig, PruningConfig, prune_grid_flow
 from reference import train_one_by_one
-from tasks.pruning import fraction_subsets
+from tasks.prune_grid import fraction_subsets
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.methods.scaling import error_form, invariant
+from core.methods.scaling_law import error_form, invariant
 from core.runs.store import RunStore
 from flows.prune_grid import PruneGridFlowConfig
 from flows.scaling_law import ScalingLawFlowConfig, scaling_law_flow

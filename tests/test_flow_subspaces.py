@@ -9,7 +9,7 @@ import torch
 from core.config import derive_seed
 from core.data.config import DatasetConfig
 from core.data.datasets import load_dataset
-from core.methods.subspace_evaluation import calibration, midpoint_coefficients, path_coefficients
+from core.methods.subspaces import calibration, midpoint_coefficients, path_coefficients
 from core.models.networks import init_model
 from core.models.subspaces import fix_coefficients
 from core.training.config import TrainConfig

@@ -855,22 +855,9 @@ def test_a_deployment_run_is_recognised_from_its_context(data_root, monkeypatch)
     assert checked_data_root(other) == other
 
 
-# each config fails a check of its own soon after the flow starts, so that a flow that does not call the guard
-# yet stops before it writes anything
-EARLY_FAILURE = {
-    "train": {"dataset": {"name": "digits", "n_train": 10}},
-    "cscore": {"dataset": {"name": "digits", "n_train": 10}},
-    "proxies": {"dataset": {"name": "digits", "n_train": 10}, "cleanlab_folds": 0},
-    "filter_retrain": {"dataset": {"name": "digits", "n_train": 10}},
-    "prune_grid": {"dataset": {"name": "digits", "n_train": 10}},
-    "scaling_law": {},
-    "weight_correlation": {"dataset": {"name": "digits", "n_train": 10}},
-    "dct_sparse": {"dataset": {"name": "digits", "n_train": 10}},
-    "subspaces": {"dataset": {"name": "digits", "n_train": 10}},
-    "deq": {"dataset": {"name": "digits", "n_train": 10}},
-    "lime_data": {"examples": 10**12, "shard_size": 10**9},
-    "lime_pretrain": {"lime": {"case_length": [2, 64], "rule_math": [5, 200]}},  # sequences past the positions  # ~240 TB of Parquet: more than the disk holds
-}
+# each flow's registry entry names a config that fails a check of its own soon after the flow starts
+# (`FlowEntry.early_failure`), so that a flow that does not call the guard yet stops before it writes anything
+EARLY_FAILURE = {name: entry.early_failure for name, entry in FLOWS.items()}
 
 
 @pytest.mark.parametrize("flow", list(EARLY_FAILURE))

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from core.methods.subspace_evaluation import calibration, end_coefficients, ensemble_sizes, gains_over_standard, midpoint_coefficients, path_coefficients
+from core.methods.subspaces import calibration, end_coefficients, ensemble_sizes, gains_over_standard, midpoint_coefficients, path_coefficients
 from core.models.names import METHODS
 
 

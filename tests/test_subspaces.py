@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.methods.subspace_evaluation import SubspaceTraining, expected_calibration_error
+from core.methods.subspaces import SubspaceTraining, expected_calibration_error
 from core.models.names import ModelNameError, parse_model_name
 from core.models.networks import init_model
 from core.models.subspaces import (SubspaceBatchNorm, SubspaceConv, SubspaceLinear, curve_coefficients,

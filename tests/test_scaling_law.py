@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.methods.scaling import (DIP, SINGLE, Fit, dip_error_form, dip_rows, dip_step, error_form, fit, fit_rows, invariant,
-                          predict, seed_means, seed_spread, spread_rows, transition)
+from core.methods.scaling_law import (DIP, SINGLE, Fit, dip_error_form, dip_rows, dip_step, error_form, fit, fit_rows,
+                                      invariant, predict, seed_means, seed_spread, spread_rows, transition)
 
 TRUE = {"eps_up": 0.85, "p": 0.02, "gamma": 1.5}
 DIP_TRUE = {"eps_up": 0.8, "p": 0.01, "gamma": 1.5, "phi": 0.5, "psi": 0.8, "delta": 0.8, "s_over_p": 100.0, "kappa": 3.0}

@@ -7,7 +7,7 @@ import pytest
 
 from core.data.config import DatasetConfig
 from core.data.datasets import load_dataset
-from core.methods.filtering import filtering_summary, kept_examples
+from core.methods.filter_retrain import filtering_summary, kept_examples
 from core.runs.rows import unpack_bool_rows
 from core.training.config import TrainConfig
 from flows.filter_retrain import FilterRetrainFlowConfig, filter_retrain_flow, plan_shards
