@@ -378,10 +378,15 @@ def test_ctrl_c_says_what_is_written_and_a_rerun_resumes(tmp_path):
     import signal
     import time
 
-    command = [sys.executable, "-m", "flows.cli", "run", "train", "--ephemeral", "--data-root", str(tmp_path),
+    # a shell that runs this suite in the background (`make test &`) starts it with SIGINT ignored, and Python then
+    # never turns Ctrl-C into KeyboardInterrupt: the child gets the handler an interactive `regularity run` has
+    ctrl_c_as_in_a_terminal = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                               "sys.argv[0] = 'regularity'; runpy.run_module('flows.cli', run_name='__main__')")
+    command = [sys.executable, "-c", ctrl_c_as_in_a_terminal, "run", "train", "--ephemeral", "--data-root",
+               str(tmp_path),
                "--set", "dataset.name=digits", "--set", "model=mlp_w8_d1", "--set", "n_models=16",
                "--set", "shard_size=1", "--set", "train.epochs=40"]  # shards long enough for the SIGINT to land
-    # inside the run even when this process waits a second for a busy core (3 epochs: once, all 8 shards finished)
+    # inside the run even when this process waits a second for a busy core
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     repo = Path(__file__).parents[1]
     process = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
