@@ -2,7 +2,7 @@
 #   make demo   create .venv, install, start the project-local Prefect server, run the main job
 #   make test   create .venv, install, run the test suite
 # The Prefect server is this checkout's own (home .prefect/, port 4200 or the next free one); choose its port with
-# REGULARITY_PREFECT_PORT=4300 make demo (README: "Port and home").
+# REGULARITY_PREFECT_PORT=4300 make demo (docs/server.md: "Port and home").
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -52,8 +52,7 @@ def stacked(data, seeds: list[int], gamma: float) -> dict[str, float]:
     block.log = SolverLog()
     penalty = JacobianRegularization(ensemble, gamma, seeds, FRACTION)
     subsets = torch.ones(len(seeds), data.n_train, dtype=torch.bool)
-    train(ensemble, data.x_train, data.y_train, subsets, seeds, TRAIN, step_hook=penalty.step,
-          regularizer=penalty.regularizer)
+    train(ensemble, data.x_train, data.y_train, subsets, seeds, TRAIN, hooks=penalty.hooks())
     return {name: float(value.mean()) for name, value in block.log.means().items() if name.endswith("steps")}
 
 

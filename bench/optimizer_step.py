@@ -59,7 +59,7 @@ def job_seconds() -> dict[str, list[float]]:
     """Training seconds of the README's C-score job with the fused and the foreach step, interleaved."""
     from core.data.datasets import load_dataset
     from core.training.experiment import holdout_subsets, model_seed, train_on_subsets
-    from flows.cli import load_config
+    from flows.config_files import load_config
     from flows.cscore import CScoreFlowConfig, plan_shards
 
     config = load_config(CScoreFlowConfig, "flows/configs/cscore.yaml", [])

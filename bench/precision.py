@@ -34,7 +34,7 @@ CONFIGS = {"digits": ("flows/configs/cscore.yaml", []),
 
 def run(path: str, overrides: list[str], precision: str, data_root: str | None) -> tuple[Path, float]:
     """Run folder and wall seconds of the `cscore` flow on `path` + `overrides` at `precision`."""
-    from flows.cli import load_config
+    from flows.config_files import load_config
     from flows.cscore import CScoreFlowConfig, cscore_flow
 
     config = load_config(CScoreFlowConfig, path, [*overrides, f"runtime.precision={precision}"])

@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     args = parser.parse_args()
     server.use_local_server()  # before prefect is imported; workers inherit PREFECT_API_URL
-    from flows.cli import load_config
+    from flows.config_files import load_config
     from flows.cscore import CScoreFlowConfig
 
     base = load_config(CScoreFlowConfig, args.config, [f"shard_size={args.shard_size}", *args.set])

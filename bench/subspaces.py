@@ -41,7 +41,7 @@ def stacked_lines(model: str, x, y, subsets, seeds) -> None:
     """All K lines at once: Ensemble.init of the subspace2_ name, SubspaceTraining's hooks passed to train()."""
     ensemble = Ensemble.init(f"subspace2_{model}", INPUT_SHAPE, CLASSES, seeds)
     lines = SubspaceTraining(ensemble, "line", seeds, beta=BETA)
-    train(ensemble, x, y, subsets, seeds, TRAIN, step_hook=lines.step, regularizer=lines.regularizer)
+    train(ensemble, x, y, subsets, seeds, TRAIN, hooks=lines.hooks())
 
 
 def stacked_standard(model: str, x, y, subsets, seeds) -> None:

@@ -27,7 +27,7 @@ ADDED_SETTING = AddedSetting()
 
 class RunReference:
     """Marks a setting that names another run by its id (`Annotated[str | None, RUN_REFERENCE]`): the CLI takes the
-    start of an id there and checks the run exists before any work (`flows.cli.resolve_run_references`)."""
+    start of an id there and checks the run exists before any work (`flows.preflight.resolve_run_references`)."""
 
     def __repr__(self) -> str:
         return "RUN_REFERENCE"
@@ -77,7 +77,7 @@ def _deep_merge(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, An
 
 
 class RuntimeConfig(Config):
-    """How a run executes; not part of its identity (see the README on reproducibility)."""
+    """How a run executes; not part of its identity (see docs/outputs.md on reproducibility)."""
 
     device: str = Field("auto", description="torch device: auto (cuda when present, else cpu), cpu, cuda, cuda:N or mps")
     threads: int = Field(0, ge=0, description="torch CPU threads per task; 0 = the cores divided among concurrent "

@@ -11,105 +11,23 @@ import json
 import logging
 import os
 import sys
-import textwrap
-import typing
 from pathlib import Path
-from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
 
 from core.runtime import set_wait_policy
 
 set_wait_policy()  # before flows/ load torch (libgomp reads it once, on loading); processes started here inherit it
 
 from flows import server  # noqa: E402
+from flows.config_files import ConfigError, commented_yaml, load_config  # noqa: E402
+from flows.preflight import check_data, interrupted, resolve_run_references  # noqa: E402
 from flows.registry import FLOWS  # noqa: E402
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot become a valid flow config."""
 
 
 def _flow_list() -> str:
     """One line per flow, for --help."""
     return "\n".join(f"  {name:15s} {entry.summary}" for name, entry in FLOWS.items())
-
-
-def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Set `a.b.c=value` in nested `data`; the value is parsed as YAML (numbers, lists, null...)."""
-    key, sep, raw = assignment.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set train.lr=0.1")
-    *parents, leaf = key.split(".")
-    if not all([*parents, leaf]):
-        raise ConfigError(f"--set {assignment!r}: the key {key!r} has an empty name between dots; "
-                          "write it like train.lr or dataset.n_train")
-    node = data
-    for part in parents:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {assignment!r}: {part!r} is a value, not a group of settings")
-        node = child
-    try:
-        node[leaf] = yaml.safe_load(raw)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--set {assignment!r}: the value is not valid YAML ({err.__class__.__name__}); "
-                          "quote lists and strings, e.g. --set 'ratios=[0.1, 0.5]'") from err
-
-
-def load_config(config_class: type, path: str | None, overrides: list[str], flow: str | None = None) -> Any:
-    """The flow config from an optional YAML file (or the config.json of a run of `flow`) plus `--set` overrides,
-    validated."""
-    data: Any = {}
-    if path:
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))  # YAML is UTF-8 text
-        except UnicodeDecodeError as err:
-            raise ConfigError(f"cannot read config {path}: it is not UTF-8 text ({err.reason} at byte "
-                              f"{err.start}); give a YAML file") from err
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"cannot read config {path}: {err}") from err
-        if data is None:  # an empty file, only comments, or `null`: most likely not what was meant
-            raise ConfigError(f"config {path} is empty (no settings); write the settings to change, e.g. "
-                              "`regularity config FLOW > FILE`, or leave out --config for the defaults")
-        if not isinstance(data, dict):
-            raise ConfigError(f"config {path} must be a mapping of settings, not {type(data).__name__}")
-        if {"flow", "run_id", "config"} <= set(data):  # a run folder's config.json: run that run again
-            if flow is not None and data["flow"] != flow:
-                raise ConfigError(f"config {path} is the config.json of a {data['flow']} run, not of a {flow} run")
-            data = data["config"]
-    for assignment in overrides:
-        apply_override(data, assignment)
-    try:
-        return config_class.model_validate(data)
-    except ValidationError as err:
-        lines = [f"  {'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']} (got {e.get('input')!r})"
-                 f"{did_you_mean(config_class, e['loc']) if e['type'] == 'extra_forbidden' else ''}"
-                 for e in err.errors()]
-        raise ConfigError("invalid config:\n" + "\n".join(lines)) from err
-
-
-def group_class(config_class: type, path: tuple) -> type | None:
-    """The config class of the group at `path` (field names from the top), or None where no group is."""
-    for name in path:
-        field = config_class.model_fields.get(name) if isinstance(config_class, type) else None
-        if field is None:
-            return None
-        groups = [t for t in (field.annotation, *typing.get_args(field.annotation))
-                  if isinstance(t, type) and issubclass(t, BaseModel)]  # a group, or an optional one
-        if not groups:
-            return None
-        config_class = groups[0]
-    return config_class
-
-
-def did_you_mean(config_class: type, loc: tuple) -> str:
-    """`; did you mean train.epochs?` for an unknown setting `loc` close to a field of its group, else ''."""
-    *parents, unknown = loc
-    group = group_class(config_class, tuple(parents))
-    close = difflib.get_close_matches(str(unknown), list(group.model_fields), n=1) if group else []
-    return f"; did you mean {'.'.join(map(str, [*parents, close[0]]))}?" if close else ""
 
 
 def flow_name(name: str) -> str:
@@ -119,60 +37,6 @@ def flow_name(name: str) -> str:
     close = difflib.get_close_matches(name, list(FLOWS), n=1)
     hint = f"did you mean {close[0]}? " if close else ""
     raise argparse.ArgumentTypeError(f"unknown flow {name!r}; {hint}flows: {', '.join(sorted(FLOWS))}")
-
-
-def check_data(flow: str, config: Any, data_root: str | None) -> None:
-    """Load the dataset `config` names and check the flow's models can train on it, before a server starts or a run
-    folder exists: a missing or malformed file fails in one line. The dataset stays loaded in this process
-    (`tasks.common.shared_dataset`), so the flow does not load it again. Flows without a dataset skip this."""
-    from core.data.config import DatasetConfig
-    from core.runs.files import dataset_cache
-    from tasks.common import shared_dataset
-
-    if isinstance(getattr(config, "dataset", None), DatasetConfig):
-        FLOWS[flow].check_fits()(config, shared_dataset(config.dataset, dataset_cache(data_root)))
-
-
-def resolve_run_references(config: Any, data_root: str | None) -> Any:
-    """`config` with each setting that names a run (`RUN_REFERENCE`) given as its whole id: the start of one is taken
-    (`cscore_run=cscore-8e05`), and a run that does not exist fails here, before a server starts."""
-    from core.config import RUN_REFERENCE
-    from core.runs.catalog import find_run
-
-    resolved = {}
-    for name, field in type(config).model_fields.items():
-        given = getattr(config, name)
-        if RUN_REFERENCE in field.metadata and given:
-            resolved[name] = find_run(given, data_root, prefix=True).name
-            if resolved[name] != given:
-                print(f"{name}={given} is run {resolved[name]}", file=sys.stderr)
-    return config.model_copy(update=resolved) if resolved else config
-
-
-def run_folder_of(flow: str, config: Any, data_root: str | None) -> Path | None:
-    """The newest run folder of `flow` whose config.json holds `config` (runtime aside), or None."""
-    from core.config import canonical_json
-    from core.runs.files import default_data_root
-
-    wanted, found = canonical_json(config), []
-    for path in Path(data_root or default_data_root()).glob(f"runs/{flow}/*/config.json"):
-        try:  # validated as the run's own config was, so settings added since compare as their defaults
-            if canonical_json(type(config).model_validate(json.loads(path.read_text())["config"])) == wanted:
-                found.append(path.parent)
-        except (OSError, ValueError, KeyError, TypeError):  # a folder being written, not a run's, or of older code
-            continue
-    return max(found, key=lambda folder: folder.stat().st_mtime, default=None)
-
-
-def interrupted(flow: str, config: Any, data_root: str | None) -> str:
-    """The one line a Ctrl-C of a run prints: what is written, and that the same command resumes from it."""
-    from core.runs.catalog import run_status
-
-    folder = run_folder_of(flow, config, data_root)
-    if folder is None:
-        return "interrupted before the run folder was made; run the same command again to start the run"
-    return (f"interrupted: run {folder.name} is {run_status(folder)} in {folder}; run the same command again "
-            "to resume it from there")
 
 
 def _before_warnings(record: logging.LogRecord) -> bool:
@@ -214,19 +78,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\nOutputs of {run_folder.name}:\n" + "\n".join(f"  {name}" for name in outputs), file=sys.stderr)
     print(run_folder)
     return 0
-
-
-def commented_yaml(config: BaseModel, indent: int = 0) -> list[str]:
-    """The YAML lines of `config`, each field's description as a comment above its key, groups nested below theirs."""
-    pad, values, lines = " " * indent, config.model_dump(mode="json"), []
-    for name, field in type(config).model_fields.items():
-        lines += [f"{pad}# {line}" for line in textwrap.wrap(field.description or "", 118 - indent)]
-        group = getattr(config, name)
-        if isinstance(group, BaseModel) and type(group).model_fields:
-            lines += [f"{pad}{name}:", *commented_yaml(group, indent + 2)]
-        else:
-            lines += [pad + line for line in yaml.safe_dump({name: values[name]}, sort_keys=False).splitlines()]
-    return lines
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -316,6 +167,34 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_findings(args: argparse.Namespace) -> int:
+    """Every run's findings (the papers' claims its tables check, with verdicts) as one markdown table, each run's
+    scope and command below it; or the table as Parquet."""
+    from core.findings import findings_markdown
+    from core.runs.catalog import run_findings
+    from core.runs.files import resolve_root
+    from flows.config_files import run_commands
+
+    table = run_findings(args.data_root)
+    if args.flow:
+        table = table[table["flow"] == args.flow].reset_index(drop=True)
+    if args.format == "parquet":
+        output = Path(args.output or resolve_root(args.data_root) / "findings.parquet")
+        table.to_parquet(output, index=False)
+        print(f"{len(table)} findings of {table['run_id'].nunique()} runs written to {output}")
+        return 0
+    if table.empty:
+        print(f"no findings under {resolve_root(args.data_root)}: every flow writes findings.parquet when a run ends "
+              "(run one, or run an older run's command again to add it)")
+        return 0
+    runs = table.drop_duplicates("run_id")
+    commands = run_commands(list(zip(runs["flow"], runs["run_id"])))
+    lines = findings_markdown(table, lead=["flow", "run_id"]) + [""]
+    lines += [f"- `{run.run_id}` ({run.status}): {run.scope}; `{commands[run.run_id]}`" for run in runs.itertuples()]
+    print("\n".join(lines))
+    return 0
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     """Start, stop or check this checkout's Prefect server (`status` exits 1 unless it is up); never another's."""
     if args.action == "start":
@@ -362,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
                                   "cscore-1a2b")
     show.add_argument("--data-root", help="where runs/ lives (default: $REGULARITY_DATA_ROOT or ./data)")
     show.set_defaults(handler=cmd_show)
+    findings = sub.add_parser("findings", help="every run's findings: the papers' claims checked, with verdicts")
+    findings.add_argument("--flow", type=flow_name, choices=sorted(FLOWS))
+    findings.add_argument("--data-root", help="where runs/ lives (default: $REGULARITY_DATA_ROOT or ./data)")
+    findings.add_argument("--format", choices=["markdown", "parquet"], default="markdown",
+                          help="markdown on stdout (default), or one Parquet file")
+    findings.add_argument("--output", help="the Parquet file to write (default: <data root>/findings.parquet)")
+    findings.set_defaults(handler=cmd_findings)
     srv = sub.add_parser("server", help="the project-local Prefect server (SQLite under .prefect/, 127.0.0.1)")
     srv.add_argument("action", choices=["start", "stop", "status"])
     sub.add_parser("up", help="local server + every deployment + a background worker; prints the UI address").set_defaults(

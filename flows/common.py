@@ -220,3 +220,21 @@ def write_examples_table(store: RunStore, dataset: Dataset) -> None:
 def chunks(items: list, size: int) -> list[list]:
     """`items` cut into consecutive lists of at most `size`."""
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def run_scope(config: Any, dataset: Dataset | None = None) -> str:
+    """The scale a run's findings were measured at, for their `scope` column: data (with its size and label noise),
+    model, epochs and seeds, as far as the config has them."""
+    data = getattr(config, "dataset", None)
+    parts = []
+    if data is not None:
+        sizes = f" ({dataset.n_train:,} train / {dataset.n_test:,} test)" if dataset is not None else ""
+        noise = f", {data.label_noise:.0%} labels flipped" if getattr(data, "label_noise", 0) else ""
+        parts.append(f"{data.name}{sizes}{noise}")
+    if isinstance(getattr(config, "model", None), str):
+        parts.append(config.model)
+    if getattr(getattr(config, "train", None), "epochs", None) is not None:
+        parts.append(f"{config.train.epochs} epochs")
+    if isinstance(getattr(config, "seeds", None), list):
+        parts.append(f"{len(config.seeds)} seeds")
+    return ", ".join(parts)

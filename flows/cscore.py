@@ -94,11 +94,13 @@ def plan_shards(config: CScoreFlowConfig, n_train: int, rounds: int = 1) -> list
 def cscore_flow(config: CScoreFlowConfig = CScoreFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the holdout pipeline of `config`; returns the run folder."""
     import pandas as pd
-    from core.methods.cscore import coverage_warning, rounds_until_precise
+    import pyarrow.parquet as pq
+    from core.methods.cscore import coverage_warning, cscore_findings, rounds_until_precise
     from core.methods.proxies import detection_metrics
     from core.runs.files import dataset_cache
     from core.runs.store import RunStore
     from core.training.experiment import subset_size
+    from flows.common import run_scope
     from flows.report import publish
     from flows.runner import configure_runtime, run_shards
     from tasks.common import combine_shards, shared_dataset
@@ -140,9 +142,11 @@ def cscore_flow(config: CScoreFlowConfig = CScoreFlowConfig(), data_root: str | 
     summary = store.read_table("summary.parquet")
     overall = summary.iloc[0]
     target = "" if config.target_se is None else f" (target {config.target_se}: {'met' if precision.met else 'not met'})"
+    runs = pq.read_table(store.path("runs.parquet"), columns=["run", "ratio", "in_subset", "train_correct"])
+    findings = cscore_findings(runs, store.read_table("cscores.parquet"), run_scope(config, dataset))
     publish(store, summary, figures, f"C-scores of {dataset.n_train} {config.dataset.name} examples, "
             f"{len(config.ratios)} ratios x {overall['runs_per_ratio']} runs of {config.model}; 90th percentile "
-            f"of the per-example SE {overall['cscore_se_p90']:.4f}{target}")
+            f"of the per-example SE {overall['cscore_se_p90']:.4f}{target}", findings=findings)
     return str(store.root)
 
 

@@ -65,9 +65,11 @@ SWEEP_LISTS = {
 @flow(name=FLOW, description="Sparse-at-initialisation networks, plain and DCT+Sparse, at densities down to 0.03%.")
 def dct_sparse_flow(config: DCTSparseFlowConfig = DCTSparseFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the sweep of `config`; returns the run folder."""
+    from core.methods.dct_sparse import dct_sparse_findings
     from core.plots.dct_sparse import accuracy_vs_trainable_params
     from core.runs.files import dataset_cache
     from core.runs.store import RunStore
+    from flows.common import run_scope
     from flows.report import publish
     from flows.runner import configure_runtime, run_shards
     from tasks.common import combine_shards, shared_dataset
@@ -87,6 +89,7 @@ def dct_sparse_flow(config: DCTSparseFlowConfig = DCTSparseFlowConfig(), data_ro
         results, 1 / dataset.num_classes, store.root / "figures" / "accuracy_vs_trainable_params.png")])
     summary = (results.pivot_table(index="density", columns="layer_type", values="test_accuracy")
                .sort_index(ascending=False).reset_index())
+    findings = dct_sparse_findings(results, scope=run_scope(config, dataset))
     publish(store, summary, figures, f"{config.model} on {config.dataset.name}: {', '.join(config.layer_types)} at "
-            f"{len(config.densities)} densities ({config.heuristic}) x {len(config.seeds)} seeds")
+            f"{len(config.densities)} densities ({config.heuristic}) x {len(config.seeds)} seeds", findings=findings)
     return str(store.root)

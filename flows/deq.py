@@ -96,10 +96,11 @@ class DEQFlowConfig(Config):
                              "residuals, ||J||_F, spectral radius and capped-inference accuracy per epoch.")
 def deq_flow(config: DEQFlowConfig = DEQFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the comparison of `config`; returns the run folder."""
-    from core.methods.deq import deq_summary
+    from core.methods.deq import deq_findings, deq_summary
     from core.plots.deq import capped_inference_curves, deq_training_curves
     from core.runs.files import dataset_cache
     from core.runs.store import RunStore
+    from flows.common import run_scope
     from flows.report import publish
     from flows.runner import configure_runtime, run_shards
     from tasks.common import combine_shards, shared_dataset
@@ -120,7 +121,8 @@ def deq_flow(config: DEQFlowConfig = DEQFlowConfig(), data_root: str | None = No
     folder = store.root / "figures"
     figures = store.figures(lambda: [deq_training_curves(epochs, folder / "solver_and_jacobian_by_epoch.png"),
                                      capped_inference_curves(inference, folder / "capped_inference.png")])
+    findings = deq_findings(epochs, inference, scope=run_scope(config, dataset))
     publish(store, deq_summary(epochs, inference), figures, f"{config.model} on {config.dataset.name}, "
             f"{config.solver.name} solver: gamma {', '.join(f'{g:g}' for g in config.gammas)} x {len(config.seeds)} "
-            f"seeds, {config.train.epochs} epochs")
+            f"seeds, {config.train.epochs} epochs", findings=findings)
     return str(store.root)

@@ -110,10 +110,11 @@ def filtering_table(models: pd.DataFrame, examples: pd.DataFrame, score: str) ->
 def filter_retrain_flow(config: FilterRetrainFlowConfig = FilterRetrainFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the filtering pipeline of `config`; returns the run folder."""
     from core.data.fingerprint import fingerprint
-    from core.methods.filter_retrain import filtering_summary
+    from core.methods.filter_retrain import filter_retrain_findings, filtering_summary
     from core.plots.filter_retrain import filtering_curve
     from core.runs.files import dataset_cache
     from core.runs.store import RunStore
+    from flows.common import run_scope
     from flows.report import publish
     from flows.runner import configure_runtime, run_shards
     from tasks.common import combine_shards, shared_dataset
@@ -146,5 +147,8 @@ def filter_retrain_flow(config: FilterRetrainFlowConfig = FilterRetrainFlowConfi
     baseline = (float(none["mean_test_accuracy"].iloc[0]), float(np.nan_to_num(none["se_test_accuracy"].iloc[0]))) if len(none) else None
     figures = store.figures(lambda: [filtering_curve(summary, baseline, config.score_column,
                                                      store.root / "figures" / "filtering.png")])
-    publish(store, summary, figures, f"filtering {dataset.n_train} {config.dataset.name} examples by {config.score_column}")
+    findings = filter_retrain_findings(store.read_table("filtering.parquet"), int(dataset.is_noisy.sum()),
+                                       run_scope(config, dataset))
+    publish(store, summary, figures,
+            f"filtering {dataset.n_train} {config.dataset.name} examples by {config.score_column}", findings=findings)
     return str(store.root)

@@ -111,6 +111,7 @@ def check_disk_space(config: LimeDataFlowConfig, data_root: str | None) -> None:
                              "generated in shards and written to Parquet, with their lengths by task.")
 def lime_data_flow(config: LimeDataFlowConfig = LimeDataFlowConfig(), data_root: str | None = None) -> str:
     """Write (or finish writing) the examples of `config`; returns the run folder."""
+    from core.findings import findings_table
     from core.plots.lime_data import lime_length_histograms
     from core.runs.store import RunStore
     from core.sequence.lime_data import length_sample, task_summary
@@ -131,5 +132,6 @@ def lime_data_flow(config: LimeDataFlowConfig = LimeDataFlowConfig(), data_root:
                                                             store.root / "figures" / "lengths_by_task.png")])
     publish(store, task_summary(store.read_table(SHARDS_TABLE)), figures,
             f"LIME {config.task}: {config.examples:,} examples (seed {config.seed}) in {config.shards} shards of "
-            f"{config.shard_size:,}, in {EXAMPLES}part-*.parquet")
+            f"{config.shard_size:,}, in {EXAMPLES}part-*.parquet",
+            findings=findings_table([]))  # data for lime_pretrain, which checks the paper's claim
     return str(store.root)

@@ -112,7 +112,8 @@ def lime_pretrain_flow(config: LimePretrainFlowConfig = LimePretrainFlowConfig()
     """Run (or resume) the comparison of `config`; returns the run folder."""
     from core.plots.lime_pretrain import lime_sample_efficiency, lime_transfer_curves
     from core.runs.store import RunStore
-    from core.sequence.transfer import sample_efficiency, transfer_summary
+    from core.sequence.transfer import lime_pretrain_findings, sample_efficiency, transfer_summary
+    from flows.common import run_scope
     from flows.report import publish
     from flows.runner import configure_runtime, run_shards
     from tasks.common import combine_shards
@@ -142,10 +143,14 @@ def lime_pretrain_flow(config: LimePretrainFlowConfig = LimePretrainFlowConfig()
     folder = store.root / "figures"
     figures = store.figures(lambda: [lime_transfer_curves(pretrain, finetune, folder / "exact_match_curves.png"),
                                      lime_sample_efficiency(finetune, folder / "sample_efficiency.png")])
+    shape, downstream = config.transformer, config.downstream
+    scope = (f"term rewriting ({'/'.join(map(str, downstream.train_examples))} train, {downstream.test_examples} test "
+             f"examples), transformer d_model {shape.d_model} {shape.encoder_layers}+{shape.decoder_layers} layers, "
+             f"{config.pretrain.optim.steps} pretraining steps, {run_scope(config)}")
     publish(store, transfer_summary(finetune, efficiency), figures,
             f"transformer d_model {config.transformer.d_model}, {config.transformer.encoder_layers}+"
             f"{config.transformer.decoder_layers} "
             f"layers: arms {', '.join(config.arms)} x {len(config.seeds)} seeds; {config.pretrain.optim.steps} "
             f"pretraining steps, fine-tuned on {'/'.join(map(str, config.downstream.train_examples))} rewriting "
-            "examples")
+            "examples", findings=lime_pretrain_findings(pretrain, finetune, scope))
     return str(store.root)

@@ -24,6 +24,7 @@ from flows.common import (SubsetTrainingConfig, check_fits, checked_data_root, c
                           write_examples_table)
 
 if TYPE_CHECKING:  # annotations only: these load torch and pandas, which reading a config must not
+    import pandas as pd
     from core.data.datasets import Dataset
     from core.runs.store import RunStore
 
@@ -63,6 +64,7 @@ def proxies_flow(config: ProxiesFlowConfig = ProxiesFlowConfig(), data_root: str
     """Run (or resume) the proxies pipeline of `config`; returns the run folder."""
     from core.runs.files import dataset_cache
     from core.runs.store import RunStore
+    from flows.common import run_scope
     from flows.report import publish
     from flows.runner import configure_runtime, run_shards
     from tasks.common import shared_dataset
@@ -85,8 +87,22 @@ def proxies_flow(config: ProxiesFlowConfig = ProxiesFlowConfig(), data_root: str
     figures = store.figures(lambda: draw_figures(store, cscores))
     summary = (store.read_table("proxy_correlations.parquet") if cscores
                else store.read_table("proxies.parquet").describe().T.reset_index())
-    publish(store, summary, figures, f"C-score proxies of {dataset.n_train} {config.dataset.name} examples")
+    findings = check_claims(store, names, cscores, run_scope(config, dataset))
+    publish(store, summary, figures, f"C-score proxies of {dataset.n_train} {config.dataset.name} examples",
+            findings=findings)
     return str(store.root)
+
+
+def check_claims(store: RunStore, names: list[tuple[str, str]], cscores: str | None, scope: str) -> pd.DataFrame:
+    """The paper's claims on proxies (`core.methods.proxies.proxies_findings`), one recorded model per seed."""
+    from core.methods.proxies import proxies_findings
+    from tasks.proxies import aligned_cscore, read_finals, read_records
+
+    proxies = store.read_table("proxies.parquet")
+    records = read_records(store, [r for r, _ in names])
+    hidden = read_finals(store, [f for _, f in names])["hidden_label_contrast"]
+    cscore = aligned_cscore(proxies["example_id"], cscores) if cscores else None
+    return proxies_findings(proxies, records, hidden, cscore, store.config.dynamics_bins, scope)
 
 
 def use_cleanlab(config: ProxiesFlowConfig, dataset: Dataset) -> bool:

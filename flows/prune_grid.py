@@ -105,9 +105,11 @@ def check_grid(config: PruneGridFlowConfig, dataset) -> None:
 @flow(name=FLOW, description="Iterative magnitude pruning with rewinding over width x depth x data-fraction grids.")
 def prune_grid_flow(config: PruneGridFlowConfig = PruneGridFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the pruning grid of `config`; returns the run folder."""
+    from core.methods.pruning import pruning_findings
     from core.plots.prune_grid import error_vs_density
     from core.runs.files import dataset_cache
     from core.runs.store import RunStore
+    from flows.common import run_scope
     from flows.report import publish
     from flows.runner import configure_runtime, run_shards
     from tasks.common import combine_shards, shared_dataset
@@ -126,6 +128,7 @@ def prune_grid_flow(config: PruneGridFlowConfig = PruneGridFlowConfig(), data_ro
     figures = store.figures(lambda: [error_vs_density(errors, store.root / "figures" / "error_vs_density.png")])
     summary = (errors.groupby(["network", "data_fraction", "level"])[["density", "test_error"]].mean().reset_index()
                .pivot_table(index="level", columns="network", values="test_error").reset_index())
+    findings = pruning_findings(errors, scope=run_scope(config, dataset))
     publish(store, summary, figures, f"{len(networks(config))} networks x {len(config.data_fractions)} data fractions x "
-            f"{len(config.seeds)} seeds, {config.pruning.levels} levels")
+            f"{len(config.seeds)} seeds, {config.pruning.levels} levels", findings=findings)
     return str(store.root)

@@ -23,8 +23,9 @@ class FlowEntry:
     # (`core.runs.catalog.config_summary`); naming one of those places it
     summary_keys: tuple[str, ...] = ()
     # a config that fails a check of its own soon after the flow starts, so that a flow that does not call the
-    # data-root guard yet stops before it writes anything (tests/test_hostile_input.py)
-    early_failure: dict[str, Any] = field(default_factory=dict)
+    # data-root guard yet stops before it writes anything (tests/test_hostile_input.py); required, so that a new
+    # flow cannot skip that test by leaving it out ({} where the default config itself fails early)
+    early_failure: dict[str, Any] = field(kw_only=True)
 
     def load(self) -> tuple[Any, type]:
         """The flow object and its pydantic config class."""

@@ -10,6 +10,8 @@ is fitted beside the paper's (see core/methods/scaling_law.py). A fit that is no
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Annotated
 
 from prefect import flow
@@ -38,6 +40,7 @@ class ScalingLawFlowConfig(Config):
 def scaling_law_flow(config: ScalingLawFlowConfig = ScalingLawFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the fits of `config`; returns the run folder."""
     import pandas as pd
+    from core.methods.scaling_law_findings import scaling_law_findings
     from core.plots.prune_grid import error_vs_density
     from core.plots.scaling_law import collapse_on_invariant, predicted_vs_actual, seed_scatter
     from core.runs.store import RunStore
@@ -69,5 +72,22 @@ def scaling_law_flow(config: ScalingLawFlowConfig = ScalingLawFlowConfig(), data
     own = warnings.groupby(fits["scope"]).first().map(lambda text: text.removeprefix(grid).removeprefix("; "))
     summary["warning"] = summary["scope"].map(own)
     warned = f". WARNING: {grid}" if grid else ""
-    publish(store, summary, figures, f"scaling law fitted to {config.prune_run}{warned}")
+    findings = scaling_law_findings(fits, scope=prune_run_scope(errors, config.prune_run))
+    publish(store, summary, figures, f"scaling law fitted to {config.prune_run}{warned}", findings=findings)
     return str(store.root)
+
+
+def prune_run_scope(errors: Path, prune_run: str) -> str:
+    """The findings' scope: the fitted prune_grid run's data, epochs and seeds (from its config.json), and its id."""
+    from pydantic import ValidationError
+
+    from flows.common import run_scope
+    from flows.prune_grid import PruneGridFlowConfig
+
+    stored = json.loads((errors.parent / "config.json").read_text())["config"]
+    stored.pop("precision", None)  # a run id's record of a non-fp32 runtime, not a setting
+    try:
+        grid = run_scope(PruneGridFlowConfig.model_validate(stored))
+    except ValidationError:  # a run of older code, with settings since renamed
+        return f"prune_grid run {prune_run}"
+    return f"{grid}; prune_grid run {prune_run}"

@@ -89,10 +89,11 @@ def check_sweep(config: SubspacesFlowConfig, dataset) -> None:
                              "calibration along each subspace, at its midpoint and of its ends' ensemble, under label noise.")
 def subspaces_flow(config: SubspacesFlowConfig = SubspacesFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the comparison of `config`; returns the run folder."""
-    from core.methods.subspaces import gains_over_standard
+    from core.methods.subspaces import gains_over_standard, subspaces_findings
     from core.plots.subspaces import gains_over_standard_bars, subspace_paths
     from core.runs.files import dataset_cache
     from core.runs.store import RunStore
+    from flows.common import run_scope
     from flows.report import publish
     from flows.runner import configure_runtime, run_shards
     from tasks.common import combine_shards, shared_dataset
@@ -119,5 +120,5 @@ def subspaces_flow(config: SubspacesFlowConfig = SubspacesFlowConfig(), data_roo
                                      gains_over_standard_bars(gains, folder / "gains_over_standard.png")])
     publish(store, gains, figures, f"{config.model} on {config.dataset.name}: {', '.join(config.methods)} against "
             f"standard training at label noise {', '.join(f'{n:g}' for n in config.label_noise)} x "
-            f"{len(config.seeds)} seeds")
+            f"{len(config.seeds)} seeds", findings=subspaces_findings(summary, scope=run_scope(config, dataset)))
     return str(store.root)

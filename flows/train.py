@@ -37,6 +37,7 @@ def summarise(models: pd.DataFrame) -> pd.DataFrame:
 @flow(name=FLOW, description="Train many models at once on seeded subsets; one Parquet row per model.")
 def train_flow(config: TrainFlowConfig = TrainFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the `train` pipeline of `config`; returns the run folder."""
+    from core.findings import findings_table
     from core.plots.train import training_summary
     from core.runs.files import dataset_cache
     from core.runs.rows import unpack_float_rows
@@ -66,5 +67,6 @@ def train_flow(config: TrainFlowConfig = TrainFlowConfig(), data_root: str | Non
     figures = store.figures(lambda: [training_summary(
         unpack_float_rows(models["epoch_loss"]), models["test_accuracy"].to_numpy(), f"{config.model} on {config.dataset.name}",
         store.root / "figures" / "training.png")])
-    publish(store, summary, figures, f"{config.n_models} x {config.model} on {config.dataset.name}")
+    publish(store, summary, figures, f"{config.n_models} x {config.model} on {config.dataset.name}",
+            findings=findings_table([]))  # a protocol, not a paper's claim: the flows that use its models check those
     return str(store.root)

@@ -74,10 +74,11 @@ def check_sweep(config: WeightCorrelationFlowConfig, dataset) -> None:
 def weight_correlation_flow(config: WeightCorrelationFlowConfig = WeightCorrelationFlowConfig(),
                             data_root: str | None = None) -> str:
     """Run (or resume) the sweep of `config`; returns the run folder."""
-    from core.methods.weight_correlation import method_gaps
+    from core.methods.weight_correlation import method_gaps, weight_correlation_findings
     from core.plots.weight_correlation import accuracy_by_method, correlation_vs_fraction
     from core.runs.files import dataset_cache
     from core.runs.store import RunStore
+    from flows.common import run_scope
     from flows.report import publish
     from flows.runner import configure_runtime, run_shards
     from tasks.common import combine_shards, shared_dataset
@@ -97,6 +98,7 @@ def weight_correlation_flow(config: WeightCorrelationFlowConfig = WeightCorrelat
                                      accuracy_by_method(results, folder / "accuracy_by_method.png")])
     r_p = correlations.pivot_table(index="lr", columns="p", values="r_p").add_prefix("r_p@").reset_index()
     summary = method_gaps(results).merge(r_p, on="lr")
+    findings = weight_correlation_findings(results, correlations, scope=run_scope(config, dataset))
     publish(store, summary, figures, f"{config.model} on {config.dataset.name}: {len(config.learning_rates)} learning "
-            f"rates x {len(config.seeds)} seeds, {config.pruning.levels} rounds of pruning")
+            f"rates x {len(config.seeds)} seeds, {config.pruning.levels} rounds of pruning", findings=findings)
     return str(store.root)

@@ -79,7 +79,7 @@ def _train_and_monitor(store: RunStore, gamma: float, names: list[str]) -> None:
 
     everything = torch.ones(len(seeds), dataset.n_train, dtype=torch.bool)
     result = train(ensemble, dataset.x_train, dataset.y_train, everything, [derive_seed(s, ORDER_STREAM) for s in seeds],
-                   config.train, step_hook=penalty.step, regularizer=penalty.regularizer, epoch_hook=after_epoch)
+                   config.train, hooks=penalty.hooks(after_epoch))
     table = pd.concat(epochs, ignore_index=True).assign(gamma=gamma, train_loss=result.losses.T.flatten().numpy())
     store.write_table(names[0], table[EPOCH_COLUMNS])
     store.write_table(names[1], pd.concat(inference, ignore_index=True).assign(gamma=gamma)[INFERENCE_COLUMNS])

@@ -19,8 +19,9 @@ from core.models.names import METHODS, STANDARD
 from core.models.subspaces import fix_coefficients
 from core.runs.store import RunStore
 from core.runtime import resolve_device
-from core.training.ensemble import Ensemble, predict_probabilities, recalibrate_batchnorm
+from core.training.ensemble import Ensemble, predict_probabilities
 from core.training.experiment import DRAW_STREAM, INIT_STREAM, MEMBER_STREAM, ORDER_STREAM, model_seed
+from core.training.recalibration import recalibrate_batchnorm
 from core.training.trainer import train
 from tasks.common import compute_once, task_dataset
 
@@ -66,14 +67,14 @@ def _trained(store: RunStore, dataset: Dataset, name: str, seeds: list[int], met
     config = store.config
     ensemble = Ensemble.init(name, dataset.input_shape, dataset.num_classes, [derive_seed(s, INIT_STREAM) for s in seeds],
                              resolve_device(config.runtime.device), config.runtime.precision)
-    hooks = {}
+    hooks = None
     if method is not None:
         kind, _, layerwise = METHODS[method]
         subspace = SubspaceTraining(ensemble, kind, [derive_seed(s, DRAW_STREAM) for s in seeds], layerwise, config.beta)
-        hooks = {"step_hook": subspace.step, "regularizer": subspace.regularizer}
+        hooks = subspace.hooks()
     everything = torch.ones(len(seeds), dataset.n_train, dtype=torch.bool)
     train(ensemble, dataset.x_train, dataset.y_train, everything, [derive_seed(s, ORDER_STREAM) for s in seeds],
-          config.train, **hooks)
+          config.train, hooks=hooks)
     return ensemble
 
 

@@ -10,7 +10,8 @@ from core.models.networks import init_model, prunable_parameters
 from core.models.subspaces import SubspaceBatchNorm, fix_coefficients, line_coefficients
 import core.training.ensemble as ensemble_module
 from core.training.config import TrainConfig
-from core.training.ensemble import Ensemble, calibration_chunks, recalibrate_batchnorm
+from core.training.ensemble import Ensemble
+from core.training.recalibration import calibration_chunks, recalibrate_batchnorm
 from core.training.trainer import train
 from reference import assert_same_weights, toy_data, train_one_by_one, with_random_batch_norm
 

@@ -9,8 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from flows import server
-from flows.cli import ConfigError, apply_override, load_config, main
+from flows import server, server_port
+from flows.cli import main
+from flows.config_files import ConfigError, apply_override, load_config
 from flows.registry import FLOWS
 from flows.train import TrainFlowConfig
 
@@ -128,7 +129,7 @@ def test_bad_config_exits_2_with_the_message_before_a_server_starts(capsys, monk
 def test_ephemeral_runs_keep_out_of_the_local_server_database():
     first, second = server.ephemeral_settings()["PREFECT_HOME"], server.ephemeral_settings()["PREFECT_HOME"]
     assert first != second and Path(first).is_dir()
-    assert not Path(first).is_relative_to(server.prefect_home())
+    assert not Path(first).is_relative_to(server_port.prefect_home())
 
 
 def test_ephemeral_server_gets_time_to_migrate_its_fresh_database(monkeypatch):
@@ -340,9 +341,11 @@ def test_ls_summary_names_the_data_file():
 
 def test_every_flow_says_what_its_tables_hold():
     """Each flow's registry entry says where to look, what its summary's cells are, and what each table holds; a named
-    table is one that data/README.md documents."""
-    documented = (Path(__file__).parents[1] / "data" / "README.md").read_text()
+    table is one that the flow's docs/<flow>.md or data/README.md (the tables several flows share) documents."""
+    root = Path(__file__).parents[1]
+    shared = (root / "data" / "README.md").read_text()
     for name, entry in FLOWS.items():
+        documented = shared + (root / "docs" / f"{name}.md").read_text()
         assert entry.question and entry.report_summary and entry.tables, name
         for table in entry.tables:
             assert "*" in table or f"`{table}`" in documented, (name, table)

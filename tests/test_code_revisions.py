@@ -106,7 +106,7 @@ def test_show_flags_a_table_built_from_shards_that_changed_later(tmp_path, capsy
 
 def test_a_run_folder_config_json_runs_that_run_again(finished_root):
     (folder,) = (finished_root / "runs" / "cscore").iterdir()
-    from flows.cli import ConfigError, load_config
+    from flows.config_files import ConfigError, load_config
 
     assert load_config(CScoreFlowConfig, str(folder / "config.json"), [], "cscore") == CONFIG
     with pytest.raises(ConfigError, match=r"config.json of a cscore run, not of a proxies run"):

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from flows import server
+from flows import server, server_auth, server_port
 from flows.cscore import CScoreFlowConfig, cscore_flow
 from flows.registry import FLOWS
 from flows.train import TrainFlowConfig, train_flow
@@ -44,8 +44,8 @@ TOKEN = base64.b64encode(AUTH.encode()).decode()  # what travels in the Authoriz
 
 def only_server_auth(env: pytest.MonkeyPatch) -> None:
     """Only the server's auth setting, as a user exposing the server would set it: our code must hand it to its clients."""
-    env.setenv(server.SERVER_AUTH, AUTH)
-    env.delenv(server.CLIENT_AUTH, raising=False)
+    env.setenv(server_auth.SERVER_AUTH, AUTH)
+    env.delenv(server_auth.CLIENT_AUTH, raising=False)
 
 
 def proxied(url: str) -> str:
@@ -71,7 +71,7 @@ def private_server(prefect_harness, tmp_path_factory):
         only_server_auth(env)
         env.setenv("PREFECT_UI_API_URL", proxied(f"http://127.0.0.1:{port}/api"))
         env.setenv("REGULARITY_PREFECT_HOME", str(tmp_path_factory.mktemp("prefect")))
-        env.setenv(server.PORT_ENV, str(port))
+        env.setenv(server_port.PORT_ENV, str(port))
         env.delenv("PREFECT_API_URL", raising=False)
         # the worker `up` starts looks for scheduled runs every second, not Prefect's default 10 s: a triggered run
         # starts at once instead of waiting up to 10 s for the next poll (what is tested is unchanged)
@@ -82,13 +82,13 @@ def private_server(prefect_harness, tmp_path_factory):
             server.down()
         # still inside the auth settings: is_healthy sends the auth string, so this does not rest on /health being open
         assert stops_answering(server.local_settings()["PREFECT_API_URL"])
-        assert not (server.prefect_home() / server.SERVER_PID_FILE).exists()
+        assert not (server_port.prefect_home() / server_port.SERVER_PID_FILE).exists()
 
 
 def stops_answering(api_url: str, timeout_s: float = STOP_TIMEOUT_S) -> bool:
     """True once the server at `api_url` fails its health check, within `timeout_s`."""
     deadline = time.monotonic() + timeout_s
-    while server.is_healthy(api_url):
+    while server_auth.is_healthy(api_url):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.2)
@@ -129,16 +129,16 @@ def assert_secret_in_no_file(*folders: Path) -> None:
 
 def test_the_server_of_up_runs_once_in_its_private_home(private_server):
     """`start_server` finds the running server (no second one); its database, log and pid file are in its home."""
-    pid_file = server.prefect_home() / server.SERVER_PID_FILE
+    pid_file = server_port.prefect_home() / server_port.SERVER_PID_FILE
     pid = pid_file.read_text().strip()
     assert server.start_server() == f"{private_server}/api"
     assert pid.isdigit() and pid_file.read_text().strip() == pid  # a second server would have rewritten it
-    assert (server.prefect_home() / "prefect.db").exists()  # SQLite inside the given home
+    assert (server_port.prefect_home() / "prefect.db").exists()  # SQLite inside the given home
     log = server.server_log().read_text()
     assert f"Check out the dashboard at {private_server}" in log  # kept, not piped away
     from prefect.cli._server_utils import SERVER_PID_FILE_NAME
 
-    assert server.SERVER_PID_FILE == SERVER_PID_FILE_NAME  # where `prefect server stop`, hence `down`, looks
+    assert server_port.SERVER_PID_FILE == SERVER_PID_FILE_NAME  # where `prefect server stop`, hence `down`, looks
 
 
 def test_the_api_refuses_anonymous_and_wrong_credentials(private_server):
@@ -160,7 +160,8 @@ def test_regularity_run_authenticates_and_completes(private_server, tmp_path):
     args = ["run", "train", "--data-root", str(tmp_path), "--set", "dataset.name=digits", "--set", "dataset.n_train=64",
             "--set", "dataset.n_test=32", "--set", "model=mlp_w8_d1", "--set", "n_models=2", "--set", "train.epochs=1",
             "--set", "train.batch_size=32"]
-    assert server.CLIENT_AUTH not in os.environ and "PREFECT_API_URL" not in os.environ  # only the server's setting
+    assert server_auth.CLIENT_AUTH not in os.environ  # only the server's setting
+    assert "PREFECT_API_URL" not in os.environ
     done = subprocess.run([sys.executable, "-m", "flows.cli", *args], env=dict(os.environ), capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -172,23 +173,23 @@ def test_regularity_run_authenticates_and_completes(private_server, tmp_path):
     ours = [r for r in runs if r["parameters"].get("data_root") == str(tmp_path)]
     assert [r["state"]["type"] for r in ours] == ["COMPLETED"]
     assert PASSWORD not in done.stdout + done.stderr and TOKEN not in done.stdout + done.stderr
-    assert_secret_in_no_file(tmp_path, server.prefect_home())
+    assert_secret_in_no_file(tmp_path, server_port.prefect_home())
 
 
 def test_a_client_without_or_with_another_auth_string_is_told_so(private_server, monkeypatch, capsys):
     from flows.cli import main
 
-    monkeypatch.delenv(server.SERVER_AUTH)
-    with pytest.raises(RuntimeError, match=f"requires authentication: set {server.CLIENT_AUTH}=user:password"):
+    monkeypatch.delenv(server_auth.SERVER_AUTH)
+    with pytest.raises(RuntimeError, match=f"requires authentication: set {server_auth.CLIENT_AUTH}=user:password"):
         server.start_server()
-    monkeypatch.setenv(server.CLIENT_AUTH, f"regularity:{PASSWORD}x")
+    monkeypatch.setenv(server_auth.CLIENT_AUTH, f"regularity:{PASSWORD}x")
     with pytest.raises(RuntimeError, match="refuses the auth string") as refused:
         server.start_server()
     assert PASSWORD not in str(refused.value)
-    monkeypatch.setenv(server.SERVER_AUTH, AUTH)  # both set, differently
+    monkeypatch.setenv(server_auth.SERVER_AUTH, AUTH)  # both set, differently
     assert main(["server", "start"]) == 2
     said = capsys.readouterr().err
-    assert f"{server.SERVER_AUTH} and {server.CLIENT_AUTH} differ" in said and PASSWORD not in said
+    assert f"{server_auth.SERVER_AUTH} and {server_auth.CLIENT_AUTH} differ" in said and PASSWORD not in said
 
 
 def test_a_running_server_without_authentication_is_not_taken_for_one(monkeypatch, tmp_path):
@@ -208,7 +209,7 @@ def test_a_running_server_without_authentication_is_not_taken_for_one(monkeypatc
     stub = ThreadingHTTPServer(("127.0.0.1", 0), Open)
     threading.Thread(target=stub.serve_forever, daemon=True).start()
     try:
-        monkeypatch.setenv(server.PORT_ENV, str(stub.server_address[1]))
+        monkeypatch.setenv(server_port.PORT_ENV, str(stub.server_address[1]))
         monkeypatch.setenv("REGULARITY_PREFECT_HOME", str(home))
         with pytest.raises(RuntimeError, match="answers without authentication although"):
             server.start_server()
@@ -219,21 +220,22 @@ def test_a_running_server_without_authentication_is_not_taken_for_one(monkeypatc
 
 def test_one_auth_setting_is_copied_to_the_other_and_bad_ones_are_refused(monkeypatch):
     only_server_auth(monkeypatch)
-    monkeypatch.delenv(server.SERVER_AUTH)
-    assert server.auth_settings() == {}
-    assert server.SERVER_AUTH not in server.local_settings() and server.CLIENT_AUTH not in server.local_settings()
-    for given in (server.SERVER_AUTH, server.CLIENT_AUTH):
+    monkeypatch.delenv(server_auth.SERVER_AUTH)
+    assert server_auth.auth_settings() == {}
+    assert server_auth.SERVER_AUTH not in server.local_settings()
+    assert server_auth.CLIENT_AUTH not in server.local_settings()
+    for given in (server_auth.SERVER_AUTH, server_auth.CLIENT_AUTH):
         with monkeypatch.context() as env:
             env.setenv(given, AUTH)
-            pair = {server.SERVER_AUTH: AUTH, server.CLIENT_AUTH: AUTH}
-            assert server.auth_settings() == pair
+            pair = {server_auth.SERVER_AUTH: AUTH, server_auth.CLIENT_AUTH: AUTH}
+            assert server_auth.auth_settings() == pair
             assert server.local_settings().items() >= pair.items()
             assert server.local_settings()["PREFECT_SERVER_API_HOST"] == "127.0.0.1"
             assert server.ephemeral_settings().items() >= pair.items()  # Prefect's temporary server inherits it
     for bad in ["", PASSWORD, f":{PASSWORD}", "regularity:"]:
-        monkeypatch.setenv(server.CLIENT_AUTH, bad)
-        with pytest.raises(RuntimeError, match=f"^{server.CLIENT_AUTH} must read user:password") as refused:
-            server.auth_settings()
+        monkeypatch.setenv(server_auth.CLIENT_AUTH, bad)
+        with pytest.raises(RuntimeError, match=f"^{server_auth.CLIENT_AUTH} must read user:password") as refused:
+            server_auth.auth_settings()
         assert PASSWORD not in str(refused.value)
 
 
@@ -265,8 +267,8 @@ def test_the_authenticated_worker_runs_a_deployment_as_a_direct_run_does(private
     worker_runs = list((tmp_path / "worker" / "runs" / "train").glob("*/models.parquet"))
     assert [p.parent.name for p in worker_runs] == [direct.name]  # one run, with the direct run's config hash
     assert_same_tables(tmp_path / "worker" / "runs" / "train" / direct.name, direct, ["models.parquet"])
-    assert (server.prefect_home() / "worker.pid").is_file()
-    assert_secret_in_no_file(tmp_path, server.prefect_home())  # worker.log, the SQLite database, the pid files
+    assert (server_port.prefect_home() / "worker.pid").is_file()
+    assert_secret_in_no_file(tmp_path, server_port.prefect_home())  # worker.log, the SQLite database, the pid files
 
 
 def created_run(api_root: str, deployment: str, name: str, timeout_s: float = 60) -> str:
@@ -282,7 +284,7 @@ def created_run(api_root: str, deployment: str, name: str, timeout_s: float = 60
 
 def logs_end() -> str:
     """The ends of the worker's and the server's logs, for a failure message."""
-    home = server.prefect_home()
+    home = server_port.prefect_home()
     return (f"the worker's log ends:\n{server.tail(home / 'worker.log')}\n"
             f"the server's log ends:\n{server.tail(server.server_log())}")
 
@@ -402,4 +404,4 @@ def test_a_run_started_in_the_ui_writes_what_a_direct_run_writes(private_server,
     ui_run = tmp_path / "ui" / "runs" / "cscore" / direct.name  # same config hash: the form sent `expected`
     assert_same_tables(ui_run, direct, ["examples.parquet", "runs.parquet", "cscores.parquet"])
     assert len(pd.read_parquet(ui_run / "cscores.parquet")) == 300
-    assert_secret_in_no_file(tmp_path, server.prefect_home())
+    assert_secret_in_no_file(tmp_path, server_port.prefect_home())

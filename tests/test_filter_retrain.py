@@ -7,7 +7,8 @@ import pytest
 
 from core.data.config import DatasetConfig
 from core.data.datasets import load_dataset
-from core.methods.filter_retrain import filtering_summary, kept_examples
+from core.findings import COLUMNS
+from core.methods.filter_retrain import FILTERING_HELPS, LOWEST_ARE_MISLABELED, filtering_summary, kept_examples
 from core.runs.rows import unpack_bool_rows
 from core.training.config import TrainConfig
 from flows.filter_retrain import FilterRetrainFlowConfig, filter_retrain_flow, plan_shards
@@ -73,6 +74,12 @@ def test_flow_removes_by_score_and_counts_noisy_examples(tmp_path):
     kept = unpack_bool_rows(pd.read_parquet(folder / "models.parquet")["in_subset"])
     assert np.array_equal(~kept[2], dataset.is_noisy.numpy())
     assert (folder / "figures" / "filtering.png").is_file()
+    findings = pd.read_parquet(folder / "findings.parquet")  # 2 seeds per arm: fewer than findings ask for
+    assert list(findings.columns) == list(COLUMNS)
+    assert findings["claim"].tolist() == [FILTERING_HELPS.claim, LOWEST_ARE_MISLABELED.claim]
+    assert findings["n_seeds"].tolist() == [2, 2] and findings["rule"].str.contains("seeds_per_arm=2 gives").all()
+    report = (folder / "report.md").read_text()
+    assert report.index("## Findings") < report.index("## Tables")
 
 
 def test_missing_or_mismatched_scores_are_explained(tmp_path):

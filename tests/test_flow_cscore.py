@@ -7,6 +7,8 @@ import pytest
 
 from core.config import run_id
 from core.data.config import DatasetConfig
+from core.findings import COLUMNS
+from core.methods.cscore import MISLABELED_AT_LOW_END
 from core.runs.rows import unpack_bool_rows
 from core.training.config import TrainConfig
 from core.training.experiment import subset_size
@@ -117,6 +119,11 @@ def test_figures_are_written(run):
     folder, _, _ = run
     for name in ("cscore_histograms.png", "extremes.png", "heldout_by_ratio.png"):
         assert (folder / "figures" / name).stat().st_size > 1000
+    findings = pd.read_parquet(folder / "findings.parquet")  # no label noise: the one claim is not testable
+    assert list(findings.columns) == list(COLUMNS) and findings["claim"].tolist() == [MISLABELED_AT_LOW_END.claim]
+    assert findings["rule"].iloc[0].startswith("not testable here: no label is known to be wrong")
+    report = (folder / "report.md").read_text()
+    assert report.index("## Findings") < report.index("## Tables")
 
 
 def test_rerun_skips_everything(run):

@@ -8,6 +8,8 @@ import torch
 from core.config import derive_seed
 from core.data.config import DatasetConfig
 from core.data.datasets import load_dataset
+from core.findings import COLUMNS
+from core.methods.dct_sparse import EXTREME_SPARSITY, IMPROVES
 from core.models.dct_sparse import layer_densities, random_masks
 from core.models.networks import init_model
 from core.training.config import TrainConfig
@@ -45,6 +47,11 @@ def test_table_columns_rows_and_trainable_parameters_by_hand(run):
         assert rows["dct_sparse"].tolist() == [kept + biases + 2] * 2  # one alpha per layer
     assert results[results["layer_type"] == "dense"]["trainable_params"].tolist() == [64 * 32 + 32 * 10 + biases] * 2
     assert (folder / "figures" / "accuracy_vs_trainable_params.png").is_file()
+    findings = pd.read_parquet(folder / "findings.parquet")
+    assert list(findings.columns) == list(COLUMNS) and set(findings["n_seeds"]) == {2}
+    assert list(findings["claim"]) == [IMPROVES.claim, EXTREME_SPARSITY.claim]
+    report = (folder / "report.md").read_text()
+    assert report.index("## Findings") < report.index("## Tables")
 
 
 def test_sparse_and_dct_sparse_of_one_seed_share_their_masks_and_draw_per_layer_counts():

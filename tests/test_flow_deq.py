@@ -9,6 +9,8 @@ import torch
 from core.config import derive_seed
 from core.data.config import DatasetConfig
 from core.data.datasets import load_dataset
+from core.findings import COLUMNS
+from core.methods.deq import COMPARED, GROWING_ITERATIONS, GROWING_JACOBIAN
 from core.models.networks import init_model
 from core.training.config import TrainConfig
 from core.training.experiment import DRAW_STREAM, INIT_STREAM, ORDER_STREAM, model_seed
@@ -47,6 +49,12 @@ def test_tables_hold_every_gamma_seed_epoch_and_cap(run):
         assert (folder / "figures" / name).is_file()
     report = (folder / "report.md").read_text()
     assert "| gamma | seeds | epoch | accuracy | accuracy_sem |" in report
+    findings = pd.read_parquet(folder / "findings.parquet")  # growth at gamma 0, then gamma 1 against 0
+    assert list(findings.columns) == list(COLUMNS) and findings["n_seeds"].eq(2).all()
+    assert findings["claim"].tolist() == [c.claim for c in (GROWING_ITERATIONS, GROWING_JACOBIAN,
+                                                            *(claim for claim, _ in COMPARED))]
+    assert findings["measure"][4].startswith("relative residual of the fixed point after 3 solver iterations")
+    assert 0 <= report.index("## Findings") < report.index("## Tables")
 
 
 def trained_alone(seed_index: int, gamma: float):

@@ -13,9 +13,11 @@ from sklearn.metrics import roc_auc_score
 from core.config import run_id
 from core.data.config import DatasetConfig
 from core.data.datasets import load_dataset
+from core.findings import COLUMNS
 from core.methods import label_quality
+from core.methods.cscore import MISLABELED_AT_LOW_END
 from core.methods.label_quality import fold_assignment
-from core.methods.proxies import detection_metrics, kernel_density_proxies, median_bandwidth
+from core.methods.proxies import PROXY_CLAIMS, detection_metrics, kernel_density_proxies, median_bandwidth
 from core.runs.files import read_provenance
 from core.runs.rows import unpack_bool_rows, unpack_float_rows
 from core.training.config import TrainConfig
@@ -92,6 +94,14 @@ def test_correlations_detection_and_dynamics(run):
     assert len(dynamics) == 3 * 5 and dynamics.groupby("bin")["n_examples"].first().sum() == finite.sum()
     for name in ("proxy_vs_cscore.png", "dynamics.png", "noise_detection.png"):
         assert (folder / "figures" / name).is_file()
+    findings = pd.read_parquet(folder / "findings.parquet")  # 3 models: every claim tested over 3 seeds
+    assert list(findings.columns) == list(COLUMNS) and findings["claim"].tolist() == [c.claim for c in PROXY_CLAIMS]
+    assert (findings["n_seeds"] == 3).all() and findings["estimate"].notna().all()
+    upstream = pd.read_parquet(cscore_run / "findings.parquet")  # 4 runs per ratio: 2 groups, too few to judge by
+    assert upstream["claim"].tolist() == [MISLABELED_AT_LOW_END.claim] and upstream["n_seeds"].tolist() == [2]
+    assert upstream["rule"].iloc[0].startswith("not testable here: 4 runs per ratio make 2 group(s)")
+    report = (folder / "report.md").read_text()
+    assert report.index("## Findings") < report.index("## Tables")
 
 
 def test_out_of_sample_probabilities_come_from_the_model_of_each_examples_fold(run):

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from core.config import derive_seed
 from core.data.config import DatasetConfig
 from core.data.datasets import load_dataset
-from core.methods.pruning import target_kept
+from core.findings import COLUMNS
+from core.methods.pruning import ERROR_RISES, LOW_ERROR_PLATEAU, target_kept
 from core.models.networks import init_model
 from core.training.config import TrainConfig
 from core.training.experiment import INIT_STREAM, ORDER_STREAM, model_seed
@@ -47,6 +48,12 @@ def test_error_table_covers_the_grid(run):
     assert list(errors.columns) == ["network", "width", "depth", "data_fraction", "seed", "level", "density",
                                     "params_remaining", "train_error", "test_error", "test_loss"]
     assert errors.groupby("network")["width"].first().to_dict() == {"mlp_w16_d1": 16, "mlp_w8_d1": 8}
+    folder, _ = run
+    findings = pd.read_parquet(folder / "findings.parquet")
+    assert list(findings.columns) == list(COLUMNS)
+    assert list(findings["claim"]) == [LOW_ERROR_PLATEAU.claim, ERROR_RISES.claim] and set(findings["n_seeds"]) == {2}
+    report = (folder / "report.md").read_text()
+    assert report.index("## Findings") < report.index("## Tables")
 
 
 def test_density_is_exactly_0_8_to_the_level(run):
@@ -150,6 +157,6 @@ def test_grid_lists_are_validated(field, values, message):
 
 
 def test_defaults_are_the_shipped_mnist1d_grid():
-    """The `prune_grid/mnist1d` deployment runs the defaults: the grid whose fit the README reports."""
+    """The `prune_grid/mnist1d` deployment runs the defaults: the grid whose fit docs/scaling_law.md reports."""
     shipped = yaml.safe_load((Path(__file__).parents[1] / "flows" / "configs" / "prune-mnist1d.yaml").read_text())
     assert PruneGridFlowConfig() == PruneGridFlowConfig.model_validate(shipped)

@@ -5,7 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.findings import COLUMNS
 from core.methods.scaling_law import error_form, invariant
+from core.methods.scaling_law_findings import EXTRAPOLATION_FIT, EXTRAPOLATION_NOISE, JOINT_FIT, JOINT_NOISE
 from core.runs.store import RunStore
 from flows.prune_grid import PruneGridFlowConfig
 from flows.scaling_law import ScalingLawFlowConfig, scaling_law_flow
@@ -84,6 +86,15 @@ def test_flow_recovers_the_law_and_extrapolates(tmp_path):
     # the law holds, on a grid of 9 networks: nothing to warn about, and the error falls as density rises
     assert (fits["warning"] == "").all() and "WARNING" not in (folder / "report.md").read_text()
     assert data["density_slope"] < -2 * data["density_slope_se"]
+    findings = pd.read_parquet(folder / "findings.parquet")
+    assert list(findings.columns) == list(COLUMNS)
+    claims = (JOINT_FIT, JOINT_NOISE, EXTRAPOLATION_FIT, EXTRAPOLATION_NOISE)
+    assert list(findings["claim"]) == [claim.claim for claim in claims]
+    assert set(findings["rule"]) == {"not testable here: 2 seeds, and a verdict needs a standard error over at "  # the
+                                     "least 3; run prune_grid with at least 3 seeds per grid point"}  # grid has 2
+    assert set(findings["scope"]) == {f"mnist1d, 20 epochs, 2 seeds; prune_grid run {run}"}
+    report = (folder / "report.md").read_text()
+    assert report.index("## Findings") < report.index("## Tables")
 
 
 def rising_prune_run(root: Path) -> str:

@@ -9,12 +9,15 @@ import torch
 from core.config import derive_seed
 from core.data.config import DatasetConfig
 from core.data.datasets import load_dataset
-from core.methods.subspaces import calibration, midpoint_coefficients, path_coefficients
+from core.findings import COLUMNS
+from core.methods.subspaces import (ENDS_ENSEMBLE, MIDPOINT_ACCURACY, MIDPOINT_CALIBRATION, MIDPOINT_NOISE_ROBUSTNESS,
+                                    calibration, midpoint_coefficients, path_coefficients)
 from core.models.networks import init_model
 from core.models.subspaces import fix_coefficients
 from core.training.config import TrainConfig
-from core.training.ensemble import Ensemble, predict_probabilities, recalibrate_batchnorm
+from core.training.ensemble import Ensemble, predict_probabilities
 from core.training.experiment import DRAW_STREAM, INIT_STREAM, MEMBER_STREAM, ORDER_STREAM, model_seed
+from core.training.recalibration import recalibrate_batchnorm
 from flows.subspaces import SubspacesFlowConfig, subspaces_flow
 from reference import subspace_step, train_one_by_one
 
@@ -50,6 +53,14 @@ def test_tables_hold_every_point_method_noise_and_seed(run):
     assert (summary["confidence"] >= 0.1).all()  # the top of 10 probabilities
     for name in ("accuracy_along_subspace.png", "gains_over_standard.png"):
         assert (folder / "figures" / name).is_file()
+    findings = pd.read_parquet(folder / "findings.parquet")  # two seeds: every claim said untestable, and why
+    assert list(findings.columns) == list(COLUMNS) and findings["n_seeds"].eq(2).all()
+    assert findings["claim"].tolist() == [claim.claim for claim in (MIDPOINT_ACCURACY, MIDPOINT_CALIBRATION,
+                                                                    MIDPOINT_NOISE_ROBUSTNESS, ENDS_ENSEMBLE)]
+    assert findings["rule"].eq("not testable here: 2 seeds, and a verdict needs a standard error over at least 3; "
+                               "set seeds to at least 3 values").all()
+    report = (folder / "report.md").read_text()
+    assert 0 <= report.index("## Findings") < report.index("## Tables")
 
 
 def test_a_lines_midpoint_and_ends_are_its_path_at_half_and_at_zero_and_one(run):

@@ -49,6 +49,19 @@ def test_run_folder_is_named_by_the_config(finished_run):
     assert shards == ["models-00000.parquet", "models-00001.parquet", "models-00002.parquet"]
 
 
+def test_findings_are_written_and_say_no_claim_is_checked(finished_run):
+    """A protocol flow checks no paper's claim: its findings table is empty but has every column, and the report
+    says so before its tables."""
+    from core.findings import COLUMNS
+
+    folder = Path(finished_run[0])
+    findings = pd.read_parquet(folder / "findings.parquet")
+    assert list(findings.columns) == list(COLUMNS) and findings.empty
+    report = (folder / "report.md").read_text()
+    assert report.index("## Findings") < report.index("## Tables")
+    assert "This flow checks no paper's claim" in report
+
+
 def test_models_table_is_dense_and_self_consistent(finished_run):
     _, models, examples = finished_run
     assert models["model_id"].tolist() == [0, 1, 2, 3, 4]

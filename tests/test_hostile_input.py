@@ -36,8 +36,9 @@ import flows.common as common
 from core.data.datasets import DatasetError
 from core.models.names import MODEL_PATTERNS
 from flows import server
-from flows.cli import ConfigError, apply_override, load_config, main
+from flows.cli import main
 from flows.common import checked_data_root, upstream_table
+from flows.config_files import ConfigError, apply_override, load_config
 from flows.registry import FLOWS
 from test_data import write_idx, write_png
 

@@ -11,7 +11,7 @@ import pytest
 
 from core.config import ADDED_SETTING, Config, canonical_json, run_id
 from core.runs.store import RunStore
-from flows.cli import load_config
+from flows.config_files import load_config
 from flows.registry import FLOWS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "flows" / "configs"

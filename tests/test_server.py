@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from flows import server
+from flows import server, server_auth, server_port
 from flows.cli import main
 
 
@@ -31,7 +31,7 @@ def free_port() -> int:
 def local(tmp_path, monkeypatch):
     """Settings that point at a private port and home, so a developer's server is never touched."""
     monkeypatch.setenv("REGULARITY_PREFECT_HOME", str(tmp_path / "prefect"))
-    monkeypatch.setenv(server.PORT_ENV, str(free_port()))
+    monkeypatch.setenv(server_port.PORT_ENV, str(free_port()))
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     return server.local_settings()
 
@@ -131,26 +131,26 @@ def bindable(port: int) -> bool:
 def test_an_asked_for_port_held_by_another_program_is_refused_with_the_way_out(local, tmp_path, monkeypatch, handler):
     who, how_to_stop = HOLDERS[handler]
     with listening(handler) as port:
-        monkeypatch.setenv(server.PORT_ENV, str(port))
+        monkeypatch.setenv(server_port.PORT_ENV, str(port))
         with pytest.raises(RuntimeError) as refused:
             server.start_server()
         said = str(refused.value)
-        head = f"port {port} ({server.PORT_ENV}) is held by {who}"
+        head = f"port {port} ({server_port.PORT_ENV}) is held by {who}"
         assert said.startswith(head) and "\n" not in said, said
         suggested = re.fullmatch(re.escape(head) + r", not by this checkout's Prefect server: set "
-                                 rf"{server.PORT_ENV} to a free port \(e\.g\. (\d+)\), or {re.escape(how_to_stop)}",
-                                 said)
+                                 rf"{server_port.PORT_ENV} to a free port \(e\.g\. (\d+)\), or "
+                                 rf"{re.escape(how_to_stop)}", said)
         assert suggested, said
         assert int(suggested.group(1)) > port and bindable(int(suggested.group(1)))
-        assert not (tmp_path / "prefect" / server.SERVER_PID_FILE).exists()  # no server of ours was started
+        assert not (tmp_path / "prefect" / server_port.SERVER_PID_FILE).exists()  # no server of ours was started
 
 
 def test_the_default_port_held_by_another_program_moves_ours_and_every_process_agrees(local, tmp_path, monkeypatch,
                                                                                       capsys):
-    monkeypatch.delenv(server.PORT_ENV)
-    record = tmp_path / "prefect" / server.SERVER_PORT_FILE
+    monkeypatch.delenv(server_port.PORT_ENV)
+    record = tmp_path / "prefect" / server_port.SERVER_PORT_FILE
     with listening(HealthOnly) as port:
-        monkeypatch.setattr(server, "DEFAULT_PORT", port)
+        monkeypatch.setattr(server_port, "DEFAULT_PORT", port)
         said, up = server.server_status()
         assert not up and not record.exists()  # status only looks
         assert said == (f"this checkout's Prefect server (home {tmp_path / 'prefect'}) is not answering on port "
@@ -160,15 +160,15 @@ def test_the_default_port_held_by_another_program_moves_ours_and_every_process_a
         assert moved != port and bindable(moved) and record.read_text() == f"{moved}\n"
         assert capsys.readouterr().err == (
             f"regularity: port {port} is held by {HOLDERS[HealthOnly][0]}, not by this checkout's Prefect server: this "
-            f"checkout's server uses port {moved} instead (recorded in {record}; set {server.PORT_ENV} to choose "
+            f"checkout's server uses port {moved} instead (recorded in {record}; set {server_port.PORT_ENV} to choose "
             "another)\n")
         assert server.local_settings()["PREFECT_API_URL"] == f"http://127.0.0.1:{moved}/api"
         assert capsys.readouterr().err == ""  # said once, when chosen
         code = "from flows import server; print(server.local_settings()['PREFECT_API_URL'])"
         other = subprocess.run([sys.executable, "-c", code], env=dict(os.environ), capture_output=True, text=True,
-                               cwd=server.REPO_ROOT, check=True)
+                               cwd=server_port.REPO_ROOT, check=True)
         assert other.stdout == f"http://127.0.0.1:{moved}/api\n"  # a later command: the recorded port
-        monkeypatch.setenv(server.PORT_ENV, str(moved + 1))
+        monkeypatch.setenv(server_port.PORT_ENV, str(moved + 1))
         assert server.local_settings()["PREFECT_SERVER_API_PORT"] == str(moved + 1)  # asked for: the setting wins
 
 
@@ -178,16 +178,17 @@ def test_stop_and_down_leave_another_program_running_and_say_so(local, tmp_path,
     home = tmp_path / "prefect"
     try:
         with listening(HealthOnly) as port:
-            monkeypatch.setenv(server.PORT_ENV, str(port))
+            monkeypatch.setenv(server_port.PORT_ENV, str(port))
             for stop in (server.stop_server, lambda: server.down()):
                 home.mkdir(exist_ok=True)
-                (home / server.SERVER_PID_FILE).write_text(str(stranger.pid))
-                (home / server.SERVER_PORT_FILE).write_text(f"{port}\n")
+                (home / server_port.SERVER_PID_FILE).write_text(str(stranger.pid))
+                (home / server_port.SERVER_PORT_FILE).write_text(f"{port}\n")
                 assert stop() == (f"this checkout's Prefect server is not running (its stale {home / 'server.pid'} "
                                   f"removed); port {port} is held by {HOLDERS[HealthOnly][0]}, left running: "
                                   "stop that program")
-                assert stranger.poll() is None and server.port_holder(port).who == HOLDERS[HealthOnly][0]
-                assert not (home / server.SERVER_PID_FILE).exists() and not (home / server.SERVER_PORT_FILE).exists()
+                assert stranger.poll() is None and server_port.port_holder(port).who == HOLDERS[HealthOnly][0]
+                assert not (home / server_port.SERVER_PID_FILE).exists()
+                assert not (home / server_port.SERVER_PORT_FILE).exists()
     finally:
         stranger.kill()
         stranger.wait()
@@ -198,30 +199,30 @@ def test_status_and_a_malformed_port_setting(local, monkeypatch, capsys):
     assert main(["server", "status"]) == 1
     assert capsys.readouterr().out == (f"this checkout's Prefect server (home {local['PREFECT_HOME']}) is not "
                                        f"answering on port {port}: down\n")
-    monkeypatch.setenv(server.PORT_ENV, "42OO")
+    monkeypatch.setenv(server_port.PORT_ENV, "42OO")
     assert main(["server", "start"]) == 2
-    assert capsys.readouterr().err == (f"regularity: error: {server.PORT_ENV}='42OO' is not a TCP port: set it to a "
-                                       "free port such as 4300, or unset it\n")
+    assert capsys.readouterr().err == (f"regularity: error: {server_port.PORT_ENV}='42OO' is not a TCP port: set it "
+                                       "to a free port such as 4300, or unset it\n")
     assert server.stop_server() == "this checkout's Prefect server is not running"  # stopping needs no port
 
 
 def cli(*args: str, home: Path) -> subprocess.CompletedProcess:
     """`regularity ARGS` in another process, as the checkout whose Prefect home is `home` (no port asked for)."""
     env = {**os.environ, "REGULARITY_PREFECT_HOME": str(home)}
-    env.pop(server.PORT_ENV, None)
+    env.pop(server_port.PORT_ENV, None)
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, capture_output=True, text=True,
-                          cwd=server.REPO_ROOT, timeout=120)
+                          cwd=server_port.REPO_ROOT, timeout=120)
 
 
 def test_another_checkouts_server_is_refused_avoided_and_never_stopped(local, tmp_path, monkeypatch, capsys):
     """One real server, of checkout A (its own home); checkout B (another home) meets it on its port."""
     home_a, home_b = tmp_path / "a", tmp_path / "b"
     monkeypatch.setenv("REGULARITY_PREFECT_HOME", str(home_a))
-    for name in (server.SERVER_AUTH, server.CLIENT_AUTH):
+    for name in (server_auth.SERVER_AUTH, server_auth.CLIENT_AUTH):
         monkeypatch.delenv(name, raising=False)
     port = int(local["PREFECT_SERVER_API_PORT"])
     api = server.start_server()
-    pid = int((home_a / server.SERVER_PID_FILE).read_text())
+    pid = int((home_a / server_port.SERVER_PID_FILE).read_text())
     try:
         assert api == f"http://127.0.0.1:{port}/api"
         status = cli("server", "status", home=home_a)  # another process of A: ours, found through server.port
@@ -232,9 +233,10 @@ def test_another_checkouts_server_is_refused_avoided_and_never_stopped(local, tm
         a_server = f"the Prefect server of {home_a}"
         stop_a = (f"stop it from its own checkout (`regularity server stop` there, or `PREFECT_HOME={home_a} prefect "
                   "server stop`)")
-        with pytest.raises(RuntimeError, match=rf"^port {port} \({server.PORT_ENV}\) is held by {re.escape(a_server)}, "
-                                               rf"not by this checkout's Prefect server: set {server.PORT_ENV} to a "
-                                               rf"free port \(e\.g\. \d+\), or {re.escape(stop_a)}$"):
+        with pytest.raises(RuntimeError, match=rf"^port {port} \({server_port.PORT_ENV}\) is held by "
+                                               rf"{re.escape(a_server)}, not by this checkout's Prefect server: set "
+                                               rf"{server_port.PORT_ENV} to a free port \(e\.g\. \d+\), or "
+                                               rf"{re.escape(stop_a)}$"):
             server.start_server()
         assert main(["server", "status"]) == 1
         refused = f"on port {port}: it is held by {a_server}; `regularity server start` refuses it"
@@ -243,10 +245,11 @@ def test_another_checkouts_server_is_refused_avoided_and_never_stopped(local, tm
         out = capsys.readouterr().out.splitlines()
         assert out == [f"this checkout's Prefect server is not running; port {port} is held by {a_server}, left "
                        f"running: {stop_a}"] * 2
-        assert server.port_holder(port) == server.PortHolder(False, a_server, stop_a) and server._alive(pid)
+        assert server_port.port_holder(port) == server_port.PortHolder(False, a_server, stop_a)
+        assert server_port.alive(pid)
 
-        monkeypatch.delenv(server.PORT_ENV)  # checkout B, default port: moves off A's server
-        monkeypatch.setattr(server, "DEFAULT_PORT", port)
+        monkeypatch.delenv(server_port.PORT_ENV)  # checkout B, default port: moves off A's server
+        monkeypatch.setattr(server_port, "DEFAULT_PORT", port)
         moved = int(server.local_settings()["PREFECT_SERVER_API_PORT"])
         assert moved != port and f"port {port} is held by {a_server}" in capsys.readouterr().err
         assert cli("server", "status", home=home_b).stdout == (f"this checkout's Prefect server (home {home_b}) is not "
@@ -254,9 +257,9 @@ def test_another_checkouts_server_is_refused_avoided_and_never_stopped(local, tm
     finally:
         monkeypatch.setenv("REGULARITY_PREFECT_HOME", str(home_a))
         said = server.down()
-    assert said == f"Prefect server {pid} stopped" and not server._alive(pid)
-    assert server.port_holder(port) is None
-    assert not (home_a / server.SERVER_PID_FILE).exists() and not (home_a / server.SERVER_PORT_FILE).exists()
+    assert said == f"Prefect server {pid} stopped" and not server_port.alive(pid)
+    assert server_port.port_holder(port) is None
+    assert not (home_a / server_port.SERVER_PID_FILE).exists() and not (home_a / server_port.SERVER_PORT_FILE).exists()
 
 
 def test_a_second_server_of_the_same_home_is_refused_and_one_starting_is_waited_for(local, tmp_path, monkeypatch):
@@ -266,20 +269,20 @@ def test_a_second_server_of_the_same_home_is_refused_and_one_starting_is_waited_
     code = "import sys, time; time.sleep(float(sys.argv[1]))"
     stand_in = subprocess.Popen([sys.executable, "-c", code, "60", "prefect-server-stand-in"])
     try:
-        (home / server.SERVER_PID_FILE).write_text(str(stand_in.pid))
-        (home / server.SERVER_PORT_FILE).write_text(f"{port + 1}\n")
+        (home / server_port.SERVER_PID_FILE).write_text(str(stand_in.pid))
+        (home / server_port.SERVER_PORT_FILE).write_text(f"{port + 1}\n")
         with pytest.raises(RuntimeError) as refused:
             server.start_server()
         assert str(refused.value) == (f"this checkout's Prefect server (pid {stand_in.pid}) runs on port {port + 1}, "
                                       f"not on port {port}, and a second one would share its database: unset "
-                                      f"{server.PORT_ENV} or set it to that port, or stop that server first "
+                                      f"{server_port.PORT_ENV} or set it to that port, or stop that server first "
                                       "(`regularity server stop`)")
     finally:
         stand_in.kill()
         stand_in.wait()
     starting = subprocess.Popen([sys.executable, "-c", code, "1", "prefect-server-stand-in"])  # exits without serving
-    (home / server.SERVER_PID_FILE).write_text(str(starting.pid))
-    (home / server.SERVER_PORT_FILE).write_text(f"{port}\n")  # another command started it on this port
+    (home / server_port.SERVER_PID_FILE).write_text(str(starting.pid))
+    (home / server_port.SERVER_PORT_FILE).write_text(f"{port}\n")  # another command started it on this port
     with pytest.raises(RuntimeError, match=rf"^the Prefect server on port {port} exited; the end of "):
         server.start_server()
     assert starting.wait() == 0 and not (home / "server.log").exists()  # waited for it; none of ours was spawned

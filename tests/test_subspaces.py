@@ -178,13 +178,12 @@ def test_a_models_draws_do_not_depend_on_its_shard_mates(toy):
     ensemble = Ensemble.init("subspace3_mlp_w4_d1", (1, 16), CLASSES, [1, 2, 3])
     together = SubspaceTraining(ensemble, "simplex", [7, 8, 9], layerwise=True)
     log = draw_log(together)
-    train(ensemble, x, y, subsets, [4, 5, 6], config, step_hook=together.step, regularizer=together.regularizer)
+    train(ensemble, x, y, subsets, [4, 5, 6], config, hooks=together.hooks())
     for k in range(3):
         alone_ensemble = Ensemble.init("subspace3_mlp_w4_d1", (1, 16), CLASSES, [1 + k])
         alone = SubspaceTraining(alone_ensemble, "simplex", [7 + k], layerwise=True)
         alone_log = draw_log(alone)
-        train(alone_ensemble, x, y, subsets[k : k + 1], [4 + k], config, step_hook=alone.step,
-              regularizer=alone.regularizer)
+        train(alone_ensemble, x, y, subsets[k : k + 1], [4 + k], config, hooks=alone.hooks())
         assert len(log[k]) == config.epochs * (int(subsets[k].sum()) // config.batch_size)  # only its own steps
         assert torch.equal(torch.stack(log[k]), torch.stack(alone_log[0]))
 
@@ -236,7 +235,7 @@ def test_stacked_subspace_training_equals_one_by_one(toy, name, key, kind, layer
     ensemble = Ensemble.init(name, x.shape[1:], CLASSES, seeds)
     assert ensemble.stacked
     subspace = SubspaceTraining(ensemble, kind, draw_seeds, layerwise, beta)
-    train(ensemble, x, y, subsets, order_seeds, CONFIG, step_hook=subspace.step, regularizer=subspace.regularizer)
+    train(ensemble, x, y, subsets, order_seeds, CONFIG, hooks=subspace.hooks())
     for k in range(3):
         reference, _ = train_one_by_one(init_model(name, x.shape[1:], CLASSES, seeds[k]), x, y,
                                         subsets[k].nonzero().squeeze(1), order_seeds[k], CONFIG,

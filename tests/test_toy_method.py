@@ -31,6 +31,14 @@ def test_the_toy_method_lives_outside_every_shared_module():
     assert "toy" not in FLOWS
 
 
+def test_a_registry_entry_must_say_how_its_config_fails_early():
+    """`early_failure` has no default: a new method cannot leave tests/test_hostile_input.py's early-stop check out."""
+    from flows.registry import FlowEntry
+
+    with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'early_failure'"):
+        FlowEntry("toy_method", "toy_flow", "ToyFlowConfig", "a toy")
+
+
 def test_config_prints_the_toy_config_with_its_descriptions(toy, capsys):
     assert main(["config", "toy"]) == 0
     printed = capsys.readouterr().out.splitlines()
@@ -57,6 +65,15 @@ def test_toy_run_is_listed_and_shown(toy, tmp_path, capsys, monkeypatch, prefect
     assert main(["show", folder.name, "--data-root", str(tmp_path)]) == 0
     shown = capsys.readouterr().out
     assert "n_train: 30" in shown and "class_counts.parquet" in shown and f"{len(counts)} rows" in shown
+
+    # its findings, by its own rule, reach `regularity findings` and lead its report
+    spread = counts["share"].max() - counts["share"].min()
+    assert main(["findings", "--flow", "toy", "--data-root", str(tmp_path)]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    verdict = "supported" if spread < 0.05 else "not supported"
+    assert listed[2].startswith(f"| **{verdict}** | toy | {folder.name} | The classes of the training set are balanced.")
+    assert f"| {spread:.4g} ± 0 | 1 | R1 |" in listed[2]
+    assert report.index("## Findings") < report.index("## Tables")
 
 
 def test_toy_early_failure_config_stops_before_any_file(toy, tmp_path, monkeypatch):

@@ -48,7 +48,7 @@ def gray_folder(tmp_path):
 
 def test_image_folder_source_is_the_file_that_holds_the_image(gray_folder):
     d = load(name="image_folder", path=str(gray_folder), normalize=False)
-    # example_id = position in the sorted (class folder, file name) order, as README and data/README say
+    # example_id = position in the sorted (class folder, file name) order, as data/README.md says
     assert d.train_source.tolist() == ["train/boot/10.png", "train/boot/9.png", "train/sandal/0.png",
                                        "train/sandal/1.png"]
     assert d.test_source.tolist() == ["test/boot/3.png", "test/sandal/2.png"]

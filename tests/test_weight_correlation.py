@@ -10,9 +10,11 @@ from safetensors.torch import load_file
 from core.config import derive_seed
 from core.data.config import DatasetConfig
 from core.data.datasets import load_dataset
+from core.findings import COLUMNS
 from core.methods.pruning import target_kept
-from core.methods.weight_correlation import (METHODS, budget, mask_sources, method_gaps, method_rows, starting_points,
-                                     top_fraction, weight_correlation)
+from core.methods.weight_correlation import (CORRELATION_FALLS, FINE_TUNE_WINS, METHODS, NO_TICKET_WELL_TRAINED,
+                                             TICKET_AT_SMALL_LR, budget, mask_sources, method_gaps, method_rows,
+                                             starting_points, top_fraction, weight_correlation)
 from core.models.networks import init_model
 from core.training.config import TrainConfig
 from core.training.experiment import INIT_STREAM, ORDER_STREAM, REINIT_STREAM, model_seed
@@ -109,6 +111,12 @@ def test_tables_have_the_documented_columns_and_rows(run):
     assert list(correlations.columns) == ["lr", "p", "r_p", "seed"] and len(correlations) == 4 * 2
     assert sorted((folder / "figures").glob("*.png")) == [folder / "figures" / "accuracy_by_method.png",
                                                            folder / "figures" / "r_p_vs_p.png"]
+    findings = pd.read_parquet(folder / "findings.parquet")
+    assert list(findings.columns) == list(COLUMNS) and set(findings["n_seeds"]) == {2}
+    assert list(findings["claim"]) == [claim.claim for claim in (CORRELATION_FALLS, TICKET_AT_SMALL_LR,
+                                                                 NO_TICKET_WELL_TRAINED, FINE_TUNE_WINS)]
+    report = (folder / "report.md").read_text()
+    assert report.index("## Findings") < report.index("## Tables")
 
 
 def test_equal_budget_and_exact_density_in_every_round(run):

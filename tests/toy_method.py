@@ -11,7 +11,8 @@ from pydantic import Field
 
 from core.config import Config, RuntimeConfig
 from core.data.config import DatasetConfig
-from flows.common import checked_data_root
+from core.findings import Claim
+from flows.common import checked_data_root, run_scope
 from flows.registry import FlowEntry
 
 FLOW = "toy"
@@ -37,6 +38,21 @@ def count_classes(labels: list[int], share: bool):
     return table.assign(share=table["n_examples"] / len(labels)) if share else table
 
 
+BALANCED = Claim("The toy's own paper (a test)", "The classes of the training set are balanced.",
+                 "largest minus smallest share of a class")
+
+
+def toy_findings(counts, scope: str):
+    """The toy's claim by a rule of its own: supported when the shares differ by less than 0.05, else not."""
+    from core.findings import NOT_SUPPORTED, SUPPORTED, findings_table, row
+
+    shares = counts["n_examples"] / counts["n_examples"].sum()
+    spread = float(shares.max() - shares.min())
+    verdict = SUPPORTED if spread < 0.05 else NOT_SUPPORTED
+    return findings_table([row(BALANCED, spread, 0.0, 1, verdict, "shares differ by < 0.05: supported; else not",
+                               scope)])
+
+
 @flow(name=FLOW, description="Count the training examples of each class (a toy method).")
 def toy_flow(config: ToyFlowConfig = ToyFlowConfig(), data_root: str | None = None) -> str:
     """Run the toy pipeline of `config`; returns the run folder."""
@@ -53,7 +69,8 @@ def toy_flow(config: ToyFlowConfig = ToyFlowConfig(), data_root: str | None = No
     if not store.is_complete("class_counts.parquet"):
         store.write_table("class_counts.parquet", count_classes(dataset.y_train.tolist(), config.share))
     counts = store.read_table("class_counts.parquet")
-    publish(store, counts, [], f"class counts of {dataset.n_train} {config.dataset.name} training examples")
+    publish(store, counts, [], f"class counts of {dataset.n_train} {config.dataset.name} training examples",
+            findings=toy_findings(counts, run_scope(config, dataset)))
     return str(store.root)
 
 

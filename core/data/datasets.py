@@ -17,10 +17,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from core.data.arrays import load_arrays
+from core.data.cifar import load_cifar
 from core.data.config import DatasetConfig, names_a_file
 from core.data.fingerprint import fingerprint
-from core.data.sources import (DatasetError, RawData, describe_classes, int_labels, load_arrays, load_cifar,
-                               load_fashion_mnist, load_image_folder, read_id_file, rows_of)
+from core.data.image_folder import load_image_folder
+from core.data.sources import (DatasetError, RawData, describe_classes, int_labels, load_fashion_mnist, read_id_file,
+                               rows_of)
 from core.runs.files import atomic_write
 
 __all__ = ["DATASETS", "Dataset", "DatasetError", "RawData", "get_loader", "load_dataset", "load_dataset_by_name"]

@@ -13,7 +13,10 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 from scipy import stats
+from sklearn.metrics import roc_auc_score
 
+from core.findings import MIN_SEEDS, Z, Claim, beyond, findings_table, mean_and_se, not_testable, row
+from core.runs.rows import unpack_bool_rows
 from core.training.experiment import subset_size
 
 
@@ -274,3 +277,51 @@ def cscore_tables(in_subset: np.ndarray, train_correct: np.ndarray, test_correct
         "summary.parquet": _class_rows(cscores, class_names, test_table, halves).assign(
             models=len(ratios), runs_per_ratio=len(ratios) // len(scores.ratios)),
     }
+
+
+PAPER = ("Jiang, Zhang, Talwar, Mozer, Characterizing Structural Regularities of Labeled Data in Overparameterized "
+         "Models (ICML 2021)")
+MISLABELED_AT_LOW_END = Claim(
+    PAPER, "The score identifies out-of-distribution and mislabeled examples at one end of the continuum and strongly "
+    "regular examples at the other end.",
+    "AUROC of a low C-score for finding the training examples whose labels were flipped (dataset.label_noise; 0.5 is "
+    "chance), the C-scores of each group of runs computed on their own; only the mislabeled end is checked here")
+NO_LABEL_NOISE = "no label is known to be wrong; set dataset.label_noise (e.g. 0.1) to flip some"
+REPLICATE_GROUPS = 4  # disjoint groups of runs whose own C-scores are a finding's replicates (a run has one seed)
+
+
+def run_groups(runs: np.ndarray) -> np.ndarray:
+    """Replicate group of each model: its run index mod G, G = min(REPLICATE_GROUPS, runs per ratio // 2), so every
+    group holds at least 2 runs of every ratio."""
+    runs = np.asarray(runs)
+    return runs % max(1, min(REPLICATE_GROUPS, len(np.unique(runs)) // 2))
+
+
+def mislabeled_auroc(cscore: np.ndarray, is_noisy: np.ndarray) -> float:
+    """AUROC of a low `cscore` for the `is_noisy` examples, over the finite scores (NaN without both kinds)."""
+    finite = np.isfinite(cscore)
+    labels = np.asarray(is_noisy, bool)[finite]
+    return float(roc_auc_score(labels, -cscore[finite])) if 0 < labels.sum() < len(labels) else float("nan")
+
+
+def cscore_findings(runs: pd.DataFrame, cscores: pd.DataFrame, scope: str) -> pd.DataFrame:
+    """The paper's claims checked on a holdout run: `runs` (runs.parquet: run, ratio, in_subset, train_correct) and
+    `cscores` (cscores.parquet, rows in example order like the columns of `in_subset`)."""
+    is_noisy, run = np.asarray(cscores["is_noisy"], bool), np.asarray(runs["run"])
+    groups = run_groups(run)
+    n_groups = len(np.unique(groups))
+    if not is_noisy.any():
+        return findings_table([not_testable(MISLABELED_AT_LOW_END, NO_LABEL_NOISE, scope)])
+    if n_groups < MIN_SEEDS:
+        why = (f"{len(np.unique(run))} runs per ratio make {n_groups} group(s) of 2 or more runs, fewer than "
+               f"{MIN_SEEDS}; set runs_per_ratio to {2 * MIN_SEEDS} or more")
+        return findings_table([not_testable(MISLABELED_AT_LOW_END, why, scope, n_groups)])
+    in_subset, correct = unpack_bool_rows(runs["in_subset"]), unpack_bool_rows(runs["train_correct"])
+    ratios = np.asarray(runs["ratio"], float)
+    aurocs = [mislabeled_auroc(holdout_scores(in_subset[groups == g], correct[groups == g], ratios[groups == g]).cscore,
+                               is_noisy) for g in range(n_groups)]
+    estimate, se, n = mean_and_se(aurocs)
+    rule = (f"replicate: each of {n_groups} disjoint groups of runs (run index mod {n_groups}); mean AUROC over them "
+            f"> 0.5 (chance: the paper states no number) by more than {Z:g} SE: supported; < 0.5 by more than {Z:g} "
+            f"SE: not supported; else inconclusive (and with < {MIN_SEEDS} groups)")
+    return findings_table([row(MISLABELED_AT_LOW_END, estimate, se, n, beyond(estimate, se, n, 0.5), rule, scope)])

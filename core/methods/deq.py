@@ -4,13 +4,17 @@ per-epoch probes of the solver and the Jacobian at z*, accuracy under capped inf
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
+from typing import Callable
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.findings import Claim, findings_table, not_testable, paired_difference, too_few_seeds
 from core.models.deq import DEQLinear, hutchinson, spectral_radius
+from core.training.hooks import TrainingHooks
 
 
 def deq_layers(model: nn.Module) -> list[DEQLinear]:
@@ -38,7 +42,7 @@ class JacobianRegularization:
     generator whether this step is penalised (with probability `fraction`); `regularizer` then draws that model's
     `samples` Gaussian probes from the same generator and gives gamma ||eps^T J_f(z*)||^2 / D (mean over probes
     and examples, summed over DEQ blocks) at the fixed points the step's forward found, 0 for a model not
-    penalised. Pass both to train()."""
+    penalised. Pass `hooks()` to train()."""
 
     def __init__(self, ensemble, gamma: float, seeds: list[int], fraction: float = 1.0, samples: int = 1):
         self.layers = deq_layers(ensemble.template)
@@ -70,6 +74,10 @@ class JacobianRegularization:
                 probes[:, k] = torch.randn((self.samples, *z.shape[1:]), generator=self.generators[k], dtype=z.dtype)
             total = total + hutchinson(fz, z, probes.to(z.device))
         return self.gamma * total
+
+    def hooks(self, epoch: Callable[[int], None] | None = None) -> TrainingHooks:
+        """`step` and `regularizer` as train()'s hooks, with `epoch` (e.g. per-epoch probes) when given."""
+        return TrainingHooks(step=self.step, regularizer=self.regularizer, epoch=epoch)
 
 
 def probe(ensemble, x: Tensor, y: Tensor, samples: int = 8, power_iters: int = 30,
@@ -132,3 +140,82 @@ def deq_summary(epochs: pd.DataFrame, inference: pd.DataFrame) -> pd.DataFrame:
 SUMMARY_FIGURES = ["accuracy", "train_forward_steps", "train_backward_steps", "forward_steps", "backward_steps",
                    "forward_residual", "forward_converged", "jacobian_frobenius", "spectral_radius", "epoch_seconds"]
 SUMMARY_ERRORS = ["accuracy", "train_forward_steps", "forward_steps", "jacobian_frobenius", "epoch_seconds"]
+
+
+# Findings: the paper's claims checked on deq_epochs.parquet and deq_inference.parquet.
+
+
+DEQ_PAPER = "Bai, Koltun, Kolter: Stabilizing Equilibrium Models by Jacobian Regularization (ICML 2021)"
+INSTABILITY = "DEQs introduce potential instability to the model."
+STABILIZES = ("The regularization significantly stabilizes the fixed-point convergence in both forward and backward "
+              "passes.")
+GROWING_ITERATIONS = Claim(DEQ_PAPER, INSTABILITY, "without the regulariser (gamma 0): forward solver iterations per "
+                           "example in training, last epoch minus first")
+GROWING_JACOBIAN = Claim(DEQ_PAPER, INSTABILITY, "without the regulariser (gamma 0): ||J_f(z*)||_F^2 / d on the probed "
+                         "test examples, after the last epoch minus after the first")
+FEWER_FORWARD_ITERATIONS = Claim(DEQ_PAPER, STABILIZES, "forward solver iterations per example in the last epoch's "
+                                 "training, without the regulariser minus with it (gamma {gamma})")
+FEWER_BACKWARD_ITERATIONS = Claim(DEQ_PAPER, STABILIZES, "backward (implicit gradient) solver iterations per example "
+                                  "in the last epoch's training, without the regulariser minus with it (gamma {gamma})")
+SMALLER_CAPPED_RESIDUAL = Claim(DEQ_PAPER, STABILIZES, "relative residual of the fixed point after {cap} solver "
+                                "iterations on the probed test examples after the last epoch, without the regulariser "
+                                "minus with it (gamma {gamma})")
+SMALLER_JACOBIAN = Claim(DEQ_PAPER, "The regularization explicitly regularizes the Jacobian of the fixed-point update "
+                         "equations to stabilize the learning of equilibrium models.", "||J_f(z*)||_F^2 / d on the "
+                         "probed test examples after the last epoch, without the regulariser minus with it "
+                         "(gamma {gamma})")
+SAME_PERFORMANCE = Claim(DEQ_PAPER, "With the regularization, DEQs run at approximately the same level of performance.",
+                         "test accuracy after the last epoch, with the regulariser (gamma {gamma}) minus without it")
+ACCURACY_MARGIN = 0.01  # "approximately the same": not worse by more than one accuracy point (ours)
+COMPARED = [(FEWER_FORWARD_ITERATIONS, "train_forward_steps"), (FEWER_BACKWARD_ITERATIONS, "train_backward_steps"),
+            (SMALLER_CAPPED_RESIDUAL, "residual"), (SMALLER_JACOBIAN, "jacobian_frobenius"),
+            (SAME_PERFORMANCE, "accuracy")]
+
+
+def deq_findings(epochs: pd.DataFrame, inference: pd.DataFrame, scope: str) -> pd.DataFrame:
+    """The unregularised DEQ's growth from the first epoch to the last, then each gamma > 0 against gamma 0 after the
+    last epoch, paired by seed. `epochs` and `inference` hold deq_epochs.parquet's and deq_inference.parquet's
+    columns."""
+    gammas, seeds, cap = sorted(set(epochs["gamma"])), epochs["seed"].nunique(), int(inference["cap"].max())
+    first, last = epochs["epoch"].min(), epochs["epoch"].max()
+    claims = [GROWING_ITERATIONS, GROWING_JACOBIAN, *(claim for claim, _ in COMPARED)]
+    if why := too_few_seeds(seeds):
+        return findings_table([not_testable(deq_claim(c, "> 0", cap), why, scope, seeds) for c in claims])
+    no_baseline = "gammas has no 0: add 0.0 (the unregularised DEQ) to gammas"
+    rows = []
+    unregularised = epochs[epochs["gamma"] == 0].set_index(["epoch", "seed"])
+    for claim, column in ((GROWING_ITERATIONS, "train_forward_steps"), (GROWING_JACOBIAN, "jacobian_frobenius")):
+        if 0 not in gammas or first == last:
+            why = no_baseline if 0 not in gammas else "one epoch: growth in training needs train.epochs of 2 or more"
+            rows.append(not_testable(claim, why, scope, seeds))
+        else:
+            rows.append(paired_difference(claim, unregularised.loc[last, column] - unregularised.loc[first, column],
+                                          scope))
+    at_last = epochs[epochs["epoch"] == last].set_index(["gamma", "seed"])
+    capped = inference[(inference["epoch"] == inference["epoch"].max()) & (inference["cap"] == cap)]
+    capped = capped.set_index(["gamma", "seed"])
+    regularised = [g for g in gammas if g > 0]
+    for claim, column in COMPARED:
+        why = no_baseline if 0 not in gammas else "gammas holds only 0: add a positive gamma such as 2.0"
+        if claim is SMALLER_CAPPED_RESIDUAL and cap == 1:
+            why = "monitor.caps holds only 1 (one iteration's residual is always 1): add larger caps such as 8"
+        if 0 not in gammas or not regularised or (claim is SMALLER_CAPPED_RESIDUAL and cap == 1):
+            rows.append(not_testable(deq_claim(claim, "> 0", cap), why, scope, seeds))
+            continue
+        table = capped if claim is SMALLER_CAPPED_RESIDUAL else at_last
+        for gamma in regularised:
+            unregularised_minus_regularised = table.loc[0.0, column] - table.loc[gamma, column]
+            if claim is SAME_PERFORMANCE:
+                row = paired_difference(deq_claim(claim, f"{gamma:g}", cap), -unregularised_minus_regularised, scope,
+                                        -ACCURACY_MARGIN)
+                row["rule"] += (f"; the threshold -{ACCURACY_MARGIN:g} reads 'approximately the same' as not worse by "
+                                "more than one accuracy point (our margin: the paper gives none)")
+            else:
+                row = paired_difference(deq_claim(claim, f"{gamma:g}", cap), unregularised_minus_regularised, scope)
+            rows.append(row)
+    return findings_table(rows)
+
+
+def deq_claim(claim: Claim, gamma: str, cap: int) -> Claim:
+    """`claim` with its measure naming the regularisation strength and the iteration cap."""
+    return replace(claim, measure=claim.measure.format(gamma=gamma, cap=cap))

@@ -13,6 +13,9 @@ from scipy import stats
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.neighbors import LocalOutlierFactor
 
+from core.findings import MIN_SEEDS, Z, Claim, beyond, findings_table, mean_and_se, not_testable, paired_difference, row
+from core.methods.cscore import PAPER, spearman_of_finite
+
 
 def _mean_seen(values: np.ndarray, seen: np.ndarray) -> np.ndarray:
     """Mean over models and epochs of the recorded entries, per example (NaN if never recorded)."""
@@ -186,3 +189,62 @@ def density_proxies(features: np.ndarray, labels: np.ndarray, bandwidth: float |
     if lof_neighbors:
         out[f"{prefix}_lof"] = local_outlier_factor(features, lof_neighbors)
     return out
+
+
+SPEED_TRACKS_CSCORE = Claim(
+    PAPER, "We identify computationally inexpensive proxies to the consistency score using statistics collected "
+    "during training.",
+    "Spearman rho between one model's cumulative label probability (a learning-speed proxy, Sec. 5; here recorded on "
+    "the minibatches as they train, not in a separate pass) and the C-score of cscore_run, per model (seed)")
+SPEED_BEATS_INPUT_DENSITY = Claim(
+    PAPER, "The learning-speed based proxies correlate with the C-score better than the pairwise-distance based ones "
+    "(paraphrased).",
+    "rho(one model's cumulative label probability, C-score) minus rho(input-space label-contrast kernel density, "
+    "C-score), per model (seed)")
+HIDDEN_BEATS_INPUT_DENSITY = Claim(
+    PAPER, "The pairwise-distance proxy correlates with the C-score better when computed in a learned hidden "
+    "representation than in the input space (paraphrased).",
+    "rho(label-contrast kernel density in one model's penultimate layer, C-score) minus rho(the same density in input "
+    "space, C-score), per model (seed)")
+REGULAR_LEARNED_FIRST = Claim(
+    PAPER, "Examples with high C-scores are learned faster during training than examples with low C-scores "
+    "(paraphrased).",
+    "training accuracy of the highest C-score bin minus the lowest (dynamics_bins rank bins), averaged over epochs, "
+    "per model (seed)")
+PROXY_CLAIMS = (SPEED_TRACKS_CSCORE, SPEED_BEATS_INPUT_DENSITY, HIDDEN_BEATS_INPUT_DENSITY, REGULAR_LEARNED_FIRST)
+STRONG_CORRELATION = 0.5  # a proxy's rho must clear this: the usual cut-off of a strong correlation
+
+
+def top_minus_bottom_learning(correct: np.ndarray, seen: np.ndarray, cscore: np.ndarray, bins: int) -> float:
+    """Training accuracy of the highest C-score bin minus the lowest, mean over the epochs that have both."""
+    curves = learning_dynamics(correct, seen, cscore, bins).pivot(index="epoch", columns="bin", values="train_accuracy")
+    return float(np.nanmean(curves[bins - 1] - curves[0]))
+
+
+def proxies_findings(proxies: pd.DataFrame, records: dict[str, np.ndarray], hidden_label_contrast: np.ndarray,
+                     cscore: np.ndarray | None, bins: int, scope: str) -> pd.DataFrame:
+    """The paper's claims on proxies, one model (seed) per replicate: `records` holds the `[K, E, N]` training records
+    (seen, correct, label_prob), `hidden_label_contrast` `[K, N]`, `cscore` the C-score of each row of `proxies`."""
+    models = len(records["seen"])
+    if cscore is None:
+        why = "no C-score to compare with; set cscore_run to the id of a cscore run on the same data"
+        return findings_table([not_testable(claim, why, scope, models) for claim in PROXY_CLAIMS])
+    if models < MIN_SEEDS:
+        why = f"n_models={models} gives fewer than {MIN_SEEDS} seeds; set n_models to {MIN_SEEDS} or more"
+        return findings_table([not_testable(claim, why, scope, models) for claim in PROXY_CLAIMS])
+    seen, correct, label_prob = records["seen"], records["correct"], records["label_prob"]
+    each = range(models)
+    speed = [spearman_of_finite(cumulative_label_probability(label_prob[[k]], seen[[k]]), cscore) for k in each]
+    hidden = [spearman_of_finite(np.asarray(hidden_label_contrast[k], float), cscore) for k in each]
+    input_space = spearman_of_finite(proxies["input_label_contrast"].to_numpy(float), cscore)
+    estimate, se, n = mean_and_se(speed)
+    rule = (f"mean rho over seeds > {STRONG_CORRELATION:g} (the usual cut-off of a strong correlation; the paper gives "
+            f"no number) by more than {Z:g} SE: supported; < {STRONG_CORRELATION:g} by more than {Z:g} SE: not "
+            f"supported; else inconclusive (and with < {MIN_SEEDS} seeds)")
+    return findings_table([
+        row(SPEED_TRACKS_CSCORE, estimate, se, n, beyond(estimate, se, n, STRONG_CORRELATION), rule, scope),
+        paired_difference(SPEED_BEATS_INPUT_DENSITY, np.subtract(speed, input_space), scope),
+        paired_difference(HIDDEN_BEATS_INPUT_DENSITY, np.subtract(hidden, input_space), scope),
+        paired_difference(REGULAR_LEARNED_FIRST, [top_minus_bottom_learning(correct[[k]], seen[[k]], cscore, bins)
+                                                  for k in each], scope),
+    ])

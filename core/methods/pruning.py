@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from typing import Literal
 
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from core.findings import (Claim, findings_table, not_testable, paired_difference, paired_equivalence,
+                           too_few_seeds)
 from core.models.networks import prunable_parameters
 from core.training.ensemble import Ensemble
 
@@ -98,3 +101,33 @@ def rewind(ensemble: Ensemble, snapshot: dict[str, Tensor], masks: dict[str, Ten
         p.copy_(value * masks[name].to(p.device) if name in masks else value)
     for name, b in ensemble.buffers.items():
         b.copy_(snapshot[name].to(b.device))  # e.g. BatchNorm running statistics at the rewind point
+
+
+# ------------------------------------------------------------------ findings: the paper's claims on prune_errors
+PAPER = 'Rosenfeld, Frankle, Carbin, Shavit, "On the Predictability of Pruning Across Scales", ICML 2021'
+PLATEAU_MARGIN = 0.1  # "similar error": the paper gives no number (see LOW_ERROR_PLATEAU's rule)
+LOW_ERROR_PLATEAU = Claim(
+    PAPER, "The densest pruned networks have similar error to the unpruned network: the low-error plateau.",
+    "test error at the first pruning level minus the same seed's dense test error, over the curve's mean dense error, "
+    "mean over networks and data fractions (curves with a dense error of 0 left out), paired by seed")
+ERROR_RISES = Claim(
+    PAPER, "When pruned further, error increases (the power-law region) up to a high-error plateau.",
+    "test error at the sparsest level minus the same seed's dense test error (error points), mean over networks and "
+    "data fractions, paired by seed; whether the rise follows the paper's form is the scaling_law flow's question")
+
+
+def pruning_findings(errors: pd.DataFrame, scope: str) -> pd.DataFrame:
+    """The paper's claims on the shape of each error-vs-density curve, from `prune_errors.parquet`, paired by seed."""
+    seeds = errors["seed"].nunique()
+    if why := too_few_seeds(seeds, "run prune_grid with at least 3 seeds"):
+        return findings_table([not_testable(claim, why, scope, seeds) for claim in (LOW_ERROR_PLATEAU, ERROR_RISES)])
+    curve = ["network", "data_fraction"]
+    by_level = errors.pivot_table(index=[*curve, "seed"], columns="level", values="test_error")
+    dense, first, sparsest = by_level[0], by_level[1], by_level[by_level.columns.max()]
+    eps_np = dense.groupby(curve).transform("mean")
+    positive = eps_np > 0
+    relative = ((first - dense)[positive] / eps_np[positive]).groupby("seed").mean()
+    plateau = paired_equivalence(LOW_ERROR_PLATEAU, relative, scope, PLATEAU_MARGIN)
+    plateau["rule"] += (f" (the paper says only 'similar': ±{PLATEAU_MARGIN:g} of the dense error chosen, about "
+                        "twice the seed spread of the shipped MLP grid, far below the high-error plateau's rise)")
+    return findings_table([plateau, paired_difference(ERROR_RISES, (sparsest - dense).groupby("seed").mean(), scope)])

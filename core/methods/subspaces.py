@@ -10,15 +10,19 @@ Its ends are the networks at the subspace's extremes: every endpoint of a line o
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import torch
 from torch import Tensor
 
+from core.findings import Claim, findings_table, not_testable, paired_difference, too_few_seeds
 from core.models.names import METHODS, STANDARD, Kind
 from core.models.subspaces import (ENDPOINTS, SubspaceConv, SubspaceLinear, curve_coefficients, draw_pair,
                                    endpoint_cosine_squared, line_coefficients, sample_coefficients, set_coefficients,
                                    subspace_layers)
 from core.training.ensemble import Ensemble
+from core.training.hooks import TrainingHooks
 
 
 
@@ -96,7 +100,7 @@ def gains_over_standard(summary: pd.DataFrame) -> pd.DataFrame:
 
 class SubspaceTraining:
     """core.training.trainer.train's hooks for a subspace ensemble: `step` draws each stepping model's coefficients and
-    endpoint pair from its own generator; `regularizer` is beta cos^2 of that pair. Pass both to train()."""
+    endpoint pair from its own generator; `regularizer` is beta cos^2 of that pair. Pass `hooks()` to train()."""
 
     def __init__(self, ensemble: Ensemble, kind: Kind, seeds: list[int], layerwise: bool = False, beta: float = 1.0):
         self.template, self.layers = ensemble.template, subspace_layers(ensemble.template)
@@ -129,3 +133,76 @@ class SubspaceTraining:
         BatchNorm's affine parameters left out)."""
         weights = [params[name] for name in self.weight_names]
         return self.beta * endpoint_cosine_squared(weights, self.pairs.to(weights[0].device))
+
+    def hooks(self) -> TrainingHooks:
+        """`step` and `regularizer` as train()'s hooks."""
+        return TrainingHooks(step=self.step, regularizer=self.regularizer)
+
+
+# Findings: the paper's claims checked on subspace_summary.parquet
+
+
+SUBSPACES_PAPER = "Wortsman, Horton, Guestrin, Farhadi, Rastegari: Learning Neural Network Subspaces (ICML 2021)"
+MIDPOINT_ACCURACY = Claim(SUBSPACES_PAPER, "Using the subspace midpoint boosts accuracy.",
+                          "test accuracy of the {method} midpoint minus that of standard training of the same seed, "
+                          "clean labels, the same epochs for both")
+MIDPOINT_CALIBRATION = Claim(SUBSPACES_PAPER, "Using the subspace midpoint boosts calibration.",
+                             "test ECE (20 bins) of standard training minus that of the {method} midpoint of the same "
+                             "seed, clean labels (positive: the midpoint is better calibrated)")
+MIDPOINT_NOISE_ROBUSTNESS = Claim(SUBSPACES_PAPER, "Using the subspace midpoint boosts robustness to label noise.",
+                                  "test accuracy (clean test labels) of the {method} midpoint minus that of standard "
+                                  "training of the same seed, {noise} of the training labels replaced by a wrong class")
+ENDS_ENSEMBLE = Claim(SUBSPACES_PAPER, "These neural network subspaces contain diverse solutions that can be "
+                      "ensembled, approaching the ensemble performance of independently trained networks without the "
+                      "training cost.", "test accuracy of the ensemble of the {method}'s ends minus that of as many "
+                      "standard networks of the same seed, clean labels")
+ENSEMBLE_MARGIN = 0.01  # "approaching": within one accuracy point (ours; the paper gives no number)
+
+
+def subspaces_findings(summary: pd.DataFrame, scope: str) -> pd.DataFrame:
+    """Each claim per method of `summary` (subspace_summary.parquet's columns), paired by seed against standard
+    training: the midpoint's accuracy and ECE on clean labels, its accuracy at each label-noise level, and the ends'
+    ensemble against as many standard networks (not worse by more than ENSEMBLE_MARGIN)."""
+    methods = sorted(set(summary["method"]) - {STANDARD})
+    noises = sorted(set(summary["noise"]))
+    seeds = summary["seed"].nunique()
+    claims = [MIDPOINT_ACCURACY, MIDPOINT_CALIBRATION, MIDPOINT_NOISE_ROBUSTNESS, ENDS_ENSEMBLE]
+    if why := too_few_seeds(seeds):
+        return findings_table([not_testable(subspace_claim(c, "subspace"), why, scope, seeds) for c in claims])
+    rows = []
+    for claim in claims:
+        levels = [n for n in noises if n > 0] if claim is MIDPOINT_NOISE_ROBUSTNESS else [n for n in noises if n == 0]
+        if not levels:
+            why = ("label_noise holds only 0: add a level such as 0.2" if claim is MIDPOINT_NOISE_ROBUSTNESS else
+                   "label_noise has no 0 (clean labels): add 0.0 to label_noise")
+            rows.append(not_testable(subspace_claim(claim, "subspace"), why, scope))
+        for noise in levels:
+            for method in methods:
+                rows.append(subspace_row(claim, summary, method, noise, scope))
+    return findings_table(rows)
+
+
+def subspace_claim(claim: Claim, method: str, noise: float | None = None) -> Claim:
+    """`claim` with its measure naming the method (and the label noise)."""
+    noise_text = "some" if noise is None else f"{noise:.0%}"
+    return replace(claim, measure=claim.measure.format(method=method, noise=noise_text))
+
+
+def subspace_row(claim: Claim, summary: pd.DataFrame, method: str, noise: float, scope: str) -> dict:
+    """One method's row of `claim` at one noise level: the per-seed differences from standard training."""
+    rows = summary[summary["noise"] == noise]
+    mine, standard = rows[rows["method"] == method], rows[rows["method"] == STANDARD]
+    if claim is ENDS_ENSEMBLE:
+        ends = mine[mine["point"] == "ensemble"].set_index(["seed", "members"])["accuracy"]
+        others = standard[standard["point"] == "ensemble"].set_index(["seed", "members"])["accuracy"]
+        differences = ends - others.reindex(ends.index)
+        row = paired_difference(subspace_claim(claim, method, noise), differences, scope, -ENSEMBLE_MARGIN)
+        return {**row, "rule": f"{row['rule']}; the threshold -{ENSEMBLE_MARGIN:g} reads 'approaching' as within one "
+                               "accuracy point (our margin: the paper gives none)"}
+    midpoint = mine[mine["point"] == "midpoint"].set_index("seed")
+    model = standard[standard["point"] == "model"].set_index("seed").reindex(midpoint.index)
+    if claim is MIDPOINT_CALIBRATION:
+        differences = model["ece"] - midpoint["ece"]
+    else:
+        differences = midpoint["accuracy"] - model["accuracy"]
+    return paired_difference(subspace_claim(claim, method, noise), differences, scope)

@@ -13,6 +13,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from core.findings import (Claim, findings_table, not_testable, paired_difference, paired_equivalence,
+                           too_few_seeds)
+
 # where the surviving weights of each method start every round (T updates of one schedule follow)
 METHODS = ("lottery_ticket", "rewind", "fine_tune", "random_reinit")
 START_OF = {
@@ -77,6 +80,17 @@ def method_gaps(results: pd.DataFrame) -> pd.DataFrame:
     """Per learning rate, over the pruned rounds: the mean accuracy gap lottery ticket - random reinit (a winning
     ticket's mark) and fine-tune - lottery ticket (Liu et al.'s claim), each paired by seed and round, with the
     standard error over seeds; and the dense accuracy. `results` holds lt_vs_pf.parquet's columns."""
+    grouped = seed_gaps(results).groupby("lr")
+    summary = grouped.mean()
+    for column in ["lt_minus_random", "ft_minus_lt"]:
+        summary[f"{column}_sem"] = grouped[column].sem()
+    order = ["dense_accuracy", "lt_minus_random", "lt_minus_random_sem", "ft_minus_lt", "ft_minus_lt_sem", "rewind_minus_lt"]
+    return summary[order].reset_index()
+
+
+def seed_gaps(results: pd.DataFrame) -> pd.DataFrame:
+    """Per (lr, seed): the accuracy gaps lt_minus_random, ft_minus_lt and rewind_minus_lt, each the mean over the
+    pruned rounds of one seed's paired difference, and that seed's dense_accuracy (see `method_gaps`)."""
     wide = results.pivot_table(index=["lr", "seed", "density"], columns="method", values="test_accuracy")
     dense = wide["dense"].groupby(["lr", "seed"]).max()  # one dense row per (lr, seed)
     pruned = wide.drop(columns="dense").dropna()
@@ -84,9 +98,47 @@ def method_gaps(results: pd.DataFrame) -> pd.DataFrame:
                              "ft_minus_lt": pruned["fine_tune"] - pruned["lottery_ticket"],
                              "rewind_minus_lt": pruned["rewind"] - pruned["lottery_ticket"]}).groupby(["lr", "seed"]).mean()
     per_seed["dense_accuracy"] = dense
-    grouped = per_seed.groupby("lr")
-    summary = grouped.mean()
-    for column in ["lt_minus_random", "ft_minus_lt"]:
-        summary[f"{column}_sem"] = grouped[column].sem()
-    order = ["dense_accuracy", "lt_minus_random", "lt_minus_random_sem", "ft_minus_lt", "ft_minus_lt_sem", "rewind_minus_lt"]
-    return summary[order].reset_index()
+    return per_seed
+
+
+# ------------------------------------------------------------------ findings: the paper's claims on the two tables
+PAPER = 'Liu et al., "Lottery Ticket Preserves Weight Correlation: Is It Desirable or Not?", ICML 2021'
+TIE_MARGIN = 0.01  # "unlikely to occur": a ticket's edge within one accuracy point (see NO_TICKET_WELL_TRAINED's rule)
+CORRELATION_FALLS = Claim(
+    PAPER, "A small learning rate preserves the correlation between initial and trained weights; a large one does not.",
+    "R_p at the sweep's smallest learning rate minus R_p at its largest, mean over the fractions p, paired by seed "
+    "(our R_p counts the prunable layers, rounded per layer; the paper's Eq. 1 divides by p x all weights)")
+TICKET_AT_SMALL_LR = Claim(
+    PAPER, "With a small learning rate, the pruned network retrained from its initialisation (the winning ticket) "
+    "beats a random re-initialisation of the same mask.",
+    "lottery ticket minus random re-init test accuracy at the sweep's smallest learning rate, mean over the pruned "
+    "rounds, paired by seed")
+NO_TICKET_WELL_TRAINED = Claim(
+    PAPER, "The winning property is unlikely to occur for a well-trained DNN (a large learning rate).",
+    "lottery ticket minus random re-init test accuracy at the sweep's largest learning rate, mean over the pruned "
+    "rounds, paired by seed")
+FINE_TUNE_WINS = Claim(
+    PAPER, "Pruning and fine-tuning consistently outperforms the lottery ticket at the same total epochs.",
+    "fine-tune minus lottery ticket test accuracy at the sweep's largest learning rate (for the paper's standard "
+    "one), mean over the pruned rounds, paired by seed; equal budgets in updates, the mask-finding rounds counted "
+    "(the paper counts epochs without them)")
+
+
+def weight_correlation_findings(results: pd.DataFrame, correlations: pd.DataFrame, scope: str) -> pd.DataFrame:
+    """The paper's claims from `lt_vs_pf.parquet` (`results`) and `weight_correlation.parquet` (`correlations`)."""
+    seeds, rates = results["seed"].nunique(), sorted(results["lr"].unique())
+    across_rates = (CORRELATION_FALLS, TICKET_AT_SMALL_LR, NO_TICKET_WELL_TRAINED)
+    if why := too_few_seeds(seeds):
+        return findings_table([not_testable(claim, why, scope, seeds) for claim in (*across_rates, FINE_TUNE_WINS)])
+    gaps = seed_gaps(results)
+    smallest, largest = gaps.loc[rates[0]], gaps.loc[rates[-1]]
+    fine_tune = paired_difference(FINE_TUNE_WINS, largest["ft_minus_lt"], scope)
+    if len(rates) < 2:
+        why = "one learning rate: no small and large rate to compare; set learning_rates to at least two values"
+        return findings_table([*(not_testable(claim, why, scope, seeds) for claim in across_rates), fine_tune])
+    r_p = correlations.pivot_table(index="seed", columns=["lr", "p"], values="r_p")
+    no_ticket = paired_equivalence(NO_TICKET_WELL_TRAINED, largest["lt_minus_random"], scope, TIE_MARGIN)
+    no_ticket["rule"] += f" (the paper gives no number for 'unlikely': one accuracy point, {TIE_MARGIN:g}, chosen)"
+    return findings_table([
+        paired_difference(CORRELATION_FALLS, (r_p[rates[0]] - r_p[rates[-1]]).mean(axis=1), scope),
+        paired_difference(TICKET_AT_SMALL_LR, smallest["lt_minus_random"], scope), no_ticket, fine_tune])

@@ -57,8 +57,8 @@ class BatchNormMoments:
         self.running_var.copy_((self.squares - self.count * mean.square()) / (self.count - 1))
 
 
-# set by core.training.ensemble.recalibrate_batchnorm: each layer's BatchNormMoments by id of its stacked running mean;
-# a context variable, so another thread's forward passes never feed it
+# set by core.training.recalibration.recalibrate_batchnorm: each layer's BatchNormMoments by id of its stacked running
+# mean; a context variable, so another thread's forward passes never feed it
 batch_norm_calibration: ContextVar[dict[int, BatchNormMoments] | None] = ContextVar("calibration", default=None)
 
 

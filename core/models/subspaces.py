@@ -4,15 +4,15 @@ A subspace layer holds m endpoint weight sets W_1..W_m (`weight` `[m, out, in, *
 initialised independently, and runs with the weights sum_i c_i W_i for coefficients c set on it before the forward
 (`coefficients`: `[m]` for one model, `[K, m]` on a stacked ensemble's template). Each training step draws c from a
 generator per model (a line, a quadratic Bezier curve with a trained control point, or a uniform point of the
-simplex; one draw for the network or one per layer) through core.training.trainer.train's `step_hook`, and adds
-beta cos^2(w_i, w_j) of a random endpoint pair through its `regularizer`. One backward trains every endpoint: the
+simplex; one draw for the network or one per layer) through core.training.trainer.train's `hooks.step`, and adds
+beta cos^2(w_i, w_j) of a random endpoint pair through its `hooks.regularizer`. One backward trains every endpoint: the
 gradient of W_i is c_i times that of the combined weight.
 
 BatchNorm's affine weight and bias are interpolated the same way (`SubspaceBatchNorm`); its running statistics are
 one set per model, meaningful only at the point they were gathered at, so every evaluated point recomputes them
-from the training set (core.training.ensemble.recalibrate_batchnorm). The cos^2 regulariser is on the weights of the linear
-and conv layers only: it measures how far apart the endpoints point, and BatchNorm's per-channel scales start equal
-(all ones) at every endpoint, so they stay out of it.
+from the training set (core.training.recalibration.recalibrate_batchnorm). The cos^2 regulariser is on the weights of
+the linear and conv layers only: it measures how far apart the endpoints point, and BatchNorm's per-channel scales
+start equal (all ones) at every endpoint, so they stay out of it.
 """
 from __future__ import annotations
 

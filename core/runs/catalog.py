@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from core.runs.completeness import changed_inputs
 from core.runs.files import decode_provenance, file_metadata, resolve_root
-from core.runs.store import REPORT
+from core.runs.store import FINDINGS, REPORT
 
 RUN_ID = re.compile(r"[a-z_]+-[0-9a-f]{12}")
 RUN_PREFIX = re.compile(r"[a-z_]+(-[0-9a-f]{0,12})?")  # the start of a run id, flow name first
@@ -74,11 +74,11 @@ def list_runs(data_root: Path | str | None = None,
 
 
 def audit_run(folder: Path | str) -> pd.DataFrame:
-    """One row per table and weights file of a run folder: name, rows, columns, code_revision, created_at, and
-    `changed`: the inputs it was built from that were rewritten or removed since (it is out of date)."""
+    """One row per table and weights file of a run folder (findings.parquet aside): name, rows, columns, code_revision,
+    created_at, and `changed`: the inputs it was built from that were rewritten or removed since (it is out of date)."""
     folder, rows = Path(folder), []
     for path in sorted([*folder.rglob("*.parquet"), *folder.rglob("*.safetensors")]):
-        if path.name.startswith("."):
+        if path.name.startswith(".") or path == folder / FINDINGS:  # findings: re-derived at each end, like the report
             continue
         shape = None
         if path.suffix == ".parquet":  # one footer read gives both the shape and the provenance
@@ -119,3 +119,20 @@ def find_run(run: str, data_root: Path | str | None = None, prefix: bool = False
     start = prefix and not RUN_ID.fullmatch(run)
     raise FileNotFoundError(f"no run {run!r}{' (nor one beginning so)' * start} under {runs}; "
                             f"runs there: {', '.join(known) or 'none'} (set --data-root if it lives elsewhere)")
+
+
+def run_findings(data_root: Path | str | None = None) -> pd.DataFrame:
+    """Every run's findings in one table, led by its flow, run id and status; runs written before their flow checked
+    claims (no findings.parquet yet: running the same command again adds it) are left out."""
+    from core.findings import COLUMNS
+
+    frames = []
+    for run in list_runs(data_root).itertuples():
+        path = Path(run.path) / FINDINGS
+        if path.is_file():
+            frame = pd.read_parquet(path)
+            frames.append(frame.assign(flow=run.flow, run_id=run.run_id, status=run.status))
+    columns = ["flow", "run_id", "status", *COLUMNS]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]

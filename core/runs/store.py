@@ -25,6 +25,7 @@ from core.runs.files import (META_PREFIX, atomic_write, code_revision, dataset_c
 TMP_ABANDONED_S = 3600  # a temp file untouched this long belongs to a write that a kill interrupted
 FIGURES_RECORD = "figures/drawn_from.json"  # which tables, and which code, drew the figures listed in it
 REPORT = "report.md"  # every flow writes its markdown report last: its presence means the run is complete
+FINDINGS = "findings.parquet"  # every flow's checked claims, one row each (`core.findings`)
 
 
 class RunConflictError(RuntimeError):
@@ -288,7 +289,8 @@ class RunStore:
         draws nothing, and matplotlib takes seconds a figure)."""
         record_path = self.root / FIGURES_RECORD
         drawn_from = {"code_revision": code_revision(),
-                      "tables": json.loads(self._stamps(sorted(p.name for p in self.root.glob("*.parquet"))))}
+                      "tables": json.loads(self._stamps(sorted(p.name for p in self.root.glob("*.parquet")
+                                                               if p.name != FINDINGS)))}  # written after the figures
         try:
             record = json.loads(record_path.read_text())
             kept = [self.root / name for name in record["files"]]

@@ -8,14 +8,16 @@ tried (NaN when no size reaches it).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from core.sequence.config import OptimConfig
-from core.sequence.lime import LimeConfig, generate
+from core.findings import Claim, findings_table, not_testable, paired_difference, too_few_seeds
+from core.sequence.config import SCRATCH, OptimConfig
+from core.sequence.lime import CONTROLS, TASKS, LimeConfig, generate
 from core.sequence.transformer import Batches, Seq2Seq, exact_match, token_accuracy, train_seq2seq
 
 
@@ -120,3 +122,64 @@ def transfer_summary(finetune: pd.DataFrame, efficiency: pd.DataFrame) -> pd.Dat
     order = {arm: i for i, arm in enumerate(dict.fromkeys(finetune["arm"]))}
     return summary.sort_values(["arm", "train_examples"], key=lambda c: c.map(order) if c.name == "arm" else c,
                                ignore_index=True)
+
+
+LIME_PAPER = ("Wu, Rabe, Li, Ba, Grosse, Szegedy: LIME: Learning Inductive Bias for Primitives of Mathematical "
+              "Reasoning (ICML 2021)")
+BEATS_SCRATCH = Claim(LIME_PAPER, "Models trained with LIME significantly outperform vanilla transformers on four very "
+                      "different large mathematical reasoning benchmarks.", "exact match on one-step term rewriting "
+                      "(not the paper's benchmarks) at the last fine-tuning step, {arm} pretraining minus none "
+                      "(scratch), mean over the downstream training sizes")
+BEATS_CONTROL = Claim(LIME_PAPER, "Inductive bias is encoded in the form of datasets: tasks that require deduction, "
+                      "induction and abduction, devoid of mathematical knowledge, teach the fundamental reasoning "
+                      "biases.", "exact match on one-step term rewriting at the last fine-tuning step, {arm} "
+                      "pretraining minus the {control} control (pretrained to {control} the same sources), mean over "
+                      "the downstream training sizes")
+LEARNED_EXACT_MATCH = 0.05  # held-out pretraining exact match below this is "near 0": the task was not learned (ours)
+
+
+def lime_pretrain_findings(pretrain: pd.DataFrame, finetune: pd.DataFrame, scope: str) -> pd.DataFrame:
+    """Each LIME arm of `finetune` against scratch and against each control, paired by seed; not testable where the
+    arm's pretraining did not learn its task (held-out exact match at the last step of `pretrain`, the mean over
+    seeds, below LEARNED_EXACT_MATCH). The tables hold lime_pretrain_curves.parquet's and
+    lime_finetune_curves.parquet's columns."""
+    arms, seeds = list(dict.fromkeys(finetune["arm"])), finetune["seed"].nunique()
+    lime_arms = [arm for arm in arms if arm == "mixed" or arm in TASKS] or ["LIME"]
+    comparisons = [(BEATS_SCRATCH, SCRATCH), *((BEATS_CONTROL, control) for control in CONTROLS if control in arms)]
+    if not any(claim is BEATS_CONTROL for claim, _ in comparisons):
+        comparisons.append((BEATS_CONTROL, "copy"))
+    rows = []
+    for claim, baseline in comparisons:
+        for arm in lime_arms:
+            claim_here = replace(claim, measure=claim.measure.format(arm=arm, control=baseline))
+            why = untestable_transfer(pretrain, arms, arm, baseline, seeds)
+            if why:
+                rows.append(not_testable(claim_here, why, scope, seeds))
+            else:
+                rows.append(paired_difference(claim_here, exact_match_gain(finetune, arm, baseline), scope))
+    return findings_table(rows)
+
+
+def untestable_transfer(pretrain: pd.DataFrame, arms: list[str], arm: str, baseline: str, seeds: int) -> str:
+    """Why this run cannot test `arm` against `baseline` ('' when it can)."""
+    if arm not in arms:
+        return "arms has no LIME task: add mixed (or deduct, abduct, induct) to arms"
+    if baseline not in arms:
+        what = "scratch (no pretraining)" if baseline == SCRATCH else "a control (copy or reverse)"
+        return f"arms has no {baseline}: add {what} to arms"
+    curve = pretrain[pretrain["arm"] == arm]
+    last = curve[curve["step"] == curve["step"].max()]
+    learned = last["exact_match"].mean()
+    if not learned >= LEARNED_EXACT_MATCH:  # the first reason: more seeds would not make it testable
+        return (f"pretraining did not learn {arm}: held-out exact match {learned:.3f} at its last step "
+                f"({int(last['step'].max())}), mean over seeds, below {LEARNED_EXACT_MATCH:g} (our 'near 0'), so "
+                "nothing learned could transfer; pretrain longer (pretrain.optim.steps) or a larger transformer")
+    return too_few_seeds(seeds) or ""
+
+
+def exact_match_gain(finetune: pd.DataFrame, arm: str, baseline: str) -> pd.Series:
+    """Per seed: `arm`'s exact match minus `baseline`'s at the last fine-tuning step, the mean over training sizes."""
+    last = finetune[finetune["step"] == finetune["step"].max()]
+    last = last.set_index(["arm", "seed", "train_examples"]).sort_index()
+    gains = last.loc[arm, "exact_match"] - last.loc[baseline, "exact_match"]
+    return gains.groupby(level="seed").mean()

@@ -7,7 +7,6 @@ momentum visibly hurts; see the C-score issue). A subset smaller than one batch 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +16,7 @@ from tqdm.auto import tqdm
 
 from core.training.config import TrainConfig, lr_at
 from core.training.ensemble import Ensemble, example_outcomes
+from core.training.hooks import TrainingHooks
 
 FUSED_SGD_DEVICES = ("cpu", "cuda")  # where torch's fused SGD kernel exists
 
@@ -180,9 +180,7 @@ def train(
     snapshot_step: int | None = None,
     start_step: int = 0,
     lr_scale: Tensor | None = None,
-    step_hook: Callable[[Tensor], None] | None = None,
-    regularizer: Callable[[dict[str, Tensor]], Tensor] | None = None,
-    epoch_hook: Callable[[int], None] | None = None,
+    hooks: TrainingHooks | None = None,
 ) -> TrainResult:
     """Train every model k of `ensemble` on the examples where `subsets[k]` (bool `[K, N]`) is True.
 
@@ -194,14 +192,11 @@ def train(
     Momentum starts from zero, as with a fresh optimizer.
     With `lr_scale` (`[K]`), model k's learning rate is `lr_scale[k]` times the schedule's (a sweep of
     learning rates in one pass).
-    With `step_hook`, `step_hook(takes)` runs before each step's forward, `takes` the bool `[K]` CPU tensor of
-    the models that take this step (never a model's skipped or padding steps): e.g. per-model random draws that
-    must follow a model's own steps, as they would were it trained alone (core.models.subspaces).
-    With `regularizer`, `regularizer(ensemble.params)` (`[K]`, differentiable) is added to each model's loss on
-    every step it takes; `losses` still holds the cross-entropy alone.
-    With `epoch_hook`, `epoch_hook(epoch)` runs after each epoch's last step (e.g. per-epoch diagnostics); it must
-    leave the parameters, buffers and the hooks' generators as it found them.
+    With `hooks` (core.training.hooks.TrainingHooks, whose docstring says when each runs), a method adds its
+    per-step draws (`step`), a term of each model's loss (`regularizer`; `losses` still holds the cross-entropy
+    alone) and per-epoch work (`epoch`) without the trainer naming it.
     """
+    hooks = hooks or TrainingHooks()
     device = ensemble.device
     x, y = x.to(device), y.to(device)
     members = [row.nonzero().squeeze(1) for row in subsets.cpu()]
@@ -248,16 +243,16 @@ def train(
             idx = order[:, s]
             xb, yb = _rows(x, idx), _rows(y, idx)
             saved = {n: b.clone() for n, b in ensemble.buffers.items()} if active is not None else {}
-            if step_hook is not None:
-                step_hook(takes)
+            if hooks.step is not None:
+                hooks.step(takes)
             logits = ensemble(xb, train=True)
             # classes on dim 1: log-softmax over a contiguous dim of 10 classes is ~10x slower on the CPU
             per_model = F.cross_entropy(logits.transpose(1, 2), yb, reduction="none").mean(1)
             per_model = per_model if active is None else per_model * active
-            if regularizer is None:
+            if hooks.regularizer is None:
                 per_model.sum().backward()
             else:
-                extra = regularizer(ensemble.params)
+                extra = hooks.regularizer(ensemble.params)
                 (per_model + (extra if active is None else extra * active)).sum().backward()
             _restore_idle(ensemble.buffers, saved, active)  # after backward, which may still read them
             if record:
@@ -270,8 +265,8 @@ def train(
             epoch_loss += per_model.detach()
             bar.update(1)
         epoch_losses.append(epoch_loss.cpu() / (steps - first).clamp(min=0))  # NaN for an epoch a model skipped
-        if epoch_hook is not None:
-            epoch_hook(epoch)
+        if hooks.epoch is not None:
+            hooks.epoch(epoch)
     bar.close()
     result.losses = torch.stack(epoch_losses, dim=1)
     if record:

@@ -26,7 +26,7 @@ def test_regularised_stacked_training_equals_one_by_one():
     x, y, subsets = toy["seq"], toy["y"], toy["subsets"]
     ensemble = Ensemble.from_models([deq_model(seed) for seed in (1, 2, 3)])
     penalty = JacobianRegularization(ensemble, gamma=3.0, seeds=[31, 32, 33], fraction=0.5, samples=2)
-    train(ensemble, x, y, subsets, [21, 22, 23], CONFIG, step_hook=penalty.step, regularizer=penalty.regularizer)
+    train(ensemble, x, y, subsets, [21, 22, 23], CONFIG, hooks=penalty.hooks())
     for k, seed in enumerate((1, 2, 3)):
         members = subsets[k].nonzero().squeeze(1)
         reference, _ = train_one_by_one(deq_model(seed), x, y, members, 21 + k, CONFIG,
@@ -153,8 +153,7 @@ def test_a_probe_after_every_epoch_leaves_training_as_it_was():
             probe(ensemble, x[:20], y[:20], samples=2, power_iters=3, generator=torch.Generator().manual_seed(epoch))
             capped_inference(ensemble, x[:20], y[:20], [1, 3])
 
-        train(ensemble, x, y, subsets, [21, 22, 23], config, step_hook=penalty.step, regularizer=penalty.regularizer,
-              epoch_hook=after_epoch if with_probe else None)
+        train(ensemble, x, y, subsets, [21, 22, 23], config, hooks=penalty.hooks(after_epoch if with_probe else None))
         runs.append(ensemble.state())
     assert epochs_seen == [0, 1]
     for name in runs[0]:

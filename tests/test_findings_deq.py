@@ -1,0 +1,88 @@
+"""The deq flow's findings rules (core.methods.deq.deq_findings) on hand-made epoch and inference tables of 3 seeds:
+the unregularised DEQ's growth in training, and gamma 2 against gamma 0 after the last epoch, paired by seed."""
+import math
+
+import pandas as pd
+import pytest
+
+from core.findings import COLUMNS
+from core.methods.deq import (FEWER_BACKWARD_ITERATIONS, FEWER_FORWARD_ITERATIONS, GROWING_ITERATIONS,
+                              GROWING_JACOBIAN, SAME_PERFORMANCE, SMALLER_CAPPED_RESIDUAL, SMALLER_JACOBIAN,
+                              deq_findings)
+
+SCOPE = "synthetic, deq_w8, 2 epochs, 3 seeds"
+ROOT3 = math.sqrt(3)
+# per (gamma, epoch): per seed (train_forward_steps, train_backward_steps, jacobian_frobenius, accuracy)
+FIGURES = {(0.0, 1): [(10, 4, 0.10, 0.50)] * 3,
+           (0.0, 2): [(20, 5, 0.10, 0.60), (21, 5, 0.09, 0.60), (22, 5, 0.11, 0.60)],
+           (2.0, 1): [(9, 9, 0.01, 0.10)] * 3,
+           (2.0, 2): [(12, 6, 0.05, 0.58), (12, 7, 0.05, 0.59), (12, 8, 0.05, 0.60)]}
+# residual after 8 iterations, per (gamma, epoch), per seed (after 1 iteration it is always 1)
+RESIDUALS = {(0.0, 1): [0.9] * 3, (0.0, 2): [0.5, 0.4, 0.6], (2.0, 1): [0.9] * 3, (2.0, 2): [0.1] * 3}
+
+
+def tables(gammas=(0.0, 2.0), epochs=(1, 2), seeds=(0, 1, 2), caps=(1, 8)) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """deq_epochs and deq_inference tables (the columns the rules read) from FIGURES and RESIDUALS."""
+    names = ["train_forward_steps", "train_backward_steps", "jacobian_frobenius", "accuracy"]
+    epoch_rows = [{"gamma": g, "seed": s, "epoch": e, **dict(zip(names, FIGURES[g, e][s]))}
+                  for g in gammas for s in seeds for e in epochs]
+    inference_rows = [{"gamma": g, "seed": s, "epoch": e, "cap": c, "accuracy": 0.5,
+                       "residual": 1.0 if c == 1 else RESIDUALS[g, e][s]}
+                      for g in gammas for s in seeds for e in epochs for c in caps]
+    return pd.DataFrame(epoch_rows), pd.DataFrame(inference_rows)
+
+
+def test_growth_without_the_regulariser_then_gamma_against_none_paired_by_seed():
+    findings = deq_findings(*tables(), SCOPE)
+    assert list(findings.columns) == list(COLUMNS)
+    claims = [GROWING_ITERATIONS, GROWING_JACOBIAN, FEWER_FORWARD_ITERATIONS, FEWER_BACKWARD_ITERATIONS,
+              SMALLER_CAPPED_RESIDUAL, SMALLER_JACOBIAN, SAME_PERFORMANCE]
+    assert findings["claim"].tolist() == [c.claim for c in claims]
+    assert findings["claim"][0] == "DEQs introduce potential instability to the model."
+    assert findings["n_seeds"].eq(3).all() and findings["scope"].eq(SCOPE).all()
+    expected = [  # (estimate, se, verdict), each by hand from FIGURES and RESIDUALS
+        (11.0, 1 / ROOT3, "supported"),  # forward steps 20, 21, 22 after 10: growth 10, 11, 12
+        (0.0, 0.01 / ROOT3, "inconclusive"),  # ||J|| 0.10, 0.09, 0.11 after 0.10
+        (9.0, 1 / ROOT3, "supported"),  # forward steps 20, 21, 22 against 12
+        (-2.0, 1 / ROOT3, "not supported"),  # backward steps 5 against 6, 7, 8
+        (0.4, 0.1 / ROOT3, "supported"),  # residual after 8 iterations 0.5, 0.4, 0.6 against 0.1
+        (0.05, 0.01 / ROOT3, "supported"),  # ||J|| 0.10, 0.09, 0.11 against 0.05
+        (-0.01, 0.01 / ROOT3, "inconclusive"),  # accuracy 0.58, 0.59, 0.60 against 0.60: right at the -0.01 margin
+    ]
+    for row, (estimate, se, verdict) in zip(findings.to_dict("records"), expected):
+        assert (row["estimate"], row["se"], row["verdict"]) == (pytest.approx(estimate), pytest.approx(se), verdict)
+    assert "after 8 solver iterations" in findings["measure"][4] and "(gamma 2)" in findings["measure"][4]
+    assert findings["rule"][6].endswith("the threshold -0.01 reads 'approximately the same' as not worse by more "
+                                        "than one accuracy point (our margin: the paper gives none)")
+
+
+def test_each_regularised_gamma_gets_its_own_rows():
+    epochs, inference = tables()
+    more = [frame.assign(gamma=4.0) for frame in (epochs[epochs["gamma"] == 2], inference[inference["gamma"] == 2])]
+    findings = deq_findings(pd.concat([epochs, more[0]]), pd.concat([inference, more[1]]), SCOPE)
+    assert len(findings) == 2 + 5 * 2
+    assert findings["measure"].str.contains(r"\(gamma 4\)").sum() == 5
+
+
+def test_settings_that_cannot_test_a_claim_say_what_to_change():
+    no_baseline = deq_findings(*tables(gammas=(2.0,)), SCOPE)
+    assert len(no_baseline) == 7 and no_baseline["estimate"].isna().all()
+    assert no_baseline["rule"].eq("not testable here: gammas has no 0: add 0.0 (the unregularised DEQ) to gammas").all()
+    only_baseline = deq_findings(*tables(gammas=(0.0,)), SCOPE)
+    assert only_baseline["verdict"].tolist()[:2] == ["supported", "inconclusive"]
+    assert only_baseline["rule"][2:].eq("not testable here: gammas holds only 0: add a positive gamma such as "
+                                        "2.0").all()
+    one_epoch = deq_findings(*tables(epochs=(2,)), SCOPE)
+    assert one_epoch["rule"][:2].eq("not testable here: one epoch: growth in training needs train.epochs of 2 or "
+                                    "more").all()
+    assert one_epoch["verdict"][2] == "supported"
+    one_cap = deq_findings(*tables(caps=(1,)), SCOPE)
+    assert one_cap["rule"][4] == ("not testable here: monitor.caps holds only 1 (one iteration's residual is always "
+                                  "1): add larger caps such as 8")
+
+
+def test_one_seed_gives_no_verdict():
+    findings = deq_findings(*tables(seeds=(0,)), SCOPE)
+    assert len(findings) == 7 and findings["verdict"].eq("inconclusive").all() and findings["n_seeds"].eq(1).all()
+    assert findings["rule"].eq("not testable here: 1 seed, and a verdict needs a standard error over at least 3; "
+                               "set seeds to at least 3 values").all()

@@ -1,0 +1,88 @@
+"""The subspaces flow's findings rules (core.methods.subspaces.subspaces_findings) on hand-made summary tables of 3
+seeds: each claim's per-seed differences from standard training, their mean and standard error by hand, the verdict."""
+import math
+
+import pandas as pd
+import pytest
+
+from core.findings import COLUMNS
+from core.methods.subspaces import (ENDS_ENSEMBLE, MIDPOINT_ACCURACY, MIDPOINT_CALIBRATION, MIDPOINT_NOISE_ROBUSTNESS,
+                                    subspaces_findings)
+
+SCOPE = "digits, mlp_w16_d1, 2 epochs, 3 seeds"
+SE_OF_STEP_001 = 0.01 / math.sqrt(3)  # standard error of three values 0.01 apart (sample std 0.01)
+
+
+def summary_rows(noise: float, seed: int, model: tuple, midpoint: tuple, ensembles: tuple) -> list[dict]:
+    """subspace_summary rows of one (noise, seed): the standard model's and the line midpoint's (accuracy, ece), then
+    the standard ensemble of 2, the line's ends' ensemble and a standard ensemble of 3 (accuracy; never compared)."""
+    def one(method, point, members, accuracy, ece=0.1):
+        return {"method": method, "endpoints": 2 if method == "line" else 1, "noise": noise, "seed": seed,
+                "point": point, "members": members, "accuracy": accuracy, "confidence": 0.5, "ece": ece}
+    standard_two, ends, standard_three = ensembles
+    return [one("line", "endpoint", 1, 0.0, 0.9), one("line", "ensemble", 2, ends),
+            one("line", "midpoint", 1, *midpoint), one("standard", "ensemble", 2, standard_two),
+            one("standard", "ensemble", 3, standard_three), one("standard", "model", 1, *model)]
+
+
+def summary_table(seeds=(0, 1, 2), noises=(0.0, 0.2)) -> pd.DataFrame:
+    """Clean labels: midpoint accuracy +0.02/+0.03/+0.04 over standard, ECE 0.02/0.03/0.04 worse, the ends' ensemble
+    0.005/0.004/0.006 below two standard networks. 20% noise: midpoint accuracy +0.01/-0.01/+0.03."""
+    rows = []
+    for seed in seeds:
+        rows += summary_rows(0.0, seed, (0.80 + 0.01 * seed, 0.10), (0.82 + 0.02 * seed, 0.12 + 0.01 * seed),
+                             (0.85, (0.845, 0.846, 0.844)[seed], 0.99)) if 0.0 in noises else []
+        rows += summary_rows(0.2, seed, (0.70, 0.20), ((0.71, 0.69, 0.73)[seed], 0.20), (0.75, 0.75, 0.99)
+                             ) if 0.2 in noises else []
+    return pd.DataFrame(rows)
+
+
+def test_each_claim_is_paired_by_seed_against_standard_training():
+    findings = subspaces_findings(summary_table(), SCOPE)
+    assert list(findings.columns) == list(COLUMNS)
+    assert findings["claim"].tolist() == [c.claim for c in (MIDPOINT_ACCURACY, MIDPOINT_CALIBRATION,
+                                                            MIDPOINT_NOISE_ROBUSTNESS, ENDS_ENSEMBLE)]
+    assert findings["claim"].tolist()[0] == "Using the subspace midpoint boosts accuracy."
+    assert findings["n_seeds"].tolist() == [3, 3, 3, 3] and (findings["scope"] == SCOPE).all()
+    accuracy, calibration, noise, ensemble = findings.to_dict("records")
+    # clean accuracy: differences 0.02, 0.03, 0.04
+    assert (accuracy["estimate"], accuracy["se"]) == (pytest.approx(0.03), pytest.approx(SE_OF_STEP_001))
+    assert accuracy["verdict"] == "supported"
+    assert accuracy["measure"].startswith("test accuracy of the line midpoint minus that of standard training")
+    # calibration, oriented standard ECE minus midpoint ECE: -0.02, -0.03, -0.04
+    assert (calibration["estimate"], calibration["se"]) == (pytest.approx(-0.03), pytest.approx(SE_OF_STEP_001))
+    assert calibration["verdict"] == "not supported"
+    # 20% noise: 0.01, -0.01, 0.03: mean 0.01, sample std 0.02
+    assert (noise["estimate"], noise["se"]) == (pytest.approx(0.01), pytest.approx(0.02 / math.sqrt(3)))
+    assert noise["verdict"] == "inconclusive" and "20% of the training labels" in noise["measure"]
+    # the ends' ensemble against a standard ensemble of as many (2) members: -0.005, -0.004, -0.006, inside -0.01
+    assert (ensemble["estimate"], ensemble["se"]) == (pytest.approx(-0.005), pytest.approx(0.001 / math.sqrt(3)))
+    assert ensemble["verdict"] == "supported" and "-0.01" in ensemble["rule"]
+
+
+def test_an_ensemble_more_than_one_point_behind_is_not_supported():
+    table = summary_table(noises=(0.0,))
+    table.loc[(table["method"] == "line") & (table["point"] == "ensemble"), "accuracy"] -= 0.02
+    (ensemble,) = subspaces_findings(table, SCOPE).query("claim == @ENDS_ENSEMBLE.claim").to_dict("records")
+    assert (ensemble["estimate"], ensemble["se"]) == (pytest.approx(-0.025), pytest.approx(0.001 / math.sqrt(3)))
+    assert ensemble["verdict"] == "not supported"
+
+
+def test_without_clean_labels_or_without_noise_the_claims_say_what_to_add():
+    no_clean = subspaces_findings(summary_table(noises=(0.2,)), SCOPE)
+    assert no_clean["claim"].tolist() == [c.claim for c in (MIDPOINT_ACCURACY, MIDPOINT_CALIBRATION,
+                                                            MIDPOINT_NOISE_ROBUSTNESS, ENDS_ENSEMBLE)]
+    untested = no_clean[no_clean["claim"] != MIDPOINT_NOISE_ROBUSTNESS.claim]
+    assert (untested["rule"] == "not testable here: label_noise has no 0 (clean labels): add 0.0 to label_noise").all()
+    assert untested["verdict"].eq("inconclusive").all() and untested["estimate"].isna().all()
+    no_noise = subspaces_findings(summary_table(noises=(0.0,)), SCOPE)
+    (row,) = no_noise[no_noise["claim"] == MIDPOINT_NOISE_ROBUSTNESS.claim].to_dict("records")
+    assert row["rule"] == "not testable here: label_noise holds only 0: add a level such as 0.2"
+
+
+def test_one_seed_gives_no_verdict():
+    findings = subspaces_findings(summary_table(seeds=(0,)), SCOPE)
+    assert len(findings) == 4 and findings["verdict"].eq("inconclusive").all() and findings["se"].isna().all()
+    assert findings["n_seeds"].eq(1).all()
+    assert findings["rule"].eq("not testable here: 1 seed, and a verdict needs a standard error over at least 3; "
+                               "set seeds to at least 3 values").all()
