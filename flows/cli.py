@@ -188,7 +188,7 @@ def cmd_findings(args: argparse.Namespace) -> int:
               "(run one, or run an older run's command again to add it)")
         return 0
     runs = table.drop_duplicates("run_id")
-    commands = run_commands(list(zip(runs["flow"], runs["run_id"])))
+    commands = run_commands(list(zip(runs["flow"], runs["run_id"])), args.data_root)
     lines = findings_markdown(table, lead=["flow", "run_id"]) + [""]
     lines += [f"- `{run.run_id}` ({run.status}): {run.scope}; `{commands[run.run_id]}`" for run in runs.itertuples()]
     print("\n".join(lines))

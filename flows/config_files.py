@@ -110,20 +110,39 @@ def commented_yaml(config: BaseModel, indent: int = 0) -> list[str]:
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 
 
-def run_commands(runs: list[tuple[str, str]]) -> dict[str, str]:
-    """The command that gives each (flow, run id): `regularity run FLOW` for a flow's default config, with
-    `--config flows/configs/NAME.yaml` for a shipped config, else with the run folder's config.json."""
+def run_commands(runs: list[tuple[str, str]], data_root: Path | str | None = None) -> dict[str, str]:
+    """The command that gives each (flow, run id) under the data root: `regularity run FLOW` for a flow's default
+    config, with `--config flows/configs/NAME.yaml` for a shipped config, else with the run folder's config.json. A
+    run id also hashes the fingerprints of the files a run read (its config.json's `inputs`), so each is checked
+    with those."""
+    import json
+
     from core.config import run_id
+    from core.runs.files import resolve_root
+
+    root, commands, known = resolve_root(data_root), {}, {}
+    for flow, run in runs:
+        config_file = root / "runs" / flow / run / "config.json"
+        if flow not in known:
+            known[flow] = shipped_configs(flow)
+        inputs = json.loads(config_file.read_text()).get("inputs")
+        commands[run] = next((command for config, command in known[flow] if run_id(flow, config, inputs) == run),
+                             f"regularity run {flow} --config {config_file}")
+    return commands
+
+
+def shipped_configs(flow: str) -> list[tuple[Any, str]]:
+    """The flow's default config and every shipped config of it, each with the command that runs it."""
     from flows.registry import FLOWS
 
-    flows = {flow for flow, _ in runs if flow in FLOWS}
-    known = {run_id(flow, FLOWS[flow].config_class()()): f"regularity run {flow}" for flow in flows}
+    if flow not in FLOWS:
+        return []
+    config_class = FLOWS[flow].config_class()
+    configs = [(config_class(), f"regularity run {flow}")]
     for path in sorted(SHIPPED_CONFIGS.glob("*.yaml")):
-        for flow in flows:
-            try:  # a shipped config is valid for one flow only; the others refuse its settings
-                config = load_config(FLOWS[flow].config_class(), str(path), [], flow)
-            except (ConfigError, ValueError):
-                continue
-            known.setdefault(run_id(flow, config), f"regularity run {flow} --config flows/configs/{path.name}")
-    return {run: known.get(run, f"regularity run {flow} --config <data root>/runs/{flow}/{run}/config.json")
-            for flow, run in runs}
+        try:  # a shipped config is valid for one flow only; the others refuse its settings
+            configs.append((load_config(config_class, str(path), [], flow),
+                            f"regularity run {flow} --config flows/configs/{path.name}"))
+        except (ConfigError, ValueError):
+            continue
+    return configs

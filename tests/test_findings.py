@@ -1,4 +1,5 @@
 """The shared findings rules (core.findings), their report section, and every run's findings in one table."""
+import json
 import math
 
 import pandas as pd
@@ -138,14 +139,15 @@ def test_the_findings_command_lists_every_run_with_its_command(tmp_path, capsys)
 
     default = run_id("dct_sparse", FLOWS["dct_sparse"].config_class()())
     synthetic = str(SHIPPED_CONFIGS / "deq-synthetic.yaml")
-    shipped = run_id("deq", load_config(FLOWS["deq"].config_class(), synthetic, [], "deq"))
+    read = {"dataset": "0123456789abcdef"}  # the fingerprint of a file the run read enters its id
+    shipped = run_id("deq", load_config(FLOWS["deq"].config_class(), synthetic, [], "deq"), read)
     runs = [("dct_sparse", default, [paired_difference(CLAIM, [0.03, 0.04, 0.05], "mnist1d, 3 seeds")]),
             ("deq", shipped, [not_testable(CLAIM, "why", "synthetic, 1 seed")]),
             ("deq", "deq-000000000000", [paired_difference(CLAIM, [-0.03, -0.04, -0.05], "mnist1d, 3 seeds")])]
     for flow, run, rows in runs:
         folder = tmp_path / "runs" / flow / run
         folder.mkdir(parents=True)
-        (folder / "config.json").write_text('{"config": {}}')
+        (folder / "config.json").write_text(json.dumps({"config": {}, "inputs": read if run == shipped else None}))
         findings_table(rows).to_parquet(folder / FINDINGS)
     assert main(["findings", "--data-root", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -155,7 +157,7 @@ def test_the_findings_command_lists_every_run_with_its_command(tmp_path, capsys)
     assert (f"- `{shipped}` (partial (0 shard tables)): synthetic, 1 seed; "
             "`regularity run deq --config flows/configs/deq-synthetic.yaml`") in lines
     assert ("- `deq-000000000000` (partial (0 shard tables)): mnist1d, 3 seeds; "
-            "`regularity run deq --config <data root>/runs/deq/deq-000000000000/config.json`") in lines
+            f"`regularity run deq --config {tmp_path}/runs/deq/deq-000000000000/config.json`") in lines
     assert main(["findings", "--data-root", str(tmp_path), "--flow", "deq", "--format", "parquet"]) == 0
     written = pd.read_parquet(tmp_path / "findings.parquet")
     assert capsys.readouterr().out == f"2 findings of 2 runs written to {tmp_path / 'findings.parquet'}\n"
