@@ -8,6 +8,10 @@ small. Every gamma trains the same seeds (same initialisations and batch orders)
 them: solver steps and residuals forward and backward, ||J_f||_F^2 / D, the spectral radius of J_f at z*, and the
 accuracy and residual when inference is capped at a fixed number of iterations. The claim to check: the regulariser
 cuts the steps to convergence at similar accuracy, and keeps ||J_f|| and the residual from growing in training.
+Beside them, the explicit networks the paper compares with (`baselines`), on the same data, seeds and epochs: the
+DEQ's cell unrolled L times with tied weights and an untied L-layer network of its width; every arm's accuracy,
+seconds and memory of a training step go to deq_costs.parquet, to check that the DEQ matches them at a memory that
+stays flat as L grows.
 """
 from __future__ import annotations
 
@@ -60,6 +64,24 @@ class MonitorConfig(Config):
         return distinct_values(caps, lambda c: 1 <= c <= 1000, "distinct iteration counts from 1 to 1000")
 
 
+class BaselinesConfig(Config):
+    """The explicit networks (core.models.unrolled) trained beside the DEQs at the DEQ's width."""
+
+    depths: list[int] = Field([2, 4, 8, 16], description="L of each baseline: the DEQ's cell run L times from z = 0 "
+                              "with tied weights and plain backprop (unrolled{L}_w{width}); [] trains none")
+    untied: bool = Field(True, description="also train, at each L, an untied L-layer network of the same width "
+                         "(explicit{L}_w{width}: each layer its own W and b, the input weight U shared)")
+
+    @field_validator("depths")
+    @classmethod
+    def _distinct_depths(cls, depths: list[int]) -> list[int]:
+        return distinct_values(depths, lambda d: 1 <= d <= 1000, "distinct depths from 1 to 1000")
+
+    def networks(self) -> list[tuple[str, int]]:
+        """(network, depth) of every baseline: the tied ones, then the untied ones."""
+        return [(network, d) for network in ("unrolled", "explicit")[: 1 + self.untied] for d in self.depths]
+
+
 class DEQFlowConfig(Config):
     """DEQ classifiers at several Jacobian-regularisation strengths, every seed at each, probed every epoch."""
 
@@ -74,6 +96,7 @@ class DEQFlowConfig(Config):
     solver: SolverConfig = Field(SolverConfig(), description="fixed-point solver settings")
     penalty: PenaltyConfig = Field(PenaltyConfig(), description="how the regulariser is applied")
     monitor: MonitorConfig = Field(MonitorConfig(), description="the per-epoch probes")
+    baselines: BaselinesConfig = Field(BaselinesConfig(), description="explicit networks trained beside the DEQs")
     train: TrainConfig = Field(TrainConfig(epochs=30, batch_size=128, lr=0.1), description="optimiser and schedule")
     seed: int = Field(0, ge=0, description="run seed: model seeds, batch orders and penalty draws derive from it")
     runtime: RuntimeConfig = Field(RuntimeConfig(), description="execution settings; not part of the run id")
@@ -96,7 +119,9 @@ class DEQFlowConfig(Config):
                              "residuals, ||J||_F, spectral radius and capped-inference accuracy per epoch.")
 def deq_flow(config: DEQFlowConfig = DEQFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the comparison of `config`; returns the run folder."""
-    from core.methods.deq import deq_findings, deq_summary
+    import pandas as pd
+
+    from core.methods.deq import deq_findings, deq_summary, explicit_baseline_findings
     from core.plots.deq import capped_inference_curves, deq_training_curves
     from core.runs.files import dataset_cache
     from core.runs.store import RunStore
@@ -104,7 +129,7 @@ def deq_flow(config: DEQFlowConfig = DEQFlowConfig(), data_root: str | None = No
     from flows.report import publish
     from flows.runner import configure_runtime, run_shards
     from tasks.common import combine_shards, shared_dataset
-    from tasks.deq import EPOCH_SHARDS, INFERENCE_SHARDS, train_gamma
+    from tasks.deq import BASELINE_SHARDS, COST_SHARDS, EPOCH_SHARDS, INFERENCE_SHARDS, train_baseline, train_gamma
 
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_runtime(config.runtime)
@@ -112,8 +137,18 @@ def deq_flow(config: DEQFlowConfig = DEQFlowConfig(), data_root: str | None = No
     check_whole_set_fits(config.model, config.train.batch_size, dataset)
     store = RunStore.open(FLOW, config, data_root, inputs={"dataset": dataset.fingerprint})
     shards = run_shards(train_gamma, [{"store": store, "gamma": g} for g in config.gammas], config.runtime, "gammas")
+    arms = [{"store": store, "network": network, "depth": depth} for network, depth in config.baselines.networks()]
+    shards += run_shards(train_baseline, arms, config.runtime, "baselines") if arms else []
     keys = [("gamma", "ascending"), ("seed", "ascending"), ("epoch", "ascending")]
     written = [name for names in shards for name in names]
+    arm_keys = [("network", "ascending"), ("depth", "ascending")]
+    combine_shards(store, [n for n in written if n.startswith(COST_SHARDS)], "deq_costs.parquet",
+                   [*arm_keys, ("gamma", "ascending"), ("seed", "ascending")])
+    baselines = None
+    if arms:
+        combine_shards(store, [n for n in written if n.startswith(BASELINE_SHARDS)], "deq_baselines.parquet",
+                       [*arm_keys, ("seed", "ascending"), ("epoch", "ascending")])
+        baselines = store.read_table("deq_baselines.parquet")
     combine_shards(store, [n for n in written if n.startswith(EPOCH_SHARDS)], "deq_epochs.parquet", keys)
     combine_shards(store, [n for n in written if n.startswith(INFERENCE_SHARDS)], "deq_inference.parquet",
                    [*keys, ("cap", "ascending")])
@@ -121,7 +156,10 @@ def deq_flow(config: DEQFlowConfig = DEQFlowConfig(), data_root: str | None = No
     folder = store.root / "figures"
     figures = store.figures(lambda: [deq_training_curves(epochs, folder / "solver_and_jacobian_by_epoch.png"),
                                      capped_inference_curves(inference, folder / "capped_inference.png")])
-    findings = deq_findings(epochs, inference, scope=run_scope(config, dataset))
+    scope = run_scope(config, dataset)
+    costs = store.read_table("deq_costs.parquet")
+    findings = pd.concat([deq_findings(epochs, inference, scope),
+                          explicit_baseline_findings(epochs, baselines, costs, scope)], ignore_index=True)
     publish(store, deq_summary(epochs, inference), figures, f"{config.model} on {config.dataset.name}, "
             f"{config.solver.name} solver: gamma {', '.join(f'{g:g}' for g in config.gammas)} x {len(config.seeds)} "
             f"seeds, {config.train.epochs} epochs", findings=findings)

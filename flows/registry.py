@@ -208,7 +208,7 @@ FLOWS: dict[str, FlowEntry] = {
                  "`method` and `noise` in the summary below, or `accuracy` by `point` in `subspace_summary.parquet`.",
         tables={"subspace_summary.parquet": "one row per (method, noise, seed, point, members): test accuracy, "
                                             "mean confidence and ECE of the midpoint, the ends, the ends' ensemble, "
-                                            "and of standard training",
+                                            "and of standard training and of SWA (method `swa`, point `model`)",
                 "subspace_alpha.parquet": "one row per (method, alpha, noise, seed): test accuracy and ECE of the "
                                           "network at that point along the path"},
         fits="check_sweep",
@@ -227,7 +227,15 @@ FLOWS: dict[str, FlowEntry] = {
         tables={"deq_epochs.parquet": "one row per (gamma, seed, epoch): training loss, solver steps and residuals "
                                       "forward and backward, ||J_f||_F^2 / D, spectral radius and test accuracy",
                 "deq_inference.parquet": "one row per (gamma, seed, epoch, cap): test accuracy and residual when the "
-                                         "solver may take only `cap` iterations"},
+                                         "solver may take only `cap` iterations",
+                "deq_baselines.parquet": "one row per (network, depth, seed, epoch) of the explicit baselines "
+                                         "(`unrolled`: the DEQ's cell run `depth` times, tied; `explicit`: untied "
+                                         "layers): training loss, test accuracy and epoch seconds",
+                "deq_costs.parquet": "one row per (network, gamma, depth, seed), the DEQ (`deq`, depth 0) at every "
+                                     "gamma and each baseline (gamma NaN): parameters, last-epoch test accuracy, "
+                                     "mean epoch seconds (all seeds together), one model's inference seconds over "
+                                     "the test set and memory of one training step (`memory_method`: CUDA's "
+                                     "allocator peak or, on the CPU, the bytes autograd saves for the backward)"},
         report_summary="One row per gamma (weight of the Jacobian regulariser, 0 = none) at the last epoch: means "
                        "over seeds of test accuracy, solver steps forward and backward, ||J_f||_F^2 / D, spectral "
                        "radius and epoch seconds (`_sem` = standard error), and the residual at each solver cap "

@@ -5,26 +5,29 @@ model holds m endpoint networks, each initialised independently; every step it t
 from its own generator (uniform on a line, on a quadratic Bezier curve with a trained control point, or on a
 simplex; one draw for the network or one per layer), plus beta cos^2 between two random endpoints. Standard training
 of the plain network for as many epochs is the baseline; standard ensembles of as many members as a subspace has
-ends are the ensembles' baseline. Every method trains once per seed at each label-noise level, and is evaluated
-along its path (alpha in [0, 1]), at its midpoint and at its ends, with BatchNorm statistics recomputed from the
-training set at each point evaluated. The claim to check: the midpoint beats standard training in accuracy and
-calibration, more so under label noise.
+ends are the ensembles' baseline. SWA (Izmailov et al. 2018), the baseline the paper claims to outperform, is
+standard training of the same seeds whose weights are averaged once an epoch from 75% of the epochs on, at a
+constant lr, with BatchNorm statistics recomputed for the average. Every method trains once per seed at each
+label-noise level, and is evaluated along its path (alpha in [0, 1]), at its midpoint and at its ends, with BatchNorm
+statistics recomputed from the training set at each point evaluated. The claim to check: the midpoint beats
+standard training in accuracy and calibration, more so under label noise, and beats SWA.
 """
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Annotated, Literal
 
 from prefect import flow
 from pydantic import Field, field_validator, model_validator
 
-from core.config import Config, RuntimeConfig
+from core.config import ADDED_SETTING, Config, RuntimeConfig
 from core.data.config import DatasetConfig
-from core.models.names import METHODS, STANDARD
+from core.models.names import METHODS, STANDARD, SWA
 from core.training.config import TrainConfig
 from flows.common import check_whole_set_fits, checked_data_root, distinct_values, plain_stackable_model
 
 FLOW = "subspaces"
-Method = Literal[tuple(METHODS)]
+Method = Literal[(*METHODS, SWA)]
 
 
 class SubspacesFlowConfig(Config):
@@ -34,15 +37,21 @@ class SubspacesFlowConfig(Config):
                                    "at 0: the flow's own label_noise list sweeps it")
     model: str = Field("mlp_w128_d2", description="registry name of the plain network (the methods build "
                        "subspace{m}_{model}): mlp_w128_d2, cnn1d_bn_w32_d2 (BatchNorm), cnn_bn_w16_d2, lenet_300_100")
-    methods: list[Method] = Field(["line", "layerwise_line", "curve", "simplex3", "simplex4"], min_length=1,
+    methods: list[Method] = Field(["line", "layerwise_line", "curve", "simplex3", "simplex4", SWA], min_length=1,
                                   validate_default=True,  # sorted like a given list: one set, one run id
                                   description="subspaces to train: a line (2 endpoints), a quadratic Bezier curve (2 "
                                   "ends and a trained control point), a simplex of 3 or 4 endpoints; layerwise_ draws "
-                                  "one point per layer instead of one for the network. Standard training always runs")
+                                  "one point per layer instead of one for the network; swa: standard training with "
+                                  "its weights averaged (SWA, the paper's baseline). Standard training always runs")
     label_noise: list[float] = Field([0.0, 0.2, 0.4], min_length=1, description="fractions of training labels "
                                      "replaced by a wrong class (dataset.noise_kind); every method trains at each")
     seeds: list[int] = Field([0, 1, 2, 3, 4], min_length=1, description="seed indices; every method and noise level "
                              "trains once per seed (standard: as many members as the largest ensemble compared)")
+    swa_start: Annotated[float, ADDED_SETTING] = Field(0.75, gt=0, lt=1, description="swa: the fraction of the "
+                                                       "epochs after which the lr holds at swa_lr and the weights are "
+                                                       "averaged once an epoch (the SWA paper's 75%)")
+    swa_lr: Annotated[float, ADDED_SETTING] = Field(0.05, gt=0, description="swa: the constant lr from swa_start on "
+                                                    "(the SWA paper's 0.05 for a peak lr of 0.1)")
     beta: float = Field(1.0, ge=0.0, description="weight of the cos^2 regulariser between two random endpoints "
                         "(the paper's default 1; 0 turns it off)")
     alpha_points: int = Field(21, ge=2, le=201, description="points evaluated along each path, alpha evenly from 0 to "
@@ -68,7 +77,15 @@ class SubspacesFlowConfig(Config):
         if self.dataset.label_noise:
             raise ValueError(f"dataset.label_noise={self.dataset.label_noise}: this flow sweeps label noise itself; "
                              "leave it at 0 and list the levels in label_noise")
+        if not set(self.methods) & set(METHODS):
+            raise ValueError(f"methods={self.methods}: swa is a baseline; list at least one subspace ("
+                             f"{', '.join(METHODS)})")
         return self
+
+    def swa_train(self) -> TrainConfig:
+        """`train` with the lr held at swa_lr from the epoch swa_start falls in (SWA's schedule)."""
+        start = math.floor(round(self.swa_start * self.train.epochs, 9))
+        return self.train.model_copy(update={"swa_start": start, "swa_lr": self.swa_lr})
 
 
 SWEEP_LISTS = {
@@ -80,7 +97,7 @@ SWEEP_LISTS = {
 
 def check_sweep(config: SubspacesFlowConfig, dataset) -> None:
     """Fail before any work when a network does not fit the data or a batch is larger than the training set."""
-    for m in sorted({1, *(METHODS[method][1] for method in config.methods)}):
+    for m in sorted({1, *(METHODS[method][1] for method in config.methods if method in METHODS)}):
         name = config.model if m == 1 else f"subspace{m}_{config.model}"
         check_whole_set_fits(name, config.train.batch_size, dataset)
 

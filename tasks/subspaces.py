@@ -1,5 +1,6 @@
 """Task of the `subspaces` flow: one method at one label-noise level, every seed trained together, then evaluated
-along its path, at its midpoint and at its ends (standard training: each seed's model and its ensembles)."""
+along its path, at its midpoint and at its ends (standard training: each seed's model and its ensembles; SWA: each
+seed's averaged model)."""
 from __future__ import annotations
 
 import time
@@ -15,10 +16,11 @@ from core.config import derive_seed
 from core.data.datasets import Dataset
 from core.methods.subspaces import (SubspaceTraining, calibration, end_coefficients, ensemble_sizes,
                                     midpoint_coefficients, path_coefficients)
-from core.models.names import METHODS, STANDARD
+from core.models.names import METHODS, STANDARD, SWA
 from core.models.subspaces import fix_coefficients
 from core.runs.store import RunStore
 from core.runtime import resolve_device
+from core.training.averaging import StackedWeightAveraging
 from core.training.ensemble import Ensemble, predict_probabilities
 from core.training.experiment import DRAW_STREAM, INIT_STREAM, MEMBER_STREAM, ORDER_STREAM, model_seed
 from core.training.recalibration import recalibrate_batchnorm
@@ -30,9 +32,10 @@ ALPHA_SHARDS, SUMMARY_SHARDS = "shards/alpha/", "shards/summary/"
 
 
 def shard_names(method: str, noise: float) -> list[str]:
-    """The tables of one method at one noise level: its points along alpha (none for standard), its summary rows."""
+    """The tables of one method at one noise level: its points along alpha (none for standard or SWA), its summary
+    rows."""
     stem = f"{method}-noise{noise:g}.parquet"
-    return ([] if method == STANDARD else [ALPHA_SHARDS + stem]) + [SUMMARY_SHARDS + stem]
+    return ([] if method in (STANDARD, SWA) else [ALPHA_SHARDS + stem]) + [SUMMARY_SHARDS + stem]
 
 
 @task(cache_policy=NO_CACHE, task_run_name="subspace-{method}-noise{noise}")
@@ -50,6 +53,8 @@ def _train_and_evaluate(store: RunStore, method: str, noise: float, names: list[
     seeds = [model_seed(config.seed, s) for s in config.seeds]
     if method == STANDARD:
         summary = _standard(store, dataset, seeds)
+    elif method == SWA:
+        summary = _swa(store, dataset, seeds)
     else:
         alpha, summary = _subspace(store, dataset, method, seeds)
         store.write_table(names[0], alpha.assign(noise=noise)[["method", "alpha", "noise", "seed", "accuracy", "ece"]])
@@ -63,18 +68,24 @@ def _train_and_evaluate(store: RunStore, method: str, noise: float, names: list[
 
 def _trained(store: RunStore, dataset: Dataset, name: str, seeds: list[int], method: str | None = None) -> Ensemble:
     """Models `name` of `seeds`, trained together on the whole training set (a subspace `method` draws its points
-    every step)."""
+    every step; SWA returns each model's average, BatchNorm statistics recomputed there from the training set)."""
     config = store.config
     ensemble = Ensemble.init(name, dataset.input_shape, dataset.num_classes, [derive_seed(s, INIT_STREAM) for s in seeds],
                              resolve_device(config.runtime.device), config.runtime.precision)
-    hooks = None
-    if method is not None:
+    hooks, schedule, averaging = None, config.train, None
+    if method == SWA:
+        schedule = config.swa_train()
+        averaging = StackedWeightAveraging(ensemble, schedule)
+        hooks = averaging.hooks()
+    elif method is not None:
         kind, _, layerwise = METHODS[method]
         subspace = SubspaceTraining(ensemble, kind, [derive_seed(s, DRAW_STREAM) for s in seeds], layerwise, config.beta)
         hooks = subspace.hooks()
     everything = torch.ones(len(seeds), dataset.n_train, dtype=torch.bool)
     train(ensemble, dataset.x_train, dataset.y_train, everything, [derive_seed(s, ORDER_STREAM) for s in seeds],
-          config.train, hooks=hooks)
+          schedule, hooks=hooks)
+    if averaging is not None:
+        averaging.apply(dataset.x_train, config.train.batch_size)
     return ensemble
 
 
@@ -103,6 +114,15 @@ def _standard(store: RunStore, dataset: Dataset, seeds: list[int]) -> pd.DataFra
     parts = [_rows(config.seeds, "model", 1, probs[:, 0], dataset.y_test)]
     parts += [_rows(config.seeds, "ensemble", n, probs[:, :n].mean(1), dataset.y_test) for n in sizes]
     return pd.concat(parts, ignore_index=True).assign(endpoints=1)
+
+
+def _swa(store: RunStore, dataset: Dataset, seeds: list[int]) -> pd.DataFrame:
+    """Summary rows of SWA: each seed's plain network, initialised and shuffled as standard training's model of that
+    seed, evaluated at its average (point "model", like standard training's)."""
+    config = store.config
+    ensemble = _trained(store, dataset, config.model, seeds, SWA)
+    probs = predict_probabilities(ensemble, dataset.x_test)  # BatchNorm already recomputed at the average
+    return _rows(config.seeds, "model", 1, probs, dataset.y_test).assign(endpoints=1)
 
 
 def _subspace(store: RunStore, dataset: Dataset, method: str, seeds: list[int]) -> tuple[pd.DataFrame, pd.DataFrame]:

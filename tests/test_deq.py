@@ -2,6 +2,7 @@
 implicit gradients against autograd through an unrolled iteration, Hutchinson and power iteration against explicit
 Jacobians, and the stacked K-model DEQ against one-by-one models (outputs, gradients, training)."""
 import copy
+import math
 
 import pytest
 import torch
@@ -59,6 +60,101 @@ def test_an_iteration_cap_short_of_tol_reports_no_convergence(solve):
     solution = solve(f, torch.zeros_like(c), 1e-10, 3)
     assert not solution.converged.any() and (solution.residual > 1e-10).all() and (solution.steps == 3).all()
     torch.testing.assert_close(solution.residual, relative_residual(f(solution.z), solution.z))
+
+
+def rowwise(maps: list, seen: list | None = None):
+    """f on `[1, len(maps), 2]` applying maps[r] to row r; `seen`, when given, collects every input of f (the
+    solver's iterates, frozen rows included)."""
+
+    def f(z):
+        if seen is not None:
+            seen.append(z.clone())
+        return torch.stack([m(z[:, row]) for row, m in enumerate(maps)], 1)
+
+    return f
+
+
+def linear(angle: float, scale: float):
+    """z -> scale R(angle) z + (1, 0.3): a contraction for scale < 1, a spiral out of its fixed point for scale > 1."""
+    a = scale * torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]], dtype=D64)
+    return lambda z: z @ a.T + torch.tensor([1.0, 0.3], dtype=D64)
+
+
+SQUARE_PLUS_ONE = lambda z: z * z + 1  # noqa: E731 (no real fixed point; plain iteration overflows)
+
+
+def residual_by_hand(fz, z):
+    """||f(z) - z|| / (||f(z)|| + 1e-12) per row, NaN read as inf."""
+    return ((fz - z).norm(dim=-1) / (fz.norm(dim=-1) + 1e-12)).nan_to_num(nan=float("inf"))
+
+
+def lowest_residual_by_hand(iterates: list, f, tol: float):
+    """Per row of the `[1, R, D]` iterates z_0, z_1, ...: where it stops (its first residual <= tol or inf, else
+    its last iterate), then its first iterate of smallest residual up to there: (z `[R, D]`, residual, steps)."""
+    residuals = torch.stack([residual_by_hand(f(z), z)[0] for z in iterates])  # [N, R]
+    z, residual, steps = [], [], []
+    for row in range(residuals.shape[1]):
+        stops = ((residuals[:, row] <= tol) | residuals[:, row].isinf()).nonzero().flatten().tolist()
+        last = stops[0] if stops else len(iterates) - 1
+        best = int(residuals[: last + 1, row].argmin())  # the first of equal minima
+        z.append(iterates[best][0, row]), residual.append(residuals[best, row]), steps.append(last + 1)
+    return torch.stack(z), torch.stack(residual), torch.tensor(steps)
+
+
+def test_anderson_of_memory_one_returns_plain_iterations_lowest_residual_iterate():
+    """Anderson with one pair is plain iteration z <- f(z), so the iteration run by hand gives every row's answer bit
+    for bit: the contraction its last iterate, as before; the two spirals (residual dips, then grows) and z^2 + 1
+    (overflows at iterate 10) their lowest-residual iterates, 4, 2 and 1."""
+    f, tol, max_iter = rowwise([linear(1.0, 0.1), linear(0.5, 1.2), linear(1.0, 1.2), SQUARE_PLUS_ONE]), 1e-6, 12
+    iterates = [torch.zeros(1, 4, 2, dtype=D64)]
+    for _ in range(max_iter - 1):
+        iterates.append(f(iterates[-1]))
+    z, residual, steps = lowest_residual_by_hand(iterates, f, tol)
+    solution = anderson(f, torch.zeros(1, 4, 2, dtype=D64), tol, max_iter, memory=1)
+    assert solution.converged.tolist() == [[True, False, False, False]]
+    assert solution.steps[0].tolist() == steps.tolist() and steps[1:].tolist() == [12, 12, 11]
+    assert torch.equal(solution.z[0], z)
+    assert torch.equal(solution.z[0, 1:], torch.stack([iterates[4][0, 1], iterates[2][0, 2], iterates[1][0, 3]]))
+    torch.testing.assert_close(solution.residual[0], residual, rtol=1e-15, atol=0)
+    torch.testing.assert_close(solution.residual, relative_residual(f(solution.z), solution.z), rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("solve", SOLVERS)
+def test_each_row_returns_its_lowest_residual_iterate_with_that_residual(solve):
+    """Rows: a contraction, then three maps without a fixed point: z^2 + 1, (z_2^2 + 1, 0.5 - z_1) whose residual
+    dips and grows again, cosh(flip z) + 0.2 (Broyden's iterate overflows). The iterates are what the solver handed
+    f; by hand, each row's first of smallest residual up to its stop."""
+    maps = [linear(1.0, 0.1), SQUARE_PLUS_ONE, lambda z: torch.stack([z[:, 1] ** 2 + 1, 0.5 - z[:, 0]], -1),
+            lambda z: torch.cosh(z.flip(-1)) + 0.2]
+    seen, tol = [], 1e-6
+    solution = solve(rowwise(maps, seen), torch.zeros(1, 4, 2, dtype=D64), tol, 12)
+    f = rowwise(maps)
+    z, residual, steps = lowest_residual_by_hand(seen, f, tol)
+    assert solution.converged.tolist() == [[True, False, False, False]] and solution.steps[0].tolist() == steps.tolist()
+    assert torch.equal(solution.z[0], z) and solution.z.isfinite().all()
+    assert torch.equal(solution.z[0, 0], seen[steps[0] - 1][0, 0])  # the converged row: its last iterate
+    torch.testing.assert_close(solution.residual[0], residual, rtol=1e-15, atol=0)
+    torch.testing.assert_close(solution.residual, relative_residual(f(solution.z), solution.z), rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("solver", ["anderson", "broyden"])
+def test_a_backward_that_misses_its_tol_returns_its_lowest_residual_gradient(solver):
+    """f(z) = A z + s (A a rotation by 2 rad), loss (z * p).sum(): the backward iterates u -> A^T u + p from u_0 = p,
+    and both solvers' first step is plain, u_1 = A^T p + p, whose residual (5.98) is far above u_0's (0.93). Capped
+    at 2 and tol 0, the backward returns u_0, so ds = p (the last iterate would give A^T p + p)."""
+    a = torch.tensor([[math.cos(2.0), -math.sin(2.0)], [math.sin(2.0), math.cos(2.0)]], dtype=D64)
+    shift = torch.tensor([[[0.5, -1.0]]], dtype=D64, requires_grad=True)
+    probe = torch.tensor([[[1.0, 2.0]]], dtype=D64)
+    stats = SolverStats()
+    z = equilibrium(lambda z: z @ a.T + shift, torch.zeros_like(probe), solver, 1e-10, 50, 0.0, 2, stats)
+    (z * probe).sum().backward()
+    transposed = lambda u: u @ a + probe  # noqa: E731 (u -> A^T u + p on row vectors)
+    u1 = transposed(probe)
+    residuals = [residual_by_hand(transposed(u), u) for u in (probe, u1)]
+    assert residuals[0] < 0.95 and residuals[1] > 5.9
+    assert stats.backward.steps.tolist() == [[2]] and not stats.backward.converged.any()
+    torch.testing.assert_close(stats.backward.residual, residuals[0], rtol=1e-14, atol=0)
+    assert torch.equal(stats.backward.z, probe) and torch.equal(shift.grad, probe)
 
 
 @pytest.mark.parametrize("solve", SOLVERS)

@@ -7,8 +7,8 @@ import pytest
 
 from core.findings import COLUMNS
 from core.methods.deq import (FEWER_BACKWARD_ITERATIONS, FEWER_FORWARD_ITERATIONS, GROWING_ITERATIONS,
-                              GROWING_JACOBIAN, SAME_PERFORMANCE, SMALLER_CAPPED_RESIDUAL, SMALLER_JACOBIAN,
-                              deq_findings)
+                              GROWING_JACOBIAN, LESS_MEMORY, SAME_AS_EXPLICIT, SAME_PERFORMANCE,
+                              SMALLER_CAPPED_RESIDUAL, SMALLER_JACOBIAN, deq_findings, explicit_baseline_findings)
 
 SCOPE = "synthetic, deq_w8, 2 epochs, 3 seeds"
 ROOT3 = math.sqrt(3)
@@ -51,7 +51,7 @@ def test_growth_without_the_regulariser_then_gamma_against_none_paired_by_seed()
     ]
     for row, (estimate, se, verdict) in zip(findings.to_dict("records"), expected):
         assert (row["estimate"], row["se"], row["verdict"]) == (pytest.approx(estimate), pytest.approx(se), verdict)
-    assert "after 8 solver iterations" in findings["measure"][4] and "(gamma 2)" in findings["measure"][4]
+    assert "within 8 solver iterations" in findings["measure"][4] and "(gamma 2)" in findings["measure"][4]
     assert findings["rule"][6].endswith("the threshold -0.01 reads 'approximately the same' as not worse by more "
                                         "than one accuracy point (our margin: the paper gives none)")
 
@@ -86,3 +86,65 @@ def test_one_seed_gives_no_verdict():
     assert len(findings) == 7 and findings["verdict"].eq("inconclusive").all() and findings["n_seeds"].eq(1).all()
     assert findings["rule"].eq("not testable here: 1 seed, and a verdict needs a standard error over at least 3; "
                                "set seeds to at least 3 values").all()
+
+
+# The explicit baselines (core.methods.deq.explicit_baseline_findings). After the last epoch the DEQ at gamma 2 has
+# accuracy 0.58, 0.59, 0.60 (FIGURES). Per (network, depth), per seed: accuracy after the last epoch (2) and memory.
+BASELINE_ACCURACY = {("unrolled", 2): (0.50, 0.50, 0.50), ("explicit", 16): (0.58, 0.58, 0.59)}
+BEST = {"supported": (0.58, 0.58, 0.60),  # DEQ minus best 0, 0.01, 0: above -0.01 by 4 SE
+        "inconclusive": (0.60, 0.60, 0.61),  # -0.02, -0.01, -0.01: within 2 SE of -0.01
+        "not supported": (0.62, 0.62, 0.64)}  # -0.04, -0.03, -0.04: below -0.01 by 8 SE
+MEMORY = {("unrolled", 2, None): 50, ("unrolled", 16, None): 400, ("explicit", 16, None): 3000, ("deq", 0, 0.0): 9999}
+
+
+def baseline_tables(best: tuple, deq_memory: int = 100, seeds=(0, 1, 2)) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """deq_baselines and deq_costs tables with the unrolled L = 16 network's accuracies `best`; at epoch 1 an
+    explicit L = 2 network is best of all, and the rules must not read it."""
+    accuracy = {**BASELINE_ACCURACY, ("unrolled", 16): best}
+    rows = [{"network": n, "depth": d, "seed": s, "epoch": 2, "accuracy": a[s]} for (n, d), a in accuracy.items()
+            for s in seeds]
+    rows += [{"network": "explicit", "depth": 2, "seed": s, "epoch": 1, "accuracy": 0.99} for s in seeds]
+    memory = {**MEMORY, ("deq", 0, 2.0): deq_memory}
+    costs = [{"network": n, "depth": d, "gamma": math.nan if g is None else g, "seed": s, "step_memory_bytes": m,
+              "memory_method": "autograd_saved_bytes"} for (n, d, g), m in memory.items() for s in seeds]
+    return pd.DataFrame(rows), pd.DataFrame(costs)
+
+
+@pytest.mark.parametrize("verdict", list(BEST))
+def test_the_deq_against_the_best_explicit_baseline_paired_by_seed(verdict):
+    epochs, _ = tables()
+    findings = explicit_baseline_findings(epochs, *baseline_tables(BEST[verdict]), SCOPE)
+    assert list(findings.columns) == list(COLUMNS) and len(findings) == 2
+    assert findings["claim"].tolist() == [SAME_AS_EXPLICIT.claim, LESS_MEMORY.claim]
+    assert findings["measure"][0] == ("test accuracy after the last epoch, the DEQ (gamma 2) minus the best explicit "
+                                      "baseline (unrolled16, by mean accuracy over seeds)")
+    estimate = {"supported": 0.01 / 3, "inconclusive": -0.04 / 3, "not supported": -0.11 / 3}[verdict]
+    assert (findings["estimate"][0], findings["se"][0]) == (pytest.approx(estimate), pytest.approx(0.01 / 3))
+    assert findings["verdict"][0] == verdict and findings["n_seeds"].eq(3).all()
+    assert findings["rule"][0].startswith("mean paired difference over seeds > -0.01 by more than 2 SE")
+
+
+@pytest.mark.parametrize("deq_memory, verdict", [(100, "supported"), (500, "not supported")])
+def test_the_deq_memory_against_the_deepest_unrolled_network(deq_memory, verdict):
+    epochs, _ = tables()
+    findings = explicit_baseline_findings(epochs, *baseline_tables(BEST["supported"], deq_memory), SCOPE)
+    assert findings["measure"][1] == ("1 - the DEQ's (gamma 2) memory of one training step over the unrolled "
+                                      "network's of depth 16 (autograd_saved_bytes): positive = the DEQ's is smaller")
+    assert (findings["estimate"][1], findings["se"][1]) == (pytest.approx(1 - deq_memory / 400), 0.0)
+    assert findings["verdict"][1] == verdict
+
+
+def test_the_baselines_rows_say_what_to_change_when_they_cannot_be_tested():
+    epochs, _ = tables()
+    baselines, costs = baseline_tables(BEST["supported"])
+    cases = [(explicit_baseline_findings(epochs, None, costs[costs["network"] == "deq"], SCOPE),
+              "baselines.depths is empty: add the depths of the explicit networks, e.g. [2, 4, 8, 16]"),
+             (explicit_baseline_findings(epochs[epochs["gamma"] == 0], baselines, costs, SCOPE),
+              "gammas holds no positive gamma: add one such as 2.0"),
+             (explicit_baseline_findings(*[t[t["seed"] < 2] for t in (epochs, baselines, costs)], SCOPE),
+              "2 seeds, and a verdict needs a standard error over at least 3; set seeds to at least 3 values")]
+    for findings, why in cases:
+        assert len(findings) == 2 and findings["estimate"].isna().all() and findings["verdict"].eq("inconclusive").all()
+        assert findings["rule"].eq(f"not testable here: {why}").all()
+        assert findings["measure"][1].startswith("1 - the DEQ's (gamma > 0) memory of one training step over the "
+                                                 "unrolled network's of depth the largest (as measured)")

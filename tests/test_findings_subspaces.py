@@ -7,10 +7,13 @@ import pytest
 
 from core.findings import COLUMNS
 from core.methods.subspaces import (ENDS_ENSEMBLE, MIDPOINT_ACCURACY, MIDPOINT_CALIBRATION, MIDPOINT_NOISE_ROBUSTNESS,
-                                    subspaces_findings)
+                                    MIDPOINT_OVER_SWA, subspaces_findings)
 
 SCOPE = "digits, mlp_w16_d1, 2 epochs, 3 seeds"
 SE_OF_STEP_001 = 0.01 / math.sqrt(3)  # standard error of three values 0.01 apart (sample std 0.01)
+CLAIMS = [c.claim for c in (MIDPOINT_ACCURACY, MIDPOINT_CALIBRATION, MIDPOINT_NOISE_ROBUSTNESS, ENDS_ENSEMBLE,
+                            MIDPOINT_OVER_SWA)]
+NO_SWA = "not testable here: methods has no swa: add swa to methods"
 
 
 def summary_rows(noise: float, seed: int, model: tuple, midpoint: tuple, ensembles: tuple) -> list[dict]:
@@ -40,11 +43,10 @@ def summary_table(seeds=(0, 1, 2), noises=(0.0, 0.2)) -> pd.DataFrame:
 def test_each_claim_is_paired_by_seed_against_standard_training():
     findings = subspaces_findings(summary_table(), SCOPE)
     assert list(findings.columns) == list(COLUMNS)
-    assert findings["claim"].tolist() == [c.claim for c in (MIDPOINT_ACCURACY, MIDPOINT_CALIBRATION,
-                                                            MIDPOINT_NOISE_ROBUSTNESS, ENDS_ENSEMBLE)]
+    assert findings["claim"].tolist() == CLAIMS
     assert findings["claim"].tolist()[0] == "Using the subspace midpoint boosts accuracy."
-    assert findings["n_seeds"].tolist() == [3, 3, 3, 3] and (findings["scope"] == SCOPE).all()
-    accuracy, calibration, noise, ensemble = findings.to_dict("records")
+    assert findings["n_seeds"].tolist() == [3, 3, 3, 3, 0] and (findings["scope"] == SCOPE).all()
+    accuracy, calibration, noise, ensemble, swa = findings.to_dict("records")
     # clean accuracy: differences 0.02, 0.03, 0.04
     assert (accuracy["estimate"], accuracy["se"]) == (pytest.approx(0.03), pytest.approx(SE_OF_STEP_001))
     assert accuracy["verdict"] == "supported"
@@ -58,6 +60,7 @@ def test_each_claim_is_paired_by_seed_against_standard_training():
     # the ends' ensemble against a standard ensemble of as many (2) members: -0.005, -0.004, -0.006, inside -0.01
     assert (ensemble["estimate"], ensemble["se"]) == (pytest.approx(-0.005), pytest.approx(0.001 / math.sqrt(3)))
     assert ensemble["verdict"] == "supported" and "-0.01" in ensemble["rule"]
+    assert swa["rule"] == NO_SWA and swa["verdict"] == "inconclusive" and math.isnan(swa["estimate"])
 
 
 def test_an_ensemble_more_than_one_point_behind_is_not_supported():
@@ -70,9 +73,8 @@ def test_an_ensemble_more_than_one_point_behind_is_not_supported():
 
 def test_without_clean_labels_or_without_noise_the_claims_say_what_to_add():
     no_clean = subspaces_findings(summary_table(noises=(0.2,)), SCOPE)
-    assert no_clean["claim"].tolist() == [c.claim for c in (MIDPOINT_ACCURACY, MIDPOINT_CALIBRATION,
-                                                            MIDPOINT_NOISE_ROBUSTNESS, ENDS_ENSEMBLE)]
-    untested = no_clean[no_clean["claim"] != MIDPOINT_NOISE_ROBUSTNESS.claim]
+    assert no_clean["claim"].tolist() == CLAIMS
+    untested = no_clean[~no_clean["claim"].isin([MIDPOINT_NOISE_ROBUSTNESS.claim, MIDPOINT_OVER_SWA.claim])]
     assert (untested["rule"] == "not testable here: label_noise has no 0 (clean labels): add 0.0 to label_noise").all()
     assert untested["verdict"].eq("inconclusive").all() and untested["estimate"].isna().all()
     no_noise = subspaces_findings(summary_table(noises=(0.0,)), SCOPE)
@@ -82,7 +84,42 @@ def test_without_clean_labels_or_without_noise_the_claims_say_what_to_add():
 
 def test_one_seed_gives_no_verdict():
     findings = subspaces_findings(summary_table(seeds=(0,)), SCOPE)
-    assert len(findings) == 4 and findings["verdict"].eq("inconclusive").all() and findings["se"].isna().all()
+    assert findings["claim"].tolist() == CLAIMS
+    assert findings["verdict"].eq("inconclusive").all() and findings["se"].isna().all()
     assert findings["n_seeds"].eq(1).all()
     assert findings["rule"].eq("not testable here: 1 seed, and a verdict needs a standard error over at least 3; "
                                "set seeds to at least 3 values").all()
+
+
+def with_swa(table: pd.DataFrame, accuracies: dict) -> pd.DataFrame:
+    """`table` with SWA's model rows: accuracy per (noise, seed) from `accuracies`; ECE far from every other."""
+    rows = [{"method": "swa", "endpoints": 1, "noise": noise, "seed": seed, "point": "model", "members": 1,
+             "accuracy": accuracy, "confidence": 0.5, "ece": 0.9} for (noise, seed), accuracy in accuracies.items()]
+    return pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
+
+
+def test_the_midpoint_against_swa_is_paired_by_seed_at_every_noise_level():
+    """Line midpoints: clean 0.82/0.84/0.86, 20% noise 0.71/0.69/0.73. SWA clean 0.80/0.81/0.82 (differences
+    0.02/0.03/0.04: supported), noisy 0.74/0.73/0.75 (-0.03/-0.04/-0.02: not supported)."""
+    swa = {(0.0, 0): 0.80, (0.0, 1): 0.81, (0.0, 2): 0.82, (0.2, 0): 0.74, (0.2, 1): 0.73, (0.2, 2): 0.75}
+    findings = subspaces_findings(with_swa(summary_table(), swa), SCOPE)
+    assert findings["claim"].tolist() == CLAIMS[:4] + [CLAIMS[4]] * 2
+    clean, noisy = findings[findings["claim"] == MIDPOINT_OVER_SWA.claim].to_dict("records")
+    assert (clean["estimate"], clean["se"], clean["n_seeds"]) == (pytest.approx(0.03), pytest.approx(SE_OF_STEP_001), 3)
+    assert clean["verdict"] == "supported"
+    assert clean["measure"].startswith("test accuracy (clean test labels) of the line midpoint minus that of SWA")
+    assert "0% of the training labels" in clean["measure"] and "20% of the training labels" in noisy["measure"]
+    assert (noisy["estimate"], noisy["se"]) == (pytest.approx(-0.03), pytest.approx(SE_OF_STEP_001))
+    assert noisy["verdict"] == "not supported"
+    assert noisy["rule"].startswith("mean paired difference over seeds > 0 by more than 2 SE: supported")
+    # the other claims still pair with standard training: SWA's rows change none of them
+    assert findings.iloc[:4].equals(subspaces_findings(summary_table(), SCOPE).iloc[:4])
+
+
+def test_the_midpoint_within_two_errors_of_swa_is_inconclusive():
+    """20% noise: SWA 0.70 for every seed, midpoints 0.71/0.69/0.73: differences 0.01/-0.01/0.03, mean 0.01 under
+    two standard errors (2 x 0.02 / sqrt 3)."""
+    table = with_swa(summary_table(noises=(0.2,)), {(0.2, seed): 0.70 for seed in (0, 1, 2)})
+    (row,) = subspaces_findings(table, SCOPE).query("claim == @MIDPOINT_OVER_SWA.claim").to_dict("records")
+    assert (row["estimate"], row["se"]) == (pytest.approx(0.01), pytest.approx(0.02 / math.sqrt(3)))
+    assert row["verdict"] == "inconclusive"

@@ -1,5 +1,5 @@
-"""The `deq` flow: its tables' keys and exact invariants, and rows against DEQs trained alone (with the regulariser
-written out in tests/reference.py)."""
+"""The `deq` flow: its tables' keys and exact invariants, and rows against DEQs and explicit baselines trained alone
+(with the regulariser written out in tests/reference.py)."""
 from pathlib import Path
 
 import pandas as pd
@@ -10,18 +10,18 @@ from core.config import derive_seed
 from core.data.config import DatasetConfig
 from core.data.datasets import load_dataset
 from core.findings import COLUMNS
-from core.methods.deq import COMPARED, GROWING_ITERATIONS, GROWING_JACOBIAN
+from core.methods.deq import COMPARED, GROWING_ITERATIONS, GROWING_JACOBIAN, LESS_MEMORY, SAME_AS_EXPLICIT
 from core.models.networks import init_model
 from core.training.config import TrainConfig
 from core.training.experiment import DRAW_STREAM, INIT_STREAM, ORDER_STREAM, model_seed
-from flows.deq import DEQFlowConfig, MonitorConfig, PenaltyConfig, SolverConfig, deq_flow
+from flows.deq import BaselinesConfig, DEQFlowConfig, MonitorConfig, PenaltyConfig, SolverConfig, deq_flow
 from reference import jacobian_penalty_step, train_one_by_one
 
 CONFIG = DEQFlowConfig(dataset=DatasetConfig(name="synthetic", n_train=400, n_test=100), model="deq_w8",
                        gammas=[0.0, 1.0], seeds=[0, 1], solver=SolverConfig(tol=1e-5, max_iter=40),
                        penalty=PenaltyConfig(fraction=0.5, samples=2),
                        monitor=MonitorConfig(examples=60, samples=2, power_iters=5, caps=[1, 3]),
-                       train=TrainConfig(epochs=2, batch_size=50, lr=0.1))
+                       baselines=BaselinesConfig(depths=[1, 2]), train=TrainConfig(epochs=2, batch_size=50, lr=0.1))
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +52,10 @@ def test_tables_hold_every_gamma_seed_epoch_and_cap(run):
     findings = pd.read_parquet(folder / "findings.parquet")  # growth at gamma 0, then gamma 1 against 0
     assert list(findings.columns) == list(COLUMNS) and findings["n_seeds"].eq(2).all()
     assert findings["claim"].tolist() == [c.claim for c in (GROWING_ITERATIONS, GROWING_JACOBIAN,
-                                                            *(claim for claim, _ in COMPARED))]
-    assert findings["measure"][4].startswith("relative residual of the fixed point after 3 solver iterations")
+                                                            *(claim for claim, _ in COMPARED), SAME_AS_EXPLICIT,
+                                                            LESS_MEMORY)]
+    assert findings["rule"][7:].str.startswith("not testable here: 2 seeds").all()
+    assert findings["measure"][4].startswith("lowest relative residual of the fixed point within 3 solver iterations")
     assert 0 <= report.index("## Findings") < report.index("## Tables")
 
 
@@ -82,10 +84,52 @@ def test_a_row_equals_one_deq_trained_alone(run, gamma):
     assert row["forward_steps"].item() == pytest.approx(model[1].stats.forward.steps.double().mean().item(), abs=0.05)
 
 
+def test_baseline_and_cost_tables_hold_every_arm_and_seed(run):
+    folder = run[0]
+    baselines, costs = (pd.read_parquet(folder / f"deq_{name}.parquet") for name in ("baselines", "costs"))
+    assert list(baselines.columns) == ["network", "depth", "seed", "epoch", "train_loss", "accuracy", "epoch_seconds"]
+    arms = [("explicit", 1), ("explicit", 2), ("unrolled", 1), ("unrolled", 2)]
+    assert baselines[["network", "depth", "seed", "epoch"]].values.tolist() == [
+        [n, d, s, e] for n, d in arms for s in (0, 1) for e in (1, 2)]
+    assert list(costs.columns) == ["network", "gamma", "depth", "seed", "parameters", "accuracy", "epoch_seconds",
+                                   "inference_seconds", "step_memory_bytes", "memory_method"]
+    assert costs[["network", "depth", "seed"]].values.tolist() == [
+        [n, d, s] for n, d in [("deq", 0), ("deq", 0), *arms] for s in (0, 1)]
+    assert costs["gamma"].tolist()[:4] == [0, 0, 1, 1] and costs["gamma"][4:].isna().all()
+    # one untied layer is the tied cell once, from the same draws: the same network, trained the same
+    by_arm = baselines.set_index(["network", "depth", "seed", "epoch"])
+    pd.testing.assert_frame_equal(by_arm.loc["explicit", 1].drop(columns="epoch_seconds"),
+                                  by_arm.loc["unrolled", 1].drop(columns="epoch_seconds"))
+    memory = costs.set_index(["network", "depth", "seed"])["step_memory_bytes"]
+    assert memory["unrolled", 2].tolist() == memory["explicit", 2].tolist()  # the same tensors kept for backward
+    assert (memory["unrolled", 2] > memory["unrolled", 1]).all()  # one more tanh output per example kept
+    # W 8 x 8, U 8 x 20, b 8, head 8 x 4 + 4: 268 parameters; an untied layer more adds its W and b: 72
+    counts = costs.drop_duplicates(["network", "depth"]).set_index(["network", "depth"])["parameters"].to_dict()
+    assert counts == {("deq", 0): 268, ("explicit", 1): 268, ("explicit", 2): 340, ("unrolled", 1): 268,
+                      ("unrolled", 2): 268}
+    assert costs["memory_method"].eq("autograd_saved_bytes").all()  # the CPU
+    assert (costs["inference_seconds"] > 0).all() and (costs["epoch_seconds"] > 0).all()
+    last = baselines[baselines["epoch"] == 2].set_index(["network", "depth", "seed"])["accuracy"]
+    assert costs.set_index(["network", "depth", "seed"])["accuracy"][last.index].tolist() == last.tolist()
+
+
+def test_a_baseline_row_equals_one_network_trained_alone(run):
+    baselines = pd.read_parquet(run[0] / "deq_baselines.parquet")
+    data = load_dataset(CONFIG.dataset)
+    seed = model_seed(CONFIG.seed, 1)
+    model = init_model("explicit2_w8", data.input_shape, data.num_classes, derive_seed(seed, INIT_STREAM))
+    train_one_by_one(model, data.x_train, data.y_train, torch.arange(data.n_train), derive_seed(seed, ORDER_STREAM),
+                     CONFIG.train)
+    with torch.no_grad():
+        accuracy = (model(data.x_test[:60]).argmax(1) == data.y_test[:60]).double().mean().item()
+    row = baselines[(baselines["network"] == "explicit") & (baselines["depth"] == 2) & (baselines["seed"] == 1)]
+    assert row["accuracy"].tolist()[-1] == pytest.approx(accuracy, abs=0.017)  # one example of 60 may flip
+
+
 def test_a_rerun_skips_every_task(run):
     folder, _, _ = run
     stamps = {p: p.stat().st_mtime_ns for p in (folder / "shards").rglob("*.parquet")}
-    assert len(stamps) == 2 * 2  # epochs and inference of two gammas
+    assert len(stamps) == 2 * 3 + 4 * 2  # epochs, inference and costs of two gammas; baselines and costs of four
     assert Path(deq_flow(CONFIG, data_root=str(folder.parents[2]))) == folder
     assert {p: p.stat().st_mtime_ns for p in (folder / "shards").rglob("*.parquet")} == stamps
 

@@ -11,7 +11,7 @@ from core.data.config import DatasetConfig
 from core.data.datasets import load_dataset
 from core.findings import COLUMNS
 from core.methods.subspaces import (ENDS_ENSEMBLE, MIDPOINT_ACCURACY, MIDPOINT_CALIBRATION, MIDPOINT_NOISE_ROBUSTNESS,
-                                    calibration, midpoint_coefficients, path_coefficients)
+                                    MIDPOINT_OVER_SWA, calibration, midpoint_coefficients, path_coefficients)
 from core.models.networks import init_model
 from core.models.subspaces import fix_coefficients
 from core.training.config import TrainConfig
@@ -20,10 +20,11 @@ from core.training.experiment import DRAW_STREAM, INIT_STREAM, MEMBER_STREAM, OR
 from core.training.recalibration import recalibrate_batchnorm
 from flows.subspaces import SubspacesFlowConfig, subspaces_flow
 from reference import subspace_step, train_one_by_one
+from test_swa import swa_one_model
 
 CONFIG = SubspacesFlowConfig(dataset=DatasetConfig(name="digits", n_train=400, n_test=100), model="mlp_w16_d1",
-                             methods=["line", "simplex3"], label_noise=[0.0, 0.2], seeds=[0, 1], alpha_points=5,
-                             train=TrainConfig(epochs=2, batch_size=50, lr=0.1))
+                             methods=["line", "simplex3", "swa"], label_noise=[0.0, 0.2], seeds=[0, 1], alpha_points=5,
+                             train=TrainConfig(epochs=2, batch_size=50, lr=0.1), swa_start=0.25)  # both epochs averaged
 BATCHNORM = SubspacesFlowConfig(dataset=DatasetConfig(name="digits", n_train=400, n_test=100), model="cnn_bn_w4_d1",
                                 methods=["curve"], label_noise=[0.2], seeds=[0], alpha_points=3,
                                 train=TrainConfig(epochs=2, batch_size=50, lr=0.1))
@@ -47,8 +48,9 @@ def test_tables_hold_every_point_method_noise_and_seed(run):
     assert kinds[["method", "endpoints", "point", "members"]].values.tolist() == [
         ["line", 2, "endpoint", 1], ["line", 2, "ensemble", 2], ["line", 2, "midpoint", 1],
         ["simplex3", 3, "endpoint", 1], ["simplex3", 3, "ensemble", 3], ["simplex3", 3, "midpoint", 1],
-        ["standard", 1, "ensemble", 2], ["standard", 1, "ensemble", 3], ["standard", 1, "model", 1]]
-    assert len(summary) == 9 * 2 * 2  # 9 rows per (noise, seed)
+        ["standard", 1, "ensemble", 2], ["standard", 1, "ensemble", 3], ["standard", 1, "model", 1],
+        ["swa", 1, "model", 1]]
+    assert len(summary) == 10 * 2 * 2  # 10 rows per (noise, seed)
     assert summary[["accuracy", "confidence", "ece"]].stack().between(0, 1).all()
     assert (summary["confidence"] >= 0.1).all()  # the top of 10 probabilities
     for name in ("accuracy_along_subspace.png", "gains_over_standard.png"):
@@ -56,7 +58,8 @@ def test_tables_hold_every_point_method_noise_and_seed(run):
     findings = pd.read_parquet(folder / "findings.parquet")  # two seeds: every claim said untestable, and why
     assert list(findings.columns) == list(COLUMNS) and findings["n_seeds"].eq(2).all()
     assert findings["claim"].tolist() == [claim.claim for claim in (MIDPOINT_ACCURACY, MIDPOINT_CALIBRATION,
-                                                                    MIDPOINT_NOISE_ROBUSTNESS, ENDS_ENSEMBLE)]
+                                                                    MIDPOINT_NOISE_ROBUSTNESS, ENDS_ENSEMBLE,
+                                                                    MIDPOINT_OVER_SWA)]
     assert findings["rule"].eq("not testable here: 2 seeds, and a verdict needs a standard error over at least 3; "
                                "set seeds to at least 3 values").all()
     report = (folder / "report.md").read_text()
@@ -116,6 +119,25 @@ def test_a_standard_ensemble_row_equals_its_members_trained_alone(run):
     assert row["accuracy"].item() == pytest.approx(float(accuracy), abs=0.011)
 
 
+def test_an_swa_row_equals_torch_swa_utils_on_one_model_trained_alone(run):
+    """The flow's SWA: standard training's init and batch order of the seed, the lr held at swa_lr from epoch
+    floor(0.25 * 2) = 0 on, both epochs averaged; torch's AveragedModel and SWALR on one model."""
+    _, _, summary = run
+    seed, noise = model_seed(CONFIG.seed, 1), 0.2
+    data = load_dataset(CONFIG.dataset.model_copy(update={"label_noise": noise}))
+    assert CONFIG.swa_train().swa_start == 0
+    model = swa_one_model(CONFIG.model, data.x_train, data.y_train, torch.arange(data.n_train),
+                          derive_seed(seed, INIT_STREAM), derive_seed(seed, ORDER_STREAM), CONFIG.swa_train(), 10)
+    accuracy, _, ece = calibration(probabilities_at(model, data), data.y_test)
+    row = summary[(summary["method"] == "swa") & (summary["noise"] == noise) & (summary["seed"] == 1)]
+    assert row["point"].item() == "model" and row["endpoints"].item() == 1
+    assert row["accuracy"].item() == pytest.approx(float(accuracy), abs=0.011)  # one test example of 100 may flip
+    assert row["ece"].item() == pytest.approx(float(ece), abs=0.01)
+    standard = summary[(summary["method"] == "standard") & (summary["noise"] == noise) & (summary["seed"] == 1)
+                       & (summary["point"] == "model")]
+    assert row["ece"].item() != standard["ece"].item()  # not the standard model under another name
+
+
 def test_a_batchnorm_curves_midpoint_equals_one_trained_alone_with_statistics_recomputed(tmp_path, prefect_harness):
     folder = Path(subspaces_flow(BATCHNORM, data_root=str(tmp_path)))
     summary = pd.read_parquet(folder / "subspace_summary.parquet")
@@ -129,15 +151,15 @@ def test_a_batchnorm_curves_midpoint_equals_one_trained_alone_with_statistics_re
 def test_a_rerun_skips_every_task(run):
     folder, _, _ = run
     stamps = {p: p.stat().st_mtime_ns for p in (folder / "shards").rglob("*.parquet")}
-    assert len(stamps) == 2 * 2 + 3 * 2  # alpha rows of two methods, summaries of three, at two noise levels
+    assert len(stamps) == 2 * 2 + 4 * 2  # alpha rows of two methods, summaries of four, at two noise levels
     assert Path(subspaces_flow(CONFIG, data_root=str(folder.parents[2]))) == folder
     assert {p: p.stat().st_mtime_ns for p in (folder / "shards").rglob("*.parquet")} == stamps
 
 
 def test_the_default_methods_in_another_order_are_the_same_config():
     default = SubspacesFlowConfig()
-    assert default.methods == ["curve", "layerwise_line", "line", "simplex3", "simplex4"]
-    assert SubspacesFlowConfig(methods=["simplex4", "line", "curve", "layerwise_line", "simplex3"]) == default
+    assert default.methods == ["curve", "layerwise_line", "line", "simplex3", "simplex4", "swa"]
+    assert SubspacesFlowConfig(methods=["swa", "simplex4", "line", "curve", "layerwise_line", "simplex3"]) == default
 
 
 @pytest.mark.parametrize("update,message", [
@@ -146,6 +168,8 @@ def test_the_default_methods_in_another_order_are_the_same_config():
     ({"label_noise": [0.2, 1.0]}, "label_noise\n  Value error, must be distinct fractions in [0, 1); got [0.2, 1.0]"),
     ({"methods": ["line", "line"]}, "must be distinct methods"),
     ({"methods": ["plane"]}, "Input should be 'line', 'layerwise_line', 'curve'"),
+    ({"methods": ["swa"]}, "methods=['swa']: swa is a baseline; list at least one subspace (line, layerwise_line, "),
+    ({"swa_start": 1.0}, "swa_start\n  Input should be less than 1"),
 ])
 def test_bad_configs_are_refused_with_the_reason(update, message):
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -40,14 +40,14 @@ CONFIGS = {
 }
 # (how, at which atomic write of that attempt): config.json is write 1 of the first; later attempts skip what exists
 KILLS = [("during", 3), ("after", 2)]
-TIMINGS = ["seconds", "epoch_seconds"]  # wall-clock columns (deq, lime_pretrain): the rest must be equal
+TIMINGS = ["seconds", "epoch_seconds", "inference_seconds"]  # wall-clock (deq, lime_pretrain): the rest must be equal
 # A unit of work (one `compute_once`, one pruning level) writes its files in turn and is done once its last file is:
 # until then a re-run computes it again, all its files. Each rule maps a file to the last file of its unit.
 UNIT_ENDS = [
     (r"weights/([^/]+)/rewind\.safetensors", r"shards/\1/level-00.parquet"),  # prune_grid: weights, then the table
     (r"weights/([^/]+)/(level-\d+)\.safetensors", r"shards/\1/\2.parquet"),
     (r"weights/(round-\d+)\.safetensors", r"shards/\1.parquet"),  # weight_correlation: weights, then the table
-    (r"shards/epochs/(.+)", r"shards/inference/\1"),  # deq: a gamma's epochs, then its capped inference
+    (r"shards/(epochs|inference|baselines)/(.+)", r"shards/costs/\2"),  # deq: an arm's tables, then its costs
     (r"shards/alpha/(.+)", r"shards/summary/\1"),  # subspaces: points along alpha, then the summary
     (r"examples/(.+)", r"shards/lengths/\1"),  # lime_data: the examples, then their lengths
     (r"shards/pretrain/(.+)\.parquet", r"pretrained/\1.safetensors"),  # lime_pretrain: the curve, then the weights

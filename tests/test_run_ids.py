@@ -20,11 +20,14 @@ PINNED = {
     "train": "train-d11da41d74a9", "cscore": "cscore-9a2ee294e685", "proxies": "proxies-7af82a9fac38",
     "filter_retrain": "filter_retrain-0f512e969071", "prune_grid": "prune_grid-a018cfdac5aa",
     "scaling_law": "scaling_law-cc1d4c00a127", "weight_correlation": "weight_correlation-c89f16e1e09d",
-    "dct_sparse": "dct_sparse-969ac34dbfb8", "subspaces": "subspaces-d2ab7ec5e9c8", "deq": "deq-66c852328108",
+    "dct_sparse": "dct_sparse-969ac34dbfb8",
+    "deq": "deq-8312697a832f",  # issue 28: the default experiment gained the explicit baselines
+    "subspaces": "subspaces-34e26c438bfb",  # issue 28: the default experiment gained swa
     "lime_data": "lime_data-71d3566cbc9b", "lime_pretrain": "lime_pretrain-486c8d15405b",
     "cscore-fashion-noisy.yaml": "cscore-844a2a3f3dde", "cscore-mnist1d.yaml": "cscore-60cca1d50bed",
     "cscore.yaml": "cscore-8e05a0a52f90", "dct-sparse-fashion.yaml": "dct_sparse-c004a0eb1674",
-    "deq-synthetic.yaml": "deq-b49ce40c3f13", "lime-pretrain-gpu.yaml": "lime_pretrain-dc321cfbc2dc",
+    "deq-synthetic.yaml": "deq-5f39085ac39f",  # issue 28: the default experiment gained the explicit baselines
+    "lime-pretrain-gpu.yaml": "lime_pretrain-dc321cfbc2dc",
     "proxies-fashion-noisy.yaml": "proxies-194874d5afef", "prune-mnist1d-cnn-gpu.yaml": "prune_grid-1d5ee09af5d3",
     "prune-mnist1d-cnn.yaml": "prune_grid-d0e74fa5be1e", "prune-mnist1d.yaml": "prune_grid-a018cfdac5aa",
     "subspaces-mnist1d-cnn.yaml": "subspaces-c1dab5eabe72", "train.yaml": "train-65eabe7363c0",

@@ -8,7 +8,8 @@ stable solves) by adding gamma ||J_f||_F^2 / d to the loss, estimated by Hutchin
 
 Solvers work on `[K, B, D]`: K models times B examples, each (model, example) row its own fixed-point problem with
 its own stopping (relative residual ||f(z) - z|| / (||f(z)|| + tiny) <= tol), so f must act on each row alone, as
-a DEQ cell does. A row that stops keeps its value while the others go on.
+a DEQ cell does. A row that stops keeps its value while the others go on; a row that never meets tol returns its
+lowest-residual iterate, as the authors' solvers do.
 """
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ Map = Callable[[Tensor], Tensor]
 class Solution:
     """What a solver found, per (model, example) row."""
 
-    z: Tensor  # [K, B, D] the last iterate (kept as it was from the step its row stopped)
+    z: Tensor  # [K, B, D] the row's lowest-residual iterate: its last one where it converged
     steps: Tensor  # [K, B] long: evaluations of f the row took (1: z0 already met tol)
-    residual: Tensor  # [K, B] relative residual of z; inf where the iterate stopped being finite
+    residual: Tensor  # [K, B] relative residual of z; inf where even f(z0) was not finite
     converged: Tensor  # [K, B] bool: residual <= tol
 
     def means(self, direction: str) -> dict[str, Tensor]:
@@ -90,13 +91,15 @@ def relative_residual(fz: Tensor, z: Tensor) -> Tensor:
 
 def _solve(f: Map, z0: Tensor, tol: float, max_iter: int, propose: Callable[[Tensor, Tensor, int], Tensor]) -> Solution:
     """The driver both solvers share: `propose(z, fz, n)` gives iteration n's next iterate of rows `[R, D]`; rows
-    that met tol, or stopped being finite (they never will), are frozen."""
+    that met tol, or stopped being finite (they never will), are frozen. Each row returns its lowest-residual
+    iterate: where it converged, that is its last one (every earlier residual was above tol)."""
     shape = z0.shape
     rows = lambda t: t.reshape(-1, shape[-1])  # noqa: E731
     g = lambda z: rows(f(z.view(shape)))  # noqa: E731
     z = rows(z0).clone()
     fz = g(z)
     residual = relative_residual(fz, z)
+    best_z, best_residual = z, residual
     steps = torch.ones_like(residual, dtype=torch.long)
     done = (residual <= tol) | residual.isinf()
     for n in range(1, max_iter):
@@ -106,10 +109,16 @@ def _solve(f: Map, z0: Tensor, tol: float, max_iter: int, propose: Callable[[Ten
         z = torch.where(active[:, None], propose(z, fz, n), z)
         fz = torch.where(active[:, None], g(z), fz)
         residual = torch.where(active, relative_residual(fz, z), residual)
+        # as locuslab/deq's broyden and anderson (lib/solvers.py: `if diff < lowest: lowest_xest = x_est`): keep the
+        # iterate whose residual is strictly below every earlier one (the first of equals), and return it with that
+        # residual. Theirs ranks the whole batch by one norm and leaves z0 out; ours ranks each row, z0 included
+        best = residual < best_residual
+        best_z, best_residual = torch.where(best[:, None], z, best_z), torch.where(best, residual, best_residual)
         steps += active
         done = (residual <= tol) | residual.isinf()
     per_row = shape[:-1]
-    return Solution(z.view(shape), steps.view(per_row), residual.view(per_row), (residual <= tol).view(per_row))
+    return Solution(best_z.view(shape), steps.view(per_row), best_residual.view(per_row),
+                    (best_residual <= tol).view(per_row))
 
 
 @torch.no_grad()
@@ -171,8 +180,9 @@ def equilibrium(f: Map, z0: Tensor, solver: str = "anderson", tol: float = 1e-4,
                 backward_tol: float = 1e-4, backward_max_iter: int = 30, stats: SolverStats | None = None,
                 log: SolverLog | None = None) -> Tensor:
     """z* = f(z*) from `z0` (`[K, B, D]`; f closes over its input and parameters), differentiable implicitly:
-    the backward solves u = J_f(z*)^T u + dl/dz* with the same solver. `stats` receives both solves' Solution
-    and f; `log`, when given, counts both solves."""
+    the backward solves u = J_f(z*)^T u + dl/dz* with the same solver (so the same driver: a backward that misses
+    its tol also gives its lowest-residual u). `stats` receives both solves' Solution and f; `log`, when given,
+    counts both solves."""
     stats = stats if stats is not None else SolverStats()
     solve = SOLVERS[solver]
     stats.forward, stats.cell = solve(f, z0.detach(), tol, max_iter), f

@@ -15,6 +15,8 @@ MODEL_PATTERNS = {
     "cnn_bn_w{width}_d{depth}": "cnn with BatchNorm after each (bias-free) conv, before its ReLU ([C, H, W] inputs)",
     "lenet_300_100": "LeNet-300-100 fully connected network (any input)",
     "deq_w{width}": "deep equilibrium classifier: z* = tanh(W z* + U x + b) of `width` units, then linear (any input)",
+    "unrolled{L}_w{width}": "the DEQ's cell run L times from z = 0, weights tied, plain backprop, then linear",
+    "explicit{L}_w{width}": "L tanh layers of `width` units, each its own W and b (U shared), then linear",
     "resnet18": "torchvision ResNet-18 (images; meant for GPU users)",
     "dct_{any above but resnet18}": "every Linear/Conv a DCT+Sparse layer (Price & Tanner 2021), e.g. dct_mlp_w64_d2",
     "subspace{m}_{any above but resnet18}": "every Linear/Conv/BatchNorm holds m = 2..9 endpoints (Wortsman et al. "
@@ -44,6 +46,7 @@ class ModelSpec:
 _GRID_NAME = re.compile(r"^(mlp|cnn1d|cnn|cnn1d_bn|cnn_bn)_w(\d+)_d(\d+)$")
 _HIDDEN_NAME = re.compile(r"^mlp_h(\d+(?:-\d+)*)$")
 _DEQ_NAME = re.compile(r"^deq_w(\d+)$")
+_UNROLLED_NAME = re.compile(r"^(unrolled|explicit)(\d+)_w(\d+)$")  # the DEQ's explicit baselines: L, width
 _SUBSPACE_PREFIX = re.compile(r"^subspace([2-9])_")
 
 
@@ -57,6 +60,9 @@ def _parse_plain_name(name: str) -> ModelSpec | None:
     match = _DEQ_NAME.match(name)
     if match and int(match[1]) >= 1:
         return ModelSpec(name, "deq", int(match[1]))
+    match = _UNROLLED_NAME.match(name)
+    if match and int(match[2]) >= 1 and int(match[3]) >= 1:
+        return ModelSpec(name, match[1], int(match[3]), int(match[2]))
     match = _HIDDEN_NAME.match(name)
     if match and all(int(w) >= 1 for w in match[1].split("-")):
         return ModelSpec(name, "mlp_h", hidden=tuple(int(w) for w in match[1].split("-")))
@@ -93,3 +99,4 @@ METHODS: dict[str, tuple[Kind, int, bool]] = {  # name: (kind, endpoints, layerw
     "layerwise_simplex4": ("simplex", 4, True),
 }
 STANDARD = "standard"  # the baseline: plain networks, standard training, as many epochs
+SWA = "swa"  # the plain network trained as standard, its weights averaged over the last epochs (Izmailov et al. 2018)

@@ -13,6 +13,7 @@ from core.models.dct_sparse import DCTPlusSparseConv, DCTPlusSparseLinear, dct_p
 from core.models.deq import DEQLinear
 from core.models.names import ModelNameError, parse_model_name
 from core.models.subspaces import subspace_network
+from core.models.unrolled import UnrolledTanh
 
 
 def _mlp(in_features: int, hidden: list[int], num_classes: int) -> nn.Sequential:
@@ -48,6 +49,11 @@ def _deq(in_features: int, width: int, num_classes: int) -> nn.Sequential:
     return nn.Sequential(nn.Flatten(), DEQLinear(in_features, width), nn.Linear(width, num_classes))
 
 
+def _unrolled(in_features: int, width: int, depth: int, tied: bool, num_classes: int) -> nn.Sequential:
+    """Flatten, the DEQ's tanh cell run `depth` times (core.models.unrolled.UnrolledTanh), then a linear classifier."""
+    return nn.Sequential(nn.Flatten(), UnrolledTanh(in_features, width, depth, tied), nn.Linear(width, num_classes))
+
+
 def _resnet18(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """torchvision's ResNet-18 with its stem adapted to the number of input channels."""
     from torchvision.models import resnet18
@@ -72,6 +78,8 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
         "cnn_bn": lambda: _cnn(input_shape, spec.width, spec.depth, num_classes, batch_norm=True),
         "resnet18": lambda: _resnet18(input_shape, num_classes),
         "deq": lambda: _deq(flat, spec.width, num_classes),
+        "unrolled": lambda: _unrolled(flat, spec.width, spec.depth, True, num_classes),
+        "explicit": lambda: _unrolled(flat, spec.width, spec.depth, False, num_classes),
     }
     rank = {"cnn1d": 2, "cnn1d_bn": 2, "cnn": 3, "cnn_bn": 3, "resnet18": 3}.get(spec.family)
     if rank is not None and len(input_shape) != rank:

@@ -10,10 +10,11 @@ from core.plots.style import plt, save
 
 def subspace_paths(alpha, summary, path: Path) -> Path:
     """Test accuracy (top) and ECE (bottom) along each subspace's path, one column per label-noise level, one line
-    per method (mean over seeds, band: its standard error); dashed: the standard model's mean."""
+    per method (mean over seeds, band: its standard error); dashed: the standard model's mean; dotted: SWA's."""
     noises = sorted(alpha["noise"].unique())
     fig, axes = plt.subplots(2, len(noises), figsize=(4.2 * len(noises), 6.2), sharex=True, squeeze=False)
     standard = summary[(summary["method"] == "standard") & (summary["point"] == "model")]
+    swa = summary[summary["method"] == "swa"]
     for column, noise in enumerate(noises):
         at_noise = alpha[alpha["noise"] == noise]
         for metric, ax in zip(("accuracy", "ece"), axes[:, column]):
@@ -24,6 +25,8 @@ def subspace_paths(alpha, summary, path: Path) -> Path:
                                 color=line.get_color(), alpha=0.2, lw=0)
             ax.axhline(standard.loc[standard["noise"] == noise, metric].mean(), color="k", ls="--", lw=1,
                        label="standard training")
+            if len(swa):
+                ax.axhline(swa.loc[swa["noise"] == noise, metric].mean(), color="k", ls=":", lw=1, label="SWA")
             ax.grid(alpha=0.3)
         axes[0, column].set_title(f"label noise {noise:.0%}")
         axes[1, column].set_xlabel("alpha along the path (simplex: edge 0-1)")

@@ -3,11 +3,11 @@ step, without torch, so that configs validate (and `regularity config` prints) w
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from core.config import Config
+from core.config import ADDED_SETTING, Config
 
 
 class TrainConfig(Config):
@@ -22,10 +22,25 @@ class TrainConfig(Config):
         "linear", description="lr over training: constant; linear or cosine decay to 0; step = x0.1 at 50% and 75%"
     )
     warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from 0 to `lr` over this many epochs")
+    swa_start: Annotated[int | None, ADDED_SETTING] = Field(None, ge=0, description="epoch from which the lr holds "
+                                                            "at swa_lr (SWA's constant lr; the schedule before it); "
+                                                            "none: the schedule throughout")
+    swa_lr: Annotated[float | None, ADDED_SETTING] = Field(None, gt=0, description="the lr from epoch swa_start on")
+
+    @model_validator(mode="after")
+    def _swa_lr_with_its_start(self) -> "TrainConfig":
+        if (self.swa_start is None) != (self.swa_lr is None):
+            raise ValueError(f"swa_start={self.swa_start} and swa_lr={self.swa_lr}: set both (a constant lr from "
+                             "that epoch) or neither")
+        if self.swa_start is not None and self.swa_start >= self.epochs:
+            raise ValueError(f"swa_start={self.swa_start} must be below epochs={self.epochs}")
+        return self
 
 
 def lr_at(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """Learning rate of a model's `step`-th update (0-based)."""
+    if config.swa_start is not None and step >= config.swa_start * steps_per_epoch:
+        return config.swa_lr
     progress = step / (config.epochs * steps_per_epoch)
     factor = {
         "constant": 1.0,
