@@ -26,7 +26,8 @@ from core.training.ensemble import Ensemble
 from core.training.trainer import train
 
 # ---- knobs ---------------------------------------------------------------------------------
-MODELS = ["mlp_w256_d2", "cnn1d_bn_w32_d2"]  # plain networks; each line is subspace2_<model>
+MODELS = ["mlp_w128_d2", "mlp_w256_d2", "cnn1d_bn_w32_d2"]  # plain networks; each line is subspace2_<model>
+# (mlp_w128_d2: the subspaces flow's default)
 INPUT_SHAPE, CLASSES = (1, 40), 10  # MNIST-1D-shaped inputs (random: speed only)
 N_TRAIN = 4000  # training examples (MNIST-1D's 4,000: 31 steps of 128 an epoch)
 ENSEMBLE_SIZES = [5, 32]  # lines trained together (5: one subspaces-flow task of 5 seeds; --quick: 5)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Literal
 
 from prefect import flow
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from core.config import Config, RuntimeConfig
 from core.data.config import DatasetConfig
@@ -88,7 +88,8 @@ class DEQFlowConfig(Config):
     dataset: DatasetConfig = Field(DatasetConfig(name="mnist1d"), description="what to train on (synthetic: a small "
                                    "generated problem of 20 features, the paper's toy setting in spirit)")
     model: str = Field("deq_w64", description="registry name of the DEQ classifier: deq_w{width} (flatten, one DEQ "
-                       "block of `width` tanh units, linear)")
+                       "block of `width` tanh units, linear) or deq_conv_c{channels} (one conv DEQ block on images, "
+                       "pooling, linear; baselines.depths must be [] for it)")
     gammas: list[float] = Field([0.0, 2.0], min_length=1, description="regularisation strengths; 0 trains without "
                                 "the regulariser. Every gamma trains every seed")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="seed indices: a seed's initialisation and batch "
@@ -104,9 +105,18 @@ class DEQFlowConfig(Config):
     @field_validator("model")
     @classmethod
     def _a_deq(cls, name: str) -> str:
-        if parse_model_name(name).family != "deq":  # raises with the list of valid patterns
-            raise ValueError(f"{name!r} is not a DEQ classifier; use deq_w<width>, e.g. deq_w64")
+        if parse_model_name(name).family not in ("deq", "deq_conv"):  # raises with the list of valid patterns
+            raise ValueError(f"{name!r} is not a DEQ classifier; use deq_w<width> or deq_conv_c<channels>, e.g. "
+                             "deq_w64")
         return name
+
+    @model_validator(mode="after")
+    def _baselines_of_the_tanh_cell(self) -> DEQFlowConfig:
+        # the explicit baselines unroll the tanh cell of deq_w<width>: a conv DEQ has none of its own yet
+        if parse_model_name(self.model).family == "deq_conv" and self.baselines.depths:
+            raise ValueError(f"baselines.depths must be [] for the conv DEQ {self.model}: the explicit baselines "
+                             "unroll deq_w<width>'s tanh cell; set baselines: {depths: []}")
+        return self
 
     @field_validator("gammas", "seeds")
     @classmethod

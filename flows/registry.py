@@ -208,15 +208,23 @@ FLOWS: dict[str, FlowEntry] = {
                  "`method` and `noise` in the summary below, or `accuracy` by `point` in `subspace_summary.parquet`.",
         tables={"subspace_summary.parquet": "one row per (method, noise, seed, point, members): test accuracy, "
                                             "mean confidence and ECE of the midpoint, the ends, the ends' ensemble, "
-                                            "and of standard training and of SWA (method `swa`, point `model`)",
+                                            "and of standard training and of SWA (method `swa`, point `model`), after "
+                                            "the last epoch; points `midpoint_best` and `model_best`: the same at the "
+                                            "best validation epoch (early-stopped)",
+                "subspace_epochs.parquet": "one row per (method, noise, seed, epoch, point): accuracy on the "
+                                           "validation split (noisy labels, like training's) and test accuracy, mean "
+                                           "confidence and ECE after `epoch` epochs, of the standard model and SWA's "
+                                           "average (point `model`, SWA from swa_start on) and of each subspace's "
+                                           "midpoint (BatchNorm recomputed on 2048 training examples)",
                 "subspace_alpha.parquet": "one row per (method, alpha, noise, seed): test accuracy and ECE of the "
                                           "network at that point along the path"},
         fits="check_sweep",
         report_summary="One row per (label noise, method): midpoint minus standard training in test accuracy "
                        "(`accuracy_gain`) and in expected calibration error (`ece_change`, lower = better "
                        "calibrated), the ends' ensemble minus a standard ensemble of as many members "
-                       "(`ensemble_gain`), each paired by seed with its standard error (`_sem`), beside the means "
-                       "they come from.",
+                       "(`ensemble_gain`), the midpoint's accuracy gain with each at its best validation epoch "
+                       "(`early_stopped_gain`), each paired by seed with its standard error (`_sem`), beside the "
+                       "means they come from.",
         early_failure={"dataset": {"name": "digits", "n_train": 10}}),
     "deq": FlowEntry(
         "flows.deq", "deq_flow", "DEQFlowConfig",

@@ -8,9 +8,12 @@ of the plain network for as many epochs is the baseline; standard ensembles of a
 ends are the ensembles' baseline. SWA (Izmailov et al. 2018), the baseline the paper claims to outperform, is
 standard training of the same seeds whose weights are averaged once an epoch from 75% of the epochs on, at a
 constant lr, with BatchNorm statistics recomputed for the average. Every method trains once per seed at each
-label-noise level, and is evaluated along its path (alpha in [0, 1]), at its midpoint and at its ends, with BatchNorm
-statistics recomputed from the training set at each point evaluated. The claim to check: the midpoint beats
-standard training in accuracy and calibration, more so under label noise, and beats SWA.
+label-noise level, on the training set less a validation split held out with the same label noise, and is evaluated
+after every epoch (its model, SWA's average, a subspace's midpoint) on that split and on the test set, then along its
+path (alpha in [0, 1]), at its midpoint and at its ends, with BatchNorm statistics recomputed from the examples trained
+on at each point evaluated; each arm is reported at its last epoch and at its best validation epoch (early-stopped).
+The claim to check: the midpoint beats standard training in accuracy and calibration, more so under label noise, and
+beats SWA.
 """
 from __future__ import annotations
 
@@ -52,6 +55,10 @@ class SubspacesFlowConfig(Config):
                                                        "averaged once an epoch (the SWA paper's 75%)")
     swa_lr: Annotated[float, ADDED_SETTING] = Field(0.05, gt=0, description="swa: the constant lr from swa_start on "
                                                     "(the SWA paper's 0.05 for a peak lr of 0.1)")
+    validation_fraction: float = Field(0.1, gt=0, lt=1, description="fraction of the training set held out as a "
+                                       "validation split (with the training labels' noise, as a user's own would "
+                                       "be), the same examples for every method, seed and noise level: every arm is "
+                                       "evaluated on it after each epoch and reported at its best validation epoch")
     beta: float = Field(1.0, ge=0.0, description="weight of the cos^2 regulariser between two random endpoints "
                         "(the paper's default 1; 0 turns it off)")
     alpha_points: int = Field(21, ge=2, le=201, description="points evaluated along each path, alpha evenly from 0 to "
@@ -96,10 +103,18 @@ SWEEP_LISTS = {
 
 
 def check_sweep(config: SubspacesFlowConfig, dataset) -> None:
-    """Fail before any work when a network does not fit the data or a batch is larger than the training set."""
+    """Fail before any work when a network does not fit the data, the validation split holds out none or all, or a
+    batch is larger than the examples left to train on."""
+    from core.methods.subspace_epochs import validation_split
+
     for m in sorted({1, *(METHODS[method][1] for method in config.methods if method in METHODS)}):
         name = config.model if m == 1 else f"subspace{m}_{config.model}"
         check_whole_set_fits(name, config.train.batch_size, dataset)
+    trained_on = dataset.n_train - int(validation_split(dataset.n_train, config.validation_fraction,
+                                                        config.dataset.seed).sum())
+    if trained_on < config.train.batch_size:
+        raise ValueError(f"train.batch_size={config.train.batch_size} is larger than the {trained_on} training "
+                         f"examples left after validation_fraction={config.validation_fraction}; lower either")
 
 
 @flow(name=FLOW, description="Lines, curves and simplexes of networks against standard training: accuracy and "
@@ -114,7 +129,7 @@ def subspaces_flow(config: SubspacesFlowConfig = SubspacesFlowConfig(), data_roo
     from flows.report import publish
     from flows.runner import configure_runtime, run_shards
     from tasks.common import combine_shards, shared_dataset
-    from tasks.subspaces import ALPHA_SHARDS, SUMMARY_SHARDS, train_method
+    from tasks.subspaces import ALPHA_SHARDS, EPOCH_SHARDS, SUMMARY_SHARDS, train_method
 
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_runtime(config.runtime)
@@ -128,6 +143,8 @@ def subspaces_flow(config: SubspacesFlowConfig = SubspacesFlowConfig(), data_roo
     written = [name for names in shards for name in names]
     combine_shards(store, [n for n in written if n.startswith(ALPHA_SHARDS)], "subspace_alpha.parquet",
                    [keys[0], keys[1], ("alpha", "ascending"), keys[2]])
+    combine_shards(store, [n for n in written if n.startswith(EPOCH_SHARDS)], "subspace_epochs.parquet",
+                   [*keys, ("epoch", "ascending"), ("point", "ascending")])
     combine_shards(store, [n for n in written if n.startswith(SUMMARY_SHARDS)], "subspace_summary.parquet",
                    [*keys[:2], ("point", "ascending"), ("members", "ascending"), keys[2]])
     alpha, summary = store.read_table("subspace_alpha.parquet"), store.read_table("subspace_summary.parquet")

@@ -114,3 +114,25 @@ def assert_same_weights(a: nn.Module, b: nn.Module, atol=1e-5):
     assert state_a.keys() == state_b.keys()
     for name in state_a:
         torch.testing.assert_close(state_a[name], state_b[name], atol=atol, rtol=1e-4, msg=name)
+
+
+def assert_stacked_deqs_equal_each_alone(models: list, block: int, x: torch.Tensor, y: torch.Tensor, atol: float,
+                                         rtol: float) -> None:
+    """K DEQ models stacked (module `block` of each is the equilibrium block) give each model's own logits and
+    parameter gradients, every solve of the K x B rows converged."""
+    from core.training.ensemble import Ensemble
+
+    ensemble = Ensemble.from_models(models)
+    assert ensemble.stacked
+    logits = ensemble(x, shared=True, train=True)
+    k, b = len(models), len(x)
+    F.cross_entropy(logits.transpose(1, 2), y.expand(k, -1), reduction="none").mean(1).sum().backward()
+    stats = ensemble.template[block].stats
+    assert stats.forward.steps.shape == stats.backward.steps.shape == (k, b)
+    assert stats.forward.converged.all() and stats.backward.converged.all()
+    for i, model in enumerate(models):
+        plain = model(x)
+        torch.testing.assert_close(logits[i], plain, atol=atol, rtol=rtol)
+        F.cross_entropy(plain, y).backward()
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(ensemble.params[name].grad[i], p.grad, atol=atol, rtol=rtol, msg=name)

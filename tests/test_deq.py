@@ -13,7 +13,7 @@ from core.models.deq import (DEQLinear, SolverStats, anderson, broyden, equilibr
 from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble
 from core.training.trainer import train
-from reference import assert_same_weights, toy_data, train_one_by_one
+from reference import assert_same_weights, assert_stacked_deqs_equal_each_alone, toy_data, train_one_by_one
 
 SOLVERS = [anderson, broyden]
 D64 = torch.float64
@@ -277,20 +277,8 @@ def test_stacked_deqs_equal_one_by_one_models_outputs_and_gradients(solver):
     models = [deq_model(seed) for seed in (1, 2, 3)]
     for model in models:
         model[2].solver = solver
-    ensemble = Ensemble.from_models(models)
-    assert ensemble.stacked
     x, y = torch.randn(7, 1, 16), torch.randint(0, 5, (7,))
-    logits = ensemble(x, shared=True, train=True)
-    nn.functional.cross_entropy(logits.transpose(1, 2), y.expand(3, -1), reduction="none").mean(1).sum().backward()
-    stats = ensemble.template[2].stats
-    assert stats.forward.steps.shape == stats.backward.steps.shape == (3, 7)
-    assert stats.forward.converged.all() and stats.backward.converged.all()
-    for k, model in enumerate(models):
-        plain = model(x)
-        torch.testing.assert_close(logits[k], plain, atol=1e-5, rtol=1e-4)
-        nn.functional.cross_entropy(plain, y).backward()
-        for name, p in model.named_parameters():
-            torch.testing.assert_close(ensemble.params[name].grad[k], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert_stacked_deqs_equal_each_alone(models, 2, x, y, atol=1e-5, rtol=1e-4)
 
 
 def test_stacked_deq_training_equals_one_by_one():

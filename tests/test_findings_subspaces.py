@@ -1,5 +1,6 @@
 """The subspaces flow's findings rules (core.methods.subspaces.subspaces_findings) on hand-made summary tables of 3
-seeds: each claim's per-seed differences from standard training, their mean and standard error by hand, the verdict."""
+seeds: each claim's per-seed differences from standard training, their mean and standard error by hand, the verdict;
+under noise, early-stopped (each arm at its best validation epoch: points `<point>_best`) and at the last epoch."""
 import math
 
 import pandas as pd
@@ -7,36 +8,43 @@ import pytest
 
 from core.findings import COLUMNS
 from core.methods.subspaces import (ENDS_ENSEMBLE, MIDPOINT_ACCURACY, MIDPOINT_CALIBRATION, MIDPOINT_NOISE_ROBUSTNESS,
-                                    MIDPOINT_OVER_SWA, subspaces_findings)
+                                    MIDPOINT_NOISE_ROBUSTNESS_LAST_EPOCH, MIDPOINT_OVER_SWA,
+                                    MIDPOINT_OVER_SWA_EARLY_STOPPED, subspaces_findings)
 
 SCOPE = "digits, mlp_w16_d1, 2 epochs, 3 seeds"
 SE_OF_STEP_001 = 0.01 / math.sqrt(3)  # standard error of three values 0.01 apart (sample std 0.01)
-CLAIMS = [c.claim for c in (MIDPOINT_ACCURACY, MIDPOINT_CALIBRATION, MIDPOINT_NOISE_ROBUSTNESS, ENDS_ENSEMBLE,
-                            MIDPOINT_OVER_SWA)]
+CLAIMS = [c.claim for c in (MIDPOINT_ACCURACY, MIDPOINT_CALIBRATION, MIDPOINT_NOISE_ROBUSTNESS,
+                            MIDPOINT_NOISE_ROBUSTNESS_LAST_EPOCH, ENDS_ENSEMBLE, MIDPOINT_OVER_SWA,
+                            MIDPOINT_OVER_SWA_EARLY_STOPPED)]
 NO_SWA = "not testable here: methods has no swa: add swa to methods"
 
 
-def summary_rows(noise: float, seed: int, model: tuple, midpoint: tuple, ensembles: tuple) -> list[dict]:
+def summary_rows(noise: float, seed: int, model: tuple, midpoint: tuple, ensembles: tuple,
+                 best: tuple | None) -> list[dict]:
     """subspace_summary rows of one (noise, seed): the standard model's and the line midpoint's (accuracy, ece), then
-    the standard ensemble of 2, the line's ends' ensemble and a standard ensemble of 3 (accuracy; never compared)."""
+    the standard ensemble of 2, the line's ends' ensemble and a standard ensemble of 3 (accuracy; never compared),
+    then (`best`) the accuracies of the standard model and of the midpoint at their best validation epochs."""
     def one(method, point, members, accuracy, ece=0.1):
         return {"method": method, "endpoints": 2 if method == "line" else 1, "noise": noise, "seed": seed,
                 "point": point, "members": members, "accuracy": accuracy, "confidence": 0.5, "ece": ece}
     standard_two, ends, standard_three = ensembles
     return [one("line", "endpoint", 1, 0.0, 0.9), one("line", "ensemble", 2, ends),
             one("line", "midpoint", 1, *midpoint), one("standard", "ensemble", 2, standard_two),
-            one("standard", "ensemble", 3, standard_three), one("standard", "model", 1, *model)]
+            one("standard", "ensemble", 3, standard_three), one("standard", "model", 1, *model)] + (
+        [one("standard", "model_best", 1, best[0], 0.5), one("line", "midpoint_best", 1, best[1], 0.5)] if best else [])
 
 
-def summary_table(seeds=(0, 1, 2), noises=(0.0, 0.2)) -> pd.DataFrame:
+def summary_table(seeds=(0, 1, 2), noises=(0.0, 0.2), best=True) -> pd.DataFrame:
     """Clean labels: midpoint accuracy +0.02/+0.03/+0.04 over standard, ECE 0.02/0.03/0.04 worse, the ends' ensemble
-    0.005/0.004/0.006 below two standard networks. 20% noise: midpoint accuracy +0.01/-0.01/+0.03."""
+    0.005/0.004/0.006 below two standard networks. 20% noise: at the last epoch midpoint accuracy +0.01/-0.01/+0.03;
+    at the best validation epochs (`best`) standard 0.72, midpoint 0.75/0.74/0.76: +0.03/+0.02/+0.04."""
     rows = []
     for seed in seeds:
         rows += summary_rows(0.0, seed, (0.80 + 0.01 * seed, 0.10), (0.82 + 0.02 * seed, 0.12 + 0.01 * seed),
-                             (0.85, (0.845, 0.846, 0.844)[seed], 0.99)) if 0.0 in noises else []
-        rows += summary_rows(0.2, seed, (0.70, 0.20), ((0.71, 0.69, 0.73)[seed], 0.20), (0.75, 0.75, 0.99)
-                             ) if 0.2 in noises else []
+                             (0.85, (0.845, 0.846, 0.844)[seed], 0.99), (0.5, 0.5) if best else None
+                             ) if 0.0 in noises else []
+        rows += summary_rows(0.2, seed, (0.70, 0.20), ((0.71, 0.69, 0.73)[seed], 0.20), (0.75, 0.75, 0.99),
+                             (0.72, (0.75, 0.74, 0.76)[seed]) if best else None) if 0.2 in noises else []
     return pd.DataFrame(rows)
 
 
@@ -45,8 +53,8 @@ def test_each_claim_is_paired_by_seed_against_standard_training():
     assert list(findings.columns) == list(COLUMNS)
     assert findings["claim"].tolist() == CLAIMS
     assert findings["claim"].tolist()[0] == "Using the subspace midpoint boosts accuracy."
-    assert findings["n_seeds"].tolist() == [3, 3, 3, 3, 0] and (findings["scope"] == SCOPE).all()
-    accuracy, calibration, noise, ensemble, swa = findings.to_dict("records")
+    assert findings["n_seeds"].tolist() == [3, 3, 3, 3, 3, 0, 0] and (findings["scope"] == SCOPE).all()
+    accuracy, calibration, noise, noise_last_epoch, ensemble, swa, swa_early = findings.to_dict("records")
     # clean accuracy: differences 0.02, 0.03, 0.04
     assert (accuracy["estimate"], accuracy["se"]) == (pytest.approx(0.03), pytest.approx(SE_OF_STEP_001))
     assert accuracy["verdict"] == "supported"
@@ -54,13 +62,30 @@ def test_each_claim_is_paired_by_seed_against_standard_training():
     # calibration, oriented standard ECE minus midpoint ECE: -0.02, -0.03, -0.04
     assert (calibration["estimate"], calibration["se"]) == (pytest.approx(-0.03), pytest.approx(SE_OF_STEP_001))
     assert calibration["verdict"] == "not supported"
-    # 20% noise: 0.01, -0.01, 0.03: mean 0.01, sample std 0.02
-    assert (noise["estimate"], noise["se"]) == (pytest.approx(0.01), pytest.approx(0.02 / math.sqrt(3)))
-    assert noise["verdict"] == "inconclusive" and "20% of the training labels" in noise["measure"]
+    # 20% noise, early-stopped (the verdict): 0.03, 0.02, 0.04 at the best validation epochs
+    assert (noise["estimate"], noise["se"]) == (pytest.approx(0.03), pytest.approx(SE_OF_STEP_001))
+    assert noise["verdict"] == "supported" and "20% of the training (and validation) labels" in noise["measure"]
+    assert noise["measure"].startswith("early-stopped: test accuracy (clean test labels) of the line midpoint at its")
+    # 20% noise, last epoch: 0.01, -0.01, 0.03: mean 0.01, sample std 0.02
+    assert (noise_last_epoch["estimate"], noise_last_epoch["se"]) == (pytest.approx(0.01),
+                                                                      pytest.approx(0.02 / math.sqrt(3)))
+    assert noise_last_epoch["verdict"] == "inconclusive"
+    assert noise_last_epoch["measure"].startswith("last epoch (not early-stopped): test accuracy")
     # the ends' ensemble against a standard ensemble of as many (2) members: -0.005, -0.004, -0.006, inside -0.01
     assert (ensemble["estimate"], ensemble["se"]) == (pytest.approx(-0.005), pytest.approx(0.001 / math.sqrt(3)))
     assert ensemble["verdict"] == "supported" and "-0.01" in ensemble["rule"]
-    assert swa["rule"] == NO_SWA and swa["verdict"] == "inconclusive" and math.isnan(swa["estimate"])
+    for row in (swa, swa_early):
+        assert row["rule"] == NO_SWA and row["verdict"] == "inconclusive" and math.isnan(row["estimate"])
+
+
+def test_a_summary_without_best_epoch_rows_leaves_the_early_stopped_rows_untested():
+    findings = subspaces_findings(summary_table(best=False), SCOPE)
+    assert findings["claim"].tolist() == CLAIMS
+    early, last_epoch = findings[findings["claim"] == MIDPOINT_NOISE_ROBUSTNESS.claim].to_dict("records")
+    assert early["rule"] == ("not testable here: the summary has no best-epoch rows (a run from before the validation "
+                             "split): run the flow again")
+    assert early["verdict"] == "inconclusive" and early["measure"].startswith("early-stopped")
+    assert last_epoch["estimate"] == pytest.approx(0.01)
 
 
 def test_an_ensemble_more_than_one_point_behind_is_not_supported():
@@ -78,8 +103,9 @@ def test_without_clean_labels_or_without_noise_the_claims_say_what_to_add():
     assert (untested["rule"] == "not testable here: label_noise has no 0 (clean labels): add 0.0 to label_noise").all()
     assert untested["verdict"].eq("inconclusive").all() and untested["estimate"].isna().all()
     no_noise = subspaces_findings(summary_table(noises=(0.0,)), SCOPE)
-    (row,) = no_noise[no_noise["claim"] == MIDPOINT_NOISE_ROBUSTNESS.claim].to_dict("records")
-    assert row["rule"] == "not testable here: label_noise holds only 0: add a level such as 0.2"
+    rows = no_noise[no_noise["claim"] == MIDPOINT_NOISE_ROBUSTNESS.claim]
+    assert len(rows) == 2
+    assert rows["rule"].eq("not testable here: label_noise holds only 0: add a level such as 0.2").all()
 
 
 def test_one_seed_gives_no_verdict():
@@ -91,20 +117,27 @@ def test_one_seed_gives_no_verdict():
                                "set seeds to at least 3 values").all()
 
 
-def with_swa(table: pd.DataFrame, accuracies: dict) -> pd.DataFrame:
-    """`table` with SWA's model rows: accuracy per (noise, seed) from `accuracies`; ECE far from every other."""
-    rows = [{"method": "swa", "endpoints": 1, "noise": noise, "seed": seed, "point": "model", "members": 1,
-             "accuracy": accuracy, "confidence": 0.5, "ece": 0.9} for (noise, seed), accuracy in accuracies.items()]
+def with_swa(table: pd.DataFrame, accuracies: dict, best: dict | None = None) -> pd.DataFrame:
+    """`table` with SWA's model rows: accuracy per (noise, seed) from `accuracies` (at the best validation epoch from
+    `best`, default 0.5); ECE far from every other."""
+    rows = [{"method": "swa", "endpoints": 1, "noise": noise, "seed": seed, "point": point, "members": 1,
+             "accuracy": accuracy if point == "model" else (best or {}).get((noise, seed), 0.5), "confidence": 0.5,
+             "ece": 0.9} for (noise, seed), accuracy in accuracies.items() for point in ("model", "model_best")]
     return pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
 
 
 def test_the_midpoint_against_swa_is_paired_by_seed_at_every_noise_level():
     """Line midpoints: clean 0.82/0.84/0.86, 20% noise 0.71/0.69/0.73. SWA clean 0.80/0.81/0.82 (differences
-    0.02/0.03/0.04: supported), noisy 0.74/0.73/0.75 (-0.03/-0.04/-0.02: not supported)."""
+    0.02/0.03/0.04: supported), noisy 0.74/0.73/0.75 (-0.03/-0.04/-0.02: not supported). Early-stopped at 20% noise:
+    midpoints 0.75/0.74/0.76, SWA 0.71/0.69/0.72 (0.04/0.05/0.04: supported)."""
     swa = {(0.0, 0): 0.80, (0.0, 1): 0.81, (0.0, 2): 0.82, (0.2, 0): 0.74, (0.2, 1): 0.73, (0.2, 2): 0.75}
-    findings = subspaces_findings(with_swa(summary_table(), swa), SCOPE)
-    assert findings["claim"].tolist() == CLAIMS[:4] + [CLAIMS[4]] * 2
-    clean, noisy = findings[findings["claim"] == MIDPOINT_OVER_SWA.claim].to_dict("records")
+    best = {(0.2, 0): 0.71, (0.2, 1): 0.69, (0.2, 2): 0.72}
+    findings = subspaces_findings(with_swa(summary_table(), swa, best), SCOPE)
+    assert findings["claim"].tolist() == CLAIMS[:5] + [CLAIMS[5]] * 3
+    clean, noisy, early = findings[findings["claim"] == MIDPOINT_OVER_SWA.claim].to_dict("records")
+    assert (early["estimate"], early["se"]) == (pytest.approx(0.13 / 3), pytest.approx(0.01 / 3))
+    assert early["verdict"] == "supported" and early["measure"].startswith("early-stopped: test accuracy")
+    assert "20% of the training (and validation) labels" in early["measure"]
     assert (clean["estimate"], clean["se"], clean["n_seeds"]) == (pytest.approx(0.03), pytest.approx(SE_OF_STEP_001), 3)
     assert clean["verdict"] == "supported"
     assert clean["measure"].startswith("test accuracy (clean test labels) of the line midpoint minus that of SWA")
@@ -113,13 +146,13 @@ def test_the_midpoint_against_swa_is_paired_by_seed_at_every_noise_level():
     assert noisy["verdict"] == "not supported"
     assert noisy["rule"].startswith("mean paired difference over seeds > 0 by more than 2 SE: supported")
     # the other claims still pair with standard training: SWA's rows change none of them
-    assert findings.iloc[:4].equals(subspaces_findings(summary_table(), SCOPE).iloc[:4])
+    assert findings.iloc[:5].equals(subspaces_findings(summary_table(), SCOPE).iloc[:5])
 
 
 def test_the_midpoint_within_two_errors_of_swa_is_inconclusive():
     """20% noise: SWA 0.70 for every seed, midpoints 0.71/0.69/0.73: differences 0.01/-0.01/0.03, mean 0.01 under
     two standard errors (2 x 0.02 / sqrt 3)."""
     table = with_swa(summary_table(noises=(0.2,)), {(0.2, seed): 0.70 for seed in (0, 1, 2)})
-    (row,) = subspaces_findings(table, SCOPE).query("claim == @MIDPOINT_OVER_SWA.claim").to_dict("records")
+    row, _early_stopped = subspaces_findings(table, SCOPE).query("claim == @MIDPOINT_OVER_SWA.claim").to_dict("records")
     assert (row["estimate"], row["se"]) == (pytest.approx(0.01), pytest.approx(0.02 / math.sqrt(3)))
     assert row["verdict"] == "inconclusive"

@@ -49,7 +49,9 @@ def test_gains_are_paired_by_seed_with_their_standard_errors():
                  ("standard", 1, 0.2, seed, "ensemble", 2, ensemble2, 0.8, 0.08),
                  ("line", 2, 0.2, seed, "midpoint", 1, midpoint, 0.6 + 0.1 * seed, 0.10 - 0.01 * seed),
                  ("line", 2, 0.2, seed, "endpoint", 1, 0.5, 0.7, 0.2),
-                 ("line", 2, 0.2, seed, "ensemble", 2, ends2, 0.7, 0.05)]
+                 ("line", 2, 0.2, seed, "ensemble", 2, ends2, 0.7, 0.05),
+                 ("standard", 1, 0.2, seed, "model_best", 1, 0.72, 0.9, 0.1),  # early-stopped: gains 0.01, 0.03, 0.05
+                 ("line", 2, 0.2, seed, "midpoint_best", 1, 0.73 + 0.02 * seed, 0.9, 0.1)]
     summary = pd.DataFrame(rows, columns=["method", "endpoints", "noise", "seed", "point", "members", "accuracy",
                                           "confidence", "ece"])
     [gain] = gains_over_standard(summary).to_dict("records")
@@ -60,6 +62,7 @@ def test_gains_are_paired_by_seed_with_their_standard_errors():
     assert gain["ece_change"] == pytest.approx(sum(ece_changes) / 3)
     assert gain["ece_change_sem"] == pytest.approx(pd.Series(ece_changes).std() / 3 ** 0.5)
     assert gain["ensemble_gain"] == pytest.approx(sum(ensemble_gains) / 3)
+    assert (gain["early_stopped_gain"], gain["early_stopped_gain_sem"]) == pytest.approx((0.03, 0.02 / 3 ** 0.5))
     assert gain["midpoint_accuracy"] == pytest.approx((0.74 + 0.62 + 0.81) / 3)
     assert gain["standard_accuracy"] == pytest.approx(0.70)
     assert (gain["midpoint_confidence"], gain["standard_confidence"]) == pytest.approx((0.7, 0.9))

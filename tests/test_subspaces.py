@@ -11,8 +11,8 @@ from torch import nn
 from core.methods.subspaces import SubspaceTraining, expected_calibration_error
 from core.models.names import ModelNameError, parse_model_name
 from core.models.networks import init_model
-from core.models.subspaces import (SubspaceBatchNorm, SubspaceConv, SubspaceLinear, curve_coefficients,
-                            draw_coefficients, draw_pair, endpoint_cosine_squared,
+from core.models.subspaces import (SubspaceBatchNorm, SubspaceConv, SubspaceLinear, _CombineEndpoints, _EndpointGram,
+                            curve_coefficients, draw_coefficients, draw_pair, endpoint_cosine_squared,
                             fix_coefficients, line_coefficients, sample_coefficients,
                             subspace_layers, subspace_network)
 from core.training.config import TrainConfig
@@ -217,6 +217,33 @@ def test_endpoint_cosine_squared_by_hand():
     torch.testing.assert_close(endpoint_cosine_squared([first, second], pairs.flip(1)), torch.tensor([1 / 3, 1 / 2]))
     pair = draw_pair(torch.Generator().manual_seed(0), 4)
     assert pair.shape == (2,) and pair[0] != pair[1]
+
+
+def test_endpoint_cosine_squared_gradient_equals_torchs_cosine_similarity():
+    # the Gram-matrix backward against autograd through F.cosine_similarity of each model's flattened pair
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(3, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True),
+               torch.randn(3, 3, 2, 1, 3, generator=g, dtype=torch.float64, requires_grad=True)]
+    pairs = torch.tensor([[0, 2], [1, 0], [2, 1]])
+    endpoint_cosine_squared(weights, pairs).sum().backward()
+    ours = [w.grad.clone() for w in weights]
+    for w in weights:
+        w.grad = None
+    reference = sum(F.cosine_similarity(*(torch.cat([w[k, e].flatten() for w in weights]) for e in pair), dim=0)
+                    .square() for k, pair in enumerate(pairs.tolist()))
+    reference.backward()
+    for mine, theirs in zip(ours, weights):
+        torch.testing.assert_close(mine, theirs.grad)
+
+
+def test_combined_weights_backward_passes_gradcheck():
+    # the endpoints' gradient c_i * grad (and the coefficients' <grad, W_i>), and the Gram's (g + g^T) W, against
+    # finite differences
+    g = torch.Generator().manual_seed(0)
+    coefficients = torch.rand(2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    endpoints = torch.randn(2, 3, 4, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_CombineEndpoints.apply, (coefficients, endpoints))
+    assert torch.autograd.gradcheck(_EndpointGram.apply, (endpoints,))
 
 
 @pytest.mark.parametrize("name,key,kind,layerwise,beta", [

@@ -13,17 +13,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.findings import Claim, findings_table, not_testable, paired_difference, too_few_seeds
-from core.models.deq import DEQLinear, hutchinson, spectral_radius
+from core.models.deq import DEQBlock, hutchinson, spectral_radius
 from core.training.hooks import TrainingHooks
 
 
-def deq_layers(model: nn.Module) -> list[DEQLinear]:
+def deq_layers(model: nn.Module) -> list[DEQBlock]:
     """The DEQ blocks of `model` (an ensemble's template), in module order."""
-    return [module for module in model.modules() if isinstance(module, DEQLinear)]
+    return [module for module in model.modules() if isinstance(module, DEQBlock)]
 
 
 @contextmanager
-def solver_settings(layers: list[DEQLinear], **settings):
+def solver_settings(layers: list[DEQBlock], **settings):
     """Set attributes (tol, max_iter, log, ...) of every layer for the duration of a `with` block."""
     saved = [{name: getattr(layer, name) for name in settings} for layer in layers]
     try:

@@ -73,12 +73,14 @@ def ensemble_sizes(methods: list[str]) -> list[int]:
 
 def gains_over_standard(summary: pd.DataFrame) -> pd.DataFrame:
     """Per noise and method: mean midpoint accuracy and ECE, their differences from the standard model of the same
-    seed (mean and standard error over seeds), both models' mean confidence, and the ends' ensemble minus a standard
-    ensemble of as many members.
+    seed (mean and standard error over seeds), both models' mean confidence, the ends' ensemble minus a standard
+    ensemble of as many members, and the midpoint's accuracy gain early-stopped (`early_stopped_gain`: each at its
+    best validation epoch; NaN without the `_best` rows).
     `summary` holds subspace_summary.parquet's columns."""
     keys = ["noise", "seed"]
     standard = summary[summary["method"] == STANDARD]
     model = standard[standard["point"] == "model"].set_index(keys)[["accuracy", "confidence", "ece"]]
+    model_best = standard[standard["point"] == "model_best"].set_index(keys)["accuracy"]
     ensembles = standard[standard["point"] == "ensemble"].set_index([*keys, "members"])["accuracy"]
     rows = []
     subspaces = summary[~summary["method"].isin([STANDARD, SWA])]
@@ -88,6 +90,8 @@ def gains_over_standard(summary: pd.DataFrame) -> pd.DataFrame:
         paired = model.reindex(midpoint.index)
         accuracy_gain, ece_change = midpoint["accuracy"] - paired["accuracy"], midpoint["ece"] - paired["ece"]
         ensemble_gain = ends - ensembles.reindex(ends.index)
+        midpoint_best = group[group["point"] == "midpoint_best"].set_index(keys)["accuracy"]
+        early_stopped_gain = midpoint_best - model_best.reindex(midpoint_best.index)
         rows.append({"noise": noise, "method": method, "midpoint_accuracy": midpoint["accuracy"].mean(),
                      "standard_accuracy": paired["accuracy"].mean(),
                      "accuracy_gain": accuracy_gain.mean(), "accuracy_gain_sem": accuracy_gain.sem(),
@@ -95,6 +99,8 @@ def gains_over_standard(summary: pd.DataFrame) -> pd.DataFrame:
                      "midpoint_ece": midpoint["ece"].mean(), "standard_ece": paired["ece"].mean(),
                      "ece_change": ece_change.mean(), "ece_change_sem": ece_change.sem(),
                      "ensemble_gain": ensemble_gain.mean(), "ensemble_gain_sem": ensemble_gain.sem(),
+                     "early_stopped_gain": early_stopped_gain.mean(),
+                     "early_stopped_gain_sem": early_stopped_gain.sem(),
                      "seeds": len(midpoint)})
     return pd.DataFrame(rows).sort_values(["noise", "method"], ignore_index=True)
 
@@ -151,8 +157,14 @@ MIDPOINT_CALIBRATION = Claim(SUBSPACES_PAPER, "Using the subspace midpoint boost
                              "test ECE (20 bins) of standard training minus that of the {method} midpoint of the same "
                              "seed, clean labels (positive: the midpoint is better calibrated)")
 MIDPOINT_NOISE_ROBUSTNESS = Claim(SUBSPACES_PAPER, "Using the subspace midpoint boosts robustness to label noise.",
-                                  "test accuracy (clean test labels) of the {method} midpoint minus that of standard "
-                                  "training of the same seed, {noise} of the training labels replaced by a wrong class")
+                                  "early-stopped: test accuracy (clean test labels) of the {method} midpoint at its "
+                                  "best validation epoch minus that of standard training of the same seed at its own "
+                                  "best validation epoch, {noise} of the training (and validation) labels replaced by "
+                                  "a wrong class")
+MIDPOINT_NOISE_ROBUSTNESS_LAST_EPOCH = replace(
+    MIDPOINT_NOISE_ROBUSTNESS, measure="last epoch (not early-stopped): test accuracy (clean test labels) of the "
+    "{method} midpoint minus that of standard training of the same seed, both after the last epoch, {noise} of the "
+    "training labels replaced by a wrong class")
 ENDS_ENSEMBLE = Claim(SUBSPACES_PAPER, "These neural network subspaces contain diverse solutions that can be "
                       "ensembled, approaching the ensemble performance of independently trained networks without the "
                       "training cost.", "test accuracy of the ensemble of the {method}'s ends minus that of as many "
@@ -163,31 +175,40 @@ MIDPOINT_OVER_SWA = Claim(SUBSPACES_PAPER, "The subspace midpoint boosts accurac
                           "training, its weights averaged once an epoch from swa_start on at a constant lr, BatchNorm "
                           "recomputed) of the same seed and epochs, {noise} of the training labels replaced by a wrong "
                           "class")
+MIDPOINT_OVER_SWA_EARLY_STOPPED = replace(
+    MIDPOINT_OVER_SWA, measure="early-stopped: test accuracy (clean test labels) of the {method} midpoint at its best "
+    "validation epoch minus that of SWA of the same seed at its own best validation epoch (its average, from swa_start "
+    "on), {noise} of the training (and validation) labels replaced by a wrong class")
+EARLY_STOPPED = (MIDPOINT_NOISE_ROBUSTNESS, MIDPOINT_OVER_SWA_EARLY_STOPPED)  # compare the `<point>_best` rows
+UNDER_NOISE = (MIDPOINT_NOISE_ROBUSTNESS, MIDPOINT_NOISE_ROBUSTNESS_LAST_EPOCH, MIDPOINT_OVER_SWA_EARLY_STOPPED)
+AGAINST_SWA = (MIDPOINT_OVER_SWA, MIDPOINT_OVER_SWA_EARLY_STOPPED)
 ENSEMBLE_MARGIN = 0.01  # "approaching": within one accuracy point (ours; the paper gives no number)
 
 
 def subspaces_findings(summary: pd.DataFrame, scope: str) -> pd.DataFrame:
     """Each claim per method of `summary` (subspace_summary.parquet's columns), paired by seed against standard
-    training: the midpoint's accuracy and ECE on clean labels, its accuracy at each label-noise level, and the ends'
-    ensemble against as many standard networks (not worse by more than ENSEMBLE_MARGIN); then the midpoint's accuracy
-    against SWA of the same seed at every noise level."""
+    training: the midpoint's accuracy and ECE on clean labels, its accuracy at each label-noise level (early-stopped,
+    each at its best validation epoch; then at the last epoch), and the ends' ensemble against as many standard
+    networks (not worse by more than ENSEMBLE_MARGIN); then the midpoint's accuracy against SWA of the same seed at
+    every noise level (last epoch), and early-stopped under noise."""
     methods = sorted(set(summary["method"]) - {STANDARD, SWA})
     noises = sorted(set(summary["noise"]))
     seeds = summary["seed"].nunique()
-    claims = [MIDPOINT_ACCURACY, MIDPOINT_CALIBRATION, MIDPOINT_NOISE_ROBUSTNESS, ENDS_ENSEMBLE, MIDPOINT_OVER_SWA]
+    claims = [MIDPOINT_ACCURACY, MIDPOINT_CALIBRATION, MIDPOINT_NOISE_ROBUSTNESS, MIDPOINT_NOISE_ROBUSTNESS_LAST_EPOCH,
+              ENDS_ENSEMBLE, MIDPOINT_OVER_SWA, MIDPOINT_OVER_SWA_EARLY_STOPPED]
     if why := too_few_seeds(seeds):
         return findings_table([not_testable(subspace_claim(c, "subspace"), why, scope, seeds) for c in claims])
     rows = []
     for claim in claims:
-        levels = [n for n in noises if n > 0] if claim is MIDPOINT_NOISE_ROBUSTNESS else [n for n in noises if n == 0]
+        levels = [n for n in noises if n > 0] if claim in UNDER_NOISE else [n for n in noises if n == 0]
+        if claim in AGAINST_SWA and SWA not in set(summary["method"]):
+            why = "methods has no swa: add swa to methods"
+            rows.append(not_testable(subspace_claim(claim, "subspace"), why, scope))
+            continue
         if claim is MIDPOINT_OVER_SWA:
-            if SWA not in set(summary["method"]):
-                rows.append(not_testable(subspace_claim(claim, "subspace"), "methods has no swa: add swa to methods",
-                                         scope))
-                continue
             levels = noises
         if not levels:
-            why = ("label_noise holds only 0: add a level such as 0.2" if claim is MIDPOINT_NOISE_ROBUSTNESS else
+            why = ("label_noise holds only 0: add a level such as 0.2" if claim in UNDER_NOISE else
                    "label_noise has no 0 (clean labels): add 0.0 to label_noise")
             rows.append(not_testable(subspace_claim(claim, "subspace"), why, scope))
         for noise in levels:
@@ -204,7 +225,7 @@ def subspace_claim(claim: Claim, method: str, noise: float | None = None) -> Cla
 
 def subspace_row(claim: Claim, summary: pd.DataFrame, method: str, noise: float, scope: str) -> dict:
     """One method's row of `claim` at one noise level: the per-seed differences from standard training (from SWA for
-    MIDPOINT_OVER_SWA)."""
+    the claims AGAINST_SWA), each at its best validation epoch for the EARLY_STOPPED claims."""
     rows = summary[summary["noise"] == noise]
     mine, standard = rows[rows["method"] == method], rows[rows["method"] == STANDARD]
     if claim is ENDS_ENSEMBLE:
@@ -214,9 +235,13 @@ def subspace_row(claim: Claim, summary: pd.DataFrame, method: str, noise: float,
         row = paired_difference(subspace_claim(claim, method, noise), differences, scope, -ENSEMBLE_MARGIN)
         return {**row, "rule": f"{row['rule']}; the threshold -{ENSEMBLE_MARGIN:g} reads 'approaching' as within one "
                                "accuracy point (our margin: the paper gives none)"}
-    midpoint = mine[mine["point"] == "midpoint"].set_index("seed")
-    baseline = rows[rows["method"] == SWA] if claim is MIDPOINT_OVER_SWA else standard
-    model = baseline[baseline["point"] == "model"].set_index("seed").reindex(midpoint.index)
+    best = "_best" if claim in EARLY_STOPPED else ""
+    midpoint = mine[mine["point"] == "midpoint" + best].set_index("seed")
+    if midpoint.empty:
+        return not_testable(subspace_claim(claim, method, noise), "the summary has no best-epoch rows (a run from "
+                            "before the validation split): run the flow again", scope)
+    baseline = rows[rows["method"] == SWA] if claim in AGAINST_SWA else standard
+    model = baseline[baseline["point"] == "model" + best].set_index("seed").reindex(midpoint.index)
     if claim is MIDPOINT_CALIBRATION:
         differences = model["ece"] - midpoint["ece"]
     else:

@@ -236,31 +236,46 @@ def spectral_radius(fz: Tensor, z: Tensor, iters: int = 50, generator: torch.Gen
     return norm.detach()
 
 
-class DEQLinear(nn.Module):
+class DEQBlock(nn.Module):
+    """What every DEQ block shares: its solver settings, `stats` (the last solve's SolverStats: forward; backward once
+    a backward ran) for the trainer to read, and `log` (when set, every solve is counted there). core.methods.deq
+    finds a network's blocks by this class."""
+
+    def __init__(self, solver: str = "anderson", tol: float = 1e-4, max_iter: int = 30, backward_tol: float = 1e-4,
+                 backward_max_iter: int = 30):
+        super().__init__()
+        if solver not in SOLVERS:
+            raise ValueError(f"solver is one of {sorted(SOLVERS)}, not {solver!r}")
+        self.solver, self.tol, self.max_iter = solver, tol, max_iter
+        self.backward_tol, self.backward_max_iter = backward_tol, backward_max_iter
+        self.stats = SolverStats()
+        self.log: SolverLog | None = None  # when set, every solve is counted there (training figures per epoch)
+
+    def solve(self, cell: Map, z0: Tensor) -> Tensor:
+        """z* = cell(z*) from `z0` `[K, B, D]` at this block's settings, differentiable implicitly."""
+        self.stats = SolverStats()
+        return equilibrium(cell, z0, self.solver, self.tol, self.max_iter, self.backward_tol, self.backward_max_iter,
+                           self.stats, self.log)
+
+
+class DEQLinear(DEQBlock):
     """z* = tanh(W z* + U x + b), hidden size `features`: tanh is 1-Lipschitz like ReLU but smooth, so J_f(z) varies
     continuously (Broyden's model of it stays good) and z* stays in [-1, 1]. `weight` W is drawn as nn.Linear
-    draws, then scaled to spectral norm `contraction` < 1, so f is a contraction at init and both solvers converge.
-    `stats` holds the last solve's SolverStats (forward; backward once a backward ran) for the trainer to read."""
+    draws, then scaled to spectral norm `contraction` < 1, so f is a contraction at init and both solvers converge."""
 
     stacked_layout = "features"  # core.training.ensemble's stacked fast path: [K, F, B]
 
     def __init__(self, in_features: int, features: int, solver: str = "anderson", tol: float = 1e-4,
                  max_iter: int = 30, backward_tol: float = 1e-4, backward_max_iter: int = 30,
                  contraction: float = 0.5, device=None, dtype=None):
-        super().__init__()
-        if solver not in SOLVERS:
-            raise ValueError(f"solver is one of {sorted(SOLVERS)}, not {solver!r}")
-        self.in_features, self.features, self.solver = in_features, features, solver
-        self.tol, self.max_iter = tol, max_iter
-        self.backward_tol, self.backward_max_iter = backward_tol, backward_max_iter
+        super().__init__(solver, tol, max_iter, backward_tol, backward_max_iter)
+        self.in_features, self.features = in_features, features
         cell, injection = nn.Linear(features, features, bias=False), nn.Linear(in_features, features)
         with torch.no_grad():
             cell.weight.mul_(contraction / torch.linalg.matrix_norm(cell.weight, 2))
         self.weight = nn.Parameter(cell.weight.detach().to(device, dtype))
         self.input_weight = nn.Parameter(injection.weight.detach().to(device, dtype))
         self.bias = nn.Parameter(injection.bias.detach().to(device, dtype))
-        self.stats = SolverStats()
-        self.log: SolverLog | None = None  # when set, every solve is counted there (training figures per epoch)
 
     def forward(self, x: Tensor) -> Tensor:
         """One model on `[..., in]`."""
@@ -276,9 +291,7 @@ class DEQLinear(nn.Module):
     def _equilibrium(self, injection: Tensor, weight: Tensor) -> Tensor:
         """z* `[K, B, features]` of tanh(W z + injection) for injections `[K, B, features]` and W `[K, F, F]`."""
         cell = lambda z: torch.tanh(torch.baddbmm(injection, z, weight.transpose(1, 2)))  # noqa: E731
-        self.stats = SolverStats()
-        return equilibrium(cell, torch.zeros_like(injection), self.solver, self.tol, self.max_iter,
-                           self.backward_tol, self.backward_max_iter, self.stats, self.log)
+        return self.solve(cell, torch.zeros_like(injection))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, features={self.features}, solver={self.solver}, tol={self.tol}, "

@@ -15,6 +15,8 @@ MODEL_PATTERNS = {
     "cnn_bn_w{width}_d{depth}": "cnn with BatchNorm after each (bias-free) conv, before its ReLU ([C, H, W] inputs)",
     "lenet_300_100": "LeNet-300-100 fully connected network (any input)",
     "deq_w{width}": "deep equilibrium classifier: z* = tanh(W z* + U x + b) of `width` units, then linear (any input)",
+    "deq_conv_c{channels}": "convolutional DEQ: z* = GroupNorm(relu(conv(z*) + conv(x))) of `channels` (a multiple "
+                            "of 4), then global average pooling and linear ([C, H, W] images)",
     "unrolled{L}_w{width}": "the DEQ's cell run L times from z = 0, weights tied, plain backprop, then linear",
     "explicit{L}_w{width}": "L tanh layers of `width` units, each its own W and b (U shared), then linear",
     "resnet18": "torchvision ResNet-18 (images; meant for GPU users)",
@@ -46,6 +48,7 @@ class ModelSpec:
 _GRID_NAME = re.compile(r"^(mlp|cnn1d|cnn|cnn1d_bn|cnn_bn)_w(\d+)_d(\d+)$")
 _HIDDEN_NAME = re.compile(r"^mlp_h(\d+(?:-\d+)*)$")
 _DEQ_NAME = re.compile(r"^deq_w(\d+)$")
+_DEQ_CONV_NAME = re.compile(r"^deq_conv_c(\d+)$")  # width: the channels, a multiple of 4 (GroupNorm's groups)
 _UNROLLED_NAME = re.compile(r"^(unrolled|explicit)(\d+)_w(\d+)$")  # the DEQ's explicit baselines: L, width
 _SUBSPACE_PREFIX = re.compile(r"^subspace([2-9])_")
 
@@ -60,6 +63,9 @@ def _parse_plain_name(name: str) -> ModelSpec | None:
     match = _DEQ_NAME.match(name)
     if match and int(match[1]) >= 1:
         return ModelSpec(name, "deq", int(match[1]))
+    match = _DEQ_CONV_NAME.match(name)
+    if match and int(match[1]) >= 4 and int(match[1]) % 4 == 0:
+        return ModelSpec(name, "deq_conv", int(match[1]))
     match = _UNROLLED_NAME.match(name)
     if match and int(match[2]) >= 1 and int(match[3]) >= 1:
         return ModelSpec(name, match[1], int(match[3]), int(match[2]))

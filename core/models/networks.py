@@ -11,6 +11,7 @@ from torch import nn
 
 from core.models.dct_sparse import DCTPlusSparseConv, DCTPlusSparseLinear, dct_plus_sparse
 from core.models.deq import DEQLinear
+from core.models.deq_conv import DEQConv2d, injection_stride
 from core.models.names import ModelNameError, parse_model_name
 from core.models.subspaces import subspace_network
 from core.models.unrolled import UnrolledTanh
@@ -49,6 +50,14 @@ def _deq(in_features: int, width: int, num_classes: int) -> nn.Sequential:
     return nn.Sequential(nn.Flatten(), DEQLinear(in_features, width), nn.Linear(width, num_classes))
 
 
+def _deq_conv(input_shape: tuple[int, ...], channels: int, num_classes: int) -> nn.Sequential:
+    """One conv DEQ block of `channels` (core.models.deq_conv.DEQConv2d), global average pooling, then linear."""
+    stride = injection_stride(min(input_shape[1:]))
+    side = [(s + 1) // 2 if stride == 2 else s for s in input_shape[1:]]  # a 3x3 conv of padding 1 and this stride
+    return nn.Sequential(DEQConv2d(input_shape[0], channels, stride), nn.AvgPool2d(tuple(side)), nn.Flatten(),
+                         nn.Linear(channels, num_classes))
+
+
 def _unrolled(in_features: int, width: int, depth: int, tied: bool, num_classes: int) -> nn.Sequential:
     """Flatten, the DEQ's tanh cell run `depth` times (core.models.unrolled.UnrolledTanh), then a linear classifier."""
     return nn.Sequential(nn.Flatten(), UnrolledTanh(in_features, width, depth, tied), nn.Linear(width, num_classes))
@@ -78,10 +87,11 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
         "cnn_bn": lambda: _cnn(input_shape, spec.width, spec.depth, num_classes, batch_norm=True),
         "resnet18": lambda: _resnet18(input_shape, num_classes),
         "deq": lambda: _deq(flat, spec.width, num_classes),
+        "deq_conv": lambda: _deq_conv(input_shape, spec.width, num_classes),
         "unrolled": lambda: _unrolled(flat, spec.width, spec.depth, True, num_classes),
         "explicit": lambda: _unrolled(flat, spec.width, spec.depth, False, num_classes),
     }
-    rank = {"cnn1d": 2, "cnn1d_bn": 2, "cnn": 3, "cnn_bn": 3, "resnet18": 3}.get(spec.family)
+    rank = {"cnn1d": 2, "cnn1d_bn": 2, "cnn": 3, "cnn_bn": 3, "resnet18": 3, "deq_conv": 3}.get(spec.family)
     if rank is not None and len(input_shape) != rank:
         kind = "[C, L] sequences" if rank == 2 else "[C, H, W] images"
         raise ModelNameError(f"model {name!r} needs {kind}, but the dataset's examples have shape {list(input_shape)}")

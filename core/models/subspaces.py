@@ -57,14 +57,34 @@ class _SubspaceLayer(nn.Module):
             raise ValueError("set the subspace coefficients before the forward (set_coefficients or fix_coefficients)")
         c = self.coefficients.expand(k, self.endpoints)  # [m]: every model at the same point
         bias = params.get("bias")
-        return (torch.einsum("km,km...->k...", c, params["weight"]),
-                None if bias is None else torch.einsum("km,kmo->ko", c, bias))
+        return _CombineEndpoints.apply(c, params["weight"]), None if bias is None else _CombineEndpoints.apply(c, bias)
+
+
+class _CombineEndpoints(torch.autograd.Function):
+    """`[K, ...]` sum_i c[k, i] W[k, i] of coefficients `[K, m]` and endpoints `[K, m, ...]`; the endpoints' gradient
+    is one broadcast product c[k, i] * grad[k] (einsum's own backward runs an outer-product bmm, several times
+    slower on the CPU; the values are the same single products)."""
+
+    @staticmethod
+    def forward(ctx, coefficients: Tensor, endpoints: Tensor) -> Tensor:
+        ctx.save_for_backward(coefficients, endpoints)
+        return torch.einsum("km,km...->k...", coefficients, endpoints)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        coefficients, endpoints = ctx.saved_tensors
+        grad_coefficients = torch.einsum("k...,km...->km", grad, endpoints) if ctx.needs_input_grad[0] else None
+        grad_endpoints = None
+        if ctx.needs_input_grad[1]:
+            grad_endpoints = coefficients.view(*coefficients.shape, *(1,) * (grad.dim() - 1)) * grad.unsqueeze(1)
+        return grad_coefficients, grad_endpoints
 
 
 class SubspaceLinear(_SubspaceLayer):
     """nn.Linear with weights sum_i c_i W_i over m endpoints."""
 
     stacked_layout = "features"  # core.training.ensemble's stacked fast path: [K, F, B]
+    stacked_output_fresh = True  # its output is baddbmm's own, unread by any backward: a ReLU may overwrite it
 
     def __init__(self, in_features: int, out_features: int, endpoints: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
@@ -243,9 +263,23 @@ def draw_pair(generator: torch.Generator, m: int) -> Tensor:
 def endpoint_cosine_squared(weights: list[Tensor], pairs: Tensor) -> Tensor:
     """`[K]` cos^2(w_i, w_j) for model k's pair (i, j) = `pairs[k]`, w_e = endpoint e's weights of all layers
     (`weights`: stacked `[K, m, ...]` per layer) flattened and concatenated."""
-    rows = torch.arange(len(pairs), device=pairs.device)
-    dot = first = second = 0
-    for weight in weights:
-        a, b = weight[rows, pairs[:, 0]].flatten(1), weight[rows, pairs[:, 1]].flatten(1)
-        dot, first, second = dot + (a * b).sum(1), first + a.square().sum(1), second + b.square().sum(1)
-    return dot.square() / (first * second)
+    rows, (first, second) = torch.arange(len(pairs), device=pairs.device), pairs.T
+    gram = sum(_EndpointGram.apply(weight) for weight in weights)  # [K, m, m]: every dot product of two endpoints
+    return gram[rows, first, second].square() / (gram[rows, first, first] * gram[rows, second, second])
+
+
+class _EndpointGram(torch.autograd.Function):
+    """`[K, m, m]` dot products G[k, i, j] = <W[k, i], W[k, j]> of endpoints `[K, m, ...]`, by one bmm; the gradient
+    (g + g^T) W is one more, written straight into `[K, m, ...]` (picking the pair's rows out of the endpoints
+    instead costs a zero-filled `[K, m, ...]` gradient per row picked, several times the time on the CPU)."""
+
+    @staticmethod
+    def forward(ctx, endpoints: Tensor) -> Tensor:
+        ctx.save_for_backward(endpoints)
+        flat = endpoints.flatten(2)
+        return torch.bmm(flat, flat.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (endpoints,) = ctx.saved_tensors
+        return torch.bmm(grad + grad.transpose(1, 2), endpoints.flatten(2)).view_as(endpoints)

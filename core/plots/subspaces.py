@@ -14,7 +14,7 @@ def subspace_paths(alpha, summary, path: Path) -> Path:
     noises = sorted(alpha["noise"].unique())
     fig, axes = plt.subplots(2, len(noises), figsize=(4.2 * len(noises), 6.2), sharex=True, squeeze=False)
     standard = summary[(summary["method"] == "standard") & (summary["point"] == "model")]
-    swa = summary[summary["method"] == "swa"]
+    swa = summary[(summary["method"] == "swa") & (summary["point"] == "model")]
     for column, noise in enumerate(noises):
         at_noise = alpha[alpha["noise"] == noise]
         for metric, ax in zip(("accuracy", "ece"), axes[:, column]):

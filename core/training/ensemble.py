@@ -183,7 +183,8 @@ class Ensemble:
                 layout, fresh = "channels", False
             elif own_layout := _own_stacked_layout(layer):
                 x = layer.forward_stacked(_to_layout(x, layout, own_layout, k), self._state(i, layer), k)
-                layout, fresh = own_layout, False  # its output may be a view, or needed by its own backward
+                # its output may be a view, or needed by its own backward, unless the layer says otherwise
+                layout, fresh = own_layout, getattr(layer, "stacked_output_fresh", False)
             elif isinstance(layer, nn.Flatten) and layout == "channels":
                 x, layout, fresh = _channels_to_features(x, k), "features", False
             elif isinstance(layer, nn.Flatten):
