@@ -162,9 +162,20 @@ def cmd_show(args: argparse.Namespace) -> int:
     lines = code_lines(audit, f"regularity run {doc['flow']} --config {folder / 'config.json'}{data_root}")
     if lines:
         print("\n" + "\n".join(lines))
+    if (folder / "findings.parquet").is_file():
+        print("\n" + findings_line(pd.read_parquet(folder / "findings.parquet"), doc["flow"], args.data_root))
     if (folder / "summary.parquet").is_file():
         print("\n" + pd.read_parquet(folder / "summary.parquet").to_string(index=False))
     return 0
+
+
+def findings_line(findings, flow: str, data_root: str | None) -> str:
+    """What `show` says of a run's findings: its verdicts counted, and the command that lists them."""
+    if findings.empty:
+        return "Findings: none (this flow checks no paper's claim)"
+    counts = ", ".join(f"{n} {verdict}" for verdict, n in findings["verdict"].value_counts().items())
+    where = f" --data-root {data_root}" if data_root else ""
+    return f"Findings: {len(findings)} claims checked: {counts} (`regularity findings --flow {flow}{where}`)"
 
 
 def cmd_findings(args: argparse.Namespace) -> int:

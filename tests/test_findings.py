@@ -165,3 +165,19 @@ def test_the_findings_command_lists_every_run_with_its_command(tmp_path, capsys)
         "flow", "run_id", "status"]
     assert main(["findings", "--data-root", str(tmp_path / "empty")]) == 0
     assert capsys.readouterr().out.startswith(f"no findings under {tmp_path / 'empty'}")
+
+
+def test_show_counts_a_runs_verdicts(tmp_path, capsys):
+    from flows.cli import main
+
+    folder = tmp_path / "runs" / "deq" / "deq-0123456789ab"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"flow": "deq", "run_id": "deq-0123456789ab", "config": {}}')
+    findings_table([paired_difference(CLAIM, [0.03, 0.04, 0.05], "s"), paired_difference(CLAIM, [0.1, 0.2, 0.3], "s"),
+                    not_testable(CLAIM, "why", "s")]).to_parquet(folder / FINDINGS)
+    assert main(["show", "deq-0123", "--data-root", str(tmp_path)]) == 0
+    assert (f"\nFindings: 3 claims checked: 2 supported, 1 inconclusive (`regularity findings --flow deq --data-root "
+            f"{tmp_path}`)\n") in capsys.readouterr().out
+    findings_table([]).to_parquet(folder / FINDINGS)
+    assert main(["show", "deq-0123", "--data-root", str(tmp_path)]) == 0
+    assert "\nFindings: none (this flow checks no paper's claim)\n" in capsys.readouterr().out
