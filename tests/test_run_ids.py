@@ -22,7 +22,7 @@ PINNED = {
     "scaling_law": "scaling_law-cc1d4c00a127", "weight_correlation": "weight_correlation-c89f16e1e09d",
     "dct_sparse": "dct_sparse-969ac34dbfb8",
     "deq": "deq-8312697a832f",  # issue 28: the default experiment gained the explicit baselines
-    "subspaces": "subspaces-6a81b829253c",  # issue 28: a validation split and per-epoch evaluation
+    "subspaces": "subspaces-628efb63a7a8",  # issue 28: SWA, a validation split, the authors' schedule
     "lime_data": "lime_data-71d3566cbc9b", "lime_pretrain": "lime_pretrain-486c8d15405b",
     "cscore-fashion-noisy.yaml": "cscore-844a2a3f3dde", "cscore-mnist1d.yaml": "cscore-60cca1d50bed",
     "cscore.yaml": "cscore-8e05a0a52f90", "dct-sparse-fashion.yaml": "dct_sparse-c004a0eb1674",
@@ -31,8 +31,8 @@ PINNED = {
     "lime-pretrain-gpu.yaml": "lime_pretrain-dc321cfbc2dc",
     "proxies-fashion-noisy.yaml": "proxies-194874d5afef", "prune-mnist1d-cnn-gpu.yaml": "prune_grid-1d5ee09af5d3",
     "prune-mnist1d-cnn.yaml": "prune_grid-d0e74fa5be1e", "prune-mnist1d.yaml": "prune_grid-a018cfdac5aa",
-    "subspaces-mnist1d-cnn.yaml": "subspaces-2a47e29b3d07",  # issue 28: a validation split and per-epoch evaluation
-    "subspaces-fashion-cnn.yaml": "subspaces-1cc97cd88895",  # issue 28: the BatchNorm CNN on Fashion-MNIST
+    "subspaces-mnist1d-cnn.yaml": "subspaces-dff9d8481927",  # issue 28: SWA, validation split, authors' schedule
+    "subspaces-fashion-cnn.yaml": "subspaces-969f645c4f25",  # issue 28: the BatchNorm CNN on Fashion-MNIST
     "train.yaml": "train-65eabe7363c0",
     "weight-correlation-fashion.yaml": "weight_correlation-2c0bc1a62c89",
 }

@@ -184,6 +184,20 @@ def test_learning_rate_schedules_by_hand():
     assert [lr_at(warm, s, 3) for s in range(3)] == pytest.approx([0.2 / 1.5, 0.2, 0.2])
 
 
+def test_epoch_cosine_is_the_learning_subspaces_schedule_by_hand():
+    """cosine_lr of apple/learning-subspaces (utils/schedulers.py), 10 epochs, 2 of warm-up, 3 steps an epoch: lr/2,
+    then lr, then 0.5 (1 + cos(pi (e - 2) / 8)) lr, each held through its epoch; lr_scale-free, SWA-free."""
+    config = TrainConfig(epochs=10, lr=0.2, schedule="epoch_cosine", warmup_epochs=2)
+    by_epoch = [0.1, 0.2, *(0.1 * (1 + math.cos(math.pi * (e - 2) / 8)) for e in range(2, 10))]
+    assert [lr_at(config, s, 3) for s in range(30)] == pytest.approx([lr for lr in by_epoch for _ in range(3)])
+    assert by_epoch[2] == pytest.approx(0.2) and by_epoch[-1] == pytest.approx(0.1 * (1 + math.cos(math.pi * 7 / 8)))
+    with pytest.raises(ValueError, match="schedule epoch_cosine warms up over whole epochs: warmup_epochs=2.5 must be "
+                                         "a whole number below epochs=10"):
+        TrainConfig(epochs=10, schedule="epoch_cosine", warmup_epochs=2.5)
+    with pytest.raises(ValueError, match="warmup_epochs=10 must be a whole number below epochs=10"):
+        TrainConfig(epochs=10, schedule="epoch_cosine", warmup_epochs=10)
+
+
 def test_subset_smaller_than_a_batch_is_refused(toy):
     subsets = torch.zeros(2, N, dtype=torch.bool)
     subsets[0, :100] = True
