@@ -21,7 +21,8 @@ from bench.trainer import interleaved_seconds, matmul_gflops
 from core.data.config import DatasetConfig
 from core.data.datasets import load_dataset
 from core.methods.deq import JacobianRegularization, deq_layers
-from core.models.deq import SolverLog, jacobian_frobenius
+from core.models.deq import jacobian_frobenius
+from core.models.fixed_point import SolverLog
 from core.models.networks import init_model
 from core.runtime import reuse_freed_memory
 from core.training.config import TrainConfig

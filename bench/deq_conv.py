@@ -1,9 +1,9 @@
 """The convolutional DEQ (core.models.deq_conv): K stacked models (one grouped conv and one solve for all K, as the
 deq flow trains them) against a plain per-model loop (init_model and torch.optim.SGD), seconds per training epoch on
-a Fashion-MNIST subset, sides interleaved, medians. The one joint solve runs every (model, example) row until the
-slowest row of all K models converges, and Anderson's per-row work on states of C*H*W = 3,136 numbers outweighs the
-convs (profiled: the solver's `propose` is half a step, the convs a twentieth), so the loop, each model stopping at
-its own slowest row, can come out ahead.
+a Fashion-MNIST subset, sides interleaved, medians. The joint solve evaluates the cell only on the smallest block of
+models and examples that holds the rows still iterating (core.models.fixed_point.BlockMap), as the loop's solve of
+one model does on its examples; Anderson's per-row work on states of C*H*W = 3,136 numbers is then what remains of
+the stacked side's overhead.
 
 Run: .venv/bin/python -m bench.deq_conv [--quick] [--threads N]   (from the repository root)
 Prints a line, then one JSON object on its last line.

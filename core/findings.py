@@ -89,6 +89,19 @@ def paired_equivalence(claim: Claim, differences: Sequence[float], scope: str, m
     return row(claim, estimate, se, n, within(estimate, se, n, margin), rule, scope)
 
 
+def ratio_below(claim: Claim, ratios: Sequence[float], scope: str, threshold: float, replicates: str = "seeds",
+                n_seeds: int | None = None) -> dict:
+    """A claim that one arm costs less than `threshold` times another: `ratios` holds one ratio of their costs per
+    replicate (`replicates`, e.g. epochs where a shard's seeds train in one pass); `supported` when the mean ratio is
+    below the threshold by more than Z SE, `not supported` when above it by more. `n_seeds`: the seeds behind the
+    ratios (default: one per ratio)."""
+    estimate, se, n = mean_and_se(ratios)
+    rule = (f"mean ratio over {replicates} < {threshold:g} by more than {Z:g} SE: supported; > {threshold:g} by more "
+            f"than {Z:g} SE: not supported; else inconclusive (and with < {MIN_SEEDS} {replicates})")
+    return row(claim, estimate, se, n if n_seeds is None else n_seeds, beyond(-estimate, se, n, -threshold), rule,
+               scope)
+
+
 def too_few_seeds(n_seeds: int, fix: str = "set seeds to at least 3 values") -> str | None:
     """Why `n_seeds` seeds give no verdict, with the `fix` (the `why` of a not_testable row); None when they do."""
     if n_seeds >= MIN_SEEDS:

@@ -132,6 +132,7 @@ def deq_flow(config: DEQFlowConfig = DEQFlowConfig(), data_root: str | None = No
     import pandas as pd
 
     from core.methods.deq import deq_findings, deq_summary, explicit_baseline_findings
+    from core.methods.deq_costs import cost_findings
     from core.plots.deq import capped_inference_curves, deq_training_curves
     from core.runs.files import dataset_cache
     from core.runs.store import RunStore
@@ -169,7 +170,8 @@ def deq_flow(config: DEQFlowConfig = DEQFlowConfig(), data_root: str | None = No
     scope = run_scope(config, dataset)
     costs = store.read_table("deq_costs.parquet")
     findings = pd.concat([deq_findings(epochs, inference, scope),
-                          explicit_baseline_findings(epochs, baselines, costs, scope)], ignore_index=True)
+                          explicit_baseline_findings(epochs, baselines, costs, scope, config.model),
+                          cost_findings(epochs, baselines, costs, scope, config.model)], ignore_index=True)
     publish(store, deq_summary(epochs, inference), figures, f"{config.model} on {config.dataset.name}, "
             f"{config.solver.name} solver: gamma {', '.join(f'{g:g}' for g in config.gammas)} x {len(config.seeds)} "
             f"seeds, {config.train.epochs} epochs", findings=findings)

@@ -124,8 +124,10 @@ def check_sweep(config: SubspacesFlowConfig, dataset) -> None:
                              "calibration along each subspace, at its midpoint and of its ends' ensemble, under label noise.")
 def subspaces_flow(config: SubspacesFlowConfig = SubspacesFlowConfig(), data_root: str | None = None) -> str:
     """Run (or resume) the comparison of `config`; returns the run folder."""
-    from core.methods.subspaces import gains_over_standard, subspaces_findings
-    from core.plots.subspaces import gains_over_standard_bars, subspace_paths
+    import pandas as pd
+
+    from core.methods.subspaces import gains_over_standard, subspace_cost_findings, subspaces_findings
+    from core.plots.subspaces import accuracy_by_epoch, gains_over_standard_bars, subspace_paths
     from core.runs.files import dataset_cache
     from core.runs.store import RunStore
     from flows.common import run_scope
@@ -151,11 +153,14 @@ def subspaces_flow(config: SubspacesFlowConfig = SubspacesFlowConfig(), data_roo
     combine_shards(store, [n for n in written if n.startswith(SUMMARY_SHARDS)], "subspace_summary.parquet",
                    [*keys[:2], ("point", "ascending"), ("members", "ascending"), keys[2]])
     alpha, summary = store.read_table("subspace_alpha.parquet"), store.read_table("subspace_summary.parquet")
+    epochs = store.read_table("subspace_epochs.parquet")
     gains = gains_over_standard(summary)
-    folder = store.root / "figures"
+    folder, scope = store.root / "figures", run_scope(config, dataset)
     figures = store.figures(lambda: [subspace_paths(alpha, summary, folder / "accuracy_along_subspace.png"),
-                                     gains_over_standard_bars(gains, folder / "gains_over_standard.png")])
+                                     gains_over_standard_bars(gains, folder / "gains_over_standard.png"),
+                                     accuracy_by_epoch(epochs, folder / "accuracy_by_epoch.png")])
     publish(store, gains, figures, f"{config.model} on {config.dataset.name}: {', '.join(config.methods)} against "
             f"standard training at label noise {', '.join(f'{n:g}' for n in config.label_noise)} x "
-            f"{len(config.seeds)} seeds", findings=subspaces_findings(summary, scope=run_scope(config, dataset)))
+            f"{len(config.seeds)} seeds", findings=pd.concat([subspaces_findings(summary, scope),
+                                                             subspace_cost_findings(epochs, scope)], ignore_index=True))
     return str(store.root)

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from core.config import derive_seed
 from core.methods.deq import JacobianRegularization, capped_inference, deq_layers, probe, solver_settings
 from core.methods.deq_costs import model_costs
-from core.models.deq import SolverLog
+from core.models.fixed_point import SolverLog
 from core.runs.store import RunStore
 from core.runtime import resolve_device
 from core.models.names import parse_model_name

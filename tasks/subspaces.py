@@ -64,7 +64,7 @@ def _train_and_evaluate(store: RunStore, method: str, noise: float, names: list[
     else:
         alpha, summary, epochs = _subspace(store, dataset, held_out, method, seeds)
         store.write_table(names[0], alpha.assign(noise=noise)[["method", "alpha", "noise", "seed", "accuracy", "ece"]])
-    epochs = epochs.assign(method=method, noise=noise)[["method", "noise", *EPOCH_COLUMNS]]
+    epochs = epochs.assign(method=method, noise=noise)[["method", "noise", *EPOCH_COLUMNS, "train_seconds"]]
     store.write_table(names[-2], epochs)
     best = best_epochs(epochs)
     best = best.assign(point=best["point"] + "_best", members=1, endpoints=int(summary["endpoints"].iloc[0]))
@@ -80,7 +80,8 @@ def _trained(store: RunStore, dataset: Dataset, held_out: Tensor, name: str, see
     """Models `name` of `seeds`, trained together on the training set less the validation split `held_out` (a
     subspace `method` draws its points every step; SWA returns each model's average, BatchNorm statistics recomputed
     there from the examples trained on), and their rows after each epoch: of every `every`-th model (one per seed),
-    at its weights, its running average (SWA, from swa_start on) or its midpoint (a subspace)."""
+    at its weights, its running average (SWA, from swa_start on) or its midpoint (a subspace), with the epoch's
+    training seconds (its steps alone) over the models trained together (`train_seconds`, per model)."""
     config, fit = store.config, ~held_out
     ensemble = Ensemble.init(name, dataset.input_shape, dataset.num_classes,
                              [derive_seed(s, INIT_STREAM) for s in seeds], resolve_device(config.runtime.device),
@@ -101,18 +102,24 @@ def _trained(store: RunStore, dataset: Dataset, held_out: Tensor, name: str, see
                                  calibration_x=dataset.x_train[fit][:EPOCH_CALIBRATION_EXAMPLES],
                                  batch_size=config.train.batch_size, **at)
 
+    seconds, clock = {}, {"start": time.perf_counter()}
+
     def after_epoch(epoch: int) -> None:
-        """SWA's running mean first, so that the evaluation sees this epoch's average."""
+        """SWA's running mean first (part of its training, and timed with it), so that the evaluation sees this
+        epoch's average; the evaluation outside the epoch's timing."""
         if averaging is not None:
             averaging.epoch(epoch)
+        seconds[epoch + 1] = time.perf_counter() - clock["start"]  # the trainer synchronised (its epoch losses)
         evaluation.epoch(epoch)
+        clock["start"] = time.perf_counter()
 
     trained_on = fit.expand(len(seeds), -1).clone()
     train(ensemble, dataset.x_train, dataset.y_train, trained_on, [derive_seed(s, ORDER_STREAM) for s in seeds],
           schedule, hooks=TrainingHooks(hooks.step, hooks.regularizer, after_epoch))
     if averaging is not None:
         averaging.apply(dataset.x_train[fit], config.train.batch_size)
-    return ensemble, evaluation.table()
+    epochs = evaluation.table()
+    return ensemble, epochs.assign(train_seconds=epochs["epoch"].map(seconds) / ensemble.size)
 
 
 def _probabilities(ensemble: Ensemble, dataset: Dataset, fit: Tensor, batch_size: int,

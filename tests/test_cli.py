@@ -383,7 +383,10 @@ def test_ctrl_c_says_what_is_written_and_a_rerun_resumes(tmp_path):
 
     # a shell that runs this suite in the background (`make test &`) starts it with SIGINT ignored, and Python then
     # never turns Ctrl-C into KeyboardInterrupt: the child gets the handler an interactive `regularity run` has
-    ctrl_c_as_in_a_terminal = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    # SIGUSR1 prints every thread's stack: what a rerun that never finishes was waiting for
+    ctrl_c_as_in_a_terminal = ("import faulthandler, runpy, signal, sys; "
+                               "signal.signal(signal.SIGINT, signal.default_int_handler); "
+                               "faulthandler.register(signal.SIGUSR1, all_threads=True); "
                                "sys.argv[0] = 'regularity'; runpy.run_module('flows.cli', run_name='__main__')")
     command = [sys.executable, "-c", ctrl_c_as_in_a_terminal, "run", "train", "--ephemeral", "--data-root",
                str(tmp_path),
@@ -405,9 +408,16 @@ def test_ctrl_c_says_what_is_written_and_a_rerun_resumes(tmp_path):
     assert err.splitlines()[-1] == (f"regularity: interrupted: run {folder.name} is partial ({shards} shard tables) "
                                     f"in {folder}; run the same command again to resume it from there")
 
-    again = subprocess.run(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           timeout=300)
-    assert again.returncode == 0 and again.stdout.splitlines()[-1] == str(folder)
+    again = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = again.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        again.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        again.kill()
+        out, _ = again.communicate()
+        pytest.fail(f"the rerun did not finish in 300 s; its last output and stacks:\n{out[-6000:]}")
+    assert again.returncode == 0 and out.splitlines()[-1] == str(folder), out[-3000:]
     assert pq.read_metadata(folder / "models.parquet").num_rows == 16  # every model, the first ones found again
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.models.deq import (DEQLinear, SolverStats, anderson, broyden, equilibrium, jacobian_frobenius, relative_residual,
-                      spectral_radius)
+from core.models.deq import DEQLinear, SolverStats, equilibrium, jacobian_frobenius, spectral_radius
+from core.models.fixed_point import anderson, broyden, relative_residual
 from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble
 from core.training.trainer import train

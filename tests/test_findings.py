@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from core.findings import (COLUMNS, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Claim, beyond, findings_markdown,
-                           findings_table, mean_and_se, not_testable, paired_difference, paired_equivalence, within)
+                           findings_table, mean_and_se, not_testable, paired_difference, paired_equivalence,
+                           ratio_below, within)
 from core.runs.catalog import run_findings
 from core.runs.store import FINDINGS
 
@@ -66,6 +67,22 @@ def test_paired_equivalence_row():
     row = paired_equivalence(CLAIM, [0.001, -0.002, 0.001], "s", margin=0.02)
     assert row["verdict"] == SUPPORTED and row["estimate"] == pytest.approx(0.0)
     assert "inside ± 0.02" in row["rule"]
+
+
+@pytest.mark.parametrize("ratios, verdict", [
+    ([1.0, 1.1, 1.2], SUPPORTED),  # mean 1.1, SE 0.1/sqrt(3) = 0.058: 0.2 below 1.3 is 3.5 SE
+    ([1.4, 1.5, 1.6], NOT_SUPPORTED),  # 0.2 above 1.3: 3.5 SE
+    ([1.1, 1.3, 1.5], INCONCLUSIVE),  # mean 1.3 on the threshold
+    ([1.0, 1.0], INCONCLUSIVE),  # two replicates: no verdict
+])
+def test_ratio_below_a_threshold(ratios, verdict):
+    row = ratio_below(CLAIM, ratios, "s", 1.3, "epochs", n_seeds=5)
+    assert row["verdict"] == verdict and row["n_seeds"] == 5  # the seeds behind the ratios, not the epochs
+    expected_se = math.sqrt(sum((r - sum(ratios) / len(ratios)) ** 2 for r in ratios) / (len(ratios) - 1) / len(ratios))
+    assert (row["estimate"], row["se"]) == (pytest.approx(sum(ratios) / len(ratios)), pytest.approx(expected_se))
+    assert row["rule"] == ("mean ratio over epochs < 1.3 by more than 2 SE: supported; > 1.3 by more than 2 SE: not "
+                           "supported; else inconclusive (and with < 3 epochs)")
+    assert ratio_below(CLAIM, ratios, "s", 1.3)["n_seeds"] == len(ratios)  # by default one seed per ratio
 
 
 def test_not_testable_and_bad_verdicts():

@@ -1,6 +1,7 @@
 """The deq flow's findings rules (core.methods.deq.deq_findings) on hand-made epoch and inference tables of 3 seeds:
 the unregularised DEQ's growth in training, and gamma 2 against gamma 0 after the last epoch, paired by seed."""
 import math
+import statistics
 
 import pandas as pd
 import pytest
@@ -9,8 +10,12 @@ from core.findings import COLUMNS
 from core.methods.deq import (FEWER_BACKWARD_ITERATIONS, FEWER_FORWARD_ITERATIONS, GROWING_ITERATIONS,
                               GROWING_JACOBIAN, LESS_MEMORY, SAME_AS_EXPLICIT, SAME_PERFORMANCE,
                               SMALLER_CAPPED_RESIDUAL, SMALLER_JACOBIAN, deq_findings, explicit_baseline_findings)
+from core.methods.deq_costs import AS_FAST_IN_INFERENCE, AS_FAST_IN_TRAINING, MINIMAL_COST, cost_findings
 
 SCOPE = "synthetic, deq_w8, 2 epochs, 3 seeds"
+DENSE, CONV = "deq_w8", "deq_conv_c4"  # the DEQ of a run: the tanh cell the baselines unroll, a conv cell (none)
+CONV_WHY = ("no explicit baseline exists for the convolutional cell of deq_conv_c4: the explicit networks unroll "
+            "deq_w<width>'s tanh cell, so the flow trains none beside a conv DEQ (baselines.depths: [])")
 ROOT3 = math.sqrt(3)
 # per (gamma, epoch): per seed (train_forward_steps, train_backward_steps, jacobian_frobenius, accuracy)
 FIGURES = {(0.0, 1): [(10, 4, 0.10, 0.50)] * 3,
@@ -113,7 +118,7 @@ def baseline_tables(best: tuple, deq_memory: int = 100, seeds=(0, 1, 2)) -> tupl
 @pytest.mark.parametrize("verdict", list(BEST))
 def test_the_deq_against_the_best_explicit_baseline_paired_by_seed(verdict):
     epochs, _ = tables()
-    findings = explicit_baseline_findings(epochs, *baseline_tables(BEST[verdict]), SCOPE)
+    findings = explicit_baseline_findings(epochs, *baseline_tables(BEST[verdict]), SCOPE, DENSE)
     assert list(findings.columns) == list(COLUMNS) and len(findings) == 2
     assert findings["claim"].tolist() == [SAME_AS_EXPLICIT.claim, LESS_MEMORY.claim]
     assert findings["measure"][0] == ("test accuracy after the last epoch, the DEQ (gamma 2) minus the best explicit "
@@ -127,7 +132,7 @@ def test_the_deq_against_the_best_explicit_baseline_paired_by_seed(verdict):
 @pytest.mark.parametrize("deq_memory, verdict", [(100, "supported"), (500, "not supported")])
 def test_the_deq_memory_against_the_deepest_unrolled_network(deq_memory, verdict):
     epochs, _ = tables()
-    findings = explicit_baseline_findings(epochs, *baseline_tables(BEST["supported"], deq_memory), SCOPE)
+    findings = explicit_baseline_findings(epochs, *baseline_tables(BEST["supported"], deq_memory), SCOPE, DENSE)
     assert findings["measure"][1] == ("1 - the DEQ's (gamma 2) memory of one training step over the unrolled "
                                       "network's of depth 16 (autograd_saved_bytes): positive = the DEQ's is smaller")
     assert (findings["estimate"][1], findings["se"][1]) == (pytest.approx(1 - deq_memory / 400), 0.0)
@@ -137,14 +142,103 @@ def test_the_deq_memory_against_the_deepest_unrolled_network(deq_memory, verdict
 def test_the_baselines_rows_say_what_to_change_when_they_cannot_be_tested():
     epochs, _ = tables()
     baselines, costs = baseline_tables(BEST["supported"])
-    cases = [(explicit_baseline_findings(epochs, None, costs[costs["network"] == "deq"], SCOPE),
+    cases = [(explicit_baseline_findings(epochs, None, costs[costs["network"] == "deq"], SCOPE, DENSE),
               "baselines.depths is empty: add the depths of the explicit networks, e.g. [2, 4, 8, 16]"),
-             (explicit_baseline_findings(epochs[epochs["gamma"] == 0], baselines, costs, SCOPE),
+             (explicit_baseline_findings(epochs, None, costs[costs["network"] == "deq"], SCOPE, CONV), CONV_WHY),
+             (explicit_baseline_findings(epochs[epochs["gamma"] == 0], baselines, costs, SCOPE, DENSE),
               "gammas holds no positive gamma: add one such as 2.0"),
-             (explicit_baseline_findings(*[t[t["seed"] < 2] for t in (epochs, baselines, costs)], SCOPE),
+             (explicit_baseline_findings(*[t[t["seed"] < 2] for t in (epochs, baselines, costs)], SCOPE, DENSE),
               "2 seeds, and a verdict needs a standard error over at least 3; set seeds to at least 3 values")]
     for findings, why in cases:
         assert len(findings) == 2 and findings["estimate"].isna().all() and findings["verdict"].eq("inconclusive").all()
         assert findings["rule"].eq(f"not testable here: {why}").all()
         assert findings["measure"][1].startswith("1 - the DEQ's (gamma > 0) memory of one training step over the "
                                                  "unrolled network's of depth the largest (as measured)")
+
+
+# The cost claims (core.methods.deq_costs.cost_findings). Epoch seconds are one figure per (arm, epoch), repeated on
+# every seed's row as the flow writes them; inference seconds are each model's own.
+UNREGULARISED_SECONDS = [2.0, 2.0, 4.0, 4.0]
+REGULARISED_SECONDS = {"supported": [2.0, 2.2, 4.0, 4.4],  # ratios 1.0, 1.1, 1.0, 1.1 to gamma 0: mean 1.05
+                       "inconclusive": [2.2, 2.4, 4.4, 4.8],  # 1.1, 1.2, 1.1, 1.2: mean 1.15, within 2 SE of 1.2
+                       "not supported": [2.8, 3.0, 5.6, 6.0]}  # 1.4, 1.5, 1.4, 1.5: mean 1.45
+# per (network, depth): epoch seconds per epoch, inference seconds per seed; the deepest tied one is unrolled4
+BASELINE_SECONDS = {("unrolled", 2): ([0.1] * 4, [0.01] * 3), ("unrolled", 4): ([2.0, 2.0, 2.0, 2.0], [0.1, 0.11, 0.12]),
+                    ("explicit", 8): ([0.5] * 4, [0.05] * 3)}
+DEQ_INFERENCE = {0.0: [9.0, 9.0, 9.0], 2.0: [0.12, 0.121, 0.18]}  # gamma 2 over unrolled4: 1.2, 1.1, 1.5
+
+
+def cost_tables(regularised: list[float], gammas=(0.0, 2.0), seeds=(0, 1, 2)):
+    """deq_epochs, deq_baselines and deq_costs tables (the columns the cost rules read)."""
+    seconds = {0.0: UNREGULARISED_SECONDS, 2.0: regularised}
+    epochs = pd.DataFrame([{"gamma": g, "seed": s, "epoch": e, "epoch_seconds": t} for g in gammas
+                           for s in seeds for e, t in enumerate(seconds[g], 1)])
+    baselines = pd.DataFrame([{"network": n, "depth": d, "seed": s, "epoch": e, "epoch_seconds": t}
+                              for (n, d), (per_epoch, _) in BASELINE_SECONDS.items() for s in seeds
+                              for e, t in enumerate(per_epoch, 1)])
+    costs = [{"network": n, "gamma": math.nan, "depth": d, "seed": s, "inference_seconds": per_seed[s]}
+             for (n, d), (_, per_seed) in BASELINE_SECONDS.items() for s in seeds]
+    costs += [{"network": "deq", "gamma": g, "depth": 0, "seed": s, "inference_seconds": DEQ_INFERENCE[g][s]}
+              for g in gammas for s in seeds]
+    return epochs, baselines, pd.DataFrame(costs)
+
+
+def mean_and_sample_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error (sample standard deviation over the square root of n), with the statistics module."""
+    return statistics.mean(values), statistics.stdev(values) / math.sqrt(len(values))
+
+
+@pytest.mark.parametrize("verdict", list(REGULARISED_SECONDS))
+def test_the_regularisers_cost_and_the_deqs_speed_against_the_deepest_unrolled_network(verdict):
+    regularised = REGULARISED_SECONDS[verdict]
+    findings = cost_findings(*cost_tables(regularised), SCOPE, DENSE)
+    assert list(findings.columns) == list(COLUMNS) and len(findings) == 3
+    assert findings["claim"].tolist() == [MINIMAL_COST.claim, AS_FAST_IN_TRAINING.claim, AS_FAST_IN_INFERENCE.claim]
+    assert findings["claim"][1] == "DEQs run with approximately the same speed as conventional deep networks."
+    cost, training, inference = findings.to_dict("records")
+    estimate, se = mean_and_sample_se([r / u for r, u in zip(regularised, UNREGULARISED_SECONDS)])
+    assert (cost["estimate"], cost["se"], cost["verdict"]) == (pytest.approx(estimate), pytest.approx(se), verdict)
+    assert cost["measure"].startswith("training seconds of an epoch of the DEQs with the regulariser (gamma 2")
+    assert "< 1.2 by more than 2 SE" in cost["rule"] and "the threshold 1.2 is ours" in cost["rule"]
+    # against unrolled4 (2.0 s every epoch), not the cheaper unrolled2 nor the deeper, untied explicit8
+    estimate, se = mean_and_sample_se([r / 2.0 for r in regularised])
+    assert (training["estimate"], training["se"]) == (pytest.approx(estimate), pytest.approx(se))
+    assert training["verdict"] == "inconclusive"  # 1.0-1.1x in two epochs, 2.0-2.4x in the others: SE > 0.3
+    assert "tied unrolled networks of depth 4" in training["measure"] and "replicates: the epochs" in training["rule"]
+    assert (inference["estimate"], inference["se"]) == tuple(pytest.approx(v) for v in mean_and_sample_se([1.2, 1.1,
+                                                                                                            1.5]))
+    assert inference["verdict"] == "inconclusive" and "replicates: the seeds" in inference["rule"]
+    assert "deepest tied unrolled network" in inference["rule"] and "the threshold 1.5 is ours" in inference["rule"]
+    assert findings["n_seeds"].eq(3).all() and findings["scope"].eq(SCOPE).all()
+
+
+@pytest.mark.parametrize("seconds, inference_seconds, verdict", [
+    ([2.0, 2.2, 2.0, 2.2], [0.1, 0.11, 0.12], "supported"),  # 1.0, 1.1, 1.0, 1.1x unrolled4; inference 1x each seed
+    ([4.0, 4.0, 4.0, 4.0], [0.3, 0.33, 0.36], "not supported")])  # 2x every epoch; inference 3x each seed
+def test_the_speed_rows_as_fast_and_clearly_slower(seconds, inference_seconds, verdict):
+    epochs, baselines, costs = cost_tables(seconds)
+    costs.loc[(costs["network"] == "deq") & (costs["gamma"] == 2.0), "inference_seconds"] = inference_seconds
+    _, training, inference = cost_findings(epochs, baselines, costs, SCOPE, DENSE).to_dict("records")
+    estimate, se = mean_and_sample_se([t / 2.0 for t in seconds])
+    assert (training["estimate"], training["se"]) == (pytest.approx(estimate), pytest.approx(se))
+    ratio = inference_seconds[0] / 0.1
+    assert (inference["estimate"], inference["se"]) == (pytest.approx(ratio), pytest.approx(0.0, abs=1e-12))
+    assert training["verdict"] == inference["verdict"] == verdict
+
+
+def test_cost_rows_that_cannot_be_tested_say_why():
+    epochs, baselines, costs = cost_tables(REGULARISED_SECONDS["supported"])
+    no_baselines = cost_findings(epochs, None, costs, SCOPE, DENSE)
+    assert no_baselines["verdict"][0] == "supported"  # the regulariser's cost needs no baseline
+    assert no_baselines["rule"][1:].eq("not testable here: baselines.depths is empty: add the depths of the explicit "
+                                       "networks, e.g. [2, 4, 8, 16]").all()
+    assert no_baselines["measure"][1].endswith("tied unrolled networks of depth the largest (the same cell and "
+                                               "parameters), the same epoch")
+    conv = cost_findings(epochs, None, costs, SCOPE, CONV)
+    assert conv["rule"][1:].eq(f"not testable here: {CONV_WHY}").all() and conv["estimate"][1:].isna().all()
+    only_zero = cost_findings(epochs[epochs["gamma"] != 2.0], baselines, costs, SCOPE, DENSE)
+    assert len(only_zero) == 3 and only_zero["estimate"].isna().all()
+    assert only_zero["rule"].eq("not testable here: gammas holds no positive gamma: add one such as 2.0").all()
+    no_zero = cost_findings(epochs[epochs["gamma"] != 0.0], baselines, costs, SCOPE, DENSE)
+    assert no_zero["rule"][0] == "not testable here: gammas has no 0: add 0.0 (the unregularised DEQ) to gammas"
+    assert no_zero["estimate"][1:].notna().all()  # the speed rows need no gamma 0

@@ -9,7 +9,8 @@ import pytest
 from core.findings import COLUMNS
 from core.methods.subspaces import (ENDS_ENSEMBLE, MIDPOINT_ACCURACY, MIDPOINT_CALIBRATION, MIDPOINT_NOISE_ROBUSTNESS,
                                     MIDPOINT_NOISE_ROBUSTNESS_LAST_EPOCH, MIDPOINT_OVER_SWA,
-                                    MIDPOINT_OVER_SWA_EARLY_STOPPED, subspaces_findings)
+                                    MIDPOINT_OVER_SWA_EARLY_STOPPED, SIMILAR_COST, subspace_cost_findings,
+                                    subspaces_findings)
 
 SCOPE = "digits, mlp_w16_d1, 2 epochs, 3 seeds"
 SE_OF_STEP_001 = 0.01 / math.sqrt(3)  # standard error of three values 0.01 apart (sample std 0.01)
@@ -156,3 +157,63 @@ def test_the_midpoint_within_two_errors_of_swa_is_inconclusive():
     row, _early_stopped = subspaces_findings(table, SCOPE).query("claim == @MIDPOINT_OVER_SWA.claim").to_dict("records")
     assert (row["estimate"], row["se"]) == (pytest.approx(0.01), pytest.approx(0.02 / math.sqrt(3)))
     assert row["verdict"] == "inconclusive"
+
+
+# The cost claim (core.methods.subspaces.subspace_cost_findings) on hand-made subspace_epochs tables: per (method,
+# noise, epoch) one per-model train_seconds figure, repeated on every seed's row as the flow writes it.
+SECONDS = {("standard", 0.0): [1.0, 2.0, 1.0, 2.0], ("line", 0.0): [1.1, 2.4, 1.2, 2.2],  # 1.1, 1.2, 1.2, 1.1
+           ("simplex3", 0.0): [1.5, 3.0, 1.4, 2.8],  # 1.5, 1.5, 1.4, 1.4
+           ("standard", 0.2): [1.0, 1.0, 1.0, 1.0], ("line", 0.2): [1.0, 1.6, 1.2, 1.4],  # mean 1.3: the threshold
+           ("simplex3", 0.2): [1.2, 1.2, 1.2, 1.2]}  # 1.2 every epoch: SE 0
+# SWA's rows exist from its swa_start on (epoch 2 here); where it ran it is the reference
+SWA_SECONDS = {("swa", 0.0): [None, 2.0, 1.0, 2.0],  # line: 1.2, 1.2, 1.1; simplex3: 1.5, 1.4, 1.4
+               ("swa", 0.2): [None, 0.5, 0.5, 0.5]}  # line: 3.2, 2.4, 2.8; simplex3: 2.4 every epoch
+
+
+def epochs_table(seconds: dict, seeds=(0, 1, 2)) -> pd.DataFrame:
+    """subspace_epochs rows (the columns the rule reads, and the point) from `seconds`."""
+    return pd.DataFrame([{"method": method, "noise": noise, "seed": seed, "epoch": epoch,
+                          "point": "model" if method in ("standard", "swa") else "midpoint", "train_seconds": t}
+                         for (method, noise), per_epoch in seconds.items() for epoch, t in enumerate(per_epoch, 1)
+                         if t is not None for seed in seeds])
+
+
+def check_cost_rows(findings: pd.DataFrame, expected: list, reference: str) -> None:
+    """Each row's estimate, SE and verdict, and that its measure names the method, reference and noise."""
+    assert list(findings.columns) == list(COLUMNS) and findings["claim"].eq(SIMILAR_COST.claim).all()
+    assert len(findings) == len(expected) and findings["n_seeds"].eq(3).all() and findings["scope"].eq(SCOPE).all()
+    for row, (method, noise, estimate, se, verdict) in zip(findings.to_dict("records"), expected):
+        assert (row["estimate"], row["se"], row["verdict"]) == (pytest.approx(estimate), pytest.approx(se), verdict)
+        assert row["measure"].startswith(f"training seconds of one {method} model in an epoch")
+        assert f"over those of one {reference}" in row["measure"]
+        assert row["measure"].endswith(f"{noise:.0%} of the training labels replaced by a wrong class")
+
+
+def test_the_cost_of_each_method_over_standard_training_paired_by_epoch():
+    se_of_pairs = math.sqrt(4 * 0.05 ** 2 / 3) / 2  # four ratios 0.05 either side of their mean
+    check_cost_rows(subspace_cost_findings(epochs_table(SECONDS), SCOPE), [
+        ("line", 0.0, 1.15, se_of_pairs, "supported"), ("simplex3", 0.0, 1.45, se_of_pairs, "not supported"),
+        ("line", 0.2, 1.3, math.sqrt((0.09 + 0.01 + 0.01 + 0.09) / 3) / 2, "inconclusive"),
+        ("simplex3", 0.2, 1.2, 0.0, "supported")], "standard model (its shard trains seeds x the largest ensemble's")
+    rule = subspace_cost_findings(epochs_table(SECONDS), SCOPE)["rule"][0]
+    assert rule.startswith("mean ratio over epochs < 1.3 by more than 2 SE: supported; > 1.3 by more than 2 SE")
+    for said in ("replicates: the epochs the reference was trained in", "n_seeds: the seeds trained",
+                 "the threshold 1.3 is ours", "on the run's own machine"):
+        assert said in rule
+
+
+def test_where_swa_ran_its_epochs_are_the_reference_of_as_many_models():
+    se_of_three = 0.1 / math.sqrt(3) / math.sqrt(3)  # sample std of (a, a, a - 0.1) is 0.1 / sqrt(3)
+    check_cost_rows(subspace_cost_findings(epochs_table(SECONDS | SWA_SECONDS), SCOPE), [
+        ("line", 0.0, 3.5 / 3, se_of_three, "supported"), ("simplex3", 0.0, 4.3 / 3, se_of_three, "not supported"),
+        ("line", 0.2, 2.8, 0.4 / math.sqrt(3), "not supported"), ("simplex3", 0.2, 2.4, 0.0, "not supported")],
+        "SWA model (standard training of as many models in one pass, its running mean included)")
+
+
+def test_a_run_from_before_training_was_timed_says_so_in_one_row():
+    findings = subspace_cost_findings(epochs_table(SECONDS).drop(columns="train_seconds"), SCOPE)
+    assert len(findings) == 1 and findings["verdict"][0] == "inconclusive" and math.isnan(findings["estimate"][0])
+    assert findings["rule"][0] == ("not testable here: this run predates the timing of training (subspace_epochs."
+                                   "parquet has no train_seconds column): to time it, delete the run's shards/epochs/ "
+                                   "folder and run the same command again (its shards train again)")
+    assert findings["n_seeds"][0] == 3

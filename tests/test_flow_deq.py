@@ -11,6 +11,7 @@ from core.data.config import DatasetConfig
 from core.data.datasets import load_dataset
 from core.findings import COLUMNS
 from core.methods.deq import COMPARED, GROWING_ITERATIONS, GROWING_JACOBIAN, LESS_MEMORY, SAME_AS_EXPLICIT
+from core.methods.deq_costs import AS_FAST_IN_INFERENCE, AS_FAST_IN_TRAINING, MINIMAL_COST
 from core.models.networks import init_model
 from core.training.config import TrainConfig
 from core.training.experiment import DRAW_STREAM, INIT_STREAM, ORDER_STREAM, model_seed
@@ -53,8 +54,14 @@ def test_tables_hold_every_gamma_seed_epoch_and_cap(run):
     assert list(findings.columns) == list(COLUMNS) and findings["n_seeds"].eq(2).all()
     assert findings["claim"].tolist() == [c.claim for c in (GROWING_ITERATIONS, GROWING_JACOBIAN,
                                                             *(claim for claim, _ in COMPARED), SAME_AS_EXPLICIT,
-                                                            LESS_MEMORY)]
-    assert findings["rule"][7:].str.startswith("not testable here: 2 seeds").all()
+                                                            LESS_MEMORY, MINIMAL_COST, AS_FAST_IN_TRAINING,
+                                                            AS_FAST_IN_INFERENCE)]
+    assert findings["rule"][7:9].str.startswith("not testable here: 2 seeds").all()
+    # the cost rows: measured (gamma 1 against gamma 0, then against unrolled2), but 2 epochs or 2 seeds decide nothing
+    assert findings["estimate"][9:].gt(0).all() and findings["verdict"][9:].eq("inconclusive").all()
+    assert "tied unrolled networks of depth 2" in findings["measure"][10]
+    assert [next(part for part in rule.split("; ") if part.startswith("replicates: the")).split(",")[0]
+            for rule in findings["rule"][9:]] == ["replicates: the epochs"] * 2 + ["replicates: the seeds"]
     assert findings["measure"][4].startswith("lowest relative residual of the fixed point within 3 solver iterations")
     assert 0 <= report.index("## Findings") < report.index("## Tables")
 

@@ -13,8 +13,8 @@ from core.findings import COLUMNS
 from core.methods.subspace_epochs import best_epochs, validation_split
 from core.methods.subspaces import (ENDS_ENSEMBLE, MIDPOINT_ACCURACY, MIDPOINT_CALIBRATION, MIDPOINT_NOISE_ROBUSTNESS,
                                     MIDPOINT_NOISE_ROBUSTNESS_LAST_EPOCH, MIDPOINT_OVER_SWA,
-                                    MIDPOINT_OVER_SWA_EARLY_STOPPED, calibration, midpoint_coefficients,
-                                    path_coefficients)
+                                    MIDPOINT_OVER_SWA_EARLY_STOPPED, SIMILAR_COST, calibration,
+                                    midpoint_coefficients, path_coefficients)
 from core.models.networks import init_model
 from core.models.subspaces import fix_coefficients
 from core.training.config import TrainConfig
@@ -57,15 +57,21 @@ def test_tables_hold_every_point_method_noise_and_seed(run):
     assert len(summary) == 14 * 2 * 2  # 14 rows per (noise, seed)
     assert summary[["accuracy", "confidence", "ece"]].stack().between(0, 1).all()
     assert (summary["confidence"] >= 0.1).all()  # the top of 10 probabilities
-    for name in ("accuracy_along_subspace.png", "gains_over_standard.png"):
+    for name in ("accuracy_along_subspace.png", "gains_over_standard.png", "accuracy_by_epoch.png"):
         assert (folder / "figures" / name).is_file()
     findings = pd.read_parquet(folder / "findings.parquet")  # two seeds: every claim said untestable, and why
     assert list(findings.columns) == list(COLUMNS) and findings["n_seeds"].eq(2).all()
     assert findings["claim"].tolist() == [claim.claim for claim in (
         MIDPOINT_ACCURACY, MIDPOINT_CALIBRATION, MIDPOINT_NOISE_ROBUSTNESS, MIDPOINT_NOISE_ROBUSTNESS_LAST_EPOCH,
-        ENDS_ENSEMBLE, MIDPOINT_OVER_SWA, MIDPOINT_OVER_SWA_EARLY_STOPPED)]
-    assert findings["rule"].eq("not testable here: 2 seeds, and a verdict needs a standard error over at least 3; "
-                               "set seeds to at least 3 values").all()
+        ENDS_ENSEMBLE, MIDPOINT_OVER_SWA, MIDPOINT_OVER_SWA_EARLY_STOPPED, *[SIMILAR_COST] * 4)]
+    assert findings["rule"][:7].eq("not testable here: 2 seeds, and a verdict needs a standard error over at least "
+                                   "3; set seeds to at least 3 values").all()
+    # the cost per (noise, method): timed, but two epochs give no verdict
+    cost = findings[7:]
+    assert [m.split(" model")[0] for m in cost["measure"]] == [f"training seconds of one {method}" for method in (
+        "line", "simplex3", "line", "simplex3")]
+    assert cost["estimate"].gt(0).all() and cost["verdict"].eq("inconclusive").all()
+    assert cost["rule"].str.contains("inconclusive (and with < 3 epochs); replicates: the epochs", regex=False).all()
     report = (folder / "report.md").read_text()
     assert 0 <= report.index("## Findings") < report.index("## Tables")
 
@@ -76,7 +82,10 @@ def test_every_arm_has_a_row_after_every_epoch_and_its_last_is_the_summarys(run)
     folder, _, summary = run
     epochs = pd.read_parquet(folder / "subspace_epochs.parquet")
     assert list(epochs.columns) == ["method", "noise", "seed", "epoch", "point", "validation_accuracy", "accuracy",
-                                    "confidence", "ece"]
+                                    "confidence", "ece", "train_seconds"]
+    # one per-model figure per shard and epoch, on every seed's row
+    assert epochs["train_seconds"].gt(0).all()
+    assert epochs.groupby(["method", "noise", "epoch"])["train_seconds"].nunique().eq(1).all()
     assert epochs[["method", "noise", "seed", "epoch", "point"]].values.tolist() == [
         [method, noise, seed, epoch, "model" if method in ("standard", "swa") else "midpoint"]
         for method in ("line", "simplex3", "standard", "swa") for noise in (0.0, 0.2) for seed in (0, 1)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from core.methods.deq import JacobianRegularization, capped_inference, deq_layers, deq_summary, probe
-from core.models.deq import Solution, SolverLog
+from core.models.fixed_point import Solution, SolverLog
 from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble
 from core.training.trainer import train

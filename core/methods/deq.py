@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from core.findings import Claim, findings_table, not_testable, paired_difference, too_few_seeds
 from core.models.deq import DEQBlock, hutchinson, spectral_radius
+from core.models.names import parse_model_name
 from core.training.hooks import TrainingHooks
 
 
@@ -233,17 +234,26 @@ LESS_MEMORY = Claim(DEQ_PAPER, CONSTANT_MEMORY, "1 - the DEQ's (gamma {gamma}) m
                     "unrolled network's of depth {depth} ({method}): positive = the DEQ's is smaller")
 
 
+def no_baselines(model: str) -> str:
+    """Why a run of the DEQ `model` has no explicit baseline to compare with, and what to change (if anything)."""
+    if parse_model_name(model).family == "deq_conv":
+        return (f"no explicit baseline exists for the convolutional cell of {model}: the explicit networks "
+                "unroll deq_w<width>'s tanh cell, so the flow trains none beside a conv DEQ (baselines.depths: [])")
+    return "baselines.depths is empty: add the depths of the explicit networks, e.g. [2, 4, 8, 16]"
+
+
 def explicit_baseline_findings(epochs: pd.DataFrame, baselines: pd.DataFrame | None, costs: pd.DataFrame,
-                               scope: str) -> pd.DataFrame:
+                               scope: str, model: str) -> pd.DataFrame:
     """Each regularised DEQ (gamma > 0) against the explicit baselines, paired by seed: its accuracy after the last
     epoch minus the best baseline's, and its memory of one training step against the deepest tied unrolled
-    network's. `epochs`, `baselines` and `costs` hold deq_epochs, deq_baselines (None: none trained) and deq_costs."""
+    network's. `epochs`, `baselines` and `costs` hold deq_epochs, deq_baselines (None: none trained) and deq_costs;
+    `model` is the DEQ's registry name."""
     seeds, regularised = epochs["seed"].nunique(), sorted(g for g in set(epochs["gamma"]) if g > 0)
     claims = [baseline_claim(c, "> 0", best="the best", depth="the largest", method="as measured")
               for c in (SAME_AS_EXPLICIT, LESS_MEMORY)]
     why = too_few_seeds(seeds)
     if why is None and (baselines is None or baselines.empty):
-        why = "baselines.depths is empty: add the depths of the explicit networks, e.g. [2, 4, 8, 16]"
+        why = no_baselines(model)
     if why is None and not regularised:
         why = "gammas holds no positive gamma: add one such as 2.0"
     if why is not None:

@@ -6,39 +6,19 @@ dl/dx = u^T df/dx at z*, where u^T = u^T J_f(z*) + dl/dz*, is one more fixed poi
 products alone, so no graph of the solver's iterations is kept. The paper keeps J_f(z*) well conditioned (fast,
 stable solves) by adding gamma ||J_f||_F^2 / d to the loss, estimated by Hutchinson's trick (`jacobian_frobenius`).
 
-Solvers work on `[K, B, D]`: K models times B examples, each (model, example) row its own fixed-point problem with
-its own stopping (relative residual ||f(z) - z|| / (||f(z)|| + tiny) <= tol), so f must act on each row alone, as
-a DEQ cell does. A row that stops keeps its value while the others go on; a row that never meets tol returns its
-lowest-residual iterate, as the authors' solvers do.
+The solvers (`core.models.fixed_point`) work on `[K, B, D]`: K models times B examples, each (model, example) row
+its own fixed-point problem with its own stopping.
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
+from core.models.fixed_point import SOLVERS, TINY, BlockMap, Map, Solution, SolverLog
 from core.models.stacked import stacked_linear
-
-TINY = 1e-12  # keeps a zero f(z) from dividing by zero: its residual is then ||z|| / tiny, or 0 at z = 0
-
-Map = Callable[[Tensor], Tensor]
-
-
-@dataclass
-class Solution:
-    """What a solver found, per (model, example) row."""
-
-    z: Tensor  # [K, B, D] the row's lowest-residual iterate: its last one where it converged
-    steps: Tensor  # [K, B] long: evaluations of f the row took (1: z0 already met tol)
-    residual: Tensor  # [K, B] relative residual of z; inf where even f(z0) was not finite
-    converged: Tensor  # [K, B] bool: residual <= tol
-
-    def means(self, direction: str) -> dict[str, Tensor]:
-        """`[K]` float64 mean over examples of steps, residual and converged, keyed `<direction>_<field>`."""
-        return {f"{direction}_{field}": getattr(self, field).double().mean(-1) for field in SolverLog.FIELDS}
 
 
 @dataclass
@@ -58,122 +38,6 @@ class SolverStats:
         """(f(z*), z*): z* a fresh leaf, f(z*) a graph of its own attached to the parameters."""
         z = self.forward.z.clone().requires_grad_()
         return self.cell(z), z
-
-
-class SolverLog:
-    """Per-model sums over many solves (a training epoch's): each solve adds its mean over examples of steps,
-    residual and converged, per direction (forward, backward). Every model of a stacked solve counts, so it reads
-    true per-model figures when every model takes every step (the same training set size and batch size)."""
-
-    FIELDS = ("steps", "residual", "converged")
-
-    def __init__(self):
-        self.sums: dict[str, Tensor] = {}
-        self.solves = {"forward": 0, "backward": 0}
-
-    def add(self, direction: str, solution: Solution) -> None:
-        """Count one solve's `[K, B]` rows of `direction`."""
-        for key, value in solution.means(direction).items():
-            value = value.cpu()
-            self.sums[key] = self.sums[key] + value if key in self.sums else value
-        self.solves[direction] += 1
-
-    def means(self) -> dict[str, Tensor]:
-        """`[K]` mean per solve of every field seen, keyed `<direction>_<field>` (e.g. forward_steps)."""
-        return {key: total / self.solves[key.split("_")[0]] for key, total in self.sums.items()}
-
-
-def relative_residual(fz: Tensor, z: Tensor) -> Tensor:
-    """||f(z) - z|| / (||f(z)|| + tiny) over the last dim; NaN (an overflowed row) reads inf."""
-    residual = (fz - z).norm(dim=-1) / (fz.norm(dim=-1) + TINY)
-    return residual.nan_to_num(nan=float("inf"))
-
-
-def _solve(f: Map, z0: Tensor, tol: float, max_iter: int, propose: Callable[[Tensor, Tensor, int], Tensor]) -> Solution:
-    """The driver both solvers share: `propose(z, fz, n)` gives iteration n's next iterate of rows `[R, D]`; rows
-    that met tol, or stopped being finite (they never will), are frozen. Each row returns its lowest-residual
-    iterate: where it converged, that is its last one (every earlier residual was above tol)."""
-    shape = z0.shape
-    rows = lambda t: t.reshape(-1, shape[-1])  # noqa: E731
-    g = lambda z: rows(f(z.view(shape)))  # noqa: E731
-    z = rows(z0).clone()
-    fz = g(z)
-    residual = relative_residual(fz, z)
-    best_z, best_residual = z, residual
-    steps = torch.ones_like(residual, dtype=torch.long)
-    done = (residual <= tol) | residual.isinf()
-    for n in range(1, max_iter):
-        if bool(done.all()):
-            break
-        active = ~done
-        z = torch.where(active[:, None], propose(z, fz, n), z)
-        fz = torch.where(active[:, None], g(z), fz)
-        residual = torch.where(active, relative_residual(fz, z), residual)
-        # as locuslab/deq's broyden and anderson (lib/solvers.py: `if diff < lowest: lowest_xest = x_est`): keep the
-        # iterate whose residual is strictly below every earlier one (the first of equals), and return it with that
-        # residual. Theirs ranks the whole batch by one norm and leaves z0 out; ours ranks each row, z0 included
-        best = residual < best_residual
-        best_z, best_residual = torch.where(best[:, None], z, best_z), torch.where(best, residual, best_residual)
-        steps += active
-        done = (residual <= tol) | residual.isinf()
-    per_row = shape[:-1]
-    return Solution(best_z.view(shape), steps.view(per_row), best_residual.view(per_row),
-                    (best_residual <= tol).view(per_row))
-
-
-@torch.no_grad()
-def anderson(f: Map, z0: Tensor, tol: float, max_iter: int, memory: int = 5, damping: float = 1.0,
-             regularization: float = 1e-4) -> Solution:
-    """Anderson acceleration: each row's next iterate mixes its last `memory` pairs (z_i, f(z_i)) with the weights
-    alpha (sum 1) that minimise ||sum_i alpha_i (f(z_i) - z_i)||; `damping` beta takes beta f + (1 - beta) z."""
-    history_z = z0.new_zeros(z0.shape[:-1].numel(), memory, z0.shape[-1])
-    history_f = torch.zeros_like(history_z)
-
-    def propose(z: Tensor, fz: Tensor, n: int) -> Tensor:
-        history_z[:, (n - 1) % memory], history_f[:, (n - 1) % memory] = z, fz
-        xs, fs = history_z[:, : min(n, memory)], history_f[:, : min(n, memory)]
-        residuals = fs - xs
-        gram = residuals @ residuals.transpose(1, 2)
-        # ridge relative to the row's own scale: an absolute one would swamp the Gram matrix near convergence
-        ridge = regularization * gram.diagonal(dim1=1, dim2=2).mean(1) + TINY
-        gram = gram + ridge[:, None, None] * torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device)
-        weights = torch.linalg.solve_ex(gram, torch.ones_like(gram[..., :1]))[0]  # no raise: a NaN row stays its own
-        alpha = weights / weights.sum(1, keepdim=True)  # min alpha^T G alpha s.t. sum alpha = 1
-        mixed_f, mixed_z = (alpha.transpose(1, 2) @ fs).squeeze(1), (alpha.transpose(1, 2) @ xs).squeeze(1)
-        return damping * mixed_f + (1 - damping) * mixed_z
-
-    return _solve(f, z0, tol, max_iter, propose)
-
-
-@torch.no_grad()
-def broyden(f: Map, z0: Tensor, tol: float, max_iter: int, memory: int | None = None) -> Solution:
-    """Broyden's ("good") method on g(z) = f(z) - z: Newton steps z - H g with the inverse Jacobian H = -I +
-    sum_i u_i v_i^T, one rank-one update a step, the oldest dropped past `memory` (default: max_iter)."""
-    memory = memory or max_iter
-    count, width = z0.shape[:-1].numel(), z0.shape[-1]
-    us, vs = z0.new_zeros(count, memory, width), z0.new_zeros(count, memory, width)
-    last: dict[str, Tensor] = {}
-
-    def inverse(v: Tensor) -> Tensor:
-        """H v for rows `[R, D]`."""
-        return -v + ((vs @ v.unsqueeze(2)).transpose(1, 2) @ us).squeeze(1)
-
-    def propose(z: Tensor, fz: Tensor, n: int) -> Tensor:
-        g = fz - z
-        if n > 1:
-            dz, h_dg = z - last["z"], inverse(g - last["g"])
-            denominator = (dz * h_dg).sum(1, keepdim=True)
-            usable = denominator.abs() > TINY  # frozen rows have dz = 0: they get no update, not a NaN one
-            u = torch.where(usable, (dz - h_dg) / torch.where(usable, denominator, 1.0), 0.0)
-            v = -dz + ((us @ dz.unsqueeze(2)).transpose(1, 2) @ vs).squeeze(1)  # H^T dz
-            us[:, (n - 2) % memory], vs[:, (n - 2) % memory] = u, v
-        last["z"], last["g"] = z, g
-        return z - inverse(g)
-
-    return _solve(f, z0, tol, max_iter, propose)
-
-
-SOLVERS = {"anderson": anderson, "broyden": broyden}
 
 
 def equilibrium(f: Map, z0: Tensor, solver: str = "anderson", tol: float = 1e-4, max_iter: int = 30,
@@ -196,14 +60,31 @@ def equilibrium(f: Map, z0: Tensor, solver: str = "anderson", tol: float = 1e-4,
 
     def implicit(grad: Tensor) -> Tensor:
         """dl/dz* -> u, the fixed point of u -> J^T u + dl/dz*."""
-        transposed = lambda u: torch.autograd.grad(fz, z_leaf, u, retain_graph=True)[0] + grad  # noqa: E731
-        stats.backward = solve(transposed, grad, backward_tol, backward_max_iter)
+        stats.backward = solve(_transposed(f, fz, z_leaf, grad), grad, backward_tol, backward_max_iter)
         if log is not None:
             log.add("backward", stats.backward)
         return stats.backward.z
 
     z.register_hook(implicit)
     return z
+
+
+def _transposed(f: Map, fz: Tensor, z: Tensor, grad: Tensor) -> Map:
+    """u -> J_f(z)^T u + grad by vector-Jacobian products of `fz` = f(z) (z a leaf); a BlockMap where f is one: a
+    block's map is a graph of f on that block's rows alone, built when the backward's solve narrows to it."""
+    full = lambda u: torch.autograd.grad(fz, z, u, retain_graph=True)[0] + grad  # noqa: E731
+    if not isinstance(f, BlockMap):
+        return full
+
+    def block(models: Tensor, examples: Tensor) -> Map:
+        """The map of the rows of `models` x `examples`."""
+        with torch.enable_grad():  # the solvers run without grad
+            leaf = z.detach().index_select(0, models).index_select(1, examples).requires_grad_()
+            out = f.block(models, examples)(leaf)
+        rows_grad = grad.index_select(0, models).index_select(1, examples)
+        return lambda u: torch.autograd.grad(out, leaf, u, retain_graph=True)[0] + rows_grad
+
+    return BlockMap(full, block)
 
 
 def jacobian_frobenius(fz: Tensor, z: Tensor, samples: int = 1, generator: torch.Generator | None = None) -> Tensor:
@@ -290,8 +171,13 @@ class DEQLinear(DEQBlock):
 
     def _equilibrium(self, injection: Tensor, weight: Tensor) -> Tensor:
         """z* `[K, B, features]` of tanh(W z + injection) for injections `[K, B, features]` and W `[K, F, F]`."""
-        cell = lambda z: torch.tanh(torch.baddbmm(injection, z, weight.transpose(1, 2)))  # noqa: E731
-        return self.solve(cell, torch.zeros_like(injection))
+        def cell(injection: Tensor, weight: Tensor) -> Map:
+            """z -> tanh(W z + injection) for these injections and weights."""
+            return lambda z: torch.tanh(torch.baddbmm(injection, z, weight.transpose(1, 2)))
+
+        block = lambda models, examples: cell(  # noqa: E731
+            injection.index_select(0, models).index_select(1, examples), weight.index_select(0, models))
+        return self.solve(BlockMap(cell(injection, weight), block), torch.zeros_like(injection))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, features={self.features}, solver={self.solver}, tol={self.tol}, "

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.models.deq import DEQBlock
+from core.models.fixed_point import BlockMap, Map
 
 GROUPS = 4  # GroupNorm groups per model (MDEQ's NUM_GROUPS)
 INIT_STD = 0.01  # the state conv's initial weights: N(0, INIT_STD), as the authors' cells
@@ -60,17 +61,28 @@ class DEQConv2d(DEQBlock):
         injection = F.conv2d(x, params["input_weight"].flatten(0, 1), params["bias"].flatten(), stride=self.stride,
                              padding=1, groups=k)
         batch, _, height, width = injection.shape
-        weight, norm_weight, norm_bias = params["weight"].flatten(0, 1), params["norm_weight"], params["norm_bias"]
 
-        def cell(z: Tensor) -> Tensor:
-            """f(z, x) for states `[K, B, C*H'*W']`."""
-            maps = z.reshape(k, batch, -1, height, width).transpose(0, 1).reshape(batch, -1, height, width)
-            out = F.relu(F.conv2d(maps, weight, padding=1, groups=k) + injection)
-            out = F.group_norm(out, k * GROUPS, norm_weight.flatten(), norm_bias.flatten())
-            return out.reshape(batch, k, -1).transpose(0, 1)
+        def cell(injection: Tensor, weight: Tensor, norm_weight: Tensor, norm_bias: Tensor) -> Map:
+            """f(z, x) for states `[k, b, C*H'*W']`, given the k models' parameters and the b examples' injection."""
+            k, batch = len(weight), len(injection)
+
+            def f(z: Tensor) -> Tensor:
+                maps = z.reshape(k, batch, -1, height, width).transpose(0, 1).reshape(batch, -1, height, width)
+                out = F.relu(F.conv2d(maps, weight.flatten(0, 1), padding=1, groups=k) + injection)
+                out = F.group_norm(out, k * GROUPS, norm_weight.flatten(), norm_bias.flatten())
+                return out.reshape(batch, k, -1).transpose(0, 1)
+            return f
+
+        models_params = params["weight"], params["norm_weight"], params["norm_bias"]
+        by_model = injection.unflatten(1, (k, self.channels))  # [B, K, C, H', W']
+
+        def block(models: Tensor, examples: Tensor) -> Map:
+            """f on the rows of `models` x `examples` alone (the solver's rows still iterating)."""
+            rows = by_model.index_select(0, examples).index_select(1, models).flatten(1, 2)
+            return cell(rows, *(p.index_select(0, models) for p in models_params))
 
         z0 = injection.new_zeros(k, batch, self.channels * height * width)
-        z = self.solve(cell, z0)
+        z = self.solve(BlockMap(cell(injection, *models_params), block), z0)
         return z.reshape(k, batch, self.channels, height, width).transpose(0, 1).reshape(batch, -1, height, width)
 
     def extra_repr(self) -> str:

@@ -52,12 +52,27 @@ class _SubspaceLayer(nn.Module):
         return torch.tensordot(c, self.weight, 1), None if self.bias is None else torch.tensordot(c, self.bias, 1)
 
     def _combined_stacked(self, params: dict[str, Tensor], k: int) -> tuple[Tensor, Tensor | None]:
-        """All K models' weights and biases `[K, ...]` from `[K, m, ...]` endpoints, by one einsum each."""
+        """All K models' weights and biases `[K, ...]` from `[K, m, ...]` endpoints, by one einsum each; with
+        `wants_gram` set, the weight's endpoint Gram `[K, m, m]` too, kept for `step_gram`."""
         if self.coefficients is None:
             raise ValueError("set the subspace coefficients before the forward (set_coefficients or fix_coefficients)")
         c = self.coefficients.expand(k, self.endpoints)  # [m]: every model at the same point
-        bias = params.get("bias")
-        return _CombineEndpoints.apply(c, params["weight"]), None if bias is None else _CombineEndpoints.apply(c, bias)
+        weight, bias = params["weight"], params.get("bias")
+        if getattr(self, "wants_gram", False) and torch.is_grad_enabled():
+            combined, gram = _CombineEndpointsWithGram.apply(c, weight)
+            self._gram = (gram, weight, weight._version)
+        else:
+            combined = _CombineEndpoints.apply(c, weight)
+        return combined, None if bias is None else _CombineEndpoints.apply(c, bias)
+
+    def step_gram(self, weight: Tensor) -> Tensor:
+        """`[K, m, m]` endpoint Gram of `weight` (this layer's stacked endpoints): the one this step's forward made
+        where it made one of these very weights (same tensor, not updated since), else a fresh `_EndpointGram`."""
+        gram, of, version = getattr(self, "_gram", None) or (None, None, None)
+        self._gram = None  # used once: a later step's forward makes the next
+        if of is weight and version == weight._version:
+            return gram
+        return _EndpointGram.apply(weight)
 
 
 class _CombineEndpoints(torch.autograd.Function):
@@ -77,6 +92,37 @@ class _CombineEndpoints(torch.autograd.Function):
         grad_endpoints = None
         if ctx.needs_input_grad[1]:
             grad_endpoints = coefficients.view(*coefficients.shape, *(1,) * (grad.dim() - 1)) * grad.unsqueeze(1)
+        return grad_coefficients, grad_endpoints
+
+
+class _CombineEndpointsWithGram(torch.autograd.Function):
+    """`_CombineEndpoints` and `_EndpointGram` of the same endpoints in one: the cos^2 regulariser's Gram is taken
+    where the combination reads the endpoints anyway, and the backward writes the endpoints' gradient
+    c[k, i] grad[k] + (g + g^T) W in one product and one in-place bmm, not two tensors autograd then adds (the MLP
+    line's step spent a quarter of its time in that add, K = 32)."""
+
+    @staticmethod
+    def forward(ctx, coefficients: Tensor, endpoints: Tensor) -> tuple[Tensor, Tensor]:
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(coefficients, endpoints)
+        flat = endpoints.flatten(2)
+        return torch.einsum("km,km...->k...", coefficients, endpoints), torch.bmm(flat, flat.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor | None, grad_gram: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        coefficients, endpoints = ctx.saved_tensors
+        grad_coefficients = grad_endpoints = None
+        if ctx.needs_input_grad[0] and grad is not None:
+            grad_coefficients = torch.einsum("k...,km...->km", grad, endpoints)
+        if ctx.needs_input_grad[1]:
+            flat = endpoints.flatten(2)
+            if grad is None:
+                grad_endpoints = torch.zeros_like(endpoints)
+            else:
+                grad_endpoints = coefficients.view(*coefficients.shape, *(1,) * (grad.dim() - 1)) * grad.unsqueeze(1)
+            if grad_gram is not None:  # contiguous, so that flatten is a view the bmm writes through (a conv's
+                grad_endpoints = grad_endpoints.contiguous()  # weight gradient comes with two axes swapped)
+                grad_endpoints.flatten(2).baddbmm_(grad_gram + grad_gram.transpose(1, 2), flat)
         return grad_coefficients, grad_endpoints
 
 
@@ -263,8 +309,14 @@ def draw_pair(generator: torch.Generator, m: int) -> Tensor:
 def endpoint_cosine_squared(weights: list[Tensor], pairs: Tensor) -> Tensor:
     """`[K]` cos^2(w_i, w_j) for model k's pair (i, j) = `pairs[k]`, w_e = endpoint e's weights of all layers
     (`weights`: stacked `[K, m, ...]` per layer) flattened and concatenated."""
+    return pair_cosine_squared([_EndpointGram.apply(weight) for weight in weights], pairs)
+
+
+def pair_cosine_squared(grams: list[Tensor], pairs: Tensor) -> Tensor:
+    """`endpoint_cosine_squared` from each layer's endpoint Gram `[K, m, m]` (their sum: every dot product of two
+    endpoints over all layers)."""
     rows, (first, second) = torch.arange(len(pairs), device=pairs.device), pairs.T
-    gram = sum(_EndpointGram.apply(weight) for weight in weights)  # [K, m, m]: every dot product of two endpoints
+    gram = sum(grams)
     return gram[rows, first, second].square() / (gram[rows, first, first] * gram[rows, second, second])
 
 

@@ -1,10 +1,11 @@
-"""Figures of the subspaces flow: accuracy and ECE along each path, gains over standard training."""
+"""Figures of the subspaces flow: accuracy and ECE along each path, gains over standard training, accuracy by epoch."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
+from core.methods.subspace_epochs import best_epochs
 from core.plots.style import plt, save
 
 
@@ -57,5 +58,37 @@ def gains_over_standard_bars(gains, path: Path) -> Path:
         ax.grid(alpha=0.3, axis="y")
     axes[0].legend(fontsize=7)
     fig.suptitle("network subspaces against standard training (paired by seed)")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def accuracy_by_epoch(epochs, path: Path) -> Path:
+    """Test accuracy (solid) and validation accuracy (dashed, noisy labels) against the epoch, one panel per label-noise
+    level, one colour per arm: standard training, SWA (its average, from swa_start on) and each method's midpoint;
+    mean over seeds with a band of +/- 1 standard error; o: each seed's best validation epoch, the first on a tie (at
+    the mean of those epochs and the mean test accuracy there: the early-stopped figure the findings compare).
+    `epochs` holds subspace_epochs.parquet's columns."""
+    noises, best = sorted(epochs["noise"].unique()), best_epochs(epochs)
+    arms = ["standard", "swa", *sorted(set(epochs["method"]) - {"standard", "swa"})]
+    fig, axes = plt.subplots(1, len(noises), figsize=(4.6 * len(noises), 3.8), sharey=True, squeeze=False)
+    for ax, noise in zip(axes[0], noises):
+        for arm in [a for a in arms if a in set(epochs["method"])]:
+            rows = epochs[(epochs["noise"] == noise) & (epochs["method"] == arm)]
+            label = arm if arm in ("standard", "swa") else f"{arm} midpoint"
+            colour = None
+            for column, style in (("accuracy", "-"), ("validation_accuracy", "--")):
+                stats = rows.groupby("epoch")[column].agg(["mean", "sem"])
+                line, = ax.plot(stats.index, stats["mean"], style, lw=1.3, color=colour,
+                                label=label if style == "-" else None)
+                colour, sem = line.get_color(), stats["sem"].fillna(0)
+                ax.fill_between(stats.index, stats["mean"] - sem, stats["mean"] + sem, color=colour, alpha=0.15, lw=0)
+            stopped = best[(best["noise"] == noise) & (best["method"] == arm)]
+            ax.plot(stopped["epoch"].mean(), stopped["accuracy"].mean(), "o", color=colour, ms=6, mec="k", mew=0.6)
+        ax.set(title=f"label noise {noise:.0%}", xlabel="epoch")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("accuracy: test (solid), validation (dashed)")
+    axes[0, -1].legend(fontsize=7, title="o: best validation epoch", title_fontsize=7, loc="center left",
+                       bbox_to_anchor=(1.02, 0.5))  # beside the panels: the curves fill them
+    fig.suptitle("network subspaces: accuracy by epoch (mean over seeds, band: +/- 1 SE)")
     fig.tight_layout()
     return save(fig, path)
