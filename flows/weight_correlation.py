@@ -14,6 +14,8 @@ After round L every method has spent (L + 1) x T updates. All of it trains in on
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect import flow
 from pydantic import Field, field_validator
 
@@ -35,6 +37,10 @@ class WeightCorrelationFlowConfig(Config):
                                         description="peak learning rates of the sweep (log-spaced); each replaces train.lr")
     correlation_fractions: list[float] = Field([0.05, 0.1, 0.2, 0.3, 0.5], min_length=1,
                                                description="the fractions p of weights by magnitude whose overlap R_p measures")
+    correlation: Literal["eq1", "prunable_rounded"] = Field(
+        "eq1", description="R_p's form: eq1, the paper's Eq. 1 (every layer's weights, the classifier's included, over p "
+        "x their number), or prunable_rounded (the prunable layers, over the top-p count rounded per layer: the flow's "
+        "earlier form)")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="seed indices; every rate and method trains once per seed")
     pruning: PruningConfig = Field(PruningConfig(levels=10, rewind_step=31), description="rounds of pruning; rewind_step "
                                    "is the `rewind` method's point (31 updates: one epoch of MNIST-1D at batch 128)")
@@ -98,7 +104,7 @@ def weight_correlation_flow(config: WeightCorrelationFlowConfig = WeightCorrelat
                                      accuracy_by_method(results, folder / "accuracy_by_method.png")])
     r_p = correlations.pivot_table(index="lr", columns="p", values="r_p").add_prefix("r_p@").reset_index()
     summary = method_gaps(results).merge(r_p, on="lr")
-    findings = weight_correlation_findings(results, correlations, scope=run_scope(config, dataset))
+    findings = weight_correlation_findings(results, correlations, run_scope(config, dataset), config.correlation)
     publish(store, summary, figures, f"{config.model} on {config.dataset.name}: {len(config.learning_rates)} learning "
             f"rates x {len(config.seeds)} seeds, {config.pruning.levels} rounds of pruning", findings=findings)
     return str(store.root)

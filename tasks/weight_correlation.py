@@ -11,7 +11,8 @@ from prefect.cache_policies import NO_CACHE
 
 from core.config import derive_seed
 from core.methods.pruning import dense_masks, density, prunable_names, prune, rewind
-from core.methods.weight_correlation import METHODS, budget, mask_sources, starting_points, weight_correlation
+from core.methods.weight_correlation import (METHODS, budget, correlation_names, mask_sources, starting_points,
+                                             weight_correlation)
 from core.runs.store import RunStore
 from core.runtime import resolve_device
 from core.training.ensemble import Ensemble, evaluate
@@ -92,8 +93,10 @@ def _correlations(store: RunStore, sweep: Sweep, dataset, trained: dict[str, tor
     """R_p of every base model at every p of the config, between its initialisation and its dense training."""
     config = store.config
     init = Ensemble.init(config.model, dataset.input_shape, dataset.num_classes, sweep.stream(INIT_STREAM))
-    names = prunable_names(init.template, config.pruning.prune_output)
-    parts = [pd.DataFrame({"lr": sweep.lr.numpy(), "p": p, "r_p": weight_correlation(init.state(), trained, names, p).numpy(),
+    names = correlation_names(init.template, config.correlation, config.pruning.prune_output)
+    r_p = {p: weight_correlation(init.state(), trained, names, p, config.correlation)
+           for p in config.correlation_fractions}
+    parts = [pd.DataFrame({"lr": sweep.lr.numpy(), "p": p, "r_p": r_p[p].numpy(),
                            "seed": [s for _, s in sweep.rows]}) for p in config.correlation_fractions]
     return pd.concat(parts, ignore_index=True).sort_values(["lr", "p", "seed"], ignore_index=True)
 

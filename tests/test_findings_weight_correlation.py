@@ -47,6 +47,13 @@ def test_the_paper_s_pattern_is_supported():
     assert list(findings["se"]) == pytest.approx([s * SE_OF_0_01_STEPS for s in (5, 1, 0.1, 1)])
     assert list(findings["verdict"]) == [SUPPORTED] * 4 and list(findings["n_seeds"]) == [3] * 4
     assert "inside ± 0.01" in findings["rule"][2] and "> 0 by more than 2 SE" in findings["rule"][3]
+    assert findings["measure"][0].endswith("paired by seed (R_p by the paper's Eq. 1: over every layer's weights, the "
+                                           "classifier's included, divided by p x their number)")
+    earlier = weight_correlation_findings(results({SMALL: [0.05, 0.06, 0.07], LARGE: [0.0, 0.001, 0.002]},
+                                                  [0.02, 0.03, 0.04]),
+                                          correlations([0.6, 0.6, 0.6], [0.2, 0.25, 0.3]), "mnist1d", "prunable_rounded")
+    assert earlier["measure"][0].endswith("(R_p over the prunable layers, divided by the top-p count rounded per layer; "
+                                          "the paper's Eq. 1 divides by p x all weights)")
 
 
 def test_the_opposite_pattern_is_not_supported():

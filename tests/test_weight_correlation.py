@@ -13,7 +13,8 @@ from core.data.datasets import load_dataset
 from core.findings import COLUMNS
 from core.methods.pruning import target_kept
 from core.methods.weight_correlation import (CORRELATION_FALLS, FINE_TUNE_WINS, METHODS, NO_TICKET_WELL_TRAINED,
-                                             TICKET_AT_SMALL_LR, budget, mask_sources, method_gaps, method_rows,
+                                             TICKET_AT_SMALL_LR, budget, correlation_names, mask_sources, method_gaps,
+                                             method_rows,
                                              starting_points, top_fraction, weight_correlation)
 from core.models.networks import init_model
 from core.training.config import TrainConfig
@@ -36,6 +37,24 @@ def test_r_p_counts_the_top_p_overlap_over_layers_by_hand():
     trained = {"a": torch.tensor([[0.0, 5, 1, 1, 1, -6, 1, 1, 1, 1]]), "b": torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0]])}
     assert weight_correlation(init, trained, ["a", "b"], 0.2).tolist() == pytest.approx([2 / 3])
     assert weight_correlation(init, trained, ["b"], 0.2).tolist() == [1.0]
+
+
+def test_r_p_by_the_papers_eq1_divides_by_p_times_the_weights_not_by_the_rounded_top_count():
+    """p = 0.3 on the layers above: a's top round(3) = 3 at init {0, 1, 2} (the first 1 of the ties), after training
+    {5, 1, 2}: overlap 2; b's top round(1.5) = 2 at init {4, 3}, after training {4, 0}: overlap 1. Eq. 1: 3 / (0.3 x
+    15) = 2/3; over the top count rounded per layer: 3 / (3 + 2) = 0.6."""
+    init = {"a": torch.tensor([[9.0, -8, 1, 1, 1, 1, 1, 1, 1, 1]]), "b": torch.tensor([[0.1, 0.2, 0.3, 0.4, -7.0]])}
+    trained = {"a": torch.tensor([[0.0, 5, 1, 1, 1, -6, 1, 1, 1, 1]]), "b": torch.tensor([[0.0, 0.0, 0.0, 0.0, 1.0]])}
+    assert weight_correlation(init, trained, ["a", "b"], 0.3).tolist() == pytest.approx([2 / 3])
+    assert weight_correlation(init, trained, ["a", "b"], 0.3, "prunable_rounded").tolist() == pytest.approx([0.6])
+
+
+def test_eq1_counts_every_layer_the_classifier_included():
+    template = init_model("mlp_w8_d2", (1, 16), 10, 0)
+    every_layer = ["1.weight", "3.weight", "5.weight"]  # flatten, then Linear, ReLU, Linear, ReLU, Linear
+    assert correlation_names(template, "eq1", prune_output=False) == every_layer
+    assert correlation_names(template, "prunable_rounded", prune_output=False) == every_layer[:-1]
+    assert correlation_names(template, "prunable_rounded", prune_output=True) == every_layer
 
 
 def test_r_p_is_one_for_unmoved_weights_zero_for_reversed_and_p_for_unrelated():
@@ -176,9 +195,10 @@ def test_each_method_trains_as_one_model_alone_from_its_start(run, row):
         for name, value in reference.state_dict().items():
             torch.testing.assert_close(round2[f"state/{name}"][k], value, atol=1e-5, rtol=1e-4, msg=f"{method} {name}")
     recorded = correlations[(correlations["lr"] == lr) & (correlations["seed"] == seed)]["r_p"].tolist()
-    init = {"1.weight": init_model("mlp_w16_d1", shape, 10, init_seed).state_dict()["1.weight"][None]}
-    expected = [float(weight_correlation(init, {"1.weight": saved["state/1.weight"][row][None]}, ["1.weight"], p))
-                for p in CONFIG.correlation_fractions]
+    layers = ["1.weight", "3.weight"]  # R_p by Eq. 1: every layer, the classifier (not pruned here) included
+    init = {n: init_model("mlp_w16_d1", shape, 10, init_seed).state_dict()[n][None] for n in layers}
+    trained = {n: dense.state_dict()[n][None] for n in layers}
+    expected = [float(weight_correlation(init, trained, layers, p)) for p in CONFIG.correlation_fractions]
     assert recorded == pytest.approx(expected)
 
 

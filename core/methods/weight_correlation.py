@@ -9,12 +9,16 @@ Rows of the comparison's ensemble are method-major: row `m * B + b` is method ME
 """
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Literal
+
 import pandas as pd
 import torch
 from torch import Tensor
 
 from core.findings import (Claim, findings_table, not_testable, paired_difference, paired_equivalence,
                            too_few_seeds)
+from core.methods.pruning import prunable_names
 
 # where the surviving weights of each method start every round (T updates of one schedule follow)
 METHODS = ("lottery_ticket", "rewind", "fine_tune", "random_reinit")
@@ -34,19 +38,30 @@ def top_fraction(values: Tensor, p: float) -> Tensor:
     return torch.zeros_like(values, dtype=torch.bool).scatter_(1, order, True)
 
 
-def weight_correlation(init: dict[str, Tensor], trained: dict[str, Tensor], names: list[str], p: float) -> Tensor:
-    """`[K]` R_p: per layer, the weights in the top-p fraction by magnitude both at initialisation and after
-    training, summed over layers and divided by the number in the top p (p x the weights, up to rounding).
-    1 when training keeps the largest weights largest; about p when it reshuffles them at random."""
+CorrelationForm = Literal["eq1", "prunable_rounded"]
+
+
+def weight_correlation(init: dict[str, Tensor], trained: dict[str, Tensor], names: list[str], p: float,
+                       form: CorrelationForm = "eq1") -> Tensor:
+    """`[K]` R_p: per layer of `names`, the weights in the top-p fraction by magnitude (round(p x its size)) both at
+    initialisation and after training, summed over the layers and divided by p x their weights (`eq1`: Liu et al.'s
+    Eq. 1) or by the number in the top p, rounded per layer (`prunable_rounded`: this flow's earlier form). 1 when
+    training keeps the largest weights largest; about p when it reshuffles them at random."""
     if not 0 < p <= 1:
         raise ValueError(f"p={p} must be a fraction in (0, 1]")
     k = init[names[0]].shape[0]
-    both, top = torch.zeros(k, dtype=torch.long), torch.zeros(k, dtype=torch.long)
+    both, top, weights = torch.zeros(k, dtype=torch.long), torch.zeros(k, dtype=torch.long), 0
     for name in names:
         before, after = top_fraction(init[name].reshape(k, -1), p), top_fraction(trained[name].reshape(k, -1), p)
         both += (before & after).sum(1).cpu()
         top += before.sum(1).cpu()
-    return both.double() / top.clamp(min=1)
+        weights += before.shape[1]
+    return both.double() / (p * weights if form == "eq1" else top.clamp(min=1))
+
+
+def correlation_names(template, form: CorrelationForm, prune_output: bool) -> list[str]:
+    """The weights R_p counts: every layer's, the classifier's included (`eq1`), or the prunable ones."""
+    return prunable_names(template, prune_output=True if form == "eq1" else prune_output)
 
 
 def method_rows(method: str, base: int) -> slice:
@@ -107,7 +122,11 @@ TIE_MARGIN = 0.01  # "unlikely to occur": a ticket's edge within one accuracy po
 CORRELATION_FALLS = Claim(
     PAPER, "A small learning rate preserves the correlation between initial and trained weights; a large one does not.",
     "R_p at the sweep's smallest learning rate minus R_p at its largest, mean over the fractions p, paired by seed "
-    "(our R_p counts the prunable layers, rounded per layer; the paper's Eq. 1 divides by p x all weights)")
+    "({form})")
+CORRELATION_FORMS = {"eq1": "R_p by the paper's Eq. 1: over every layer's weights, the classifier's included, divided "
+                            "by p x their number",
+                     "prunable_rounded": "R_p over the prunable layers, divided by the top-p count rounded per layer; "
+                                         "the paper's Eq. 1 divides by p x all weights"}
 TICKET_AT_SMALL_LR = Claim(
     PAPER, "With a small learning rate, the pruned network retrained from its initialisation (the winning ticket) "
     "beats a random re-initialisation of the same mask.",
@@ -124,10 +143,14 @@ FINE_TUNE_WINS = Claim(
     "(the paper counts epochs without them)")
 
 
-def weight_correlation_findings(results: pd.DataFrame, correlations: pd.DataFrame, scope: str) -> pd.DataFrame:
-    """The paper's claims from `lt_vs_pf.parquet` (`results`) and `weight_correlation.parquet` (`correlations`)."""
+def weight_correlation_findings(results: pd.DataFrame, correlations: pd.DataFrame, scope: str,
+                                form: CorrelationForm = "eq1") -> pd.DataFrame:
+    """The paper's claims from `lt_vs_pf.parquet` (`results`) and `weight_correlation.parquet` (`correlations`, R_p
+    of the run's `form`)."""
+    correlation_falls = replace(CORRELATION_FALLS, measure=CORRELATION_FALLS.measure.format(
+        form=CORRELATION_FORMS[form]))
     seeds, rates = results["seed"].nunique(), sorted(results["lr"].unique())
-    across_rates = (CORRELATION_FALLS, TICKET_AT_SMALL_LR, NO_TICKET_WELL_TRAINED)
+    across_rates = (correlation_falls, TICKET_AT_SMALL_LR, NO_TICKET_WELL_TRAINED)
     if why := too_few_seeds(seeds):
         return findings_table([not_testable(claim, why, scope, seeds) for claim in (*across_rates, FINE_TUNE_WINS)])
     gaps = seed_gaps(results)
@@ -140,5 +163,5 @@ def weight_correlation_findings(results: pd.DataFrame, correlations: pd.DataFram
     no_ticket = paired_equivalence(NO_TICKET_WELL_TRAINED, largest["lt_minus_random"], scope, TIE_MARGIN)
     no_ticket["rule"] += f" (the paper gives no number for 'unlikely': one accuracy point, {TIE_MARGIN:g}, chosen)"
     return findings_table([
-        paired_difference(CORRELATION_FALLS, (r_p[rates[0]] - r_p[rates[-1]]).mean(axis=1), scope),
+        paired_difference(correlation_falls, (r_p[rates[0]] - r_p[rates[-1]]).mean(axis=1), scope),
         paired_difference(TICKET_AT_SMALL_LR, smallest["lt_minus_random"], scope), no_ticket, fine_tune])
