@@ -38,6 +38,14 @@ class DCTSparseFlowConfig(Config):
     heuristic: Literal["uniform", "erk", "epl"] = Field(
         "erk", description="how a density is split over layers: uniform (every layer alike), erk (Erdős–Rényi-Kernel: "
         "~ (fan-in + fan-out + kernel) / weights) or epl (equal nonzeros per layer)")
+    capping: Literal["authors", "redistribute"] = Field(
+        "authors", description="a layer whose share would pass density 1: authors caps it as DCTpS does (erk: the "
+        "excess is lost; epl: the last layer takes it), redistribute gives the excess to the other layers (RigL's "
+        "ERK: the flow's earlier split)")
+    sparse_init: Literal["zeros", "plain"] = Field(
+        "zeros", description="where DCT+Sparse layers' S starts: zeros (the authors' DCT+Sparse runs, DCTpS's --init "
+        "zeros) or plain (the plain layer's initial weights, this flow's earlier default); sparse and dense networks "
+        "keep the plain initialisation")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="seed indices; every layer type and density trains "
                              "once per seed, sparse and dct_sparse of one seed on the same mask")
     train: TrainConfig = Field(TrainConfig(epochs=20, batch_size=128, lr=0.1), description="optimiser and schedule")
@@ -89,7 +97,7 @@ def dct_sparse_flow(config: DCTSparseFlowConfig = DCTSparseFlowConfig(), data_ro
         results, 1 / dataset.num_classes, store.root / "figures" / "accuracy_vs_trainable_params.png")])
     summary = (results.pivot_table(index="density", columns="layer_type", values="test_accuracy")
                .sort_index(ascending=False).reset_index())
-    findings = dct_sparse_findings(results, scope=run_scope(config, dataset))
+    findings = dct_sparse_findings(results, run_scope(config, dataset), config.sparse_init)
     publish(store, summary, figures, f"{config.model} on {config.dataset.name}: {', '.join(config.layer_types)} at "
             f"{len(config.densities)} densities ({config.heuristic}) x {len(config.seeds)} seeds", findings=findings)
     return str(store.root)

@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from core.config import derive_seed
 from core.methods.pruning import remaining_parameters
-from core.models.dct_sparse import layer_densities, random_masks
+from core.models.dct_sparse import layer_densities, random_masks, sparse_weight_names
 from core.models.networks import prunable_parameters
 from core.runs.store import RunStore
 from core.runtime import resolve_device
@@ -32,10 +32,11 @@ def model_name(base: str, layer_type: str) -> str:
 
 
 def sparse_masks(shapes: dict[str, tuple[int, ...]], densities: list[float], heuristic: str,
-                 seeds: list[int]) -> dict[str, torch.Tensor]:
-    """Masks `[len(densities) * len(seeds), ...]`, density-major: each density's per-layer split by `heuristic`,
-    each model's positions from its own seed (so `sparse` and `dct_sparse` of one seed share their masks)."""
-    parts = [random_masks(shapes, layer_densities(shapes, d, heuristic), seeds) for d in densities]
+                 seeds: list[int], capping: str = "authors") -> dict[str, torch.Tensor]:
+    """Masks `[len(densities) * len(seeds), ...]`, density-major: each density's per-layer split by `heuristic`
+    (a layer that would pass 1 capped as `capping` says), each model's positions from its own seed (so `sparse` and
+    `dct_sparse` of one seed share their masks)."""
+    parts = [random_masks(shapes, layer_densities(shapes, d, heuristic, capping), seeds) for d in densities]
     return {name: torch.cat([part[name] for part in parts]) for name in shapes}
 
 
@@ -47,20 +48,31 @@ def train_layer_type(store: RunStore, layer_type: str) -> str:
     return name
 
 
+def initial_ensemble(config, layer_type: str, seeds: list[int], dataset) -> Ensemble:
+    """The models of `layer_type` at initialisation, one per model seed; a DCT+Sparse layer's S at 0 when the
+    config's sparse_init is zeros."""
+    ensemble = Ensemble.init(model_name(config.model, layer_type), dataset.input_shape, dataset.num_classes,
+                             [derive_seed(s, INIT_STREAM) for s in seeds], resolve_device(config.runtime.device),
+                             config.runtime.precision)
+    if layer_type == "dct_sparse" and config.sparse_init == "zeros":
+        with torch.no_grad():
+            for weight in sparse_weight_names(ensemble.template):
+                ensemble.params[weight].zero_()
+    return ensemble
+
+
 def _train(store: RunStore, layer_type: str, name: str) -> None:
     """The body of `train_layer_type`."""
     config, start, dataset = store.config, time.perf_counter(), task_dataset(store)
     densities = [1.0] if layer_type == "dense" else config.densities
     rows = [(d, s) for d in densities for s in config.seeds]
     seeds = [model_seed(config.seed, s) for _, s in rows]
-    ensemble = Ensemble.init(model_name(config.model, layer_type), dataset.input_shape, dataset.num_classes,
-                             [derive_seed(s, INIT_STREAM) for s in seeds], resolve_device(config.runtime.device),
-                             config.runtime.precision)
+    ensemble = initial_ensemble(config, layer_type, seeds, dataset)
     masks = None
     if layer_type != "dense":
         shapes = {n: tuple(ensemble.params[n].shape[1:]) for n in prunable_parameters(ensemble.template)}
-        masks = sparse_masks(shapes, config.densities, config.heuristic,
-                             [derive_seed(model_seed(config.seed, s), MASK_STREAM) for s in config.seeds])
+        mask_seeds = [derive_seed(model_seed(config.seed, s), MASK_STREAM) for s in config.seeds]
+        masks = sparse_masks(shapes, config.densities, config.heuristic, mask_seeds, config.capping)
     everything = torch.ones(len(rows), dataset.n_train, dtype=torch.bool)
     result = train(ensemble, dataset.x_train, dataset.y_train, everything, [derive_seed(s, ORDER_STREAM) for s in seeds],
                    config.train, masks=masks)

@@ -10,7 +10,7 @@ from torch import nn
 
 import core.models.dct_sparse as dct_sparse
 from core.models.dct_sparse import (DCTPlusSparseConv, DCTPlusSparseLinear, dct, dct_kernel, dct_matrix, layer_densities,
-                             random_masks)
+                             random_masks, sparse_weight_names)
 from core.models.names import ModelNameError, parse_model_name
 from core.models.nested import host_name
 from core.models.networks import init_model, prunable_parameters
@@ -207,20 +207,39 @@ def test_erk_densities_by_hand():
     assert conv == pytest.approx({"conv": eps * 12 / 72, "fc": eps * 16 / 60})
 
 
-def test_erk_caps_a_layer_at_one_and_gives_its_excess_to_the_others():
-    # 0.7 * 112 = 78.4 nonzeros; eps = 78.4 / 38 would make c 1.29 dense, so c is dense (16) and a, b share 62.4
+def test_erk_capped_as_the_authors_loses_the_capped_layers_excess():
+    # DCTpS's calculate_layer_densities: eps = 78.4 / 38 once, c's 1.29 capped at 1 and its excess not given away
+    eps = 78.4 / 38
     densities = layer_densities(SHAPES, 0.7, "erk")
+    assert densities == pytest.approx({"a": eps * 12 / 32, "b": eps * 16 / 64, "c": 1.0})
+    assert sum(densities[n] * math.prod(s) for n, s in SHAPES.items()) == pytest.approx(eps * 28 + 16)  # 73.8 < 78.4
+
+
+def test_equal_per_layer_capped_as_the_authors_gives_the_rest_to_the_last_layer():
+    # 56 nonzeros, 56/3 per layer; c (16 weights) is capped: its 8/3 go to the last layer, when that is not c itself
+    first = {"c": SHAPES["c"], "a": SHAPES["a"], "b": SHAPES["b"]}
+    assert layer_densities(first, 0.5, "epl") == pytest.approx({"c": 1.0, "a": 56 / 3 / 32, "b": (56 / 3 + 8 / 3) / 64})
+    assert layer_densities(SHAPES, 0.5, "epl") == pytest.approx({"a": 56 / 3 / 32, "b": 56 / 3 / 64, "c": 1.0})
+    with pytest.raises(ValueError, match="capping must be 'authors' or 'redistribute', not 'spread'"):
+        layer_densities(SHAPES, 0.5, "epl", "spread")
+
+
+def test_erk_redistributed_caps_a_layer_at_one_and_gives_its_excess_to_the_others():
+    # 0.7 * 112 = 78.4 nonzeros; eps = 78.4 / 38 would make c 1.29 dense, so c is dense (16) and a, b share 62.4
+    densities = layer_densities(SHAPES, 0.7, "erk", "redistribute")
     eps = 62.4 / 28
     assert densities == pytest.approx({"a": eps * 12 / 32, "b": eps * 16 / 64, "c": 1.0})
     assert sum(densities[n] * math.prod(s) for n, s in SHAPES.items()) == pytest.approx(78.4)
     counts = {n: m.flatten(1).sum(1).tolist() for n, m in random_masks(SHAPES, densities, [0]).items()}
     assert counts == {"a": [27], "b": [36], "c": [16]}  # round(26.74), round(35.66)
-    assert layer_densities(SHAPES, 1.0, "erk") == {"a": 1.0, "b": 1.0, "c": 1.0}
+    assert layer_densities(SHAPES, 1.0, "erk", "redistribute") == {"a": 1.0, "b": 1.0, "c": 1.0}
+    # as the authors' capping: eps = 112 / 38 caps a and c and leaves b at 0.74, even at density 1
+    assert layer_densities(SHAPES, 1.0, "erk") == pytest.approx({"a": 1.0, "b": 112 / 38 * 16 / 64, "c": 1.0})
 
 
-def test_equal_per_layer_caps_the_small_layer():
+def test_equal_per_layer_redistributed_caps_the_small_layer():
     # 56 nonzeros, 18.7 per layer: more than c's 16, so c is dense and a and b take 20 each
-    densities = layer_densities(SHAPES, 0.5, "epl")
+    densities = layer_densities(SHAPES, 0.5, "epl", "redistribute")
     assert densities == pytest.approx({"a": 20 / 32, "b": 20 / 64, "c": 1.0})
     counts = {n: m.flatten(1).sum(1).tolist() for n, m in random_masks(SHAPES, densities, [9]).items()}
     assert counts == {"a": [20], "b": [20], "c": [16]}
@@ -306,3 +325,13 @@ def test_convs_with_groups_or_dilation_are_refused():
         DCTPlusSparseConv.from_conv(nn.Conv2d(4, 4, 3, groups=2))
     with pytest.raises(ValueError, match="one group and no dilation"):
         DCTPlusSparseConv.from_conv(nn.Conv1d(4, 4, 3, dilation=2))
+
+
+def test_sparse_weight_names_are_the_s_of_every_dct_plus_sparse_layer():
+    """What sparse_init zeros starts at 0: each DCT+Sparse layer's S, linear and conv, not biases, alphas or BatchNorm."""
+    assert sparse_weight_names(init_model("dct_mlp_w8_d2", (1, 16), 10, 0)) == ["1.weight", "3.weight", "5.weight"]
+    conv = init_model("dct_cnn_bn_w4_d2", (1, 8, 8), 10, 0)
+    names = sparse_weight_names(conv)
+    assert names and all(isinstance(conv.get_submodule(n[:-len(".weight")]), (DCTPlusSparseConv, DCTPlusSparseLinear))
+                         for n in names)
+    assert len(names) == sum(isinstance(m, (DCTPlusSparseConv, DCTPlusSparseLinear)) for m in conv.modules())

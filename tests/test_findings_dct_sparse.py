@@ -28,6 +28,10 @@ def test_dct_sparse_ahead_of_its_sparse_twin_is_supported():
     assert list(findings["estimate"]) == pytest.approx([0.225, 0.35])
     assert list(findings["se"]) == pytest.approx([2.5 * SE_OF_0_01_STEPS, 5 * SE_OF_0_01_STEPS])
     assert list(findings["verdict"]) == [SUPPORTED] * 2 and list(findings["n_seeds"]) == [3, 3]
+    assert findings["measure"].str.endswith("S starting at 0 (as the authors' DCT+Sparse runs)").all()
+    plain = dct_sparse_findings(results({0.1: [0.1] * 3, 0.01: [0.3, 0.35, 0.4]}), "mnist1d", "plain")
+    assert plain["measure"].str.endswith("S starting from the plain layer's initial weights (the authors' runs start "
+                                         "it at 0)").all()
     assert set(findings["scope"]) == {"mnist1d"} and "> 0 by more than 2 SE" in findings["rule"][0]
 
 

@@ -17,7 +17,7 @@ from core.training.ensemble import Ensemble, evaluate
 from core.training.experiment import INIT_STREAM, MASK_STREAM, ORDER_STREAM, model_seed
 from flows.dct_sparse import DCTSparseFlowConfig, dct_sparse_flow
 from reference import train_one_by_one
-from tasks.dct_sparse import sparse_masks
+from tasks.dct_sparse import initial_ensemble, sparse_masks
 
 CONFIG = DCTSparseFlowConfig(dataset=DatasetConfig(name="digits", n_train=400, n_test=100), model="mlp_w32_d1",
                              densities=[0.1, 0.01], heuristic="erk", seeds=[0, 1],
@@ -67,18 +67,38 @@ def test_sparse_and_dct_sparse_of_one_seed_share_their_masks_and_draw_per_layer_
 
 @pytest.mark.parametrize("layer_type,row", [("dct_sparse", 2), ("sparse", 8)])  # density 0.01, seed 0
 def test_a_row_equals_one_model_trained_alone(run, layer_type, row):
-    """torch.optim.SGD, one model: init from the seed, the seed's mask of density 0.01, the seed's batch order."""
+    """torch.optim.SGD, one model: init from the seed (a DCT+Sparse layer's S at 0, as DCTpS's --init zeros: every
+    layer's weight), the seed's mask of density 0.01, the seed's batch order."""
     _, results = run
     data = load_dataset(CONFIG.dataset)
     seed = model_seed(CONFIG.seed, 0)
     name = "dct_mlp_w32_d1" if layer_type == "dct_sparse" else "mlp_w32_d1"
     mask = random_masks(SHAPES, layer_densities(SHAPES, 0.01, "erk"), [derive_seed(seed, MASK_STREAM)])
-    model, _ = train_one_by_one(init_model(name, data.input_shape, 10, derive_seed(seed, INIT_STREAM)), data.x_train,
+    model = init_model(name, data.input_shape, 10, derive_seed(seed, INIT_STREAM))
+    if layer_type == "dct_sparse":  # sparse_init zeros (the default): S starts at 0, biases and alpha as initialised
+        for layer in (model[1], model[3]):
+            torch.nn.init.zeros_(layer.weight)
+    model, _ = train_one_by_one(model, data.x_train,
                                 data.y_train, torch.arange(data.n_train), derive_seed(seed, ORDER_STREAM), CONFIG.train,
                                 mask={n: m[0].float() for n, m in mask.items()})
     alone = float(evaluate(Ensemble.from_models([model]), data.x_test, data.y_test).accuracy()[0])
     assert results.loc[row, ["layer_type", "density", "seed"]].tolist() == [layer_type, 0.01, 0]
     assert results.loc[row, "test_accuracy"] == pytest.approx(alone, abs=0.011)  # one test example of 100 may flip
+
+
+@pytest.mark.parametrize("sparse_init", ["zeros", "plain"])
+def test_dct_sparse_s_starts_at_zero_or_at_the_plain_init_and_the_rest_as_initialised(sparse_init):
+    config, data = CONFIG.model_copy(update={"sparse_init": sparse_init}), load_dataset(CONFIG.dataset)
+    seeds = [model_seed(config.seed, s) for s in config.seeds]
+    plain = {layer_type: initial_ensemble(config, layer_type, seeds, data).state() for layer_type in ("sparse", "dense")}
+    ensemble = initial_ensemble(config, "dct_sparse", seeds, data).state()
+    for k, seed in enumerate(seeds):
+        reference = init_model("dct_mlp_w32_d1", data.input_shape, 10, derive_seed(seed, INIT_STREAM)).state_dict()
+        for name, value in reference.items():
+            expected = torch.zeros_like(value) if sparse_init == "zeros" and name in SHAPES else value
+            assert torch.equal(ensemble[name][k], expected), name
+            if name in SHAPES:  # the plain networks keep their initial weights, whatever sparse_init says
+                assert torch.equal(plain["sparse"][name][k], value) and torch.equal(plain["dense"][name][k], value)
 
 
 def test_a_rerun_skips_every_layer_type(run):

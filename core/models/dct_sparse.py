@@ -22,6 +22,7 @@ from core.models.stacked import stacked_conv, stacked_linear
 
 Transform = Literal["auto", "fft", "matrix"]
 Heuristic = Literal["uniform", "erk", "epl"]
+Capping = Literal["authors", "redistribute"]  # how layer_densities treats a layer that would pass density 1
 
 # "auto" runs D[:out, :in] by FFT when the dense D's multiply-adds per row, in x out, reach FFT_WORK_RATIO times the
 # FFT's n log2 n (n = max(in, out)), else by the matmul. Measured by `.venv/bin/python -m bench.dct_sparse` (2-core
@@ -278,6 +279,13 @@ def dct_plus_sparse(model: nn.Module, transform: Transform = "auto") -> nn.Modul
     return model
 
 
+def sparse_weight_names(model: nn.Module) -> list[str]:
+    """The S (`weight`) of every DCT+Sparse layer of `model`, in layer order: what the authors' DCT+Sparse runs start
+    at zero (DCTpS's `--init zeros`, which their README asks for with an offset)."""
+    return [f"{name}.weight" for name, module in model.named_modules()
+            if isinstance(module, (DCTPlusSparseLinear, DCTPlusSparseConv))]
+
+
 def _scaled_to_budget(scores: dict[str, float], sizes: dict[str, int], budget: float) -> dict[str, float]:
     """density_l = eps * score_l with eps such that the nonzeros sum to `budget`; a layer that would pass 1 is
     dense and the others share its excess (RigL's ERK). Capping only raises eps, so a capped layer stays capped."""
@@ -293,13 +301,26 @@ def _scaled_to_budget(scores: dict[str, float], sizes: dict[str, int], budget: f
     return {name: 1.0 if name in dense else min(1.0, eps * scores[name]) for name in scores}
 
 
-def layer_densities(shapes: dict[str, tuple[int, ...]], density: float, heuristic: Heuristic) -> dict[str, float]:
+def _capped_as_dctps(scores: dict[str, float], sizes: dict[str, int], budget: float, last_takes_rest: bool) -> dict:
+    """min(1, eps * score_l), eps = budget / sum(score * size), as DCTpS's calculate_layer_densities: a capped
+    layer's excess is lost, or (`last_takes_rest`, their equal_per_layer) goes to the last layer, capped."""
+    eps = budget / sum(scores[name] * sizes[name] for name in scores)
+    densities = {name: min(1.0, eps * scores[name]) for name in scores}
+    if last_takes_rest:
+        last = list(scores)[-1]
+        rest = budget - sum(densities[name] * sizes[name] for name in scores)
+        densities[last] = min(1.0, densities[last] + rest / sizes[last])
+    return densities
+
+
+def layer_densities(shapes: dict[str, tuple[int, ...]], density: float, heuristic: Heuristic,
+                    capping: Capping = "authors") -> dict[str, float]:
     """Each layer's density for an overall `density` of the weights `shapes` ({name: shape}):
 
     uniform: every layer `density`; erk (Erdos-Renyi-Kernel, Evci et al. 2020): proportional to
-    sum(shape) / prod(shape); epl: the same number of nonzeros in every layer. No layer passes 1: a capped layer's
-    excess goes to the others, so the nonzeros add up to `density` x all weights (before `random_masks` rounds).
-    """
+    sum(shape) / prod(shape); epl: the same number of nonzeros in every layer. No layer passes 1: where one would,
+    `capping` authors caps it as DCTpS does (erk: its excess is lost; epl: the last layer takes it), redistribute
+    gives its excess to the others (RigL's ERK), so the nonzeros add up to `density` x all weights."""
     if not 0 < density <= 1:
         raise ValueError(f"density must lie in (0, 1], got {density}")
     sizes = {name: math.prod(shape) for name, shape in shapes.items()}
@@ -308,7 +329,11 @@ def layer_densities(shapes: dict[str, tuple[int, ...]], density: float, heuristi
     if heuristic not in score:
         raise ValueError(f"heuristic must be one of {sorted(score)}, not {heuristic!r}")
     scores = {name: score[heuristic](shape) for name, shape in shapes.items()}
-    return _scaled_to_budget(scores, sizes, density * sum(sizes.values()))
+    if capping == "redistribute":
+        return _scaled_to_budget(scores, sizes, density * sum(sizes.values()))
+    if capping != "authors":
+        raise ValueError(f"capping must be 'authors' or 'redistribute', not {capping!r}")
+    return _capped_as_dctps(scores, sizes, density * sum(sizes.values()), last_takes_rest=heuristic == "epl")
 
 
 def random_masks(shapes: dict[str, tuple[int, ...]], densities: dict[str, float], seeds: list[int]) -> dict[str, Tensor]:
