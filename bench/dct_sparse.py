@@ -17,7 +17,8 @@ import torch
 from bench.plain import masking_hook, train_plain
 from bench.trainer import interleaved_seconds, matmul_gflops
 from core.models import dct_sparse
-from core.models.dct_sparse import dct, layer_densities, random_masks, uses_fft
+from core.models.dct_sparse import dct, uses_fft
+from core.models.sparse_masks import layer_densities, random_masks
 from core.models.networks import init_model, prunable_parameters
 from core.runtime import reuse_freed_memory
 from core.training.config import TrainConfig

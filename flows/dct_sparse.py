@@ -42,6 +42,10 @@ class DCTSparseFlowConfig(Config):
         "authors", description="a layer whose share would pass density 1: authors caps it as DCTpS does (erk: the "
         "excess is lost; epl: the last layer takes it), redistribute gives the excess to the other layers (RigL's "
         "ERK: the flow's earlier split)")
+    patch_order: Literal["authors", "torch"] = Field(
+        "authors", description="a DCT+Sparse conv's D applies to each input patch flattened as the authors' DCTconv2d "
+        "does (kernel positions, channels fastest) or in PyTorch's weight order (channels, then kernel positions: the "
+        "flow's earlier order); linear layers have no patch")
     sparse_init: Literal["zeros", "plain"] = Field(
         "zeros", description="where DCT+Sparse layers' S starts: zeros (the authors' DCT+Sparse runs, DCTpS's --init "
         "zeros) or plain (the plain layer's initial weights, this flow's earlier default); sparse and dense networks "

@@ -10,8 +10,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from core.config import derive_seed
+from core.methods.dct_sparse import stored_bytes
 from core.methods.pruning import remaining_parameters
-from core.models.dct_sparse import layer_densities, random_masks, sparse_weight_names
+from core.models.dct_sparse import DCTPlusSparseConv, sparse_weight_names
+from core.models.sparse_masks import layer_densities, random_masks
 from core.models.networks import prunable_parameters
 from core.runs.store import RunStore
 from core.runtime import resolve_device
@@ -50,10 +52,13 @@ def train_layer_type(store: RunStore, layer_type: str) -> str:
 
 def initial_ensemble(config, layer_type: str, seeds: list[int], dataset) -> Ensemble:
     """The models of `layer_type` at initialisation, one per model seed; a DCT+Sparse layer's S at 0 when the
-    config's sparse_init is zeros."""
+    config's sparse_init is zeros, its conv D in the config's patch_order."""
     ensemble = Ensemble.init(model_name(config.model, layer_type), dataset.input_shape, dataset.num_classes,
                              [derive_seed(s, INIT_STREAM) for s in seeds], resolve_device(config.runtime.device),
                              config.runtime.precision)
+    for layer in ensemble.template.modules():
+        if isinstance(layer, DCTPlusSparseConv):
+            layer.patch_order = config.patch_order
     if layer_type == "dct_sparse" and config.sparse_init == "zeros":
         with torch.no_grad():
             for weight in sparse_weight_names(ensemble.template):
@@ -80,7 +85,8 @@ def _train(store: RunStore, layer_type: str, name: str) -> None:
     trainable = remaining_parameters(ensemble.params, masks or {})  # dense: no masks, every parameter
     store.write_table(name, pd.DataFrame({
         "layer_type": layer_type, "density": [d for d, _ in rows], "heuristic": "none" if masks is None else config.heuristic,
-        "trainable_params": trainable.numpy(), "seed": [s for _, s in rows], "test_accuracy": accuracy.double().numpy(),
+        "trainable_params": trainable.numpy(), "stored_bytes": stored_bytes(ensemble.params, masks or {}).numpy(),
+        "seed": [s for _, s in rows], "test_accuracy": accuracy.double().numpy(),
         "train_loss": result.losses[:, -1].double().numpy()}))
     get_run_logger().info("%s: %d models, test accuracy by density %s, %.1f s", layer_type, len(rows),
                           " ".join(f"{d:g}: {float(accuracy[i * len(config.seeds):(i + 1) * len(config.seeds)].mean()):.3f}"

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.models.dct_sparse import DCTPlusSparseConv, layer_densities, random_masks
+from core.models.dct_sparse import DCTPlusSparseConv
+from core.models.sparse_masks import layer_densities, random_masks
 from core.models.networks import init_model, prunable_parameters
 from core.models.subspaces import SubspaceBatchNorm, fix_coefficients, line_coefficients
 import core.training.ensemble as ensemble_module

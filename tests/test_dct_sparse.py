@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 import core.models.dct_sparse as dct_sparse
-from core.models.dct_sparse import (DCTPlusSparseConv, DCTPlusSparseLinear, dct, dct_kernel, dct_matrix, layer_densities,
-                             random_masks, sparse_weight_names)
+from core.models.dct_sparse import (DCTPlusSparseConv, DCTPlusSparseLinear, dct, dct_kernel, dct_matrix,
+                                    sparse_weight_names)
+from core.models.sparse_masks import layer_densities, random_masks
 from core.models.names import ModelNameError, parse_model_name
 from core.models.nested import host_name
 from core.models.networks import init_model, prunable_parameters
@@ -70,7 +71,8 @@ def test_linear_layer_is_alpha_dct_plus_sparse_plus_bias(transform, n_in, n_out)
 
 
 def conv_by_hand(x: np.ndarray, layer: DCTPlusSparseConv, alpha: float) -> np.ndarray:
-    """One example `[C, *spatial]` through the layer, patch by patch: alpha * DCT(patch) + S patch + b (numpy)."""
+    """One example `[C, *spatial]` through the layer, patch by patch: alpha * DCT(patch) + S patch + b (numpy); the
+    DCT's patch flattened in the layer's `patch_order` (authors: kernel positions, then channels fastest)."""
     stride, padding, kernel = layer.stride, layer.padding, layer.kernel_size
     padded = np.pad(x, [(0, 0)] + [(p, p) for p in padding])
     positions = [range(0, s - k + 1, st) for s, k, st in zip(padded.shape[1:], kernel, stride)]
@@ -79,16 +81,20 @@ def conv_by_hand(x: np.ndarray, layer: DCTPlusSparseConv, alpha: float) -> np.nd
     for index in np.ndindex(*out.shape[1:]):
         start = [p[i] for p, i in zip(positions, index)]
         patch = padded[(slice(None), *(slice(s, s + k) for s, k in zip(start, kernel)))].reshape(-1)  # [in, *kernel]
-        out[(slice(None), *index)] = alpha * scipy_dct(patch, layer.out_channels) + weight @ patch + bias
+        window = padded[(slice(None), *(slice(s, s + k) for s, k in zip(start, kernel)))]
+        ordered = patch if layer.patch_order == "torch" else np.moveaxis(window, 0, -1).reshape(-1)  # [*kernel, in]
+        out[(slice(None), *index)] = alpha * scipy_dct(ordered, layer.out_channels) + weight @ patch + bias
     return out
 
 
 @pytest.mark.parametrize("conv,shape", [(nn.Conv1d(3, 5, 3, padding=1), (3, 11)), (nn.Conv1d(2, 9, 4, stride=2), (2, 12)),
                                         (nn.Conv2d(2, 4, 3, padding=1), (2, 6, 5)),
                                         (nn.Conv2d(3, 30, 2, stride=2, padding=1), (3, 5, 6))])
-def test_conv_layer_is_alpha_dct_of_each_patch_plus_sparse_plus_bias(conv, shape):
+@pytest.mark.parametrize("patch_order", ["authors", "torch"])
+def test_conv_layer_is_alpha_dct_of_each_patch_plus_sparse_plus_bias(conv, shape, patch_order):
     torch.manual_seed(1)
     layer = DCTPlusSparseConv.from_conv(conv)
+    layer.patch_order = patch_order
     with torch.no_grad():
         layer.alpha.fill_(-1.3)
     x = torch.randn(2, *shape)
@@ -96,6 +102,22 @@ def test_conv_layer_is_alpha_dct_of_each_patch_plus_sparse_plus_bias(conv, shape
     assert out.shape == conv(x).shape
     for b in range(2):
         np.testing.assert_allclose(out[b], conv_by_hand(x[b].double().numpy(), layer, -1.3), atol=1e-5)
+
+
+@pytest.mark.parametrize("out_channels, in_channels, kernel_size", [(5, 3, (3, 3)), (30, 3, (2, 2)), (4, 2, (3,))])
+def test_the_authors_conv_dct_kernel_is_dctps_definition(out_channels, in_channels, kernel_size):
+    """DCTpS's DCTconv2d: f = dct(I_n, norm=ortho)[:patch, :out] reshaped to (*kernel, in, out) and transposed to
+    (out, in, *kernel); the same for a 1-D kernel."""
+    patch = in_channels * math.prod(kernel_size)
+    f = scipy.fft.dct(np.eye(max(patch, out_channels)), norm="ortho")[:patch, :out_channels]
+    spatial = len(kernel_size)
+    theirs = np.transpose(f.reshape(*kernel_size, in_channels, out_channels), (spatial + 1, spatial, *range(spatial)))
+    ours = dct_kernel(out_channels, in_channels, kernel_size, torch.device("cpu"), torch.float64)
+    np.testing.assert_allclose(ours.numpy(), theirs, atol=1e-12)
+    torch_order = dct_kernel(out_channels, in_channels, kernel_size, torch.device("cpu"), torch.float64, "torch")
+    np.testing.assert_allclose(torch_order.reshape(out_channels, -1).numpy(), f.T, atol=1e-12)
+    with pytest.raises(ValueError, match="patch_order must be 'authors' or 'torch', not 'cwh'"):
+        dct_kernel(out_channels, in_channels, kernel_size, torch.device("cpu"), torch.float64, "cwh")
 
 
 def test_auto_weighs_the_matmul_of_the_cut_d_against_the_fft_of_size_n():
@@ -136,8 +158,9 @@ def test_only_sparse_weight_bias_and_alpha_are_parameters():
         assert layer.alpha.item() == 1.0 and layer.alpha.shape == ()
     x = torch.randn(4, 2, 9)
     assert conv._shared_kernel(x) is DCTPlusSparseConv(2, 3, 3, spatial_dims=1)._shared_kernel(x)  # two layers, one D
-    assert dct_kernel(3, 2, (3,), CPU, torch.float32).untyped_storage().data_ptr() == \
-        dct_matrix(6, 6, CPU, torch.float32).untyped_storage().data_ptr()
+    for order in ("authors", "torch"):  # either patch order: a view of the one basis
+        assert dct_kernel(3, 2, (3,), CPU, torch.float32, order).untyped_storage().data_ptr() == \
+            dct_matrix(6, 6, CPU, torch.float32).untyped_storage().data_ptr()
 
 
 @pytest.mark.parametrize("name,shape", [("dct_mlp_w16_d2", (1, 12)), ("dct_cnn_w4_d3", (1, 8, 8))])

@@ -3,21 +3,27 @@ import math
 
 import pandas as pd
 import pytest
+import torch
 
 from core.findings import COLUMNS, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
-from core.methods.dct_sparse import EXTREME_SPARSITY, IMPROVES, dct_sparse_findings
+from core.methods.dct_sparse import EXTREME_SPARSITY, IMPROVES, NO_MORE_STORAGE, dct_sparse_findings, stored_bytes
 
-CLAIMS = [IMPROVES.claim, EXTREME_SPARSITY.claim]
+CLAIMS = [IMPROVES.claim, EXTREME_SPARSITY.claim, NO_MORE_STORAGE.claim]
 SE_OF_0_01_STEPS = 0.01 / math.sqrt(3)  # the SE of three values 0.01 apart
 
 
-def results(gain: dict[float, list[float]]) -> pd.DataFrame:
-    """dct_sparse rows: per density and seed, sparse at 0.3 and DCT+Sparse `gain` above it; dense at 0.9 (ignored)."""
-    rows = [{"layer_type": "dense", "density": 1.0, "seed": seed, "test_accuracy": 0.9} for seed in range(3)]
+def results(gain: dict[float, list[float]], extra_bytes: float = 8) -> pd.DataFrame:
+    """dct_sparse rows: per density and seed, sparse at 0.3 and DCT+Sparse `gain` above it; dense at 0.9 (ignored);
+    stored bytes 1,000 x density x 100 + 100 for sparse, `extra_bytes` more for DCT+Sparse."""
+    rows = [{"layer_type": "dense", "density": 1.0, "seed": seed, "test_accuracy": 0.9, "stored_bytes": 1e5}
+            for seed in range(3)]
     for density, gains in gain.items():
+        stored = 1000 * density * 100 + 100
         for seed, g in enumerate(gains):
-            rows += [{"layer_type": "sparse", "density": density, "seed": seed, "test_accuracy": 0.3},
-                     {"layer_type": "dct_sparse", "density": density, "seed": seed, "test_accuracy": 0.3 + g}]
+            rows += [{"layer_type": "sparse", "density": density, "seed": seed, "test_accuracy": 0.3,
+                      "stored_bytes": stored},
+                     {"layer_type": "dct_sparse", "density": density, "seed": seed, "test_accuracy": 0.3 + g,
+                      "stored_bytes": stored + extra_bytes}]
     return pd.DataFrame(rows)
 
 
@@ -25,28 +31,28 @@ def test_dct_sparse_ahead_of_its_sparse_twin_is_supported():
     """Gains 0.1 each at density 0.1 and 0.30, 0.35, 0.40 at 0.01: per seed means 0.2, 0.225, 0.25."""
     findings = dct_sparse_findings(results({0.1: [0.1] * 3, 0.01: [0.3, 0.35, 0.4]}), "mnist1d")
     assert list(findings.columns) == list(COLUMNS) and list(findings["claim"]) == CLAIMS
-    assert list(findings["estimate"]) == pytest.approx([0.225, 0.35])
-    assert list(findings["se"]) == pytest.approx([2.5 * SE_OF_0_01_STEPS, 5 * SE_OF_0_01_STEPS])
-    assert list(findings["verdict"]) == [SUPPORTED] * 2 and list(findings["n_seeds"]) == [3, 3]
-    assert findings["measure"].str.endswith("S starting at 0 (as the authors' DCT+Sparse runs)").all()
+    assert list(findings["estimate"][:2]) == pytest.approx([0.225, 0.35])
+    assert list(findings["se"][:2]) == pytest.approx([2.5 * SE_OF_0_01_STEPS, 5 * SE_OF_0_01_STEPS])
+    assert list(findings["verdict"]) == [SUPPORTED] * 3 and list(findings["n_seeds"]) == [3, 3, 3]
+    assert findings["measure"][:2].str.endswith("S starting at 0 (as the authors' DCT+Sparse runs)").all()
     plain = dct_sparse_findings(results({0.1: [0.1] * 3, 0.01: [0.3, 0.35, 0.4]}), "mnist1d", "plain")
-    assert plain["measure"].str.endswith("S starting from the plain layer's initial weights (the authors' runs start "
+    assert plain["measure"][:2].str.endswith("S starting from the plain layer's initial weights (the authors' runs start "
                                          "it at 0)").all()
     assert set(findings["scope"]) == {"mnist1d"} and "> 0 by more than 2 SE" in findings["rule"][0]
 
 
 def test_dct_sparse_behind_its_sparse_twin_is_not_supported():
     findings = dct_sparse_findings(results({0.1: [-0.05, -0.04, -0.03], 0.01: [-0.05, -0.04, -0.03]}), "mnist1d")
-    assert list(findings["estimate"]) == pytest.approx([-0.04, -0.04])
-    assert list(findings["se"]) == pytest.approx([SE_OF_0_01_STEPS] * 2)
-    assert list(findings["verdict"]) == [NOT_SUPPORTED] * 2
+    assert list(findings["estimate"][:2]) == pytest.approx([-0.04, -0.04])
+    assert list(findings["se"][:2]) == pytest.approx([SE_OF_0_01_STEPS] * 2)
+    assert list(findings["verdict"][:2]) == [NOT_SUPPORTED] * 2
 
 
 def test_seeds_that_disagree_are_inconclusive():
     findings = dct_sparse_findings(results({0.1: [-0.01, 0.0, 0.01], 0.01: [-0.01, 0.0, 0.01]}), "mnist1d")
-    assert list(findings["estimate"]) == pytest.approx([0.0, 0.0], abs=1e-12)
-    assert list(findings["se"]) == pytest.approx([SE_OF_0_01_STEPS] * 2)
-    assert list(findings["verdict"]) == [INCONCLUSIVE] * 2
+    assert list(findings["estimate"][:2]) == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert list(findings["se"][:2]) == pytest.approx([SE_OF_0_01_STEPS] * 2)
+    assert list(findings["verdict"][:2]) == [INCONCLUSIVE] * 2
 
 
 def test_no_sparse_twin_or_one_seed_is_not_testable():
@@ -59,4 +65,30 @@ def test_no_sparse_twin_or_one_seed_is_not_testable():
     one_seed = dct_sparse_findings(table[table["seed"] == 0], "mnist1d")
     assert set(one_seed["rule"]) == {"not testable here: 1 seed, and a verdict needs a standard error over at least 3; "
                                      "set seeds to at least 3 values"}
-    assert list(one_seed["n_seeds"]) == [1, 1]
+    assert list(one_seed["n_seeds"]) == [1, 1, 1] and list(one_seed["claim"]) == CLAIMS
+
+
+@pytest.mark.parametrize("extra_bytes, verdict", [(8, SUPPORTED), (20, NOT_SUPPORTED)])
+def test_storage_at_the_sparsest_density_against_one_percent(extra_bytes, verdict):
+    """At density 0.01 both store 1,100 bytes plus DCT+Sparse's extra: 8 more is 1.0073x, 20 more 1.018x (SE 0)."""
+    findings = dct_sparse_findings(results({0.1: [0.1] * 3, 0.01: [0.3, 0.35, 0.4]}, extra_bytes), "mnist1d")
+    row = findings.set_index("claim").loc[NO_MORE_STORAGE.claim]
+    assert (row["estimate"], row["se"], row["verdict"]) == (pytest.approx(1 + extra_bytes / 1100), 0.0, verdict)
+    assert row["rule"].endswith("the threshold 1.01 is ours (the paper gives no number)")
+
+
+def test_stored_bytes_by_hand_and_as_safetensors_saves_them():
+    """Model 0 keeps 5 of its 12 weights, model 1 seven: 5 x (4 + 4) + 3 biases x 4 + 1 alpha x 4 = 56, and 72; a
+    float64 weight stores 8 + 4 bytes a nonzero. The same count is the payload of a safetensors file of model 0's
+    nonzeros (float32 values, int32 positions), bias and alpha."""
+    from safetensors.torch import save
+    mask = torch.zeros(2, 3, 4, dtype=torch.bool)
+    mask[0].view(-1)[:5], mask[1].view(-1)[3:10] = True, True
+    params = {"w": torch.randn(2, 3, 4), "b": torch.zeros(2, 3), "alpha": torch.ones(2)}
+    assert stored_bytes(params, {"w": mask}).tolist() == [56, 72]
+    assert stored_bytes({**params, "w": params["w"].double()}, {"w": mask}).tolist() == [5 * 12 + 16, 7 * 12 + 16]
+    flat = mask[0].flatten()
+    blob = save({"w.values": params["w"][0].flatten()[flat], "w.positions": flat.nonzero().flatten().int(),
+                 "b": params["b"][0], "alpha": params["alpha"][0:1]})
+    header = int.from_bytes(blob[:8], "little")
+    assert len(blob) - 8 - header == 56

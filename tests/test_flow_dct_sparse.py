@@ -9,8 +9,9 @@ from core.config import derive_seed
 from core.data.config import DatasetConfig
 from core.data.datasets import load_dataset
 from core.findings import COLUMNS
-from core.methods.dct_sparse import EXTREME_SPARSITY, IMPROVES
-from core.models.dct_sparse import layer_densities, random_masks
+from core.methods.dct_sparse import EXTREME_SPARSITY, IMPROVES, NO_MORE_STORAGE
+from core.models.dct_sparse import DCTPlusSparseConv
+from core.models.sparse_masks import layer_densities, random_masks
 from core.models.networks import init_model
 from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble, evaluate
@@ -33,7 +34,7 @@ def run(tmp_path_factory, prefect_harness):
 
 def test_table_columns_rows_and_trainable_parameters_by_hand(run):
     folder, results = run
-    assert list(results.columns) == ["layer_type", "density", "heuristic", "trainable_params", "seed",
+    assert list(results.columns) == ["layer_type", "density", "heuristic", "trainable_params", "stored_bytes", "seed",
                                      "test_accuracy", "train_loss"]
     assert results[["layer_type", "density", "seed"]].values.tolist() == [
         ["dct_sparse", 0.1, 0], ["dct_sparse", 0.1, 1], ["dct_sparse", 0.01, 0], ["dct_sparse", 0.01, 1],
@@ -45,11 +46,14 @@ def test_table_columns_rows_and_trainable_parameters_by_hand(run):
         rows = results[results["density"] == density].set_index("layer_type")["trainable_params"]
         assert rows["sparse"].tolist() == [kept + biases] * 2
         assert rows["dct_sparse"].tolist() == [kept + biases + 2] * 2  # one alpha per layer
+        stored = results[results["density"] == density].set_index("layer_type")["stored_bytes"]
+        assert stored["sparse"].tolist() == [kept * 8 + biases * 4] * 2  # float32 value + int32 position a nonzero
+        assert stored["dct_sparse"].tolist() == [kept * 8 + biases * 4 + 2 * 4] * 2  # and the two alphas
     assert results[results["layer_type"] == "dense"]["trainable_params"].tolist() == [64 * 32 + 32 * 10 + biases] * 2
     assert (folder / "figures" / "accuracy_vs_trainable_params.png").is_file()
     findings = pd.read_parquet(folder / "findings.parquet")
     assert list(findings.columns) == list(COLUMNS) and set(findings["n_seeds"]) == {2}
-    assert list(findings["claim"]) == [IMPROVES.claim, EXTREME_SPARSITY.claim]
+    assert list(findings["claim"]) == [IMPROVES.claim, EXTREME_SPARSITY.claim, NO_MORE_STORAGE.claim]
     report = (folder / "report.md").read_text()
     assert report.index("## Findings") < report.index("## Tables")
 
@@ -99,6 +103,14 @@ def test_dct_sparse_s_starts_at_zero_or_at_the_plain_init_and_the_rest_as_initia
             assert torch.equal(ensemble[name][k], expected), name
             if name in SHAPES:  # the plain networks keep their initial weights, whatever sparse_init says
                 assert torch.equal(plain["sparse"][name][k], value) and torch.equal(plain["dense"][name][k], value)
+
+
+@pytest.mark.parametrize("patch_order", ["authors", "torch"])
+def test_every_dct_sparse_conv_gets_the_configs_patch_order(patch_order):
+    config = CONFIG.model_copy(update={"model": "cnn_w4_d2", "patch_order": patch_order})
+    template = initial_ensemble(config, "dct_sparse", [1, 2], load_dataset(CONFIG.dataset)).template
+    convs = [m for m in template.modules() if isinstance(m, DCTPlusSparseConv)]
+    assert len(convs) == 2 and all(conv.patch_order == patch_order for conv in convs)
 
 
 def test_a_rerun_skips_every_layer_type(run):

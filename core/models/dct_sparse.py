@@ -4,7 +4,7 @@ D is the frozen orthonormal DCT-II (scipy.fft.dct(norm="ortho")) of size n = max
 zero-padded to length n, transformed, and the first `out` coefficients are kept. It is a constant held once per
 (size, device, dtype) in a cache and shared by every layer and all K models of an ensemble: never a parameter, never
 a buffer, never copied per model. S (the layer's `weight`) trains and is kept sparse by the trainer's masks
-(`random_masks`, with per-layer densities from `layer_densities`); alpha is a trainable scalar.
+(`core.models.sparse_masks`); alpha is a trainable scalar.
 """
 from __future__ import annotations
 
@@ -21,8 +21,6 @@ from torch.nn.modules.utils import _pair, _single
 from core.models.stacked import stacked_conv, stacked_linear
 
 Transform = Literal["auto", "fft", "matrix"]
-Heuristic = Literal["uniform", "erk", "epl"]
-Capping = Literal["authors", "redistribute"]  # how layer_densities treats a layer that would pass density 1
 
 # "auto" runs D[:out, :in] by FFT when the dense D's multiply-adds per row, in x out, reach FFT_WORK_RATIO times the
 # FFT's n log2 n (n = max(in, out)), else by the matmul. Measured by `.venv/bin/python -m bench.dct_sparse` (2-core
@@ -51,13 +49,23 @@ def dct_matrix(out_features: int, in_features: int, device: torch.device, dtype:
     return _dct_basis(max(in_features, out_features), device, dtype)[:out_features, :in_features]
 
 
+PatchOrder = Literal["authors", "torch"]  # how a conv's input patch is flattened before D applies to it
+
+
 @functools.cache
 def dct_kernel(out_channels: int, in_channels: int, kernel_size: tuple[int, ...], device: torch.device,
-               dtype: torch.dtype) -> Tensor:
+               dtype: torch.dtype, patch_order: PatchOrder = "authors") -> Tensor:
     """The conv kernel `[out, in, *kernel_size]` whose conv applies D of size max(in * prod(kernel), out) to each
-    flattened input patch (PyTorch's flatten order of a conv weight); a view of the cached basis, one per size."""
+    input patch flattened (kernel positions, then channels fastest: `authors`, DCTpS's DCTconv2d) or in PyTorch's
+    order of a conv weight (channels, then kernel positions: `torch`); a view of the cached basis, one per size."""
     patch = in_channels * math.prod(kernel_size)
-    return dct_matrix(out_channels, patch, device, dtype).view(out_channels, in_channels, *kernel_size)
+    d = dct_matrix(out_channels, patch, device, dtype)
+    if patch_order == "torch":
+        return d.view(out_channels, in_channels, *kernel_size)
+    if patch_order != "authors":
+        raise ValueError(f"patch_order must be 'authors' or 'torch', not {patch_order!r}")
+    spatial = range(1, len(kernel_size) + 1)
+    return d.view(out_channels, *kernel_size, in_channels).permute(0, len(kernel_size) + 1, *spatial)
 
 
 @functools.cache
@@ -232,6 +240,7 @@ class DCTPlusSparseConv(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(out_channels, device=device, dtype=dtype)) if bias else None
         self.alpha = nn.Parameter(torch.ones((), device=device, dtype=dtype))
+        self.patch_order: PatchOrder = "authors"  # D's patch order (dct_kernel); a setting, not a parameter
         _default_init(self)
 
     @classmethod
@@ -243,8 +252,8 @@ class DCTPlusSparseConv(nn.Module):
                            conv.bias is not None, len(conv.kernel_size), conv.weight.device, conv.weight.dtype), conv)
 
     def _shared_kernel(self, x: Tensor) -> Tensor:
-        """D_kernel for this layer's sizes on `x`'s device and dtype (the cached one)."""
-        return dct_kernel(self.out_channels, self.in_channels, self.kernel_size, x.device, x.dtype)
+        """D_kernel for this layer's sizes and `patch_order` on `x`'s device and dtype (the cached one)."""
+        return dct_kernel(self.out_channels, self.in_channels, self.kernel_size, x.device, x.dtype, self.patch_order)
 
     def forward(self, x: Tensor) -> Tensor:
         """One model on `[B, C, *spatial]`: a conv is linear in its kernel, so one conv with S + alpha D_kernel."""
@@ -264,7 +273,7 @@ class DCTPlusSparseConv(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}")
+                f"padding={self.padding}, patch_order={self.patch_order}")
 
 
 def dct_plus_sparse(model: nn.Module, transform: Transform = "auto") -> nn.Module:
@@ -284,66 +293,3 @@ def sparse_weight_names(model: nn.Module) -> list[str]:
     at zero (DCTpS's `--init zeros`, which their README asks for with an offset)."""
     return [f"{name}.weight" for name, module in model.named_modules()
             if isinstance(module, (DCTPlusSparseLinear, DCTPlusSparseConv))]
-
-
-def _scaled_to_budget(scores: dict[str, float], sizes: dict[str, int], budget: float) -> dict[str, float]:
-    """density_l = eps * score_l with eps such that the nonzeros sum to `budget`; a layer that would pass 1 is
-    dense and the others share its excess (RigL's ERK). Capping only raises eps, so a capped layer stays capped."""
-    dense: set[str] = set()
-    eps = 0.0
-    while len(dense) < len(scores):
-        free = [name for name in scores if name not in dense]
-        eps = (budget - sum(sizes[name] for name in dense)) / sum(scores[name] * sizes[name] for name in free)
-        over = [name for name in free if eps * scores[name] > 1]
-        if not over:
-            break
-        dense.update(over)
-    return {name: 1.0 if name in dense else min(1.0, eps * scores[name]) for name in scores}
-
-
-def _capped_as_dctps(scores: dict[str, float], sizes: dict[str, int], budget: float, last_takes_rest: bool) -> dict:
-    """min(1, eps * score_l), eps = budget / sum(score * size), as DCTpS's calculate_layer_densities: a capped
-    layer's excess is lost, or (`last_takes_rest`, their equal_per_layer) goes to the last layer, capped."""
-    eps = budget / sum(scores[name] * sizes[name] for name in scores)
-    densities = {name: min(1.0, eps * scores[name]) for name in scores}
-    if last_takes_rest:
-        last = list(scores)[-1]
-        rest = budget - sum(densities[name] * sizes[name] for name in scores)
-        densities[last] = min(1.0, densities[last] + rest / sizes[last])
-    return densities
-
-
-def layer_densities(shapes: dict[str, tuple[int, ...]], density: float, heuristic: Heuristic,
-                    capping: Capping = "authors") -> dict[str, float]:
-    """Each layer's density for an overall `density` of the weights `shapes` ({name: shape}):
-
-    uniform: every layer `density`; erk (Erdos-Renyi-Kernel, Evci et al. 2020): proportional to
-    sum(shape) / prod(shape); epl: the same number of nonzeros in every layer. No layer passes 1: where one would,
-    `capping` authors caps it as DCTpS does (erk: its excess is lost; epl: the last layer takes it), redistribute
-    gives its excess to the others (RigL's ERK), so the nonzeros add up to `density` x all weights."""
-    if not 0 < density <= 1:
-        raise ValueError(f"density must lie in (0, 1], got {density}")
-    sizes = {name: math.prod(shape) for name, shape in shapes.items()}
-    score = {"uniform": lambda shape: 1.0, "erk": lambda shape: sum(shape) / math.prod(shape),
-             "epl": lambda shape: 1.0 / math.prod(shape)}
-    if heuristic not in score:
-        raise ValueError(f"heuristic must be one of {sorted(score)}, not {heuristic!r}")
-    scores = {name: score[heuristic](shape) for name, shape in shapes.items()}
-    if capping == "redistribute":
-        return _scaled_to_budget(scores, sizes, density * sum(sizes.values()))
-    if capping != "authors":
-        raise ValueError(f"capping must be 'authors' or 'redistribute', not {capping!r}")
-    return _capped_as_dctps(scores, sizes, density * sum(sizes.values()), last_takes_rest=heuristic == "epl")
-
-
-def random_masks(shapes: dict[str, tuple[int, ...]], densities: dict[str, float], seeds: list[int]) -> dict[str, Tensor]:
-    """Bool `[K, *shape]` per layer. Model k's mask of layer l has exactly max(1, round(densities[l] * numel_l))
-    True entries (Python's round), at positions uniform at random drawn from a torch.Generator seeded `seeds[k]`
-    (layers in the order of `shapes`), so each model's masks depend on its own seed only."""
-    flat = {name: torch.zeros(len(seeds), math.prod(shape), dtype=torch.bool) for name, shape in shapes.items()}
-    for k, seed in enumerate(seeds):
-        generator = torch.Generator().manual_seed(int(seed))
-        for name, mask in flat.items():
-            kept = max(1, round(densities[name] * mask.shape[1]))
-            mask[k, torch.randperm(mask.shape[1], generator=generator)[:kept]] = True
-    return {name: mask.view(len(seeds), *shapes[name]) for name, mask in flat.items()}
