@@ -19,13 +19,15 @@ CONFIGS = Path(__file__).resolve().parents[1] / "flows" / "configs"
 PINNED = {
     "train": "train-d11da41d74a9", "cscore": "cscore-9a2ee294e685", "proxies": "proxies-7af82a9fac38",
     "filter_retrain": "filter_retrain-0f512e969071", "prune_grid": "prune_grid-a018cfdac5aa",
-    "scaling_law": "scaling_law-cc1d4c00a127", "weight_correlation": "weight_correlation-c89f16e1e09d",
-    "dct_sparse": "dct_sparse-969ac34dbfb8",
+    "scaling_law": "scaling_law-cc1d4c00a127",
+    "weight_correlation": "weight_correlation-185f5ea79596",  # issue 29: R_p by the paper's Eq. 1
+    "dct_sparse": "dct_sparse-9b7c65640e2e",  # issue 29: S at 0, the authors' capping and patch order, stored bytes
     "deq": "deq-8312697a832f",  # issue 28: the default experiment gained the explicit baselines
     "subspaces": "subspaces-628efb63a7a8",  # issue 28: SWA, a validation split, the authors' schedule
     "lime_data": "lime_data-71d3566cbc9b", "lime_pretrain": "lime_pretrain-486c8d15405b",
     "cscore-fashion-noisy.yaml": "cscore-844a2a3f3dde", "cscore-mnist1d.yaml": "cscore-60cca1d50bed",
-    "cscore.yaml": "cscore-8e05a0a52f90", "dct-sparse-fashion.yaml": "dct_sparse-c004a0eb1674",
+    "cscore.yaml": "cscore-8e05a0a52f90",
+    "dct-sparse-fashion.yaml": "dct_sparse-d5f911f424fa",  # issue 29: as the default
     "deq-synthetic.yaml": "deq-5f39085ac39f",  # issue 28: the default experiment gained the explicit baselines
     "deq-fashion-conv.yaml": "deq-d431c0df3b76",  # issue 28: the conv DEQ on Fashion-MNIST (a new config)
     "lime-pretrain-gpu.yaml": "lime_pretrain-dc321cfbc2dc",
@@ -34,7 +36,7 @@ PINNED = {
     "subspaces-mnist1d-cnn.yaml": "subspaces-dff9d8481927",  # issue 28: SWA, validation split, authors' schedule
     "subspaces-fashion-cnn.yaml": "subspaces-969f645c4f25",  # issue 28: the BatchNorm CNN on Fashion-MNIST
     "train.yaml": "train-65eabe7363c0",
-    "weight-correlation-fashion.yaml": "weight_correlation-2c0bc1a62c89",
+    "weight-correlation-fashion.yaml": "weight_correlation-9e4ea17c876b",  # issue 29: R_p by Eq. 1
 }
 
 

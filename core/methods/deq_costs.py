@@ -65,11 +65,13 @@ def peak_memory(run: Callable[[], None], device: torch.device, parameters: set[i
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before, CUDA_PEAK
     saved: dict[int, int] = {}  # storage address: bytes
+    held: list[Tensor] = []  # every saved tensor stays alive until the count: no freed address is reused and merged
 
     def pack(tensor: Tensor) -> Tensor:
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in parameters:
             saved[storage.data_ptr()] = max(saved.get(storage.data_ptr(), 0), storage.nbytes())
+            held.append(tensor)
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
