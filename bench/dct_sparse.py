@@ -1,5 +1,6 @@
-"""DCT+Sparse layers: K sparse models trained together against a plain per-model loop, and the DCT by FFT against
-the dense D matmul (the measurement behind core.models.dct_sparse.FFT_WORK_RATIO, the "auto" rule).
+"""DCT+Sparse layers: K sparse models trained together against a plain per-model loop, alpha D folded into each
+model's weight against one shared transform (behind core.models.dct_sparse.FOLD_MIN_ROWS and FOLD_FFT_RATIO), and
+the DCT by FFT against the dense D matmul (behind FFT_WORK_RATIO).
 
 Run: .venv/bin/python -m bench.dct_sparse [--quick] [--threads N]   (from the repository root)
 Prints a table, then one JSON object on its last line. See bench/README.md.
@@ -17,7 +18,7 @@ import torch
 from bench.plain import masking_hook, train_plain
 from bench.trainer import interleaved_seconds, matmul_gflops
 from core.models import dct_sparse
-from core.models.dct_sparse import dct, uses_fft
+from core.models.dct_sparse import DCTPlusSparseLinear, dct, folds, uses_fft
 from core.models.sparse_masks import layer_densities, random_masks
 from core.models.networks import init_model, prunable_parameters
 from core.runtime import reuse_freed_memory
@@ -36,6 +37,7 @@ REPEATS = 5  # timed runs of each side, interleaved, after one warm-up run each;
 SIZES = [40, 64, 128, 256, 512, 784, 1024, 2048, 4096]  # n of the square D timed both ways (--quick: up to 2048)
 LAYERS = [(40, 256), (256, 10), (300, 100), (512, 128), (784, 300), (1024, 300)]  # (in, out): rectangular Ds
 ROWS = 64 * 128  # activations per DCT: K * B rows, in the stacked layout [K, in, B] (--quick: 16 * 128)
+OFFSET_BATCHES = [8, 32, 128]  # rows per model of the fold-against-shared layer timings (K models at once)
 THREADS = len(os.sched_getaffinity(0))  # torch intra-op threads for everything timed (the usable cores)
 TRAIN = TrainConfig(epochs=EPOCHS, batch_size=128, lr=0.05, momentum=0.9, weight_decay=5e-4)
 # ---------------------------------------------------------------------------------------------
@@ -48,9 +50,12 @@ def sparse_masks(k: int) -> dict[str, torch.Tensor]:
     return random_masks(shapes, layer_densities(shapes, DENSITY, HEURISTIC), list(range(k)))
 
 
-def vectorized(x, y, subsets, masks, seeds) -> None:
-    """All K models at once: Ensemble.init plus train(..., masks)."""
+def vectorized(x, y, subsets, masks, seeds, offset: str = "auto") -> None:
+    """All K models at once: Ensemble.init plus train(..., masks), every linear layer's alpha D added as `offset`."""
     ensemble = Ensemble.init(MODEL, INPUT_SHAPE, CLASSES, seeds)
+    for layer in ensemble.template.modules():
+        if isinstance(layer, DCTPlusSparseLinear):
+            layer.offset = offset
     train(ensemble, x, y, subsets, seeds, TRAIN, masks=masks)
 
 
@@ -78,6 +83,8 @@ def measure_training(k: int, repeats: int) -> dict:
     seeds, subsets, masks = list(range(k)), torch.ones(k, N_TRAIN, dtype=torch.bool), sparse_masks(k)
     seconds = interleaved_seconds({
         "ours": lambda: vectorized(x, y, subsets, masks, seeds),
+        "ours_fold": lambda: vectorized(x, y, subsets, masks, seeds, "fold"),
+        "ours_shared": lambda: vectorized(x, y, subsets, masks, seeds, "shared"),
         "loop": lambda: plain_loop(x, y, subsets, masks, seeds),
         "dense_ours": lambda: dense_vectorized(x, y, subsets, seeds),
     }, repeats)
@@ -85,7 +92,37 @@ def measure_training(k: int, repeats: int) -> dict:
             **{f"{side}_s": round(s, 3) for side, s in seconds.items()},
             **{f"{side}_model_epochs_per_s": round(k * EPOCHS / s, 2) for side, s in seconds.items()},
             "speedup_vs_loop": round(seconds["loop"] / seconds["ours"], 2),
-            "ours_vs_dense_ours": round(seconds["ours"] / seconds["dense_ours"], 2)}
+            "ours_vs_dense_ours": round(seconds["ours"] / seconds["dense_ours"], 2),
+            "fold_vs_shared": round(seconds["ours_fold"] / seconds["ours_shared"], 2)}
+
+
+def offset_run(layer: DCTPlusSparseLinear, params: dict, x: torch.Tensor, k: int):
+    """One stacked forward and backward of `layer` (K models) on `x` `[K, in, B]`."""
+    def run() -> None:
+        out = layer.forward_stacked(x, params, k)
+        out.backward(torch.ones_like(out))
+    return run
+
+
+def measure_offsets(shapes: list[tuple[int, int]], k: int, repeats: int) -> list[dict]:
+    """Per (in, out) and rows per model: a linear DCT+Sparse layer's stacked forward + backward with alpha D folded
+    into each weight against the shared transform (auto's FFT or matrix), and whether "auto" folds where faster."""
+    results = []
+    for in_features, out_features in shapes:
+        params = {"weight": torch.randn(k, out_features, in_features, requires_grad=True),
+                  "bias": torch.randn(k, out_features, requires_grad=True), "alpha": torch.ones(k, requires_grad=True)}
+        for batch in OFFSET_BATCHES:
+            x = torch.randn(k, in_features, batch)
+            sides = {o: DCTPlusSparseLinear(in_features, out_features, offset=o) for o in ("fold", "shared")}
+            seconds = interleaved_seconds({o: offset_run(sides[o], params, x, k) for o in sides}, repeats)
+            auto = "fold" if folds(in_features, out_features, batch, "auto") else "shared"
+            results.append({"in": in_features, "out": out_features, "rows": batch, "K": k,
+                            "shared_by": "fft" if uses_fft(in_features, out_features, "auto") else "matrix",
+                            "fold_ms": round(seconds["fold"] * 1e3, 2), "shared_ms": round(seconds["shared"] * 1e3, 2),
+                            "fold_over_shared": round(seconds["fold"] / seconds["shared"], 2), "auto": auto,
+                            "auto_is_faster": seconds[auto] <= min(seconds.values())})
+            print(" ".join(f"{key}={value}" for key, value in results[-1].items()), flush=True)
+    return results
 
 
 def transform_run(x: torch.Tensor, out_features: int, transform: str, backward: bool):
@@ -143,12 +180,19 @@ def main() -> None:
     training = measure_training(k, repeats)
     print(" ".join(f"{key}={value}" for key, value in training.items()), flush=True)
     probes.append(matmul_gflops())
+    offsets = measure_offsets([(n, n) for n in sizes if n <= 1024] + LAYERS, k, repeats)
+    probes.append(matmul_gflops())
     transforms = measure_transforms(shapes, rows, repeats)
     probes.append(matmul_gflops())
     peak = max(probes)
     print(f"matmul {peak:.1f} GFLOP/s (best of {len(probes)} probes), {torch.get_num_threads()} threads")
     print(f"{MODEL} K={k}: ours {training['ours_s']:.2f} s, loop {training['loop_s']:.2f} s "
-          f"({training['speedup_vs_loop']:.2f}x); dense {DENSE_MODEL} stacked {training['dense_ours_s']:.2f} s")
+          f"({training['speedup_vs_loop']:.2f}x); dense {DENSE_MODEL} stacked {training['dense_ours_s']:.2f} s; "
+          f"alpha D folded {training['ours_fold_s']:.2f} s, shared {training['ours_shared_s']:.2f} s")
+    print(f"{'in':>5s} {'out':>5s} {'rows':>5s} {'fold ms':>9s} {'shared ms':>10s} {'fold/shared':>11s} {'auto':>7s}")
+    for row in offsets:
+        print(f"{row['in']:5d} {row['out']:5d} {row['rows']:5d} {row['fold_ms']:9.2f} {row['shared_ms']:10.2f} "
+              f"{row['fold_over_shared']:11.2f} {row['auto'] + ('' if row['auto_is_faster'] else ' (slower)'):>7s}")
     print(f"{'in':>5s} {'out':>5s} {'pass':17s} {'fft ms':>9s} {'matrix ms':>10s} {'matrix/fft':>10s} "
           f"{'matrix/matmul':>13s} {'break-even':>10s} {'auto':>7s}")
     for row in transforms:
@@ -158,6 +202,7 @@ def main() -> None:
     print(json.dumps({
         "bench": "dct_sparse", "n_train": N_TRAIN, "input_shape": list(INPUT_SHAPE), "batch_size": TRAIN.batch_size,
         "epochs": EPOCHS, "repeats": repeats, "rows": rows, "fft_work_ratio": dct_sparse.FFT_WORK_RATIO,
+        "fold_min_rows": dct_sparse.FOLD_MIN_ROWS, "fold_fft_ratio": dct_sparse.FOLD_FFT_RATIO, "offsets": offsets,
         "matmul_gflops": round(peak, 1), "matmul_gflops_probes": [round(p, 1) for p in probes],
         "threads": torch.get_num_threads(), "malloc_reuse": malloc_reuse, "torch": torch.__version__,
         "machine": platform.machine(), "training": training, "transforms": transforms,

@@ -5,8 +5,11 @@ Subspace Offset" (ICML 2021). Every Linear/Conv layer of `model` is
   dense       the plain layer, all weights trained;
   sparse      the plain layer with a random mask fixed at initialisation (per-layer densities by `heuristic`);
   dct_sparse  y = alpha * D x + S x + b: D a frozen orthonormal DCT-II shared by all models, S trained under the
-              same mask as `sparse` of the same seed (and from the same initial values), alpha a trained scalar.
-The claim to check: at extreme sparsity DCT+Sparse keeps training where plain sparse layers collapse.
+              same mask as `sparse` of the same seed, alpha a trained scalar.
+Masks are random (the paper's DCT+Sparse: per-layer densities by a heuristic) or chosen by a prune-at-initialisation
+score of the plain network (SNIP, GraSP, SynFlow: the paper's competitors; `core.methods.prune_at_init`).
+The claims to check: at extreme sparsity DCT+Sparse keeps training where plain sparse layers collapse, and with random
+masks it matches the competitors' masks on plain layers.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from flows.common import check_whole_set_fits, checked_data_root, distinct_value
 
 FLOW = "dct_sparse"
 LayerType = Literal["dense", "sparse", "dct_sparse"]
+MaskRule = Literal["random", "snip", "grasp", "synflow"]
 
 
 class DCTSparseFlowConfig(Config):
@@ -35,9 +39,15 @@ class DCTSparseFlowConfig(Config):
     densities: list[float] = Field([0.1, 0.03, 0.01, 0.003, 0.001, 0.0003], min_length=1,
                                    description="fractions of each network's Linear/Conv weights that train (sparse "
                                    "and dct_sparse); every layer keeps at least one")
+    mask_rules: list[MaskRule] = Field(
+        ["grasp", "random", "snip", "synflow"], min_length=1,  # as the validator sorts
+        description="how the sparse and dct_sparse masks are chosen (one task per layer type and rule): random (the "
+        "paper's DCT+Sparse: positions at random, per-layer densities by heuristic), or the highest scores over all "
+        "layers of the plain network at the same initial weights: snip (|grad x weight| on 10 examples per class), "
+        "grasp (weight x Hessian-gradient product) or synflow (data-free, 100 rounds): the paper's competitors")
     heuristic: Literal["uniform", "erk", "epl"] = Field(
-        "erk", description="how a density is split over layers: uniform (every layer alike), erk (Erdős–Rényi-Kernel: "
-        "~ (fan-in + fan-out + kernel) / weights) or epl (equal nonzeros per layer)")
+        "erk", description="how a random mask's density is split over layers: uniform (every layer alike), erk "
+        "(Erdős–Rényi-Kernel: ~ (fan-in + fan-out + kernel) / weights) or epl (equal nonzeros per layer)")
     capping: Literal["authors", "redistribute"] = Field(
         "authors", description="a layer whose share would pass density 1: authors caps it as DCTpS does (erk: the "
         "excess is lost; epl: the last layer takes it), redistribute gives the excess to the other layers (RigL's "
@@ -61,7 +71,7 @@ class DCTSparseFlowConfig(Config):
     def _plain_stackable_model(cls, name: str) -> str:
         return plain_stackable_model(name, "layer_types decides which layers it gets (dct_sparse builds dct_<model>)")
 
-    @field_validator("layer_types", "densities", "seeds")
+    @field_validator("layer_types", "mask_rules", "densities", "seeds")
     @classmethod
     def _distinct_and_sorted(cls, values: list, info) -> list:
         return distinct_values(values, *SWEEP_LISTS[info.field_name], descending=info.field_name == "densities")
@@ -69,6 +79,7 @@ class DCTSparseFlowConfig(Config):
 
 SWEEP_LISTS = {
     "layer_types": (lambda v: True, "distinct layer types"),
+    "mask_rules": (lambda v: True, "distinct mask rules"),
     "densities": (lambda v: 0 < v < 1, "distinct fractions in (0, 1)"),
     "seeds": (lambda v: v >= 0, "distinct non-negative integers (a repeated seed repeats rows)"),
 }
@@ -92,16 +103,19 @@ def dct_sparse_flow(config: DCTSparseFlowConfig = DCTSparseFlowConfig(), data_ro
     dataset = shared_dataset(config.dataset, dataset_cache(data_root))
     check_whole_set_fits(config.model, config.train.batch_size, dataset)
     store = RunStore.open(FLOW, config, data_root, inputs={"dataset": dataset.fingerprint})
-    plan = [{"store": store, "layer_type": layer_type} for layer_type in config.layer_types]
-    shards = run_shards(train_layer_type, plan, config.runtime, "layer types")
-    combine_shards(store, shards, "dct_sparse.parquet", [("layer_type", "ascending"), ("density", "descending"),
-                                                         ("seed", "ascending")])
+    plan = [{"store": store, "layer_type": layer_type, "mask_rule": rule} for layer_type in config.layer_types
+            for rule in (["none"] if layer_type == "dense" else config.mask_rules)]
+    shards = run_shards(train_layer_type, plan, config.runtime, "layer types x mask rules")
+    combine_shards(store, shards, "dct_sparse.parquet", [("layer_type", "ascending"), ("mask_rule", "ascending"),
+                                                         ("density", "descending"), ("seed", "ascending")])
     results = store.read_table("dct_sparse.parquet")
     figures = store.figures(lambda: [accuracy_vs_trainable_params(
         results, 1 / dataset.num_classes, store.root / "figures" / "accuracy_vs_trainable_params.png")])
-    summary = (results.pivot_table(index="density", columns="layer_type", values="test_accuracy")
-               .sort_index(ascending=False).reset_index())
+    summary = results.pivot_table(index="density", columns=["layer_type", "mask_rule"], values="test_accuracy")
+    summary.columns = [t if rule == "none" else f"{t} ({rule})" for t, rule in summary.columns]
+    summary = summary.sort_index(ascending=False).reset_index()
     findings = dct_sparse_findings(results, run_scope(config, dataset), config.sparse_init)
-    publish(store, summary, figures, f"{config.model} on {config.dataset.name}: {', '.join(config.layer_types)} at "
-            f"{len(config.densities)} densities ({config.heuristic}) x {len(config.seeds)} seeds", findings=findings)
+    publish(store, summary, figures, f"{config.model} on {config.dataset.name}: {', '.join(config.layer_types)} on "
+            f"{', '.join(config.mask_rules)} masks at {len(config.densities)} densities (random: {config.heuristic}) x "
+            f"{len(config.seeds)} seeds", findings=findings)
     return str(store.root)

@@ -190,15 +190,16 @@ FLOWS: dict[str, FlowEntry] = {
         early_failure={"dataset": {"name": "digits", "n_train": 10}}),
     "dct_sparse": FlowEntry(
         "flows.dct_sparse", "dct_sparse_flow", "DCTSparseFlowConfig",
-        "dense vs sparse vs DCT+Sparse layers, sparse from initialisation, down to extreme sparsity",
-        summary_keys=("seeds", "layer_types", "densities", "heuristic"),
-        question="Does DCT+Sparse keep accuracy where a plain sparse layer loses it? Compare `test_accuracy` of "
-                 "`layer_type` dct_sparse and sparse at each `density` in `dct_sparse.parquet` (or against "
-                 "`trainable_params`).",
-        tables={"dct_sparse.parquet": "one row per (layer type, density, seed): trainable parameters, test "
-                                      "accuracy (0..1) and final training loss"},
-        report_summary="One row per density, one column per layer type: the mean test accuracy (0..1) over seeds "
-                       "(the `dense` column is the dense network at density 1).",
+        "dense vs sparse vs DCT+Sparse layers, sparse from initialisation (random and SNIP/GraSP/SynFlow masks), "
+        "down to extreme sparsity",
+        summary_keys=("seeds", "layer_types", "mask_rules", "densities", "heuristic"),
+        question="Does DCT+Sparse keep accuracy where a plain sparse layer loses it, and do its random masks match "
+                 "the prune-at-initialisation ones? Compare `test_accuracy` by `layer_type` and `mask_rule` at each "
+                 "`density` in `dct_sparse.parquet` (or against `trainable_params`).",
+        tables={"dct_sparse.parquet": "one row per (layer type, mask rule, density, seed): trainable parameters, "
+                                      "stored bytes, test accuracy (0..1) and final training loss"},
+        report_summary="One row per density, one column per layer type and mask rule: the mean test accuracy (0..1) "
+                       "over seeds (the `dense` column is the dense network at density 1).",
         early_failure={"dataset": {"name": "digits", "n_train": 10}}),
     "subspaces": FlowEntry(
         "flows.subspaces", "subspaces_flow", "SubspacesFlowConfig",

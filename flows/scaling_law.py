@@ -1,7 +1,8 @@
 """`scaling_law` flow: fit the error-vs-density law to a `prune_grid` run, per network and jointly.
 
 Per curve (a network at one data fraction) the law has eps_np (its unpruned error, measured),
-eps_up, p and gamma; jointly, density is replaced by m* = l^phi w^psi d. With `extrapolate`, the
+eps_up, p and gamma; jointly, density is replaced by m* = l^phi w^psi d, and dataset size enters only through
+eps_np, measured per curve or modeled as eps_np(m, n) (`dense_error`). With `extrapolate`, the
 joint law is also fitted on all but the largest width, depth and data fraction and judged on them.
 Every fit runs on the seed means of each (network, data fraction, level); the seed-to-seed spread is
 reported beside each fit's sigma. With `dip_form`, a second form that can follow the lottery-ticket dip
@@ -12,12 +13,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from prefect import flow
 from pydantic import Field
 
-from core.config import RUN_REFERENCE, Config, RuntimeConfig
+from core.config import ADDED_SETTING, RUN_REFERENCE, Config, RuntimeConfig
 from flows.common import checked_data_root, upstream_table
 
 FLOW = "scaling_law"
@@ -32,6 +33,12 @@ class ScalingLawFlowConfig(Config):
     extrapolate: bool = Field(True, description="also fit on the smaller networks and predict the largest")
     dip_form: bool = Field(False, description="also fit the dip form (the paper's form times a step down to a "
                            "lottery-ticket dip at moderate density); the paper's form is always fitted and reported")
+    dense_error: Annotated[Literal["auto", "modeled", "measured"], ADDED_SETTING] = Field(
+        "auto", description="the unpruned error eps_np(l, w, n) in the joint fits, through which alone dataset size n "
+        "enters the law: modeled (a n^-alpha + b m^-beta + c_inf, Rosenfeld et al. 2020, m the dense parameters, "
+        "fitted jointly with the pruning law, so that extrapolation predicts a dense error never fitted), measured "
+        "(each curve's mean dense error, as the paper's fits take it), or auto: modeled on a grid of several data "
+        "fractions (the measured fits are then reported beside it, scopes ending in _measured), measured otherwise")
     seed: int = Field(0, ge=0, description="seed of the random starts and bootstrap resamples")
     runtime: RuntimeConfig = Field(RuntimeConfig(), description="execution settings; not part of the run id")
 

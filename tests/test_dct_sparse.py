@@ -128,6 +128,53 @@ def test_auto_weighs_the_matmul_of_the_cut_d_against_the_fft_of_size_n():
     assert dct_sparse.uses_fft(40, 40, "fft") and not dct_sparse.uses_fft(4096, 4096, "matrix")
 
 
+def test_auto_folds_from_eight_rows_against_the_matmul_and_with_many_rows_against_the_fft():
+    """Against the shared matmul: from FOLD_MIN_ROWS rows. Against the shared FFT: in x out x FOLD_FFT_RATIO <= rows x
+    24 n log2 n, here the shapes and rows of bench.dct_sparse, by hand."""
+    assert dct_sparse.FOLD_MIN_ROWS == 8 and dct_sparse.FOLD_FFT_RATIO == 40
+    assert not dct_sparse.uses_fft(40, 256, "auto") and dct_sparse.uses_fft(256, 256, "auto")
+    assert dct_sparse.folds(40, 256, 8, "auto") and not dct_sparse.folds(40, 256, 7, "auto")
+    for n, fold_from in ((256, 53.3), (512, 94.8), (1024, 170.7)):  # n^2 x 40 / (24 n log2 n) rows
+        for rows in (32, 128):
+            assert dct_sparse.folds(n, n, rows, "auto") == (rows >= fold_from), (n, rows)
+    assert dct_sparse.folds(784, 300, 128, "auto") and not dct_sparse.folds(784, 300, 32, "auto")  # from 52 rows
+    assert dct_sparse.folds(3, 4, 1, "fold") and not dct_sparse.folds(3, 4, 10**6, "shared")
+    # a layer told to run D by FFT is weighed against the FFT: 40 x 40 folds from 40 x 40 x 40 / (24 x 40 log2 40) rows
+    assert not dct_sparse.folds(40, 40, 12, "auto", "fft") and dct_sparse.folds(40, 40, 13, "auto", "fft")
+    with pytest.raises(ValueError, match="offset must be 'auto', 'fold' or 'shared', not 'merge'"):
+        DCTPlusSparseLinear(3, 4, offset="merge")
+
+
+@pytest.mark.parametrize("transform", ["fft", "matrix"])
+@pytest.mark.parametrize("n_in,n_out", [(12, 16), (30, 7)])
+def test_folded_alpha_d_equals_the_shared_transform_with_gradients(transform, n_in, n_out, monkeypatch):
+    """Stacked (K = 3) and one model alone: S_k + alpha_k D in one matmul, against alpha_k D x + S_k x."""
+    torch.manual_seed(3)
+    double = torch.float64
+    params = {"weight": torch.randn(3, n_out, n_in, dtype=double), "bias": torch.randn(3, n_out, dtype=double),
+              "alpha": torch.tensor([0.5, 1.0, -2.0], dtype=double)}
+    x = torch.randn(3, n_in, 9, dtype=torch.float64)
+    results, real = {}, dct_sparse.dct
+    for offset in ("fold", "shared"):
+        layer = DCTPlusSparseLinear(n_in, n_out, transform=transform, offset=offset).double()
+        leaves = {n: p.clone().requires_grad_(True) for n, p in params.items()}
+        calls = []
+        monkeypatch.setattr(dct_sparse, "dct", lambda x, *args: calls.append(1) or real(x, *args))
+        out = layer.forward_stacked(x, leaves, 3)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
+        with torch.no_grad():
+            layer.weight.copy_(params["weight"][2]), layer.bias.copy_(params["bias"][2]), layer.alpha.fill_(-2.0)
+        results[offset] = (out, {n: p.grad for n, p in leaves.items()}, layer(x[2].T), len(calls))
+    (folded, folded_grads, folded_alone, folded_calls), (shared, shared_grads, shared_alone, shared_calls) = \
+        results["fold"], results["shared"]
+    torch.testing.assert_close(folded, shared, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(folded_alone, shared_alone, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(folded_alone, shared[2].T, rtol=1e-12, atol=1e-12)
+    for name in params:
+        torch.testing.assert_close(folded_grads[name], shared_grads[name], rtol=1e-12, atol=1e-12, msg=name)
+    assert folded_calls == 0 and shared_calls == 2  # folded: no transform of the inputs at all
+
+
 def test_fft_of_bfloat16_runs_in_float32():
     """torch.fft has no bfloat16 (what autocast feeds a layer after a bf16 matmul): the FFT runs in float32."""
     x = torch.randn(4, 300, 8).bfloat16()
@@ -176,6 +223,9 @@ def test_stacked_ensemble_holds_k_copies_of_s_b_and_alpha_and_no_d(name, shape):
 def test_stacked_forward_runs_one_transform_per_layer_for_all_models(monkeypatch):
     name, shape, k = "dct_mlp_w16_d2", (1, 12), 3
     ensemble = Ensemble.init(name, shape, CLASSES, [1, 2, 3])
+    for layer in ensemble.template.modules():
+        if isinstance(layer, DCTPlusSparseLinear):
+            layer.offset = "shared"  # "auto" would fold at 7 rows, where no transform runs at all
     calls = []
     real = dct_sparse.dct
     monkeypatch.setattr(dct_sparse, "dct", lambda x, *args: calls.append(tuple(x.shape)) or real(x, *args))

@@ -6,9 +6,12 @@ import pytest
 import torch
 
 from core.findings import COLUMNS, INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
-from core.methods.dct_sparse import EXTREME_SPARSITY, IMPROVES, NO_MORE_STORAGE, dct_sparse_findings, stored_bytes
+from core.methods.dct_sparse import (BEATS_PRUNE_AT_INIT, EXTREME_SPARSITY, IMPROVES, NO_MORE_STORAGE,
+                                     dct_sparse_findings, stored_bytes)
 
-CLAIMS = [IMPROVES.claim, EXTREME_SPARSITY.claim, NO_MORE_STORAGE.claim]
+CLAIMS = [IMPROVES.claim, EXTREME_SPARSITY.claim, BEATS_PRUNE_AT_INIT.claim, NO_MORE_STORAGE.claim]
+NO_COMPETITORS = "not testable here: mask_rules has none of snip, grasp, synflow: add them to compare with " \
+    "prune-at-initialisation masks"
 SE_OF_0_01_STEPS = 0.01 / math.sqrt(3)  # the SE of three values 0.01 apart
 
 
@@ -33,7 +36,8 @@ def test_dct_sparse_ahead_of_its_sparse_twin_is_supported():
     assert list(findings.columns) == list(COLUMNS) and list(findings["claim"]) == CLAIMS
     assert list(findings["estimate"][:2]) == pytest.approx([0.225, 0.35])
     assert list(findings["se"][:2]) == pytest.approx([2.5 * SE_OF_0_01_STEPS, 5 * SE_OF_0_01_STEPS])
-    assert list(findings["verdict"]) == [SUPPORTED] * 3 and list(findings["n_seeds"]) == [3, 3, 3]
+    assert list(findings["verdict"]) == [SUPPORTED, SUPPORTED, INCONCLUSIVE, SUPPORTED]
+    assert list(findings["n_seeds"]) == [3] * 4 and findings["rule"][2] == NO_COMPETITORS  # a table without mask_rule
     assert findings["measure"][:2].str.endswith("S starting at 0 (as the authors' DCT+Sparse runs)").all()
     plain = dct_sparse_findings(results({0.1: [0.1] * 3, 0.01: [0.3, 0.35, 0.4]}), "mnist1d", "plain")
     assert plain["measure"][:2].str.endswith("S starting from the plain layer's initial weights (the authors' runs start "
@@ -60,12 +64,49 @@ def test_no_sparse_twin_or_one_seed_is_not_testable():
     no_sparse = dct_sparse_findings(table[table["layer_type"] != "sparse"], "mnist1d")
     assert list(no_sparse["claim"]) == CLAIMS and no_sparse["estimate"].isna().all()
     assert set(no_sparse["verdict"]) == {INCONCLUSIVE}
-    assert set(no_sparse["rule"]) == {"not testable here: layer_types has no sparse: add it to compare DCT+Sparse "
-                                      "with plain sparse layers"}
+    assert set(no_sparse["rule"]) == {"not testable here: no sparse networks on random masks: add sparse to "
+                                      "layer_types and random to mask_rules to compare DCT+Sparse with plain sparse "
+                                      "layers"}
     one_seed = dct_sparse_findings(table[table["seed"] == 0], "mnist1d")
     assert set(one_seed["rule"]) == {"not testable here: 1 seed, and a verdict needs a standard error over at least 3; "
                                      "set seeds to at least 3 values"}
-    assert list(one_seed["n_seeds"]) == [1, 1, 1] and list(one_seed["claim"]) == CLAIMS
+    assert list(one_seed["n_seeds"]) == [1] * 4 and list(one_seed["claim"]) == CLAIMS
+
+
+def with_competitors(dct_random: list[float], competitors: dict[str, list[float]]) -> pd.DataFrame:
+    """Densities 0.1 and 0.01: sparse random at 0.3 everywhere; at 0.01, DCT+Sparse random at `dct_random` per seed
+    and plain sparse on each competitor's masks at its accuracies (at 0.1 everything at 0.5: never compared)."""
+    table = results({0.1: [0.1] * 3, 0.01: [d - 0.3 for d in dct_random]}).assign(mask_rule="random")
+    table.loc[table["layer_type"] == "dense", "mask_rule"] = "none"
+    rows = [{"layer_type": t, "mask_rule": rule, "density": density, "seed": seed, "stored_bytes": 1.0,
+             "test_accuracy": accuracy[seed] if density == 0.01 else 0.5}
+            for rule, accuracy in competitors.items() for t in ("sparse", "dct_sparse") for density in (0.1, 0.01)
+            for seed in range(3)]
+    return pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
+
+
+@pytest.mark.parametrize("dct_random, verdict", [([0.45, 0.46, 0.47], SUPPORTED), ([0.30, 0.31, 0.32], NOT_SUPPORTED),
+                                                 ([0.39, 0.40, 0.41], INCONCLUSIVE)])
+def test_random_dct_sparse_against_the_best_competitor_at_the_sparsest_density(dct_random, verdict):
+    """snip means 0.40, synflow 0.38, grasp 0.10 (and its DCT+Sparse rows 0.9: ignored): snip is the best; paired
+    differences dct_random - (0.39, 0.40, 0.41)."""
+    competitors = {"snip": [0.39, 0.40, 0.41], "synflow": [0.40, 0.37, 0.37], "grasp": [0.1] * 3}
+    table = with_competitors(dct_random, competitors)
+    table.loc[(table["mask_rule"] == "grasp") & (table["layer_type"] == "dct_sparse"), "test_accuracy"] = 0.9
+    row = dct_sparse_findings(table, "mnist1d").set_index("claim").loc[BEATS_PRUNE_AT_INIT.claim]
+    differences = [d - c for d, c in zip(dct_random, competitors["snip"])]
+    assert row["estimate"] == pytest.approx(sum(differences) / 3)
+    assert row["se"] == pytest.approx(torch.tensor(differences).std().item() / math.sqrt(3), abs=1e-12)
+    assert row["verdict"] == verdict and row["measure"].endswith("(best competitor here: snip)")
+    assert "S starting at 0" in row["measure"] and "> 0 by more than 2 SE" in row["rule"]
+
+
+def test_competitor_rows_leave_the_random_mask_claims_as_they_were():
+    plain = dct_sparse_findings(with_competitors([0.45, 0.46, 0.47], {}), "mnist1d")
+    mixed = dct_sparse_findings(with_competitors([0.45, 0.46, 0.47], {"synflow": [0.9, 0.8, 0.7]}), "mnist1d")
+    for column in ("estimate", "se", "verdict"):
+        assert plain[column][[0, 1, 3]].tolist() == mixed[column][[0, 1, 3]].tolist()
+    assert plain["rule"][2] == NO_COMPETITORS and mixed["verdict"][2] == NOT_SUPPORTED
 
 
 @pytest.mark.parametrize("extra_bytes, verdict", [(8, SUPPORTED), (20, NOT_SUPPORTED)])

@@ -9,7 +9,8 @@ from core.config import derive_seed
 from core.data.config import DatasetConfig
 from core.data.datasets import load_dataset
 from core.findings import COLUMNS
-from core.methods.dct_sparse import EXTREME_SPARSITY, IMPROVES, NO_MORE_STORAGE
+from core.methods.dct_sparse import BEATS_PRUNE_AT_INIT, EXTREME_SPARSITY, IMPROVES, NO_MORE_STORAGE
+from core.methods.prune_at_init import score_masks, scoring_batches
 from core.models.dct_sparse import DCTPlusSparseConv
 from core.models.sparse_masks import layer_densities, random_masks
 from core.models.networks import init_model
@@ -18,7 +19,7 @@ from core.training.ensemble import Ensemble, evaluate
 from core.training.experiment import INIT_STREAM, MASK_STREAM, ORDER_STREAM, model_seed
 from flows.dct_sparse import DCTSparseFlowConfig, dct_sparse_flow
 from reference import train_one_by_one
-from tasks.dct_sparse import initial_ensemble, sparse_masks
+from tasks.dct_sparse import initial_ensemble, initial_masks, sparse_masks
 
 CONFIG = DCTSparseFlowConfig(dataset=DatasetConfig(name="digits", n_train=400, n_test=100), model="mlp_w32_d1",
                              densities=[0.1, 0.01], heuristic="erk", seeds=[0, 1],
@@ -34,28 +35,47 @@ def run(tmp_path_factory, prefect_harness):
 
 def test_table_columns_rows_and_trainable_parameters_by_hand(run):
     folder, results = run
-    assert list(results.columns) == ["layer_type", "density", "heuristic", "trainable_params", "stored_bytes", "seed",
-                                     "test_accuracy", "train_loss"]
-    assert results[["layer_type", "density", "seed"]].values.tolist() == [
-        ["dct_sparse", 0.1, 0], ["dct_sparse", 0.1, 1], ["dct_sparse", 0.01, 0], ["dct_sparse", 0.01, 1],
-        ["dense", 1.0, 0], ["dense", 1.0, 1],
-        ["sparse", 0.1, 0], ["sparse", 0.1, 1], ["sparse", 0.01, 0], ["sparse", 0.01, 1]]
-    biases = 32 + 10
+    assert list(results.columns) == ["layer_type", "mask_rule", "density", "heuristic", "trainable_params",
+                                     "stored_bytes", "seed", "test_accuracy", "train_loss"]
+    rules = ["grasp", "random", "snip", "synflow"]
+    sweep = [[rule, d, s] for rule in rules for d in (0.1, 0.01) for s in (0, 1)]
+    assert results[["layer_type", "mask_rule", "density", "seed"]].values.tolist() == (
+        [["dct_sparse", *row] for row in sweep] + [["dense", "none", 1.0, 0], ["dense", "none", 1.0, 1]]
+        + [["sparse", *row] for row in sweep])
+    assert (results["heuristic"] == results["mask_rule"].map({"random": "erk"}).fillna("none")).all()
+    biases, total = 32 + 10, 64 * 32 + 32 * 10
     for density in CONFIG.densities:
-        kept = sum(max(1, round(d * 32 * s)) for d, s in zip(layer_densities(SHAPES, density, "erk").values(), [64, 10]))
-        rows = results[results["density"] == density].set_index("layer_type")["trainable_params"]
-        assert rows["sparse"].tolist() == [kept + biases] * 2
-        assert rows["dct_sparse"].tolist() == [kept + biases + 2] * 2  # one alpha per layer
-        stored = results[results["density"] == density].set_index("layer_type")["stored_bytes"]
-        assert stored["sparse"].tolist() == [kept * 8 + biases * 4] * 2  # float32 value + int32 position a nonzero
-        assert stored["dct_sparse"].tolist() == [kept * 8 + biases * 4 + 2 * 4] * 2  # and the two alphas
-    assert results[results["layer_type"] == "dense"]["trainable_params"].tolist() == [64 * 32 + 32 * 10 + biases] * 2
+        random_kept = sum(max(1, round(d * 32 * s))
+                          for d, s in zip(layer_densities(SHAPES, density, "erk").values(), [64, 10]))
+        for rule in rules:
+            kept = random_kept if rule == "random" else round(density * total)  # scores: over all layers at once
+            rows = results[(results["density"] == density) & (results["mask_rule"] == rule)].set_index("layer_type")
+            assert rows.loc["sparse", "trainable_params"].tolist() == [kept + biases] * 2
+            assert rows.loc["dct_sparse", "trainable_params"].tolist() == [kept + biases + 2] * 2  # an alpha a layer
+            assert rows.loc["sparse", "stored_bytes"].tolist() == [kept * 8 + biases * 4] * 2  # value + int32 index
+            assert rows.loc["dct_sparse", "stored_bytes"].tolist() == [kept * 8 + biases * 4 + 2 * 4] * 2
+    assert results[results["layer_type"] == "dense"]["trainable_params"].tolist() == [total + biases] * 2
     assert (folder / "figures" / "accuracy_vs_trainable_params.png").is_file()
     findings = pd.read_parquet(folder / "findings.parquet")
     assert list(findings.columns) == list(COLUMNS) and set(findings["n_seeds"]) == {2}
-    assert list(findings["claim"]) == [IMPROVES.claim, EXTREME_SPARSITY.claim, NO_MORE_STORAGE.claim]
+    assert list(findings["claim"]) == [IMPROVES.claim, EXTREME_SPARSITY.claim, BEATS_PRUNE_AT_INIT.claim,
+                                       NO_MORE_STORAGE.claim]
     report = (folder / "report.md").read_text()
-    assert report.index("## Findings") < report.index("## Tables")
+    assert report.index("## Findings") < report.index("## Tables") and "| sparse (synflow) |" in report
+
+
+@pytest.mark.parametrize("rule", ["snip", "grasp", "synflow"])
+def test_score_masks_come_from_the_plain_network_at_each_seeds_initial_weights(rule):
+    """The same masks for sparse and dct_sparse: the plain network of each seed scored alone, on its own batch."""
+    data = load_dataset(CONFIG.dataset)
+    masks = initial_masks(CONFIG, rule, data)
+    for k, s in enumerate(CONFIG.seeds):
+        seed = model_seed(CONFIG.seed, s)
+        plain = Ensemble.from_models([init_model("mlp_w32_d1", data.input_shape, 10, derive_seed(seed, INIT_STREAM))])
+        x, y = scoring_batches(data.x_train, data.y_train, 10, [derive_seed(seed, MASK_STREAM)])
+        alone = score_masks(rule, plain, x, y, CONFIG.densities)
+        for i in range(len(CONFIG.densities)):
+            assert all(torch.equal(masks[n][i * 2 + k], alone[n][i]) for n in SHAPES), (rule, s, i)
 
 
 def test_sparse_and_dct_sparse_of_one_seed_share_their_masks_and_draw_per_layer_counts():
@@ -69,7 +89,7 @@ def test_sparse_and_dct_sparse_of_one_seed_share_their_masks_and_draw_per_layer_
     assert not torch.equal(masks["1.weight"][0], masks["1.weight"][1])  # each seed its own positions
 
 
-@pytest.mark.parametrize("layer_type,row", [("dct_sparse", 2), ("sparse", 8)])  # density 0.01, seed 0
+@pytest.mark.parametrize("layer_type,row", [("dct_sparse", 6), ("sparse", 24)])  # random masks, density 0.01, seed 0
 def test_a_row_equals_one_model_trained_alone(run, layer_type, row):
     """torch.optim.SGD, one model: init from the seed (a DCT+Sparse layer's S at 0, as DCTpS's --init zeros: every
     layer's weight), the seed's mask of density 0.01, the seed's batch order."""
@@ -86,7 +106,7 @@ def test_a_row_equals_one_model_trained_alone(run, layer_type, row):
                                 data.y_train, torch.arange(data.n_train), derive_seed(seed, ORDER_STREAM), CONFIG.train,
                                 mask={n: m[0].float() for n, m in mask.items()})
     alone = float(evaluate(Ensemble.from_models([model]), data.x_test, data.y_test).accuracy()[0])
-    assert results.loc[row, ["layer_type", "density", "seed"]].tolist() == [layer_type, 0.01, 0]
+    assert results.loc[row, ["layer_type", "mask_rule", "density", "seed"]].tolist() == [layer_type, "random", 0.01, 0]
     assert results.loc[row, "test_accuracy"] == pytest.approx(alone, abs=0.011)  # one test example of 100 may flip
 
 

@@ -21,22 +21,26 @@ PINNED = {
     "filter_retrain": "filter_retrain-0f512e969071", "prune_grid": "prune_grid-a018cfdac5aa",
     "scaling_law": "scaling_law-cc1d4c00a127",
     "weight_correlation": "weight_correlation-185f5ea79596",  # issue 29: R_p by the paper's Eq. 1
-    "dct_sparse": "dct_sparse-9b7c65640e2e",  # issue 29: S at 0, the authors' capping and patch order, stored bytes
+    "dct_sparse": "dct_sparse-ab3c1f22650a",  # issue 29: SNIP, GraSP and SynFlow masks beside the random ones
     "deq": "deq-8312697a832f",  # issue 28: the default experiment gained the explicit baselines
     "subspaces": "subspaces-628efb63a7a8",  # issue 28: SWA, a validation split, the authors' schedule
     "lime_data": "lime_data-71d3566cbc9b", "lime_pretrain": "lime_pretrain-486c8d15405b",
     "cscore-fashion-noisy.yaml": "cscore-844a2a3f3dde", "cscore-mnist1d.yaml": "cscore-60cca1d50bed",
     "cscore.yaml": "cscore-8e05a0a52f90",
-    "dct-sparse-fashion.yaml": "dct_sparse-d5f911f424fa",  # issue 29: as the default
+    "dct-sparse-fashion.yaml": "dct_sparse-4a44855b6029",  # issue 29: as the default
+    "dct-sparse-fashion-cnn.yaml": "dct_sparse-ea384e2d5167",  # issue 29: a BatchNorm CNN on Fashion-MNIST (new)
     "deq-synthetic.yaml": "deq-5f39085ac39f",  # issue 28: the default experiment gained the explicit baselines
     "deq-fashion-conv.yaml": "deq-d431c0df3b76",  # issue 28: the conv DEQ on Fashion-MNIST (a new config)
     "lime-pretrain-gpu.yaml": "lime_pretrain-dc321cfbc2dc",
     "proxies-fashion-noisy.yaml": "proxies-194874d5afef", "prune-mnist1d-cnn-gpu.yaml": "prune_grid-1d5ee09af5d3",
     "prune-mnist1d-cnn.yaml": "prune_grid-d0e74fa5be1e", "prune-mnist1d.yaml": "prune_grid-a018cfdac5aa",
+    "prune-mnist1d-data.yaml": "prune_grid-2a88b076a1f7",  # the law across 4 data fractions and widths 16-128 (new)
     "subspaces-mnist1d-cnn.yaml": "subspaces-dff9d8481927",  # issue 28: SWA, validation split, authors' schedule
-    "subspaces-fashion-cnn.yaml": "subspaces-969f645c4f25",  # issue 28: the BatchNorm CNN on Fashion-MNIST
+    "subspaces-fashion-cnn.yaml": "subspaces-8728d285ba16",  # issue 28: the BatchNorm CNN on Fashion-MNIST, 5 seeds
     "train.yaml": "train-65eabe7363c0",
     "weight-correlation-fashion.yaml": "weight_correlation-9e4ea17c876b",  # issue 29: R_p by Eq. 1
+    "weight-correlation-mnist1d-cnn.yaml": "weight_correlation-b19be1186c44",  # issue 29: a well-trained 1-D CNN (new)
+    "weight-correlation-fashion-cnn-gpu.yaml": "weight_correlation-cda4846b5410",  # issue 29: for a GPU (new)
 }
 
 

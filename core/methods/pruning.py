@@ -39,12 +39,24 @@ def target_kept(total: int | Tensor, fraction: float, level: int) -> int | Tenso
     return round((1.0 - fraction) ** level * total)
 
 
-def _keep_largest(magnitudes: Tensor, mask: Tensor, keep: Tensor) -> Tensor:
-    """Per model (row of `[K, P]`), the `keep[k]` largest magnitudes among the weights still in `mask`."""
-    candidates = torch.where(mask, magnitudes, torch.tensor(-1.0, dtype=magnitudes.dtype, device=magnitudes.device))
+def _keep_largest(scores: Tensor, mask: Tensor, keep: Tensor | int) -> Tensor:
+    """Per model (row of `[K, P]`), the `keep[k]` largest scores among the weights still in `mask`."""
+    candidates = torch.where(mask, scores, torch.tensor(-torch.inf, dtype=scores.dtype, device=scores.device))
     order = torch.argsort(candidates, dim=1, descending=True, stable=True)  # ties: the lower index survives
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    return (rank < keep.to(rank.device).unsqueeze(1)) & mask
+    keep = torch.as_tensor(keep, device=rank.device).reshape(-1, 1)
+    return (rank < keep) & mask
+
+
+def keep_largest_overall(scores: dict[str, Tensor], masks: dict[str, Tensor], keep: Tensor | int) -> dict[str, Tensor]:
+    """Per model, the `keep` (or `keep[k]`) highest `scores` among the weights in `masks`, ranked over all the
+    layers together (ties: the earlier layer, then the lower index); masks shaped as `masks`."""
+    names = list(masks)
+    k = next(iter(masks.values())).shape[0]
+    flat_masks = [masks[n].reshape(k, -1) for n in names]
+    flat_scores = [scores[n].detach().to(masks[n].device).reshape(k, -1) for n in names]
+    kept = _keep_largest(torch.cat(flat_scores, 1), torch.cat(flat_masks, 1), keep)
+    return {n: part.reshape(masks[n].shape) for n, part in zip(names, kept.split([m.shape[1] for m in flat_masks], 1))}
 
 
 def _own_counts(flat: dict[str, Tensor], support: dict[str, Tensor] | None) -> dict[str, Tensor]:
@@ -70,10 +82,7 @@ def prune(params: dict[str, Tensor], masks: dict[str, Tensor], fraction: float, 
     if scope == "layerwise":
         return {n: _keep_largest(magnitudes[n], flat_masks[n], target_kept(totals[n], fraction, level))
                 .view_as(masks[n]) for n in names}
-    sizes = [flat_masks[n].shape[1] for n in names]
-    kept = _keep_largest(torch.cat([magnitudes[n] for n in names], 1), torch.cat([flat_masks[n] for n in names], 1),
-                         target_kept(sum(totals.values()), fraction, level))
-    return {n: part.reshape(masks[n].shape) for n, part in zip(names, kept.split(sizes, dim=1))}
+    return keep_largest_overall(magnitudes, masks, target_kept(sum(totals.values()), fraction, level))
 
 
 def density(masks: dict[str, Tensor], support: dict[str, Tensor] | None = None) -> Tensor:

@@ -17,6 +17,13 @@ whatever kappa, so its sharpness cannot be fitted; D is that limit at kappa = 2 
 The edge is fitted as the ratio s_over_p >= 1, so that box bounds keep the dip at larger density than
 the paper's transition.
 
+Dataset size n enters the paper's joint law only through the unpruned error eps_np(l, w, n). Its fits take eps_np as
+measured, one value per curve (`measured`, the treatment here until now). With eps_np `modeled`, the dense error is the
+law of Rosenfeld et al. (ICLR 2020), eps_np(m, n) = a n^-alpha + b m^-beta + c_inf (without its envelope), m the dense
+network's parameters (in thousands), n the data fraction; its five constants are fitted jointly with the five of the
+pruning law over every (density, depth, width, n), so that the law predicts a network at a data size (or width, or
+depth) it was never fitted on, its dense error included.
+
 Fits run on seed means: one row per (network, data fraction, level), see `seed_means`.
 """
 from __future__ import annotations
@@ -31,14 +38,26 @@ from scipy.special import expit
 SINGLE = ("eps_up", "p", "gamma")
 JOINT = SINGLE + ("phi", "psi")
 DIP = ("delta", "s_over_p", "kappa")
-LOWER = {"eps_up": 1e-4, "p": 1e-7, "gamma": 0.05, "phi": -4.0, "psi": -4.0, "delta": 0.05, "s_over_p": 1.0, "kappa": 0.2}
-UPPER = {"eps_up": 1.0, "p": 10.0, "gamma": 20.0, "phi": 4.0, "psi": 4.0, "delta": 1.0, "s_over_p": 1e4, "kappa": 20.0}
+DENSE = ("a", "alpha", "b", "beta", "c_inf")
+LOWER = {"eps_up": 1e-4, "p": 1e-7, "gamma": 0.05, "phi": -4.0, "psi": -4.0, "delta": 0.05, "s_over_p": 1.0,
+         "kappa": 0.2, "a": 0.0, "alpha": 0.01, "b": 0.0, "beta": 0.01, "c_inf": 0.0}
+UPPER = {"eps_up": 1.0, "p": 10.0, "gamma": 20.0, "phi": 4.0, "psi": 4.0, "delta": 1.0, "s_over_p": 1e4,
+         "kappa": 20.0, "a": 5.0, "alpha": 3.0, "b": 5.0, "beta": 3.0, "c_inf": 1.0}
 GRID_POINT = ["network", "data_fraction", "level"]
+PARAMS_UNIT = 1000.0  # the dense error's m is counted in thousands of parameters
 
 
-def parameter_names(joint: bool, dip: bool = False) -> tuple[str, ...]:
-    """The fitted parameters of the paper's form (or the dip form), per curve or joint."""
-    return (JOINT if joint else SINGLE) + (DIP if dip else ())
+def parameter_names(joint: bool, dip: bool = False, modeled: bool = False) -> tuple[str, ...]:
+    """The fitted parameters of the paper's form (or the dip form), per curve or joint, with the dense error's when
+    it is `modeled` (joint fits only)."""
+    return (JOINT if joint else SINGLE) + (DENSE if modeled else ()) + (DIP if dip else ())
+
+
+def dense_error(data_fraction: np.ndarray, dense_params: np.ndarray, a: float, alpha: float, b: float, beta: float,
+                c_inf: float) -> np.ndarray:
+    """eps_np(m, n) = a n^-alpha + b m^-beta + c_inf: n the data fraction, m the dense parameters / PARAMS_UNIT."""
+    m = np.asarray(dense_params, float) / PARAMS_UNIT
+    return a * np.asarray(data_fraction, float) ** -alpha + b * m ** -beta + c_inf
 
 
 def transition(d: np.ndarray, scale: float, ratio: float | np.ndarray, sharpness: float) -> np.ndarray:
@@ -69,13 +88,15 @@ def invariant(density: np.ndarray, depth: np.ndarray, width: np.ndarray, phi: fl
 
 
 def predict(table: pd.DataFrame, params: dict[str, float]) -> np.ndarray:
-    """eps_hat for each row (columns density, eps_np, and depth/width for joint params); the dip form if params has delta."""
+    """eps_hat for each row (columns density, eps_np, and depth/width for joint params; data_fraction and dense_params
+    instead of eps_np when params model the dense error); the dip form if params has delta."""
     return _predict(_columns(table), params)
 
 
 def _columns(table: pd.DataFrame) -> dict[str, np.ndarray | None]:
-    """The columns `predict` reads, as float arrays (depth and width None where the table has none)."""
-    return {c: table[c].to_numpy(float) if c in table else None for c in ("density", "eps_np", "depth", "width")}
+    """The columns `predict` reads, as float arrays (None where the table has none)."""
+    return {c: table[c].to_numpy(float) if c in table else None
+            for c in ("density", "eps_np", "depth", "width", "data_fraction", "dense_params")}
 
 
 def _predict(columns: dict[str, np.ndarray | None], params: dict[str, float]) -> np.ndarray:
@@ -83,8 +104,11 @@ def _predict(columns: dict[str, np.ndarray | None], params: dict[str, float]) ->
     d = columns["density"]
     if "phi" in params:
         d = invariant(d, columns["depth"], columns["width"], params["phi"], params["psi"])
+    eps_np = columns["eps_np"]
+    if "a" in params:
+        eps_np = dense_error(columns["data_fraction"], columns["dense_params"], **{n: params[n] for n in DENSE})
     form, names = (dip_error_form, SINGLE + DIP) if "delta" in params else (error_form, SINGLE)
-    return form(d, columns["eps_np"], **{n: params[n] for n in names})
+    return form(d, eps_np, **{n: params[n] for n in names})
 
 
 @dataclass
@@ -109,29 +133,39 @@ def _starts(table: pd.DataFrame, names: tuple[str, ...], n_starts: int, seed: in
     """Initial points: a data-driven one, then seeded draws (log-uniform for p and s_over_p) inside the bounds."""
     rng = np.random.default_rng(seed)
     lowest_ratio = float((table["test_error"] / table["eps_np"]).min())
+    dense = float(table["eps_np"].min())
     first = {"eps_up": min(max(table["test_error"].max(), 1.01 * LOWER["eps_up"]), UPPER["eps_up"]),
              "p": max(float(table["density"].min()) * 3, LOWER["p"] * 10), "gamma": 1.0, "phi": 0.0, "psi": 0.0,
              # delta < 1: at delta = 1 the dip factor is 1 and flat in s_over_p and kappa
-             "delta": min(lowest_ratio, 0.99), "s_over_p": 30.0, "kappa": 2.0}
+             "delta": min(lowest_ratio, 0.99), "s_over_p": 30.0, "kappa": 2.0,
+             "a": dense / 4, "alpha": 0.5, "b": dense / 4, "beta": 0.5, "c_inf": dense / 2}
     starts = [np.array([first[n] for n in names])]
     for _ in range(n_starts - 1):
         draw = {"eps_up": rng.uniform(table["test_error"].median(), 1.0), "p": 10 ** rng.uniform(-4, 0),
                 "gamma": 10 ** rng.uniform(-0.7, 0.8), "phi": rng.uniform(-1, 1), "psi": rng.uniform(-1, 1),
-                "delta": rng.uniform(0.5, 1.0), "s_over_p": 10 ** rng.uniform(0.5, 3), "kappa": 10 ** rng.uniform(-0.3, 1)}
+                "delta": rng.uniform(0.5, 1.0), "s_over_p": 10 ** rng.uniform(0.5, 3),
+                "kappa": 10 ** rng.uniform(-0.3, 1), "a": rng.uniform(0, dense), "alpha": 10 ** rng.uniform(-1, 0.3),
+                "b": rng.uniform(0, dense), "beta": 10 ** rng.uniform(-1, 0.3), "c_inf": rng.uniform(0, dense)}
         starts.append(np.array([draw[n] for n in names]))
     return [np.clip(s, [LOWER[n] for n in names], [UPPER[n] for n in names]) for s in starts]
 
 
-def fit(table: pd.DataFrame, joint: bool = False, n_starts: int = 8, seed: int = 0, dip: bool = False) -> Fit:
+def fit(table: pd.DataFrame, joint: bool = False, n_starts: int = 8, seed: int = 0, dip: bool = False,
+        modeled: bool = False) -> Fit:
     """Least squares on the relative error (scipy), from several starts, with bounded parameters.
 
     `table` needs density, test_error, eps_np (the network's unpruned error), and for a joint fit
-    depth and width. `dip` fits the dip form instead of the paper's.
+    depth and width. `dip` fits the dip form instead of the paper's. `modeled` (joint fits only) fits the dense
+    error eps_np(m, n) too (`dense_error`, from columns data_fraction and dense_params), jointly with the rest.
     """
-    names = parameter_names(joint, dip)
+    if modeled and not joint:
+        raise ValueError("the dense error is modeled only in joint fits: one curve has one data size and one network")
+    names = parameter_names(joint, dip, modeled)
     error = table["test_error"].to_numpy(float)
     if (error <= 0).any():
         raise ValueError("test_error must be positive for a fit on the relative error; drop rows with zero error")
+    if modeled and not (table.get("dense_params", pd.Series([0.0])) > 0).all():
+        raise ValueError("a modeled dense error needs each network's parameter count (dense_params > 0)")
 
     columns = _columns(table)
 
@@ -146,13 +180,14 @@ def fit(table: pd.DataFrame, joint: bool = False, n_starts: int = 8, seed: int =
 
 
 def bootstrap_intervals(table: pd.DataFrame, joint: bool, n_bootstrap: int, seed: int = 0, n_starts: int = 3,
-                        level: float = 0.95, dip: bool = False) -> dict[str, tuple[float, float]]:
+                        level: float = 0.95, dip: bool = False,
+                        modeled: bool = False) -> dict[str, tuple[float, float]]:
     """Percentile intervals of each parameter over fits to row-resampled tables."""
     rng = np.random.default_rng(seed)
-    draws = [fit(table.iloc[rng.integers(0, len(table), len(table))], joint, n_starts, seed + b, dip).params
+    draws = [fit(table.iloc[rng.integers(0, len(table), len(table))], joint, n_starts, seed + b, dip, modeled).params
              for b in range(n_bootstrap)]
     tail = (1 - level) / 2 * 100
-    names = parameter_names(joint, dip)
+    names = parameter_names(joint, dip, modeled)
     if not draws:
         return {n: (np.nan, np.nan) for n in names}
     return {n: tuple(np.percentile([d[n] for d in draws], [tail, 100 - tail])) for n in names}
@@ -167,12 +202,21 @@ def with_unpruned_error(errors: pd.DataFrame) -> pd.DataFrame:
 
 def seed_means(errors: pd.DataFrame) -> pd.DataFrame:
     """One row per (network, data fraction, level) of the per-seed `errors`: width, depth, density, the mean
-    test_error, n_seeds, relative_std (sample std over seeds / mean; NaN with one seed), curve and eps_np."""
+    test_error, n_seeds, relative_std (sample std over seeds / mean; NaN with one seed), curve and eps_np, and
+    dense_params (the network's parameters at level 0) where `errors` has params_remaining."""
     means = errors.groupby(GRID_POINT, as_index=False).agg(
         width=("width", "first"), depth=("depth", "first"), density=("density", "mean"),
         test_error=("test_error", "mean"), test_error_std=("test_error", "std"), n_seeds=("test_error", "count"))
     means["relative_std"] = means.pop("test_error_std") / means["test_error"]
+    if "params_remaining" in errors:
+        dense = errors[errors["level"] == 0].groupby("network")["params_remaining"].max().astype(float)
+        means["dense_params"] = means["network"].map(dense)
     return with_unpruned_error(means)
+
+
+def uses_modeled_dense_error(choice: str, table: pd.DataFrame) -> bool:
+    """Whether the joint fits model eps_np(m, n): `modeled`, or `auto` on a grid of several data fractions."""
+    return choice == "modeled" or (choice == "auto" and table["data_fraction"].nunique() > 1)
 
 
 def seed_spread(means: pd.DataFrame) -> float:
@@ -273,13 +317,15 @@ def trend_warning(trend: DensityTrend) -> str | None:
             "the dense end, so no fit of this grid tests the law")
 
 
-def extrapolation_warning(fitted: pd.DataFrame, held: pd.DataFrame) -> str | None:
+def extrapolation_warning(fitted: pd.DataFrame, held: pd.DataFrame, modeled: bool = False) -> str | None:
     """Why an extrapolation fitted on the rows `fitted` says little on the rows `held`, or None.
 
     An exponent of m* (phi for depth, psi for width) is not determined where the fitted rows hold one value of its
-    dimension: its factor is a constant that p absorbs, so the prediction at another value is arbitrary.
+    dimension: its factor is a constant that p absorbs, so the prediction at another value is arbitrary. So is the
+    exponent of a `modeled` dense error's data term (alpha) where the fitted rows hold one data fraction.
     """
-    free = [(exponent, column) for exponent, column in (("phi", "depth"), ("psi", "width"))
+    exponents = (("phi", "depth"), ("psi", "width")) + ((("alpha", "data_fraction"),) if modeled else ())
+    free = [(exponent, column) for exponent, column in exponents
             if fitted[column].nunique() == 1 and (held[column] != fitted[column].iloc[0]).any()]
     networks = fitted["network"].unique() if "network" in fitted else ()
     source = f"a single network ({networks[0]})" if len(networks) == 1 else None
@@ -295,12 +341,14 @@ def extrapolation_warning(fitted: pd.DataFrame, held: pd.DataFrame) -> str | Non
     return None
 
 
-def without_dip_warning(table: pd.DataFrame) -> str | None:
-    """Why the paper's joint form cannot be judged outside the dip of `table` (column `dip`), or None: no more
-    pruned rows lie outside it than the joint law has parameters, and a fit matches that few whatever the law."""
+def without_dip_warning(table: pd.DataFrame, modeled: bool = False) -> str | None:
+    """Why the paper's joint form (with a `modeled` dense error or not) cannot be judged outside the dip of `table`
+    (column `dip`), or None: no more pruned rows lie outside it than the joint law has parameters, and a fit matches
+    that few whatever the law."""
     outside = int(((table["density"] < 1) & ~table["dip"]).sum())
-    if outside > len(JOINT):
+    size = len(parameter_names(True, modeled=modeled))
+    if outside > size:
         return None
     return (f"joint_without_dip left out: only {outside} pruned rows lie outside the dip (at or above their dense "
-            f"network's error), no more than the {len(JOINT)} parameters of the joint law, and a fit on them and the "
+            f"network's error), no more than the {size} parameters of the joint law, and a fit on them and the "
             "dense rows would match them whatever the law")

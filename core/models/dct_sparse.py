@@ -21,6 +21,7 @@ from torch.nn.modules.utils import _pair, _single
 from core.models.stacked import stacked_conv, stacked_linear
 
 Transform = Literal["auto", "fft", "matrix"]
+Offset = Literal["auto", "fold", "shared"]  # how a linear layer's stacked step adds alpha D x (folds)
 
 # "auto" runs D[:out, :in] by FFT when the dense D's multiply-adds per row, in x out, reach FFT_WORK_RATIO times the
 # FFT's n log2 n (n = max(in, out)), else by the matmul. Measured by `.venv/bin/python -m bench.dct_sparse` (2-core
@@ -30,6 +31,15 @@ Transform = Literal["auto", "fft", "matrix"]
 # less. 24 lies between, so "auto" picked the faster side on every measured shape (bench/README.md). A size alone
 # would not do: a 256 -> 10 layer needs 10 rows of D, which the matmul applies 5x faster than a 256-point FFT.
 FFT_WORK_RATIO = 24
+# "auto" folds alpha D into each model's weight (W_k = S_k + alpha_k D, one batched matmul) where that was faster in
+# `.venv/bin/python -m bench.dct_sparse` (K = 64, 8 / 32 / 128 rows per model, forward and backward, medians of 5
+# interleaved, quiet machine; bench/README.md): against the shared D by matmul at every measured shape from 8 rows on
+# (0.63-0.96x; 1.00x once), so from FOLD_MIN_ROWS rows; against the shared D by FFT only with many rows on small
+# layers (0.78-0.93x at 128 rows for n <= 512 and the 784/1024 -> 300 layers, 1.03-2.1x at 8-32 rows, 1.0x at 128 for
+# n = 784, 1024), where forming K big weights costs more than the FFT: there when in x out x FOLD_FFT_RATIO <= rows x
+# FFT_WORK_RATIO n log2 n, which picks the faster side (or a tie within 1%) on every measured shape.
+FOLD_MIN_ROWS = 8
+FOLD_FFT_RATIO = 40
 
 
 @functools.cache
@@ -164,6 +174,20 @@ def uses_fft(in_features: int, out_features: int, transform: Transform) -> bool:
     return transform == "fft" or (transform == "auto" and in_features * out_features >= FFT_WORK_RATIO * fft_work)
 
 
+def folds(in_features: int, out_features: int, batch: int, offset: Offset, transform: Transform = "auto") -> bool:
+    """Whether a linear layer adds alpha D x by folding: W_k = S_k + alpha_k D, one batched matmul (`fold`), rather
+    than by one shared transform of every model's input (`shared`); "auto": as measured (FOLD_MIN_ROWS and
+    FOLD_FFT_RATIO), by the `batch` rows per model and whether the shared D would run by FFT."""
+    if offset not in ("auto", "fold", "shared"):
+        raise ValueError(f"offset must be 'auto', 'fold' or 'shared', not {offset!r}")
+    if offset != "auto":
+        return offset == "fold"
+    if not uses_fft(in_features, out_features, transform):
+        return batch >= FOLD_MIN_ROWS
+    n = max(in_features, out_features)
+    return in_features * out_features * FOLD_FFT_RATIO <= batch * FFT_WORK_RATIO * n * math.log2(n)
+
+
 def dct(x: Tensor, out_features: int | None = None, dim: int = -1, transform: Transform = "auto") -> Tensor:
     """D[:out, :in] applied along `dim`: the first `out_features` (default: in) orthonormal DCT-II coefficients of
     `x` zero-padded to max(in, out) along `dim`, by the dense matrix or by FFT (`transform`)."""
@@ -196,10 +220,10 @@ class DCTPlusSparseLinear(nn.Module):
     stacked_layout = "features"  # core.training.ensemble's stacked fast path: forward_stacked takes and gives [K, F, B]
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, transform: Transform = "auto",
-                 device=None, dtype=None):
+                 device=None, dtype=None, offset: Offset = "auto"):
         super().__init__()
-        uses_fft(in_features, out_features, transform)  # refuses an unknown transform now, not mid-training
-        self.in_features, self.out_features, self.transform = in_features, out_features, transform
+        folds(in_features, out_features, 1, offset, transform)  # refuses an unknown setting now, not mid-training
+        self.in_features, self.out_features, self.transform, self.offset = in_features, out_features, transform, offset
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
         self.alpha = nn.Parameter(torch.ones((), device=device, dtype=dtype))
@@ -211,18 +235,33 @@ class DCTPlusSparseLinear(nn.Module):
         return _copied(cls(linear.in_features, linear.out_features, linear.bias is not None, transform,
                            linear.weight.device, linear.weight.dtype), linear)
 
+    def _folds(self, batch: int) -> bool:
+        """Whether a batch of `batch` rows per model runs folded (see `folds`)."""
+        return folds(self.in_features, self.out_features, batch, self.offset, self.transform)
+
+    def _folded(self, weight: Tensor, alpha: Tensor) -> Tensor:
+        """S + alpha D: `weight` `[..., out, in]`, `alpha` broadcast against it; D the cached shared matrix."""
+        d = dct_matrix(self.out_features, self.in_features, weight.device, weight.dtype)
+        return torch.addcmul(weight, alpha, d)
+
     def forward(self, x: Tensor) -> Tensor:
         """One model on `[..., in]`."""
+        if self._folds(x[..., 0].numel()):
+            return F.linear(x, self._folded(self.weight, self.alpha), self.bias)
         return self.alpha * dct(x, self.out_features, -1, self.transform) + F.linear(x, self.weight, self.bias)
 
     def forward_stacked(self, x: Tensor, params: dict[str, Tensor], k: int) -> Tensor:
-        """All K models on `[K, in, B]`: S x + b by one batched matmul, D x by one transform of all K models' inputs."""
+        """All K models on `[K, in, B]`: folded, one batched matmul by S_k + alpha_k D; or shared, S x + b by one
+        batched matmul and D x by one transform of all K models' inputs."""
+        if self._folds(x.shape[2]):
+            return stacked_linear(x, self._folded(params["weight"], params["alpha"].view(k, 1, 1)), params["bias"])
         transformed = dct(x, self.out_features, 1, self.transform)
         return torch.addcmul(stacked_linear(x, params["weight"], params["bias"]), params["alpha"].view(k, 1, 1),
                              transformed)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, transform={self.transform}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, transform={self.transform}, "
+                f"offset={self.offset}")
 
 
 class DCTPlusSparseConv(nn.Module):
