@@ -199,20 +199,21 @@ def examples_table(dataset: Dataset) -> pd.DataFrame:
     return pd.concat([
         pd.DataFrame({"split": "train", "position": np.arange(dataset.n_train), "example_id": dataset.train_ids,
                       "source": dataset.train_source, "label": dataset.y_train, "true_label": dataset.true_label,
-                      "is_noisy": dataset.is_noisy}),
+                      "is_noisy": dataset.is_noisy, "is_foreign": dataset.is_foreign}),
         pd.DataFrame({"split": "test", "position": np.arange(dataset.n_test), "example_id": dataset.test_ids,
                       "source": dataset.test_source, "label": dataset.y_test, "true_label": dataset.y_test,
-                      "is_noisy": False}),
+                      "is_noisy": False, "is_foreign": False}),
     ], ignore_index=True)
 
 
 def write_examples_table(store: RunStore, dataset: Dataset) -> None:
-    """examples.parquet, unless the run has it with every column (a run begun before `source` existed gets it now,
-    and the tables built from it are rebuilt)."""
+    """examples.parquet, unless the run has it with every column (a run begun before `source` or `is_foreign` existed
+    gets it now, and the tables built from it are rebuilt)."""
     import pyarrow.parquet as pq
 
     store.remove_corrupt("examples.parquet")
-    if store.is_complete("examples.parquet") and "source" in pq.read_schema(store.path("examples.parquet")).names:
+    if store.is_complete("examples.parquet") and {"source", "is_foreign"} <= set(
+            pq.read_schema(store.path("examples.parquet")).names):
         return
     store.write_table("examples.parquet", examples_table(dataset))
 

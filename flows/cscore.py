@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # annotations only: these load torch and pandas, which readin
 
 
 FLOW = "cscore"
+DETECTION_TABLES = {"noise_detection.parquet": "is_noisy", "ood_detection.parquet": "is_foreign"}
+MARKED = {"is_noisy": "mislabeled examples", "is_foreign": "foreign examples"}  # what each detection finds
 DEFAULT_RATIOS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 
@@ -133,11 +135,12 @@ def cscore_flow(config: CScoreFlowConfig = CScoreFlowConfig(), data_root: str | 
     precision = rounds_until_precise(run_round, config.max_rounds(), config.target_se, report)
     combine_shards(store, names, "runs.parquet", "model_id")
     score_runs(store, dataset.class_names)
-    store.remove_corrupt("noise_detection.parquet")
-    if dataset.is_noisy.any() and not store.is_complete("noise_detection.parquet", ["cscores.parquet"]):
-        scores = store.read_table("cscores.parquet")
-        detection = {"score": "cscore", **detection_metrics(scores["cscore"], scores["is_noisy"])}
-        store.write_table("noise_detection.parquet", pd.DataFrame([detection]), built_from=["cscores.parquet"])
+    for table, marks in DETECTION_TABLES.items():  # how well a low C-score finds the mislabeled, the foreign examples
+        store.remove_corrupt(table)
+        if getattr(dataset, marks).any() and not store.is_complete(table, ["cscores.parquet"]):
+            scores = store.read_table("cscores.parquet")
+            detection = {"score": "cscore", **detection_metrics(scores["cscore"], scores[marks])}
+            store.write_table(table, pd.DataFrame([detection]), built_from=["cscores.parquet"])
     figures = store.figures(lambda: draw_figures(store, dataset))
     summary = store.read_table("summary.parquet")
     overall = summary.iloc[0]
@@ -160,8 +163,9 @@ def draw_figures(store: RunStore, dataset) -> list:
     test_by_ratio = runs.groupby("ratio")["test_accuracy"].mean().reindex(by_ratio.index)
     labels, values = scores["label"].to_numpy(), scores["cscore"].to_numpy()
     folder = store.root / "figures"
-    noisy = scores["is_noisy"].to_numpy()
-    extra = [detection_curves({"C-score": values}, noisy, folder / "noise_detection.png")] if noisy.any() else []
+    extra = [detection_curves({"C-score": values}, scores[marks].to_numpy(), folder / table.replace(".parquet", ".png"),
+                              MARKED[marks])
+             for table, marks in DETECTION_TABLES.items() if marks in scores and scores[marks].any()]
     return extra + [
         per_class_histograms(values, labels, dataset.class_names, "C-score", folder / "cscore_histograms.png"),
         extreme_examples(dataset.x_train.numpy(), values, labels, dataset.class_names, folder / "extremes.png",

@@ -130,13 +130,15 @@ def draw_figures(store: RunStore, cscores: str | None) -> list[Path]:
     folder, figures = store.root / "figures", []
     proxies = store.read_table("proxies.parquet")
     scores = {n: proxies[n].to_numpy() for n in proxies.columns
-              if n not in ("example_id", "source", "label", "is_noisy", *FLAGS)}
+              if n not in ("example_id", "source", "label", "is_noisy", "is_foreign", *FLAGS)}
     if cscores:
         cscore = aligned_cscore(proxies["example_id"], cscores)
         spearman = store.read_table("proxy_correlations.parquet").set_index("proxy")["spearman"].to_dict()
         figures.append(proxy_scatter(scores, cscore, spearman, folder / "proxy_vs_cscore.png"))
         figures.append(dynamics_curves(store.read_table("dynamics.parquet"), folder / "dynamics.png"))
         scores = {"cscore": cscore, **scores}
-    if proxies["is_noisy"].any():
-        figures.append(detection_curves(scores, proxies["is_noisy"].to_numpy(), folder / "noise_detection.png"))
+    for marks, name, what in (("is_noisy", "noise_detection.png", "mislabeled examples"),
+                              ("is_foreign", "ood_detection.png", "foreign examples")):
+        if marks in proxies and proxies[marks].any():
+            figures.append(detection_curves(scores, proxies[marks].to_numpy(), folder / name, what))
     return figures

@@ -54,7 +54,7 @@ class FlowEntry:
 # Shared sentences: tables several flows write alike.
 EXAMPLES = ("one row per training and test example: which example each position of the per-example list columns "
             "refers to, its `example_id`, its `source` (the file, or the array and row, of your data that holds it), "
-            "its label, true label and `is_noisy`")
+            "its label, true label, `is_noisy` and `is_foreign` (mixed in by dataset.foreign)")
 NOISE_DETECTION = ("one row per score: how well a low score finds the mislabeled examples (AUROC, average precision, "
                    "precision at k = the number of noisy examples)")
 
@@ -93,6 +93,8 @@ FLOWS: dict[str, FlowEntry] = {
                                    "C-score, memorization, split-half Spearman reliability and the 90th percentile "
                                    "of the standard error",
                 "noise_detection.parquet": NOISE_DETECTION + ", for the C-score",
+                "ood_detection.parquet": "one row: how well a low C-score finds the foreign examples mixed in by "
+                                         "dataset.foreign (AUROC, average precision, precision at k = their number)",
                 "examples.parquet": EXAMPLES},
         report_summary="One row for all examples (class -1), then one per class: the mean and median C-score "
                        "(held-out accuracy, 0..1), memorization, `split_half_spearman` (agreement of the C-scores of "
@@ -117,6 +119,7 @@ FLOWS: dict[str, FlowEntry] = {
                 "out_of_sample.parquet": "one row per training example (with cleanlab): its fold and the softmax "
                                          "of the fold model that did not train on it",
                 "noise_detection.parquet": NOISE_DETECTION + ", for every proxy (and the C-score, with `cscore_run`)",
+                "ood_detection.parquet": "the same, for the foreign examples mixed in by dataset.foreign",
                 "examples.parquet": EXAMPLES},
         report_summary="With `cscore_run`: one row per proxy, its Spearman and Kendall rank correlation with the "
                        "C-score (and 95% bootstrap bounds); without it: the distribution (count, mean, std, "

@@ -139,10 +139,12 @@ def aligned_cscore(example_ids: pd.Series, cscores: str) -> np.ndarray:
 def compute_proxies(store: RunStore, record_names: list[str], final_names: list[str], cscores: str | None,
                     out_of_sample: str | None = None) -> list[str]:
     """proxies.parquet (with cleanlab's columns when `out_of_sample` is given), and with a C-score table its
-    correlations and learning dynamics; with label noise, how well each score finds the mislabeled examples."""
+    correlations and learning dynamics; with label noise, how well each score finds the mislabeled examples, and with
+    foreign examples (dataset.foreign), the foreign ones."""
     config, dataset, written = store.config, task_dataset(store), []
-    expected = ["proxies.parquet"] + (["proxy_correlations.parquet", "dynamics.parquet"] if cscores else []) + \
-        (["noise_detection.parquet"] if dataset.is_noisy.any() else [])
+    marks = {"noise_detection.parquet": dataset.is_noisy.numpy(), "ood_detection.parquet": dataset.is_foreign.numpy()}
+    marks = {table: marked for table, marked in marks.items() if marked.any()}  # mislabeled, foreign examples
+    expected = ["proxies.parquet", *(["proxy_correlations.parquet", "dynamics.parquet"] if cscores else []), *marks]
     built_from = [*record_names, *final_names, *([out_of_sample] if out_of_sample else []), *([cscores] if cscores else [])]
     store.remove_corrupt(*expected)
     if all(store.is_complete(name, built_from) for name in expected):
@@ -158,7 +160,8 @@ def compute_proxies(store: RunStore, record_names: list[str], final_names: list[
     flags = {name: cleanlab.pop(name) for name in FLAGS if name in cleanlab}
     columns.update(cleanlab)
     proxies = pd.DataFrame({"example_id": dataset.train_ids.numpy(), "source": dataset.train_source, "label": labels,
-                            "is_noisy": dataset.is_noisy.numpy(), **columns, **flags})
+                            "is_noisy": dataset.is_noisy.numpy(), "is_foreign": dataset.is_foreign.numpy(), **columns,
+                            **flags})
     written.append(store.write_table("proxies.parquet", proxies, built_from=built_from).name)
     scores = {name: proxies[name].to_numpy() for name in columns}
     if cscores:
@@ -169,10 +172,10 @@ def compute_proxies(store: RunStore, record_names: list[str], final_names: list[
         dynamics = learning_dynamics(records["correct"], records["seen"], cscore, config.dynamics_bins)
         written.append(store.write_table("dynamics.parquet", dynamics, built_from=built_from).name)
         scores = {"cscore": cscore, **scores}
-    if dataset.is_noisy.any():
-        flagged_lowest = {name: (~flag).astype(float) for name, flag in flags.items()}
-        rows = [{"score": name, **detection_metrics(values, dataset.is_noisy.numpy())}
+    flagged_lowest = {name: (~flag).astype(float) for name, flag in flags.items()}
+    for table, marked in marks.items():
+        rows = [{"score": name, **detection_metrics(values, marked)}
                 for name, values in {**scores, **flagged_lowest}.items()]
-        written.append(store.write_table("noise_detection.parquet", pd.DataFrame(rows), built_from=built_from).name)
+        written.append(store.write_table(table, pd.DataFrame(rows), built_from=built_from).name)
     get_run_logger().info("proxies of %d examples from %d models: %s", len(proxies), len(records["seen"]), ", ".join(written))
     return written

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from core.findings import COLUMNS
-from core.methods.cscore import MISLABELED_AT_LOW_END, cscore_findings, run_groups
+from core.methods.cscore import MISLABELED_AT_LOW_END, OOD_AT_LOW_END, cscore_findings, run_groups
 from core.runs.rows import pack_bool_rows
 
 NOISY = np.array([True, False, False, False])
@@ -30,16 +30,33 @@ def holdout_runs(right_by_group: list[list[bool]]) -> pa.Table:
                      "train_correct": pack_bool_rows(np.array(correct))})
 
 
-def cscores(noisy=NOISY) -> pa.Table:
-    return pa.table({"is_noisy": noisy})
+def cscores(noisy=NOISY, foreign=None) -> pa.Table:
+    return pa.table({"is_noisy": noisy} | ({} if foreign is None else {"is_foreign": foreign}))
 
 
 def only_row(frame):
-    assert list(frame.columns) == list(COLUMNS) and len(frame) == 1
-    row = frame.iloc[0]
+    """The mislabeled row; the out-of-distribution row beside it is not testable (no foreign examples)."""
+    assert list(frame.columns) == list(COLUMNS) and len(frame) == 2
+    row, ood = frame.iloc[0], frame.iloc[1]
     assert row["claim"] == MISLABELED_AT_LOW_END.claim and row["scope"] == "toy"
     assert row["claim"].startswith("The score identifies out-of-distribution and mislabeled examples at one end")
+    assert ood["measure"] == OOD_AT_LOW_END.measure and ood["rule"] == (
+        "not testable here: no foreign examples; set dataset.foreign (e.g. noise) and dataset.foreign_fraction (e.g. "
+        "0.05)")
     return row
+
+
+def test_foreign_examples_at_the_low_end_are_the_out_of_distribution_row():
+    """Example 0 foreign (and no label noise): the same AUROCs as for a mislabeled example 0, on the second row."""
+    right = [[False, True, True, True], [False, False, True, True], [False, True, True, True]]
+    frame = cscore_findings(holdout_runs(right), cscores(np.zeros(4, bool), NOISY), "toy")
+    mislabeled, ood = frame.iloc[0], frame.iloc[1]
+    assert mislabeled["rule"].startswith("not testable here: no label is known to be wrong")
+    assert ood["claim"] == MISLABELED_AT_LOW_END.claim and ood["measure"].endswith("the out-of-distribution end")
+    assert ood["estimate"] == pytest.approx(17 / 18) and ood["se"] == pytest.approx(1 / 18)
+    assert ood["verdict"] == "supported" and ood["n_seeds"] == 3
+    both = cscore_findings(holdout_runs(right), cscores(NOISY, np.array([False, True, False, False])), "toy")
+    assert both["estimate"][0] == pytest.approx(17 / 18) and both["estimate"][1] != both["estimate"][0]
 
 
 def test_groups_are_run_index_mod_g_with_two_runs_of_every_ratio_each():

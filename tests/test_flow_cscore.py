@@ -120,8 +120,9 @@ def test_figures_are_written(run):
     for name in ("cscore_histograms.png", "extremes.png", "heldout_by_ratio.png"):
         assert (folder / "figures" / name).stat().st_size > 1000
     findings = pd.read_parquet(folder / "findings.parquet")  # no label noise: the one claim is not testable
-    assert list(findings.columns) == list(COLUMNS) and findings["claim"].tolist() == [MISLABELED_AT_LOW_END.claim]
+    assert list(findings.columns) == list(COLUMNS) and findings["claim"].tolist() == [MISLABELED_AT_LOW_END.claim] * 2
     assert findings["rule"].iloc[0].startswith("not testable here: no label is known to be wrong")
+    assert findings["rule"].iloc[1].startswith("not testable here: no foreign examples")
     report = (folder / "report.md").read_text()
     assert report.index("## Findings") < report.index("## Tables")
 
@@ -178,3 +179,22 @@ def test_a_round_larger_than_the_cap_is_refused():
     with pytest.raises(ValueError, match="max_runs_per_ratio=4 is below runs_per_ratio=8, the size of one round"):
         CScoreFlowConfig(runs_per_ratio=8, target_se=0.03, max_runs_per_ratio=4)
     assert CScoreFlowConfig(runs_per_ratio=8, max_runs_per_ratio=4).max_runs() == 8  # the cap applies only with a target
+
+
+def test_foreign_examples_get_their_column_detection_table_and_findings_row(tmp_path):
+    """Noise images mixed into digits (dataset.foreign): 30 more training examples, marked in cscores.parquet, scored
+    by ood_detection.parquet and the findings' second row (6 runs per ratio: 3 groups)."""
+    config = CONFIG.model_copy(update={"dataset": CONFIG.dataset.model_copy(update={"foreign": "noise",
+                                                                                     "foreign_fraction": 0.1}),
+                                       "runs_per_ratio": 6, "ratios": [0.5]})
+    folder = Path(cscore_flow(config, data_root=str(tmp_path)))
+    scores = pd.read_parquet(folder / "cscores.parquet")
+    assert len(scores) == 330 and scores["is_foreign"].tolist() == [False] * 300 + [True] * 30
+    assert (scores.loc[scores["is_foreign"], "example_id"] >= 1_000_000_000).all()
+    detection = pd.read_parquet(folder / "ood_detection.parquet")
+    from core.methods.proxies import detection_metrics
+    expected = detection_metrics(scores["cscore"], scores["is_foreign"])
+    assert detection.iloc[0]["auroc"] == pytest.approx(expected["auroc"]) and detection.iloc[0]["k"] == 30
+    assert (folder / "figures" / "ood_detection.png").is_file() and not (folder / "noise_detection.parquet").exists()
+    findings = pd.read_parquet(folder / "findings.parquet")
+    assert findings["n_seeds"].tolist() == [0, 3] and findings["rule"][1].startswith("replicate: each of 3 disjoint")

@@ -82,7 +82,8 @@ def test_correlations_detection_and_dynamics(run):
     proxies = pd.read_parquet(folder / "proxies.parquet")
     cscores = proxies[["example_id"]].merge(pd.read_parquet(cscore_run / "cscores.parquet"), on="example_id")
     correlations = pd.read_parquet(folder / "proxy_correlations.parquet").set_index("proxy")
-    names = [c for c in proxies.columns if c not in ("example_id", "source", "label", "is_noisy", "cleanlab_issue")]
+    not_scores = ("example_id", "source", "label", "is_noisy", "is_foreign", "cleanlab_issue")
+    names = [c for c in proxies.columns if c not in not_scores]
     assert list(correlations.index) == names and len(names) == 14
     finite = np.isfinite(cscores["cscore"])
     expected = stats.spearmanr(proxies["aum"][finite], cscores["cscore"][finite]).statistic
@@ -98,7 +99,7 @@ def test_correlations_detection_and_dynamics(run):
     assert list(findings.columns) == list(COLUMNS) and findings["claim"].tolist() == [c.claim for c in PROXY_CLAIMS]
     assert (findings["n_seeds"] == 3).all() and findings["estimate"].notna().all()
     upstream = pd.read_parquet(cscore_run / "findings.parquet")  # 4 runs per ratio: 2 groups, too few to judge by
-    assert upstream["claim"].tolist() == [MISLABELED_AT_LOW_END.claim] and upstream["n_seeds"].tolist() == [2]
+    assert upstream["claim"].tolist() == [MISLABELED_AT_LOW_END.claim] * 2 and upstream["n_seeds"].tolist() == [2, 0]
     assert upstream["rule"].iloc[0].startswith("not testable here: 4 runs per ratio make 2 group(s)")
     report = (folder / "report.md").read_text()
     assert report.index("## Findings") < report.index("## Tables")
@@ -190,3 +191,20 @@ def test_an_unfinished_upstream_run_is_named(tmp_path):
     (unfinished / "cscores.parquet").write_bytes(b"PAR1 cut short")  # a killed writer never leaves this, but a copy might
     with pytest.raises(ValueError, match=r"cscore_run='cscore-0123456789ab' has no readable cscores.parquet yet"):
         upstream_table("cscore_run", "cscore-0123456789ab", {"cscore": "cscores.parquet"}, str(tmp_path))
+
+
+def test_foreign_examples_get_their_own_detection_table_beside_the_mislabeled_ones(tmp_path):
+    """Noise mixed into the noisy digits: ood_detection.parquet scores every proxy for the foreign examples, by the
+    same metrics as noise_detection.parquet (checked for two scores by sklearn), and the figure is drawn."""
+    data = DATA.model_copy(update={"foreign": "noise", "foreign_fraction": 0.1})
+    config = ProxiesFlowConfig(dataset=data, model="mlp_w16_d1", train=TRAIN, n_models=2, shard_size=2,
+                               n_bootstrap=5, cleanlab_folds=0)
+    folder = Path(proxies_flow(config, data_root=str(tmp_path)))
+    proxies = pd.read_parquet(folder / "proxies.parquet")
+    assert proxies["is_foreign"].tolist() == [False] * 240 + [True] * 24 and not proxies["is_noisy"][240:].any()
+    ood = pd.read_parquet(folder / "ood_detection.parquet").set_index("score")
+    noise = pd.read_parquet(folder / "noise_detection.parquet").set_index("score")
+    assert list(ood.index) == list(noise.index) and (ood["k"] == 24).all()
+    for score in ("aum", "input_density"):
+        assert ood.loc[score, "auroc"] == pytest.approx(roc_auc_score(proxies["is_foreign"], -proxies[score]))
+    assert (folder / "figures" / "ood_detection.png").is_file()

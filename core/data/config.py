@@ -63,11 +63,31 @@ class DatasetConfig(Config):
         "bool per row of x_train) or of a bool column of your Parquet file (true = wrong label). Their labels stay "
         "as given; true_label is -1 (unknown). Empty = none. Not with label_noise."))
 
+    foreign: Annotated[Literal["none", "digits", "fashion_mnist", "noise"], ADDED_SETTING] = Field("none", description=(
+        "Out-of-distribution examples mixed into the training split, each with a uniformly random label, marked in "
+        "the column is_foreign of examples.parquet and cscores.parquet (ids from 1,000,000,000 on, source "
+        "foreign:...): digits (scikit-learn's 8x8 digits) or fashion_mnist (Fashion-MNIST's training images, from "
+        "path's default folder) resized to this dataset's image size, or noise (each feature uniform between its "
+        "smallest and largest training value: any dataset). none = no foreign examples."))
+    foreign_fraction: Annotated[float, ADDED_SETTING] = Field(0.0, ge=0.0, le=1.0, description=(
+        "How many foreign examples: round(foreign_fraction x n_train) are added to the n_train examples (0.1 adds "
+        "10%, a 9% share of the mixed split). Needs foreign."))
+
     @field_validator("noisy_ids")
     @classmethod
     def _blank_is_none(cls, noisy_ids: str | None) -> str | None:
         """A blank form field means no ids (and the run id of a config without them)."""
         return (noisy_ids or "").strip() or None
+
+    @model_validator(mode="after")
+    def _foreign_from_elsewhere(self) -> "DatasetConfig":
+        if (self.foreign == "none") != (self.foreign_fraction == 0):
+            raise ValueError(f"foreign={self.foreign!r} and foreign_fraction={self.foreign_fraction} go together: set "
+                             "both (e.g. foreign: noise, foreign_fraction: 0.05) or neither")
+        if self.foreign == self.name:
+            raise ValueError(f"foreign={self.foreign!r} is the dataset itself: its examples would not be foreign; "
+                             "choose another source or noise")
+        return self
 
     @model_validator(mode="after")
     def _one_kind_of_noise(self) -> "DatasetConfig":

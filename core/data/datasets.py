@@ -21,6 +21,7 @@ from core.data.arrays import load_arrays
 from core.data.cifar import load_cifar
 from core.data.config import DatasetConfig, names_a_file
 from core.data.fingerprint import fingerprint
+from core.data.foreign import foreign_examples
 from core.data.image_folder import load_image_folder
 from core.data.sources import (DatasetError, RawData, describe_classes, int_labels, load_fashion_mnist, read_id_file,
                                rows_of)
@@ -42,6 +43,7 @@ class Dataset:
     test_ids: torch.Tensor  # int64 [M]
     true_label: torch.Tensor  # int64 [N], training labels before noise; -1 where the user marked it wrong
     is_noisy: torch.Tensor  # bool [N]
+    is_foreign: torch.Tensor  # bool [N]: mixed in from another source (dataset.foreign), with a random label
     class_names: list[str]
     train_source: np.ndarray  # str [N]: where each example is stored (core.data.sources.RawData)
     test_source: np.ndarray  # str [M]
@@ -275,8 +277,8 @@ def _user_marked(config: DatasetConfig, raw: RawData) -> np.ndarray:
 
 
 def load_dataset(config: DatasetConfig, cache_dir: Path | None = None) -> Dataset:
-    """Load `config.name`, then subset (seeded), normalise (train stats) and add training label noise, or mark the
-    examples dataset.noisy_ids lists."""
+    """Load `config.name`, then subset (seeded), add training label noise or mark the examples dataset.noisy_ids
+    lists, mix in foreign examples (dataset.foreign), and normalise (train stats)."""
     loader = get_loader(config.name)
     raw = _check(loader(config, Path(cache_dir) if cache_dir is not None else None), config.name)
     marked = _user_marked(config, raw)
@@ -291,8 +293,6 @@ def load_dataset(config: DatasetConfig, cache_dir: Path | None = None) -> Datase
     # subset before converting so large uint8 sources are never held as float in full
     xtr = torch.from_numpy(raw.x_train[tr].astype(np.float32) / np.float32(raw.scale))
     xte = torch.from_numpy(raw.x_test[te].astype(np.float32) / np.float32(raw.scale))
-    if config.normalize:
-        xtr, xte = _normalize(xtr, xte)
     true = raw.y_train[tr]
     noisy = true
     if config.label_noise > 0:
@@ -302,14 +302,24 @@ def load_dataset(config: DatasetConfig, cache_dir: Path | None = None) -> Datase
         warnings.warn(f"none of the {int(marked.sum())} examples dataset.noisy_ids lists is in the n_train="
                       f"{config.n_train} subset: no noise detection; raise n_train or leave it empty", stacklevel=2)
     true = np.where(marked[tr], -1, true)  # the user's file says the label is wrong, not what is right
+    ids, source = raw.train_ids[tr], raw.train_source[tr]
+    if config.foreign != "none":  # after the subset and before normalising: on the training split's own scale
+        foreign = foreign_examples(config.foreign, config.foreign_fraction, xtr, C, config.seed)
+        xtr = torch.cat([xtr, foreign.x])
+        noisy, true = np.concatenate([noisy, foreign.y]), np.concatenate([true, np.full(len(foreign.y), -1)])
+        ids, source = np.concatenate([ids, foreign.ids]), np.concatenate([source, foreign.source])
+        is_noisy = np.concatenate([is_noisy, np.zeros(len(foreign.y), bool)])  # foreign, not mislabeled
+        raw.sources = [*raw.sources, *foreign.files]
+    if config.normalize:
+        xtr, xte = _normalize(xtr, xte)
     if raw.on_success is not None:
         raw.on_success()
     return Dataset(
         name=config.name, x_train=xtr, y_train=torch.from_numpy(noisy.copy()), x_test=xte,
-        y_test=torch.from_numpy(raw.y_test[te]), train_ids=torch.from_numpy(raw.train_ids[tr]),
+        y_test=torch.from_numpy(raw.y_test[te]), train_ids=torch.from_numpy(ids),
         test_ids=torch.from_numpy(raw.test_ids[te]), true_label=torch.from_numpy(true.copy()),
-        is_noisy=torch.from_numpy(is_noisy), class_names=list(raw.class_names),
-        train_source=raw.train_source[tr], test_source=raw.test_source[te], sources=raw.sources,
+        is_noisy=torch.from_numpy(is_noisy), is_foreign=torch.from_numpy(np.arange(len(ids)) >= len(tr)),
+        class_names=list(raw.class_names), train_source=source, test_source=raw.test_source[te], sources=raw.sources,
         fingerprint=fingerprint(raw.sources, cache_dir, raw.decoding), decoding=raw.decoding)
 
 

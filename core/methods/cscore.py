@@ -255,13 +255,15 @@ def cscore_tables(in_subset: np.ndarray, train_correct: np.ndarray, test_correct
                   runs: np.ndarray, examples: pd.DataFrame, class_names: list[str]) -> dict[str, pd.DataFrame]:
     """All tables of a holdout run from its dense per-model results (rows = models, columns = examples).
 
-    `examples` is the run's examples table (split, position, example_id, source, label, true_label, is_noisy);
+    `examples` is the run's examples table (split, position, example_id, source, label, true_label, is_noisy and,
+    written since dataset.foreign exists, is_foreign);
     runs with even and odd `runs` index form the two halves of the reliability estimate.
     """
     train = examples[examples["split"] == "train"].sort_values("position").reset_index(drop=True)
     test = examples[examples["split"] == "test"].sort_values("position").reset_index(drop=True)
     scores = holdout_scores(in_subset, train_correct, ratios)
-    cscores = train[["example_id", "source", "label", "true_label", "is_noisy"]].assign(
+    marks = ["is_noisy", "is_foreign"] if "is_foreign" in train else ["is_noisy"]  # is_foreign: dataset.foreign
+    cscores = train[["example_id", "source", "label", "true_label", *marks]].assign(
         cscore=scores.cscore, cscore_se=scores.cscore_se, n_heldout=scores.n_heldout.astype(np.int64),
         memorization=memorization(in_subset, train_correct, ratios),
         n_missing_ratios=(scores.heldout_counts == 0).sum(0).astype(np.int64),
@@ -285,8 +287,14 @@ MISLABELED_AT_LOW_END = Claim(
     PAPER, "The score identifies out-of-distribution and mislabeled examples at one end of the continuum and strongly "
     "regular examples at the other end.",
     "AUROC of a low C-score for finding the training examples whose labels were flipped (dataset.label_noise; 0.5 is "
-    "chance), the C-scores of each group of runs computed on their own; only the mislabeled end is checked here")
+    "chance), the C-scores of each group of runs computed on their own; the mislabeled end")
+OOD_AT_LOW_END = Claim(
+    PAPER, MISLABELED_AT_LOW_END.claim,
+    "AUROC of a low C-score for finding the foreign training examples (dataset.foreign: another dataset's images or "
+    "noise, each with a uniformly random label; 0.5 is chance), the C-scores of each group of runs computed on their "
+    "own; the out-of-distribution end")
 NO_LABEL_NOISE = "no label is known to be wrong; set dataset.label_noise (e.g. 0.1) to flip some"
+NO_FOREIGN = "no foreign examples; set dataset.foreign (e.g. noise) and dataset.foreign_fraction (e.g. 0.05)"
 REPLICATE_GROUPS = 4  # disjoint groups of runs whose own C-scores are a finding's replicates (a run has one seed)
 
 
@@ -298,30 +306,45 @@ def run_groups(runs: np.ndarray) -> np.ndarray:
 
 
 def mislabeled_auroc(cscore: np.ndarray, is_noisy: np.ndarray) -> float:
-    """AUROC of a low `cscore` for the `is_noisy` examples, over the finite scores (NaN without both kinds)."""
+    """AUROC of a low `cscore` for the `is_noisy` (or any marked) examples, over the finite scores (NaN without both
+    kinds)."""
     finite = np.isfinite(cscore)
     labels = np.asarray(is_noisy, bool)[finite]
     return float(roc_auc_score(labels, -cscore[finite])) if 0 < labels.sum() < len(labels) else float("nan")
 
 
+def _marks(cscores, column: str) -> np.ndarray:
+    """The bool column `column` of a cscores table (DataFrame or pyarrow Table); all False where it has none."""
+    names = cscores.column_names if hasattr(cscores, "column_names") else list(cscores.columns)
+    return np.asarray(cscores[column], bool) if column in names else np.zeros(len(cscores), bool)
+
+
 def cscore_findings(runs: pd.DataFrame, cscores: pd.DataFrame, scope: str) -> pd.DataFrame:
     """The paper's claims checked on a holdout run: `runs` (runs.parquet: run, ratio, in_subset, train_correct) and
-    `cscores` (cscores.parquet, rows in example order like the columns of `in_subset`)."""
-    is_noisy, run = np.asarray(cscores["is_noisy"], bool), np.asarray(runs["run"])
+    `cscores` (cscores.parquet, rows in example order like the columns of `in_subset`): a low C-score for the
+    mislabeled examples, and for the foreign ones (dataset.foreign), each against all the other examples."""
+    return findings_table([low_end_row(MISLABELED_AT_LOW_END, runs, _marks(cscores, "is_noisy"), NO_LABEL_NOISE, scope),
+                           low_end_row(OOD_AT_LOW_END, runs, _marks(cscores, "is_foreign"), NO_FOREIGN, scope)])
+
+
+def low_end_row(claim: Claim, runs: pd.DataFrame, marked: np.ndarray, none_marked: str, scope: str) -> dict:
+    """`claim`'s row: the mean over disjoint groups of runs of the AUROC of a low C-score for the `marked` examples;
+    not testable (`none_marked`) without any, or with fewer than MIN_SEEDS groups."""
+    run = np.asarray(runs["run"])
     groups = run_groups(run)
     n_groups = len(np.unique(groups))
-    if not is_noisy.any():
-        return findings_table([not_testable(MISLABELED_AT_LOW_END, NO_LABEL_NOISE, scope)])
+    if not marked.any():
+        return not_testable(claim, none_marked, scope)
     if n_groups < MIN_SEEDS:
         why = (f"{len(np.unique(run))} runs per ratio make {n_groups} group(s) of 2 or more runs, fewer than "
                f"{MIN_SEEDS}; set runs_per_ratio to {2 * MIN_SEEDS} or more")
-        return findings_table([not_testable(MISLABELED_AT_LOW_END, why, scope, n_groups)])
+        return not_testable(claim, why, scope, n_groups)
     in_subset, correct = unpack_bool_rows(runs["in_subset"]), unpack_bool_rows(runs["train_correct"])
     ratios = np.asarray(runs["ratio"], float)
     aurocs = [mislabeled_auroc(holdout_scores(in_subset[groups == g], correct[groups == g], ratios[groups == g]).cscore,
-                               is_noisy) for g in range(n_groups)]
+                               marked) for g in range(n_groups)]
     estimate, se, n = mean_and_se(aurocs)
     rule = (f"replicate: each of {n_groups} disjoint groups of runs (run index mod {n_groups}); mean AUROC over them "
             f"> 0.5 (chance: the paper states no number) by more than {Z:g} SE: supported; < 0.5 by more than {Z:g} "
             f"SE: not supported; else inconclusive (and with < {MIN_SEEDS} groups)")
-    return findings_table([row(MISLABELED_AT_LOW_END, estimate, se, n, beyond(estimate, se, n, 0.5), rule, scope)])
+    return row(claim, estimate, se, n, beyond(estimate, se, n, 0.5), rule, scope)

@@ -108,8 +108,10 @@ def heldout_accuracy_by_ratio(ratios: np.ndarray, train_heldout: np.ndarray, tes
     return save(fig, path)
 
 
-def detection_curves(scores: dict[str, np.ndarray], is_noisy: np.ndarray, path: Path) -> Path:
-    """ROC and precision-recall curves of "low score means mislabeled", one line per score."""
+def detection_curves(scores: dict[str, np.ndarray], is_noisy: np.ndarray, path: Path,
+                     what: str = "mislabeled examples") -> Path:
+    """ROC and precision-recall curves of "a low score finds the marked examples" (`what` they are), one line per
+    score."""
     from sklearn.metrics import precision_recall_curve, roc_curve
 
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4))
@@ -121,7 +123,7 @@ def detection_curves(scores: dict[str, np.ndarray], is_noisy: np.ndarray, path: 
         pr.plot(recall, precision, label=name)
     roc.plot([0, 1], [0, 1], "k:", lw=1)
     pr.axhline(is_noisy.mean(), color="k", ls=":", lw=1, label="chance")
-    roc.set(xlabel="false positive rate", ylabel="true positive rate", title="finding mislabeled examples: ROC")
+    roc.set(xlabel="false positive rate", ylabel="true positive rate", title=f"finding {what}: ROC")
     pr.set(xlabel="recall", ylabel="precision", title="precision-recall")
     roc.legend(fontsize=8)
     pr.legend(fontsize=8)
