@@ -6,10 +6,11 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.methods.scaling_law import (DENSE, Fit, bootstrap_intervals, dense_error, density_trend, dip_rows,
-                                      extrapolation_warning, fit, fit_rows, heldout_by_dimension, heldout_rows, predict,
-                                      seed_means, seed_spread, spread_rows, trend_rows, trend_warning,
-                                      uses_modeled_dense_error, without_dip_warning)
+from core.methods.scaling_law import (DENSE, Fit, bootstrap_intervals, dense_error, dip_rows, fit, fit_rows,
+                                      heldout_by_dimension, heldout_rows, predict, seed_means, seed_spread, spread_rows,
+                                      uses_modeled_dense_error)
+from core.methods.scaling_law_warnings import (density_trend, extrapolation_warning, trend_rows, trend_warning,
+                                               without_dip_warning)
 from core.runs.store import RunStore
 
 OUTPUTS = ("scaling_fit.parquet", "scaling_predictions.parquet")

@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from core.findings import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
-from core.methods.scaling_law import (DENSE, dense_error, error_form, extrapolation_warning, fit, invariant, predict,
-                                      seed_means, uses_modeled_dense_error, without_dip_warning)
+from core.methods.scaling_law import (DENSE, dense_error, error_form, fit, invariant, predict, seed_means,
+                                      uses_modeled_dense_error)
+from core.methods.scaling_law_warnings import extrapolation_warning, without_dip_warning
 from core.methods.scaling_law_findings import (DATA_SIZE_FIT, DATA_SIZE_NOISE, EXTRAPOLATION_FIT, JOINT_FIT,
                                                scaling_law_findings)
 

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.methods.scaling_law import (DensityTrend, density_trend, extrapolation_warning, trend_rows,
-                                      trend_warning, without_dip_warning)
+from core.methods.scaling_law_warnings import (DensityTrend, density_trend, extrapolation_warning, trend_rows,
+                                               trend_warning, without_dip_warning)
 
 LN2 = np.log(2)
 

@@ -58,7 +58,6 @@ def foreign_examples(kind: str, fraction: float, x_train: torch.Tensor, num_clas
     `x_train` (before normalisation), with labels uniform over `num_classes`."""
     count = round(fraction * len(x_train))
     rng = np.random.default_rng([seed, 3])  # its own stream: the subsets and the label noise stay as they were
-    lo, hi = x_train.min(), x_train.max()
     if kind == "noise":
         low, high = x_train.min(0).values, x_train.max(0).values
         x = low + (high - low) * torch.from_numpy(rng.random((count, *x_train.shape[1:]), dtype=np.float32))
@@ -73,6 +72,7 @@ def foreign_examples(kind: str, fraction: float, x_train: torch.Tensor, num_clas
         raise DatasetError(f"dataset.foreign_fraction={fraction} asks for {count} foreign examples but {kind} has "
                            f"{len(images)}; lower foreign_fraction or n_train")
     rows = np.sort(rng.choice(len(images), size=count, replace=False))
+    lo, hi = x_train.min(), x_train.max()
     x = lo + (hi - lo) * _resized(images[rows], tuple(x_train.shape[1:]))
     return Foreign(x, rng.integers(0, num_classes, count), FOREIGN_ID_START + rows,
                    np.array([f"foreign:{kind}/{s}" for s in sources[rows]], dtype=object), files)
