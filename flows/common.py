@@ -25,7 +25,8 @@ class SubsetTrainingConfig(Config):
     """What every subset-training flow shares: data, model, optimiser, seed, sharding, runtime."""
 
     dataset: DatasetConfig = Field(DatasetConfig(), description="what to train on")
-    model: str = Field("mlp_w64_d2", description="registry name, e.g. mlp_w64_d2, cnn1d_w32_d3, cnn_w16_d4, lenet_300_100")
+    model: str = Field("mlp_w64_d2", description="registry name, e.g. mlp_w64_d2, cnn1d_w32_d3, cnn_w16_d4, "
+                       "lenet_300_100, or the name of an installed package's regularity.models entry point")
     train: TrainConfig = Field(TrainConfig(), description="optimiser and schedule")
     seed: int = Field(0, ge=0, description="run seed; model k's seed is derived from (seed, k)")
     shard_size: int = Field(16, ge=1, description="models trained together in one task (one vectorized pass)")
@@ -46,9 +47,9 @@ def distinct_values(values: list, allowed: Callable[[Any], bool], requirement: s
 
 
 def sgd_trainable_model(name: str) -> str:
-    """`name`, if the registry knows it (else the list of valid patterns) and plain training trains it: a subspace
-    network needs its coefficients drawn every step (core.methods.subspaces.SubspaceTraining), which these
-    flows do not."""
+    """`name`, if the registry or an installed entry point knows it (else the list of valid names) and plain training
+    trains it: a subspace network needs its coefficients drawn every step (core.methods.subspaces.SubspaceTraining),
+    which these flows do not."""
     if parse_model_name(name).endpoints:
         raise ValueError(f"{name!r} is a subspace network: its coefficients are drawn every step by "
                          "core.methods.subspaces.SubspaceTraining, which this flow does not run; "
@@ -126,11 +127,12 @@ def checked_data_root(data_root: str | None, from_deployment: bool | None = None
 
 
 def check_model_takes(model: str, dataset: Dataset) -> None:
-    """Fail in one line when `model` cannot take the dataset's examples, saying how to give them the shape it needs."""
+    """Fail in one line when `model` cannot take the dataset's examples, saying how to give them the shape it needs;
+    else say in the run's log which path its models train on."""
     from core.models.networks import init_model
 
     try:
-        init_model(model, dataset.input_shape, dataset.num_classes, 0)
+        network = init_model(model, dataset.input_shape, dataset.num_classes, 0)
     except ModelNameError as err:
         shape = list(dataset.input_shape)
         try:  # the usual cause: images or sequences saved without their channel axis
@@ -140,6 +142,22 @@ def check_model_takes(model: str, dataset: Dataset) -> None:
                              "choose an mlp_ model, which takes any shape") from None
         raise ValueError(f"{err}: they lack a channel axis; save x_train[:, None] and x_test[:, None] (shape "
                          f"[N, {', '.join(map(str, [1, *shape]))}]) in your .npz, or choose an mlp_ model") from None
+    log_training_path(model, network)
+
+
+def log_training_path(name: str, network: Any) -> None:
+    """One line in the run's log: whether models `name` (built as `network`) train on the stacked path or on the vmap
+    fallback, and for a model of an installed package, which package and version."""
+    from core.models.entry_points import entry_point_model
+    from core.training.ensemble import training_path
+    from flows.runner import run_logger
+
+    package = entry_point_model(name)
+    source = f" (entry point of {package.provider})" if package else ""
+    path = ("the stacked path (batched matmuls and grouped convolutions)" if training_path(network) == "stacked" else
+            "the vmap fallback (torch.func.vmap over its own forward: a layer the stacked path does not know, or "
+            "not an nn.Sequential)")
+    run_logger().info("model %s%s trains on %s", name, source, path)
 
 
 def check_whole_set_fits(model: str, batch_size: int, dataset: Dataset) -> None:

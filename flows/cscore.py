@@ -36,7 +36,8 @@ class CScoreFlowConfig(SubsetTrainingConfig):
     """Holdout resampling: `runs_per_ratio` models at each subset ratio."""
 
     dataset: DatasetConfig = Field(DatasetConfig(name="digits"), description="what to score")
-    model: str = Field("mlp_w128_d2", description="registry name, e.g. mlp_w128_d2, cnn1d_w32_d3, cnn_w16_d4")
+    model: str = Field("mlp_w128_d2", description="registry name, e.g. mlp_w128_d2, cnn1d_w32_d3, cnn_w16_d4, or the "
+                       "name of an installed package's regularity.models entry point")
     train: TrainConfig = Field(TrainConfig(epochs=15, batch_size=32, lr=0.05), description="optimiser and schedule")
     ratios: list[float] = Field(DEFAULT_RATIOS, min_length=1, description="subset ratios s in (0, 1): each model trains on floor(s*N) examples")
     runs_per_ratio: int = Field(16, ge=2, description="models (own subsets and seeds) per ratio; at least 2 for split-half reliability")
@@ -106,7 +107,7 @@ def cscore_flow(config: CScoreFlowConfig = CScoreFlowConfig(), data_root: str | 
     from flows.report import publish
     from flows.runner import configure_runtime, run_shards
     from tasks.common import combine_shards, shared_dataset
-    from tasks.cscore import holdout_outcomes, holdout_shard, score_runs
+    from tasks.cscore import average_heldout_probabilities, holdout_outcomes, holdout_shard, score_runs
 
     data_root = checked_data_root(data_root)  # a deployment parameter may not point outside
     configure_runtime(config.runtime)
@@ -135,12 +136,15 @@ def cscore_flow(config: CScoreFlowConfig = CScoreFlowConfig(), data_root: str | 
     precision = rounds_until_precise(run_round, config.max_rounds(), config.target_se, report)
     combine_shards(store, names, "runs.parquet", "model_id")
     score_runs(store, dataset.class_names)
-    for table, marks in DETECTION_TABLES.items():  # how well a low C-score finds the mislabeled, the foreign examples
+    probabilities = average_heldout_probabilities(store, names)
+    scored_from = ["cscores.parquet", *([probabilities] if probabilities else [])]
+    for table, marks in DETECTION_TABLES.items():  # how well each low score finds the mislabeled, the foreign examples
         store.remove_corrupt(table)
-        if getattr(dataset, marks).any() and not store.is_complete(table, ["cscores.parquet"]):
-            scores = store.read_table("cscores.parquet")
-            detection = {"score": "cscore", **detection_metrics(scores["cscore"], scores[marks])}
-            store.write_table(table, pd.DataFrame([detection]), built_from=["cscores.parquet"])
+        if getattr(dataset, marks).any() and not store.is_complete(table, scored_from):
+            scores = detection_scores(store, probabilities)
+            detection = [{"score": name, **detection_metrics(values, scores[marks])}
+                         for name, values in scores.drop(columns=list(MARKED)).items()]
+            store.write_table(table, pd.DataFrame(detection), built_from=scored_from)
     figures = store.figures(lambda: draw_figures(store, dataset))
     summary = store.read_table("summary.parquet")
     overall = summary.iloc[0]
@@ -153,6 +157,20 @@ def cscore_flow(config: CScoreFlowConfig = CScoreFlowConfig(), data_root: str | 
     return str(store.root)
 
 
+CURVES = {"cscore": "C-score", "cscore_soft": "soft C-score", "cscore_margin": "margin C-score"}
+DETECTION_SCORES = ("cscore", "cscore_soft", "cscore_margin", "cleanlab_holdout_label_quality")  # low = an issue
+
+
+def detection_scores(store: RunStore, probabilities: str | None):
+    """The run's scores where a low one marks an issue (those it has), one column each, beside is_noisy and
+    is_foreign (all False when the run's examples table predates it)."""
+    scores = store.read_table("cscores.parquet")
+    if probabilities:
+        scores = scores.merge(store.read_table(probabilities).drop(columns=["label"]), on="example_id", how="left")
+    present = [name for name in DETECTION_SCORES if name in scores]
+    return scores.reindex(columns=[*present, *MARKED]).fillna({marks: False for marks in MARKED})
+
+
 def draw_figures(store: RunStore, dataset) -> list:
     """Score histograms per class, extreme examples per class, held-out accuracy by ratio."""
     from core.plots.cscore import detection_curves, extreme_examples, heldout_accuracy_by_ratio, per_class_histograms
@@ -163,8 +181,8 @@ def draw_figures(store: RunStore, dataset) -> list:
     test_by_ratio = runs.groupby("ratio")["test_accuracy"].mean().reindex(by_ratio.index)
     labels, values = scores["label"].to_numpy(), scores["cscore"].to_numpy()
     folder = store.root / "figures"
-    extra = [detection_curves({"C-score": values}, scores[marks].to_numpy(), folder / table.replace(".parquet", ".png"),
-                              MARKED[marks])
+    curves = {label: scores[name].to_numpy() for name, label in CURVES.items() if name in scores}
+    extra = [detection_curves(curves, scores[marks].to_numpy(), folder / table.replace(".parquet", ".png"), MARKED[marks])
              for table, marks in DETECTION_TABLES.items() if marks in scores and scores[marks].any()]
     return extra + [
         per_class_histograms(values, labels, dataset.class_names, "C-score", folder / "cscore_histograms.png"),

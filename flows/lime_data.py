@@ -50,6 +50,10 @@ class LimeGenerationConfig(Config):
     case_length: list[Annotated[int, Field(ge=1, le=64)]] = Field(
         [2, 8], min_length=2, max_length=2, description="[low, high] tokens of the string the Case gives each rule "
         "symbol")
+    header: Literal["used", "all"] = Field(
+        "used", description="the rule symbols a source's header lists: used (those its Rule uses, in the Case's "
+        "order, as the authors' generator: 48-52 header tokens at the paper's sizes) or all (every rule symbol drawn, "
+        "sorted: 71 tokens, this flow's earlier header); the lower-case and math sets are listed whole either way")
 
     @model_validator(mode="after")
     def _the_generator_accepts_it(self) -> LimeGenerationConfig:

@@ -36,7 +36,8 @@ class ProxiesFlowConfig(SubsetTrainingConfig):
     """Full-data models with per-example records, and the proxies computed from them."""
 
     dataset: DatasetConfig = Field(DatasetConfig(name="digits"), description="what to score")
-    model: str = Field("mlp_w128_d2", description="registry name, e.g. mlp_w128_d2, cnn1d_w32_d3, cnn_w16_d4")
+    model: str = Field("mlp_w128_d2", description="registry name, e.g. mlp_w128_d2, cnn1d_w32_d3, cnn_w16_d4, or the "
+                       "name of an installed package's regularity.models entry point")
     train: TrainConfig = Field(TrainConfig(epochs=15, batch_size=32, lr=0.05), description="optimiser and schedule")
     n_models: int = Field(4, ge=1, description="full-data models whose records are averaged")
     shard_size: int = Field(4, ge=1, description="models trained together in one task")

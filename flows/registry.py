@@ -82,7 +82,12 @@ FLOWS: dict[str, FlowEntry] = {
                  "the lowest are the examples held-out models get wrong.",
         tables={"cscores.parquet": "one row per training example: its C-score (`cscore`, the held-out accuracy "
                                    "averaged over the subset ratios, 0..1, higher = more regular), its standard error "
-                                   "`cscore_se`, `memorization` and how often it was held out",
+                                   "`cscore_se`, `memorization`, how often it was held out, and the soft C-scores "
+                                   "`cscore_soft` (the same average of the given label's probability) and "
+                                   "`cscore_margin` (of its logit margin)",
+                "heldout_probabilities.parquet": "one row per training example: the softmax of the models that held "
+                                                 "it out, averaged like the C-score, its argmax, and cleanlab's label "
+                                                 "quality and issue flag with them as pred_probs (with cleanlab)",
                 "cscore_by_ratio.parquet": "one row per (training example, ratio): its held-out accuracy at that "
                                            "subset ratio (`score`) and the models that held it out",
                 "test_cscores.parquet": "one row per test example: its C-score over all models (every model holds "
@@ -92,9 +97,10 @@ FLOWS: dict[str, FlowEntry] = {
                 "summary.parquet": "one row for all examples (class -1), then one per class: mean and median "
                                    "C-score, memorization, split-half Spearman reliability and the 90th percentile "
                                    "of the standard error",
-                "noise_detection.parquet": NOISE_DETECTION + ", for the C-score",
-                "ood_detection.parquet": "one row: how well a low C-score finds the foreign examples mixed in by "
-                                         "dataset.foreign (AUROC, average precision, precision at k = their number)",
+                "noise_detection.parquet": NOISE_DETECTION + ", for the C-score, its soft forms and cleanlab on the "
+                                           "held-out probabilities",
+                "ood_detection.parquet": "the same rows for the foreign examples mixed in by dataset.foreign (AUROC, "
+                                         "average precision, precision at k = their number)",
                 "examples.parquet": EXAMPLES},
         report_summary="One row for all examples (class -1), then one per class: the mean and median C-score "
                        "(held-out accuracy, 0..1), memorization, `split_half_spearman` (agreement of the C-scores of "
@@ -142,6 +148,24 @@ FLOWS: dict[str, FlowEntry] = {
         report_summary="One row per (arm, fraction of the training set removed): the mean test accuracy (0..1) of "
                        "the retrained models, its standard error over seeds, and the number of models.",
         early_failure={"dataset": {"name": "digits", "n_train": 10}}),
+    "card": FlowEntry(
+        "flows.card", "card_flow", "CardFlowConfig",
+        "the data card: every per-example score of a cscore and a proxies run in one table, and the data map",
+        summary_keys=("cscore_run", "proxies_run"),
+        question="Which examples should I look at? Sort `examples.parquet` by any `<name>_score` (ascending: low = "
+                 "likely an issue), filter on `is_cleanlab_holdout_issue` or `is_cleanlab_issue`, and look at the "
+                 "data map: wrong labels sit at low confidence and low variability.",
+        tables={"examples.parquet": "one row per training example: `example_id`, `source`, `given_label`, "
+                                    "`predicted_label` (held-out models' averaged probabilities), every score as "
+                                    "`<name>_score` (low = likely an issue), cleanlab's flags as `is_<name>_issue`, the "
+                                    "known `is_noisy` and `is_foreign`, and the cartography coordinates `confidence`, "
+                                    "`variability` and `correctness` (with a proxies run)",
+                "summary.parquet": "one row per score of the card: its mean, the examples its rule flags, and the "
+                                   "AUROC of a low score for the wrong labels and for the foreign examples"},
+        report_summary="One row per score of the card: its mean, how many examples its rule flags (cleanlab's "
+                       "scores only), and, where the dataset marks them, the AUROC of a low score for the wrong labels "
+                       "(`auroc_noisy`) and for the foreign examples (`auroc_foreign`); 0.5 is chance.",
+        early_failure={}),
     "prune_grid": FlowEntry(
         "flows.prune_grid", "prune_grid_flow", "PruneGridFlowConfig",
         "iterative magnitude pruning with rewinding over width x depth x data-fraction grids",

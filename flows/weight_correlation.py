@@ -32,7 +32,8 @@ class WeightCorrelationFlowConfig(Config):
     """A learning-rate sweep of one network: R_p of each rate, then lottery tickets against pruning and fine-tuning."""
 
     dataset: DatasetConfig = Field(DatasetConfig(name="mnist1d"), description="what to train on")
-    model: str = Field("mlp_w128_d2", description="registry name, e.g. mlp_w128_d2, cnn1d_w32_d2, lenet_300_100")
+    model: str = Field("mlp_w128_d2", description="registry name, e.g. mlp_w128_d2, cnn1d_w32_d2, lenet_300_100, or "
+                       "the name of an installed package's regularity.models entry point")
     learning_rates: list[float] = Field([0.005, 0.01, 0.02, 0.05, 0.1, 0.2], min_length=1,
                                         description="peak learning rates of the sweep (log-spaced); each replaces train.lr")
     correlation_fractions: list[float] = Field([0.05, 0.1, 0.2, 0.3, 0.5], min_length=1,

@@ -20,7 +20,7 @@ from core.data.datasets import Dataset, DatasetError, load_dataset
 from core.runs.files import code_revision, short_revision
 from core.runs.store import RunStore
 from core.runtime import resolve_device, reuse_freed_memory, start_up_load, use_precision
-from core.training.experiment import model_seed, outcome_table, train_on_subsets
+from core.training.experiment import heldout_probability_table, model_seed, outcome_table, train_on_subsets
 
 
 _DATASETS: dict[tuple[str, str], Dataset] = {}  # loaded once per process; shards of one run share them (read-only)
@@ -109,20 +109,22 @@ def compute_once(store: RunStore, names: list[str], compute: Callable[[], Any], 
 
 def train_models_shard(store: RunStore, name: str, model_ids: list[int], make_subsets: SubsetMaker,
                        columns: dict[str, list[Any]] | None = None, seeds: list[int] | None = None,
-                       built_from: list[str] | None = None) -> str:
+                       built_from: list[str] | None = None, probabilities: str | None = None) -> str:
     """Train `model_ids` together, each on its row of `make_subsets(dataset, seeds)`; write their rows to `name`.
 
     `store.config` supplies dataset, model, train, seed and runtime; seeds default to one per
     model id; `columns` are added as they are (e.g. each model's ratio); `built_from` names the run's tables
-    the subsets come from. A complete shard is skipped.
+    the subsets come from; `probabilities`, when given, names a table of each training example's softmax summed
+    over the models that held it out (`heldout_probability_table`), written first. A complete shard is skipped.
     """
-    compute_once(store, [name], lambda: _train_and_write(store, name, model_ids, make_subsets, columns, seeds, built_from),
-                 built_from)
+    compute_once(store, [name], lambda: _train_and_write(store, name, model_ids, make_subsets, columns, seeds, built_from,
+                                                         probabilities), built_from)
     return name
 
 
 def _train_and_write(store: RunStore, name: str, model_ids: list[int], make_subsets: SubsetMaker,
-                     columns: dict[str, list[Any]] | None, seeds: list[int] | None, built_from: list[str] | None) -> None:
+                     columns: dict[str, list[Any]] | None, seeds: list[int] | None, built_from: list[str] | None,
+                     probabilities: str | None = None) -> None:
     """The body of `train_models_shard`."""
     logger = get_run_logger()
     config, start, dataset = store.config, time.perf_counter(), task_dataset(store)
@@ -135,6 +137,9 @@ def _train_and_write(store: RunStore, name: str, model_ids: list[int], make_subs
     table = outcome_table(model_ids, seeds, subsets, outcome)
     for column, values in (columns or {}).items():
         table = table.append_column(column, pa.array(values))
+    if probabilities:  # before the shard: a complete shard is what marks both written
+        store.write_table(probabilities, heldout_probability_table(subsets, outcome), {"models": str(len(model_ids))},
+                          built_from)
     store.write_table(name, table, {"models": str(len(model_ids)), "train_seconds": f"{seconds:.2f}"}, built_from)
     sizes = "/".join(map(str, sorted(set(subsets.sum(1).tolist()))))
     logger.info("%s: %d models on %s examples, mean test accuracy %.4f, %.1f s", name, len(model_ids), sizes,
@@ -160,7 +165,8 @@ def combine_shards(store: RunStore, shards: list[str], output: str, sort_by: str
     if store.is_complete(output, built_from=shards):
         return output
     warn_mixed_revisions(store, shards, output)
-    table = pa.concat_tables([pq.read_table(store.path(name)) for name in shards])
+    # shards of older code may lack newer columns (a resumed run): those rows hold nulls there
+    table = pa.concat_tables([pq.read_table(store.path(name)) for name in shards], promote_options="default")
     table = table.sort_by(sort_by).replace_schema_metadata(None)  # fresh provenance is added on write
     store.write_table(output, table, {"shards": str(len(shards)), "rows": str(table.num_rows)}, built_from=shards)
     get_run_logger().info("%s: %d rows from %d shards", output, table.num_rows, len(shards))

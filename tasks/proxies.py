@@ -114,8 +114,13 @@ def label_issue_columns(store: RunStore, out_of_sample: str) -> dict[str, np.nda
 
 def read_records(store: RunStore, names: list[str]) -> dict[str, np.ndarray]:
     """Concatenated `[K, E, N]` arrays of every record shard (models in id order)."""
-    table = pa.concat_tables([pq.read_table(store.path(n)) for n in names]).sort_by([("model_id", "ascending"),
-                                                                                    ("epoch", "ascending")])
+    return read_record_files([store.path(n) for n in names])
+
+
+def read_record_files(paths: list) -> dict[str, np.ndarray]:
+    """`read_records` of the record shard files `paths` (of this run or another)."""
+    table = pa.concat_tables([pq.read_table(path) for path in paths]).sort_by([("model_id", "ascending"),
+                                                                              ("epoch", "ascending")])
     k = len(set(table["model_id"].to_pylist()))
     out = {"seen": unpack_bool_rows(table["seen"]), "correct": unpack_bool_rows(table["correct"])}
     out.update({field: unpack_float_rows(table[field]) for field in RECORDED})

@@ -72,15 +72,17 @@ def test_a_shard_from_other_code_is_said_flagged_and_recomputed(tmp_path, monkey
     # `show` says which files came from which code, and how to compute them again
     assert main(["show", folder.name, "--data-root", root]) == 0
     shown = capsys.readouterr().out
-    assert f"! shards/ mixes 2 code revisions: {current[:12]}{current[40:]} (1, e.g. shards/runs-00000.parquet), " \
-           f"{OLD[:12]} (1, e.g. shards/runs-00001.parquet)" in shown
+    assert f"! shards/ mixes 2 code revisions: {current[:12]}{current[40:]} (2, e.g. " \
+           f"shards/heldout-probabilities-00000.parquet), {OLD[:12]} (2, e.g. " \
+           f"shards/heldout-probabilities-00001.parquet)" in shown  # each shard's held-out probability sums beside it
     assert f"regularity run cscore --config {folder / 'config.json'} --data-root {root} --recompute outdated" in shown
 
     # recompute what other code wrote: the shard and the tables rebuilt under the other revision
     outdated = sorted(audit_run(folder).query("code_revision == @OLD")["name"])
-    assert outdated == ["cscore_by_ratio.parquet", "cscores.parquet", "runs.parquet", "shards/runs-00001.parquet",
-                        "summary.parquet", "test_cscores.parquet"]
-    with pytest.warns(RuntimeWarning, match="recompute: deleted 7 files"):
+    assert outdated == ["cscore_by_ratio.parquet", "cscores.parquet", "heldout_probabilities.parquet", "runs.parquet",
+                        "shards/heldout-probabilities-00001.parquet", "shards/runs-00001.parquet", "summary.parquet",
+                        "test_cscores.parquet"]
+    with pytest.warns(RuntimeWarning, match="recompute: deleted 9 files"):
         cscore_flow(CONFIG.model_copy(update={"runtime": RuntimeConfig(recompute=["outdated"])}), data_root=root)
     audit = audit_run(folder)
     assert set(audit["code_revision"]) == {current} and not audit["changed"].map(len).any()
@@ -88,7 +90,7 @@ def test_a_shard_from_other_code_is_said_flagged_and_recomputed(tmp_path, monkey
         pd.testing.assert_frame_equal(table, first[name])
     assert main(["show", folder.name, "--data-root", root]) == 0
     shown = capsys.readouterr().out
-    assert f"Code: written by {current[:12]}{current[40:]} (8 files); the code is now at" in shown
+    assert f"Code: written by {current[:12]}{current[40:]} (11 files); the code is now at" in shown
     assert not [line for line in shown.splitlines() if line.startswith("!") or "--recompute" in line]
 
 

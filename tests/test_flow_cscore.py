@@ -3,13 +3,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from core.config import run_id
 from core.data.config import DatasetConfig
 from core.findings import COLUMNS
 from core.methods.cscore import MISLABELED_AT_LOW_END
-from core.runs.rows import unpack_bool_rows
+from core.runs.rows import unpack_bool_rows, unpack_float_rows
 from core.training.config import TrainConfig
 from core.training.experiment import subset_size
 from flows.cscore import CScoreFlowConfig, cscore_flow, plan_shards
@@ -95,6 +97,27 @@ def test_cscores_equal_naive_loops(run):
     train = t["examples"][t["examples"].split == "train"]
     assert scores["example_id"].tolist() == train["example_id"].tolist()
     assert scores["label"].tolist() == train["label"].tolist()
+
+
+def test_soft_scores_and_heldout_probabilities_equal_naive_loops(run):
+    """Per example: the mean over ratios of the held-out models' mean label probability (margin); the held-out
+    probabilities' mean over ratios of their held-out models' softmax, whose given-label entry is the soft score
+    (cleanlab's self-confidence)."""
+    folder, t, _ = run
+    runs, scores = t["runs"], t["cscores"]
+    in_subset, ratios = unpack_bool_rows(runs["in_subset"]), runs["ratio"].to_numpy()
+    for score, column in (("cscore_soft", "train_label_prob"), ("cscore_margin", "train_margin")):
+        values = unpack_float_rows(runs[column])
+        by_ratio = [[values[(ratios == s) & ~in_subset[:, i], i].mean() if ((ratios == s) & ~in_subset[:, i]).any()
+                     else np.nan for i in range(values.shape[1])] for s in (0.3, 0.7)]
+        np.testing.assert_allclose(scores[score], np.nanmean(by_ratio, axis=0), rtol=1e-6, atol=1e-7)
+        assert ((scores[f"{score}_se"] > 0) == np.isfinite(scores[score])).all()  # NaN where never held out
+    probabilities = pd.read_parquet(folder / "heldout_probabilities.parquet")
+    assert probabilities["example_id"].tolist() == scores["example_id"].tolist()
+    given = np.stack(probabilities["probabilities"])[np.arange(len(scores)), scores["label"]]
+    np.testing.assert_allclose(given, scores["cscore_soft"], atol=2e-3)  # label probabilities are stored as float16
+    np.testing.assert_allclose(probabilities["cleanlab_holdout_label_quality"], given, rtol=1e-6)
+    assert pq.read_schema(folder / "runs.parquet").field("train_margin").type.value_type == pa.float16()
 
 
 def test_test_scores_count_every_model(run):
@@ -198,3 +221,26 @@ def test_foreign_examples_get_their_column_detection_table_and_findings_row(tmp_
     assert (folder / "figures" / "ood_detection.png").is_file() and not (folder / "noise_detection.parquet").exists()
     findings = pd.read_parquet(folder / "findings.parquet")
     assert findings["n_seeds"].tolist() == [0, 3] and findings["rule"][1].startswith("replicate: each of 3 disjoint")
+
+
+def test_shards_of_older_code_keep_their_models_and_leave_the_soft_scores_out(tmp_path, caplog):
+    """A run resumed over shards written before the soft columns and held-out sums existed (one shard rewritten
+    without them): nothing is retrained or lost; the C-scores are as before, the soft ones and
+    heldout_probabilities.parquet are left out, and the log says how to get them."""
+    from core.runs.store import RunStore
+
+    config = CONFIG.model_copy(update={"ratios": [0.5], "runs_per_ratio": 4})
+    folder = Path(cscore_flow(config, data_root=str(tmp_path)))
+    before = pd.read_parquet(folder / "cscores.parquet")
+    store = RunStore.open("cscore", config, str(tmp_path))
+    old = pq.read_table(folder / "shards/runs-00001.parquet").drop_columns(["train_label_prob", "train_margin"])
+    store.write_table("shards/runs-00001.parquet", old.replace_schema_metadata(None), {"models": "1"})
+    (folder / "shards/heldout-probabilities-00001.parquet").unlink()
+    (folder / "heldout_probabilities.parquet").unlink()
+    trained = {p: p.stat().st_mtime_ns for p in folder.glob("shards/runs-*.parquet")}
+    cscore_flow(config, data_root=str(tmp_path))
+    assert {p: p.stat().st_mtime_ns for p in folder.glob("shards/runs-*.parquet")} == trained
+    after = pd.read_parquet(folder / "cscores.parquet")
+    np.testing.assert_array_equal(after["cscore"], before["cscore"])
+    assert "cscore_soft" not in after and not (folder / "heldout_probabilities.parquet").exists()
+    assert "run again with --recompute outdated" in caplog.text

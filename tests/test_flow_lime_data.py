@@ -87,6 +87,8 @@ def test_a_rerun_skips_every_shard(run, monkeypatch):
 def test_the_default_generation_settings_are_the_generators():
     assert LimeGenerationConfig().to_core() == lime.LimeConfig()
     assert CONFIG.lime.to_core() == lime.LimeConfig(vocab_size=200, kept_rule=(2, 4))
+    assert LimeGenerationConfig().header == lime.LimeConfig().header == "used"  # the authors' header
+    assert LimeGenerationConfig(header="all").to_core() == lime.LimeConfig(header="all")
 
 
 @pytest.mark.parametrize("settings,message", [
@@ -94,6 +96,7 @@ def test_the_default_generation_settings_are_the_generators():
     ({"examples": 0}, "examples\n  Input should be greater than or equal to 1"),
     ({"lime": {"vocab_size": 60}}, "vocab_size 60 is too small: each example draws 68 distinct symbols"),
     ({"lime": {"case_length": [3, 2]}}, "case_length must be (low, high) with 1 <= low <= high, not (3, 2)"),
+    ({"lime": {"header": "sorted"}}, "lime.header\n  Input should be 'used' or 'all'"),
 ])
 def test_a_bad_config_is_refused_naming_the_field(settings, message):
     with pytest.raises(ValidationError) as refused:

@@ -115,9 +115,9 @@ def test_a_rerun_skips_everything_and_a_lost_seed_is_all_that_is_redone(run):
 
 
 def test_lime_settings_longer_than_the_positions_are_refused_before_any_work(tmp_path):
-    long = CONFIG.model_copy(update={"lime": LimeGenerationConfig(case_length=[2, 64], rule_math=[5, 200])})  # 71 +
-    # (2 x 5 x 64 + 200) + 1 + (5 x 66 + 4) + 1 for BOS: the header, Induct's Result | Case
-    with pytest.raises(ValueError, match=r"^LIME sequences of these lime settings reach 1247 tokens, more than the "
+    long = CONFIG.model_copy(update={"lime": LimeGenerationConfig(case_length=[2, 64], rule_math=[5, 200])})  # 52 +
+    # (2 x 5 x 64 + 200) + 1 + (5 x 66 + 4) + 1 for BOS: the header (5 rule symbols used), Induct's Result | Case
+    with pytest.raises(ValueError, match=r"^LIME sequences of these lime settings reach 1228 tokens, more than the "
                                          r"transformer's 1024 positions; lower lime.case_length"):
         lime_pretrain_flow.fn(long, data_root=str(tmp_path))
     assert not (tmp_path / "runs").exists()

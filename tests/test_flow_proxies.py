@@ -208,3 +208,53 @@ def test_foreign_examples_get_their_own_detection_table_beside_the_mislabeled_on
     for score in ("aum", "input_density"):
         assert ood.loc[score, "auroc"] == pytest.approx(roc_auc_score(proxies["is_foreign"], -proxies[score]))
     assert (folder / "figures" / "ood_detection.png").is_file()
+
+
+def test_the_card_joins_both_runs_once_per_example(run):
+    """The card flow on the two runs: every training example once, in the C-score run's order; three examples'
+    columns equal the runs' own tables and the cartography of their records; the data map drawn; a rerun writes
+    nothing."""
+    from flows.card import CardFlowConfig, card_flow
+
+    folder, cscore_run, _ = run
+    config = CardFlowConfig(cscore_run=cscore_run.name, proxies_run=folder.name)
+    card_folder = Path(card_flow(config, data_root=str(folder.parents[2])))
+    card = pd.read_parquet(card_folder / "examples.parquet")
+    cscores, proxies = pd.read_parquet(cscore_run / "cscores.parquet"), pd.read_parquet(folder / "proxies.parquet")
+    heldout = pd.read_parquet(cscore_run / "heldout_probabilities.parquet")
+    assert card["example_id"].tolist() == cscores["example_id"].tolist() and card["example_id"].is_unique
+    recorded = records(folder).sort_values(["model_id", "epoch"])
+    label_prob = unpack_float_rows(recorded["label_prob"]).reshape(3, 3, -1)  # 3 models x 3 epochs
+    seen = unpack_bool_rows(recorded["seen"]).reshape(3, 3, -1)
+    correct = unpack_bool_rows(recorded["correct"]).reshape(3, 3, -1)
+    for i in (0, 7, 131):
+        example = card.iloc[i]
+        j = int(np.flatnonzero(proxies["example_id"] == example["example_id"])[0])
+        assert example["given_label"] == cscores["label"][i] and example["cscore_score"] == cscores["cscore"][i]
+        assert example["cscore_soft_score"] == cscores["cscore_soft"][i]
+        assert example["predicted_label"] == int(np.argmax(heldout["probabilities"][i]))
+        assert example["is_cleanlab_holdout_issue"] == heldout["is_cleanlab_holdout_issue"][i]
+        assert example["aum_score"] == proxies["aum"][j] and example["is_cleanlab_issue"] == proxies["cleanlab_issue"][j]
+        assert example["is_noisy"] == cscores["is_noisy"][i]
+        models = [k for k in range(3) if seen[k, :, j].any()]
+        probs = [label_prob[k, seen[k, :, j], j] for k in models]
+        assert example["confidence"] == pytest.approx(np.mean([p.mean() for p in probs]))
+        assert example["variability"] == pytest.approx(np.mean([p.std() for p in probs]))
+        assert example["correctness"] == pytest.approx(np.mean([correct[k, seen[k, :, j], j].mean() for k in models]))
+    assert (card_folder / "figures" / "data_map.png").stat().st_size > 10_000
+    assert (card_folder / "figures" / "cscore_soft_histograms.png").is_file()
+    before = {p: p.stat().st_mtime_ns for p in card_folder.rglob("*.p*") if p.name != "report.md"}
+    assert Path(card_flow(config, data_root=str(folder.parents[2]))) == card_folder
+    assert {p: p.stat().st_mtime_ns for p in card_folder.rglob("*.p*") if p.name != "report.md"} == before
+
+
+def test_the_card_refuses_runs_on_other_data_before_any_work(run, tmp_path):
+    from flows.card import CardFlowConfig, card_flow
+
+    folder, _, _ = run
+    other = Path(cscore_flow(CScoreFlowConfig(dataset=DATA.model_copy(update={"n_train": 200}), model="mlp_w16_d1",
+                                              train=TRAIN, ratios=[0.5], runs_per_ratio=2), data_root=str(folder.parents[2])))
+    config = CardFlowConfig(cscore_run=other.name, proxies_run=folder.name)
+    with pytest.raises(ValueError, match=r"proxies_run=.* used another dataset \(dataset.n_train: 240 there, 200 here\)"):
+        card_flow(config, data_root=str(folder.parents[2]))
+    assert not (folder.parents[1] / "card" / run_id("card", config)).exists()

@@ -1,14 +1,19 @@
 """LIME's synthetic tasks (Wu et al. 2021): every example checked against a reference parse of its own tokens (the
-Result is the Case substituted into the Rule, whichever part is the target), the stated sizes and ranges, the header,
-seeding independent of the sharding, Mixed's task proportions, the copy and reverse controls, and refused configs."""
+Result is the Case substituted into the Rule, whichever part is the target), the stated sizes and ranges, the header
+(the rule symbols used, as the authors', or all of them: the same examples either way, read back from the tokens alone;
+lengths by hand), seeding independent of the sharding, Mixed's task proportions, the copy and reverse controls, and
+refused configs."""
+import hashlib
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from core.sequence.lime import (CHUNK, ENTRY, MAPS, N_SPECIAL, SEP, SET, TASKS, LimeConfig, columns, decode,
+from core.sequence.lime import (CHUNK, ENTRY, HEADERS, MAPS, N_SPECIAL, SEP, SET, TASKS, LimeConfig, columns, decode,
                                 encode_case, generate, parse_case, substitute)
 
-HEADER = 24 + 24 + 20 + 3  # three sets, two SETs and the closing SEP
+ALL = LimeConfig(header="all")  # the paper's sizes, every rule symbol in the header (71 tokens)
 
 
 def reference_case(tokens) -> dict[int, list[int]]:
@@ -32,12 +37,33 @@ def reference_substitute(rule, case: dict[int, list[int]]) -> list[int]:
 
 
 def parts(source) -> tuple[list[int], list[int], list[int]]:
-    """(header, first part, second part) of a source."""
+    """(header, first part, second part) of a source: the header ends at the first SEP, the first part at the next."""
     tokens = [int(t) for t in source]
-    body = tokens[HEADER:]
+    end = tokens.index(SEP) + 1
+    body = tokens[end:]
     cut = body.index(SEP)
     assert SEP not in body[cut + 1:]
-    return tokens[:HEADER], body[:cut], body[cut + 1:]
+    return tokens[:end], body[:cut], body[cut + 1:]
+
+
+def header_sets(header: list[int]) -> tuple[list[int], list[int], list[int]]:
+    """The rule, lower-case and math symbols a header lists, split on its two SETs."""
+    first, second = header.index(SET), len(header) - 1 - header[::-1].index(SET)
+    assert header.count(SET) == 2 and header[-1] == SEP
+    return header[:first], header[first + 1:second], header[second + 1:-1]
+
+
+def read_example(source, target, task: str) -> tuple[list[int], list[int], dict[int, list[int]], list[int]]:
+    """(rule symbols the header lists, Rule, Case, Result) of an example, read from its tokens alone."""
+    header, first, second = parts(source)
+    target = [int(t) for t in target]
+    if task == "deduct":  # Rule + Case -> Result
+        rule, case, result = first, reference_case(second), target
+    elif task == "abduct":  # Rule + Result -> Case
+        rule, case, result = first, reference_case(target), second
+    else:  # Result + Case -> Rule
+        rule, case, result = target, reference_case(second), first
+    return header_sets(header)[0], rule, case, result
 
 
 def same(a: list, b: list) -> bool:
@@ -51,18 +77,12 @@ def same(a: list, b: list) -> bool:
 
 
 @pytest.mark.parametrize("task", [*TASKS, "mixed"])
-def test_the_result_is_the_case_substituted_into_the_rule_read_back_from_the_tokens(task):
-    examples = generate(task, 11, 0, 300)
+@pytest.mark.parametrize("header", HEADERS)
+def test_the_result_is_the_case_substituted_into_the_rule_read_back_from_the_tokens(task, header):
+    examples = generate(task, 11, 0, 300, LimeConfig(header=header))
     assert {e.task for e in examples} == ({task} if task in TASKS else set(TASKS))
     for e in examples:
-        _, first, second = parts(e.source)
-        target = [int(t) for t in e.target]
-        if e.task == "deduct":  # Rule + Case -> Result
-            rule, case, result = first, reference_case(second), target
-        elif e.task == "abduct":  # Rule + Result -> Case
-            rule, result, case = first, second, reference_case(target)
-        else:  # Result + Case -> Rule
-            result, case, rule = first, reference_case(second), target
+        _, rule, case, result = read_example(e.source, e.target, e.task)
         assert reference_substitute(rule, case) == result
         # the tokens are the example's fields, and the module's helpers agree with the references
         assert rule == e.rule.tolist() and result == e.result.tolist()
@@ -117,30 +137,87 @@ def test_a_vocabulary_of_exactly_68_symbols_is_used_whole_by_every_example():
         assert sorted(symbols.tolist()) == list(range(N_SPECIAL, N_SPECIAL + 68))
 
 
-def test_every_source_starts_with_its_own_header():
-    for e in generate("mixed", 4, 0, 200):
-        header, first, second = parts(e.source)
-        rule_set, lower, math = sorted(e.rule_set.tolist()), sorted(e.lower_set.tolist()), sorted(e.math_set.tolist())
-        assert header == rule_set + [SET] + lower + [SET] + math + [SEP]
-        assert set(e.rule.tolist()) <= set(rule_set + math)  # the sets declared are those the example uses
+@pytest.mark.parametrize("header", HEADERS)
+def test_every_source_starts_with_its_own_header(header):
+    for e in generate("mixed", 4, 0, 200, LimeConfig(header=header)):
+        rules, lower, math = header_sets(parts(e.source)[0])
+        assert lower == sorted(e.lower_set.tolist()) and math == sorted(e.math_set.tolist())
+        # all: every rule symbol drawn, sorted; used: the Case's symbols in its order (the authors' generator)
+        assert rules == (sorted(e.rule_set.tolist()) if header == "all" else list(e.case))
+        assert set(e.rule.tolist()) <= set(rules + math)  # the sets declared are those the example uses
         assert set(e.result.tolist()) <= set(lower + math)
     sets = {tuple(e.rule_set.tolist()) for e in generate("mixed", 4, 0, 200)}
     assert len(sets) == 200  # each example draws its own
 
 
-@pytest.mark.parametrize("task", ["mixed", "abduct", "reverse"])
-def test_generation_is_seeded_and_independent_of_the_sharding(task):
-    whole = generate(task, 3, 0, 600)
-    assert same(whole, generate(task, 3, 0, 600))
+@pytest.mark.parametrize("sizes", [{}, {"rule_symbols": 8, "lower_symbols": 8, "math_symbols": 8}])
+def test_the_used_header_reads_back_as_the_same_example_as_the_full_one(sizes):
+    used, full = (generate("mixed", 9, 0, 600, LimeConfig(header=h, **sizes)) for h in HEADERS)
+    for u, f in zip(used, full):
+        assert u.task == f.task and np.array_equal(u.target, f.target)
+        # the same draws: only the header's rule symbols differ
+        for field in ("rule_set", "lower_set", "math_set", "kept", "rule", "result"):
+            assert np.array_equal(getattr(u, field), getattr(f, field)), field
+        listed_u, *read_u = read_example(u.source, u.target, u.task)
+        listed_f, *read_f = read_example(f.source, f.target, f.task)
+        assert read_u == read_f  # Rule, Case and Result, from the tokens alone
+        assert parts(u.source)[1:] == parts(f.source)[1:] and header_sets(parts(u.source)[0])[1:] == \
+            header_sets(parts(f.source)[0])[1:]
+        # the exact invariant: the short header lists exactly the full header's symbols that the example uses, so
+        # every token after the header is a rule symbol under one header if and only if it is under the other
+        body = parts(u.source)[1] + parts(u.source)[2] + [int(t) for t in u.target]
+        assert listed_u == [t for t in dict.fromkeys(body) if t in set(listed_f)] == list(read_u[1])
+        assert len(f.source) - len(u.source) == len(listed_f) - len(listed_u) == len(f.rule_set) - len(u.case)
+
+
+HAND = {"rule_symbols": 4, "lower_symbols": 3, "math_symbols": 2, "kept_rule": (1, 1), "rule_math": (0, 0),
+        "case_length": (3, 3)}  # every example alike in length: Rule `r r`, Case `r : s s s`, Result 6 tokens
+HAND_LENGTHS = {  # (source, target) by hand: header (rule symbols + 3 + 2 + 3 separators) + first | second part
+    "all": {"deduct": (12 + 2 + 1 + 5, 6), "abduct": (12 + 2 + 1 + 6, 5), "induct": (12 + 6 + 1 + 5, 2)},
+    "used": {"deduct": (9 + 2 + 1 + 5, 6), "abduct": (9 + 2 + 1 + 6, 5), "induct": (9 + 6 + 1 + 5, 2)},
+}
+
+
+@pytest.mark.parametrize("header", HEADERS)
+@pytest.mark.parametrize("task", [*TASKS, "mixed"])
+def test_lengths_per_task_are_the_hand_counted_ones(task, header):
+    examples = generate(task, 2, 0, 300, LimeConfig(header=header, **HAND))
+    sources, targets = np.array([len(e.source) for e in examples]), np.array([len(e.target) for e in examples])
+    expected = np.array([HAND_LENGTHS[header][e.task] for e in examples])  # Mixed: each example's own task
+    assert sources.tolist() == expected[:, 0].tolist() and targets.tolist() == expected[:, 1].tolist()
+    hand = HAND_LENGTHS[header]
+    if task == "mixed":  # mean over the drawn tasks; max: Induct's source (the longest), Deduct's target
+        counts = {t: sum(e.task == t for e in examples) for t in TASKS}
+        assert sources.mean() == pytest.approx(sum(counts[t] * hand[t][0] for t in TASKS) / 300)
+        assert targets.mean() == pytest.approx(sum(counts[t] * hand[t][1] for t in TASKS) / 300)
+        assert (sources.max(), targets.max()) == (hand["induct"][0], hand["deduct"][1])
+    else:
+        assert (sources.mean(), sources.max(), targets.mean(), targets.max()) == (*hand[task][:1] * 2,
+                                                                                  *hand[task][1:] * 2)
+
+
+def test_the_full_header_is_the_earlier_generators_data():
+    digest = hashlib.sha256()
+    for e in generate("mixed", 0, 0, 300, ALL):
+        digest.update(e.task.encode() + e.source.tobytes() + b"|" + e.target.tobytes())
+    assert digest.hexdigest()[:16] == "ff66810479560532"  # computed with the generator before issue 31
+
+
+@pytest.mark.parametrize("task, header", [("mixed", "used"), ("abduct", "used"), ("reverse", "used"),
+                                          ("mixed", "all")])
+def test_generation_is_seeded_and_independent_of_the_sharding(task, header):
+    config = LimeConfig(header=header)
+    whole = generate(task, 3, 0, 600, config)
+    assert same(whole, generate(task, 3, 0, 600, config))
     for sizes in ([7, 100, 493], [1] * 5 + [595], [300, 300]):
         shards, start = [], 0
         for size in sizes:
-            shards += generate(task, 3, start, size)
+            shards += generate(task, 3, start, size, config)
             start += size
         assert same(whole, shards)
-    across = generate(task, 3, CHUNK - 50, 100)  # one call across a chunk's edge, against two that stop at it
-    assert same(across, generate(task, 3, CHUNK - 50, 50) + generate(task, 3, CHUNK, 50))
-    other = generate(task, 4, 0, 600)
+    across = generate(task, 3, CHUNK - 50, 100, config)  # one call across a chunk's edge, against two that stop at it
+    assert same(across, generate(task, 3, CHUNK - 50, 50, config) + generate(task, 3, CHUNK, 50, config))
+    other = generate(task, 4, 0, 600, config)
     assert sum(np.array_equal(a.source, b.source) for a, b in zip(whole, other)) == 0
 
 
@@ -174,11 +251,13 @@ def test_columns_make_a_pyarrow_table():
 
 def test_decode_names_specials_and_each_sets_symbols():
     assert decode([SEP, SET, MAPS, ENTRY, N_SPECIAL + 5]) == "| ; : , s5"
-    e = generate("deduct", 0, 0, 1)[0]
-    words = decode(e.source, e).split()
-    assert words[:HEADER] == (list("ABCDEFGHIJKLMNOPQRSTUVWX") + [";"] + list("abcdefghijklmnopqrstuvwx") + [";"]
+    e = generate("deduct", 0, 0, 1, ALL)[0]
+    words, header = decode(e.source, e).split(), 24 + 24 + 20 + 3
+    assert words[:header] == (list("ABCDEFGHIJKLMNOPQRSTUVWX") + [";"] + list("abcdefghijklmnopqrstuvwx") + [";"]
                               + list("+-*/=<>^()[]{}!~&%$#") + ["|"])
-    assert decode(e.rule, e).split() == [words[HEADER + i] for i in range(len(e.rule))]
+    assert decode(e.rule, e).split() == [words[header + i] for i in range(len(e.rule))]
+    used = generate("deduct", 0, 0, 1)[0]  # the same example: its rule symbols keep their letters
+    assert decode(used.source, used).split()[len(used.case):] == words[24:]
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -189,6 +268,7 @@ def test_decode_names_specials_and_each_sets_symbols():
     ({"kept_rule": (3, 25)}, "<= 24"),
     ({"rule_math": (-1, 3)}, "rule_math must be"),
     ({"case_length": (0, 8)}, "case_length must be"),
+    ({"header": "sorted"}, "header must be one of \\('used', 'all'\\), not 'sorted'"),
 ])
 def test_bad_configs_are_refused(fields, message):
     with pytest.raises(ValueError, match=message):
@@ -210,10 +290,14 @@ def test_bad_requests_are_refused():
 def test_longest_source_bounds_every_source_and_is_reached_by_the_worst_case():
     config = LimeConfig(rule_symbols=4, lower_symbols=3, math_symbols=2, kept_rule=(1, 1), rule_math=(0, 0),
                         case_length=(3, 3))
-    # header 4 + 3 + 2 + 3 separators; Rule 2 tokens; Case `r : s s s`; Result 6: Induct's Result | Case is longest
-    assert config.longest_source == 12 + 6 + 1 + 5
-    examples = generate("mixed", 0, 0, 3000, config)
-    assert max(len(e.source) for e in examples) == config.longest_source
+    # header 1 rule symbol used + 3 + 2 + 3 separators; Rule 2 tokens; Case `r : s s s`; Result 6: Induct's Result |
+    # Case is longest; the full header lists all 4 rule symbols
+    assert config.longest_source == 9 + 6 + 1 + 5
+    assert replace(config, header="all").longest_source == 12 + 6 + 1 + 5
+    for header in HEADERS:
+        small = replace(config, header=header)
+        assert max(len(e.source) for e in generate("mixed", 0, 0, 3000, small)) == small.longest_source
     paper = LimeConfig()
     longest = max(len(e.source) for e in generate("mixed", 0, 0, 3000, paper))
-    assert longest <= paper.longest_source == 71 + 99 + 1 + 54  # Induct's Result | Case
+    assert longest <= paper.longest_source == 52 + 99 + 1 + 54  # at most 5 rule symbols; Induct's Result | Case
+    assert ALL.longest_source == 71 + 99 + 1 + 54

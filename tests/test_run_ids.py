@@ -19,19 +19,20 @@ CONFIGS = Path(__file__).resolve().parents[1] / "flows" / "configs"
 PINNED = {
     "train": "train-d11da41d74a9", "cscore": "cscore-9a2ee294e685", "proxies": "proxies-7af82a9fac38",
     "filter_retrain": "filter_retrain-0f512e969071", "prune_grid": "prune_grid-a018cfdac5aa",
-    "scaling_law": "scaling_law-cc1d4c00a127",
+    "scaling_law": "scaling_law-cc1d4c00a127", "card": "card-478e97779493",  # issue 30: the data card (new)
     "weight_correlation": "weight_correlation-185f5ea79596",  # issue 29: R_p by the paper's Eq. 1
     "dct_sparse": "dct_sparse-ab3c1f22650a",  # issue 29: SNIP, GraSP and SynFlow masks beside the random ones
     "deq": "deq-8312697a832f",  # issue 28: the default experiment gained the explicit baselines
     "subspaces": "subspaces-628efb63a7a8",  # issue 28: SWA, a validation split, the authors' schedule
-    "lime_data": "lime_data-71d3566cbc9b", "lime_pretrain": "lime_pretrain-486c8d15405b",
+    "lime_data": "lime_data-08334ba4ebcb",  # issue 31: the header lists the rule symbols used, as the authors'
+    "lime_pretrain": "lime_pretrain-e94437d0278e",  # issue 31: the LIME header lists the rule symbols used
     "cscore-fashion-noisy.yaml": "cscore-844a2a3f3dde", "cscore-mnist1d.yaml": "cscore-60cca1d50bed",
     "cscore.yaml": "cscore-8e05a0a52f90",
     "dct-sparse-fashion.yaml": "dct_sparse-4a44855b6029",  # issue 29: as the default
     "dct-sparse-fashion-cnn.yaml": "dct_sparse-ea384e2d5167",  # issue 29: a BatchNorm CNN on Fashion-MNIST (new)
     "deq-synthetic.yaml": "deq-5f39085ac39f",  # issue 28: the default experiment gained the explicit baselines
     "deq-fashion-conv.yaml": "deq-d431c0df3b76",  # issue 28: the conv DEQ on Fashion-MNIST (a new config)
-    "lime-pretrain-gpu.yaml": "lime_pretrain-dc321cfbc2dc",
+    "lime-pretrain-gpu.yaml": "lime_pretrain-a42cad14f6e6",  # issue 31: the LIME header lists the rule symbols used
     "proxies-fashion-noisy.yaml": "proxies-194874d5afef", "prune-mnist1d-cnn-gpu.yaml": "prune_grid-1d5ee09af5d3",
     "prune-mnist1d-cnn.yaml": "prune_grid-d0e74fa5be1e", "prune-mnist1d.yaml": "prune_grid-a018cfdac5aa",
     "prune-mnist1d-data.yaml": "prune_grid-2a88b076a1f7",  # the law across 4 data fractions and widths 16-128 (new)

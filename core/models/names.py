@@ -1,5 +1,6 @@
 """Model names: a registry name carries its family and grid coordinates (width, depth), parsed without torch so that
-configs validate names cheaply (`regularity config` never loads torch)."""
+configs validate names cheaply (`regularity config` never loads torch); any other valid name is an installed
+package's entry point (core.models.entry_points), found in package metadata without importing the package."""
 from __future__ import annotations
 
 import re
@@ -23,6 +24,7 @@ MODEL_PATTERNS = {
     "dct_{any above but resnet18}": "every Linear/Conv a DCT+Sparse layer (Price & Tanner 2021), e.g. dct_mlp_w64_d2",
     "subspace{m}_{any above but resnet18}": "every Linear/Conv/BatchNorm holds m = 2..9 endpoints (Wortsman et al. "
                                             "2021), e.g. subspace2_mlp_w64_d2",
+    "{your model}": "the name of an installed package's `regularity.models` entry point (README: Your own model)",
 }
 # the families the stacked fast path runs (dct_, subspace)
 DCT_FAMILIES = ("mlp", "mlp_h", "lenet_300_100", "cnn1d", "cnn", "cnn1d_bn", "cnn_bn")
@@ -43,6 +45,7 @@ class ModelSpec:
     hidden: tuple[int, ...] = ()  # hidden widths of an mlp_h network
     dct_plus_sparse: bool = False  # a dct_ name: every Linear/Conv a DCT+Sparse layer
     endpoints: int = 0  # a subspace{m}_ name: every Linear/Conv/BatchNorm a subspace layer of m endpoints
+    package: str = ""  # family "entry_point": the installed package that provides it, as name==version
 
 
 _GRID_NAME = re.compile(r"^(mlp|cnn1d|cnn|cnn1d_bn|cnn_bn)_w(\d+)_d(\d+)$")
@@ -75,8 +78,8 @@ def _parse_plain_name(name: str) -> ModelSpec | None:
     return None
 
 
-def parse_model_name(name: str) -> ModelSpec:
-    """Parse a registry name, or fail with the list of valid patterns."""
+def parse_registry_name(name: str) -> ModelSpec | None:
+    """The spec of a registry name (with at most one dct_ or subspace{m}_ prefix), or None."""
     subspace = _SUBSPACE_PREFIX.match(name)
     rest = name[subspace.end():] if subspace else name
     plain = rest.removeprefix("dct_")
@@ -85,10 +88,24 @@ def parse_model_name(name: str) -> ModelSpec:
         return spec
     if spec is not None and spec.family in DCT_FAMILIES and (subspace is None) != (plain == rest):  # one prefix
         return replace(spec, name=name, dct_plus_sparse=plain != rest, endpoints=int(subspace[1]) if subspace else 0)
+    return None
+
+
+def parse_model_name(name: str) -> ModelSpec:
+    """Parse a registry name or an installed entry-point model's name (without importing it), or fail with the list
+    of valid patterns and of the installed entry-point models."""
+    from core.models.entry_points import describe_installed, installed_models
+
+    spec = parse_registry_name(name)
+    if spec is not None:
+        return spec
+    installed = installed_models()
+    if name in installed:
+        return ModelSpec(name, "entry_point", package=installed[name].provider)
     valid = "\n".join(f"  {pattern:30s} {text}" for pattern, text in MODEL_PATTERNS.items())
     raise ModelNameError(
         f"unknown model {name!r}; width and depth must be positive integers. Valid names:\n{valid}\n"
-        "e.g. mlp_w64_d2, cnn1d_w32_d3, cnn_w16_d4, dct_mlp_w64_d2"
+        f"e.g. mlp_w64_d2, cnn1d_w32_d3, cnn_w16_d4, dct_mlp_w64_d2\n{describe_installed(installed, name)}"
     )
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from core.models.dct_sparse import DCTPlusSparseConv, DCTPlusSparseLinear, dct_plus_sparse
 from core.models.deq import DEQLinear
 from core.models.deq_conv import DEQConv2d, injection_stride
+from core.models.entry_points import load_factory
 from core.models.names import ModelNameError, parse_model_name
 from core.models.subspaces import subspace_network
 from core.models.unrolled import UnrolledTanh
@@ -73,9 +74,43 @@ def _resnet18(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return model
 
 
+def _entry_point_model(name: str, provider: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The network of installed entry-point model `name`, checked: an nn.Module giving `[B, num_classes]` logits."""
+    factory = load_factory(name)
+    try:
+        model = factory(tuple(input_shape), num_classes)
+    except Exception as err:  # the user's code: say whose, and for which shape
+        raise ModelNameError(f"model {name!r} of {provider}: its factory failed for input_shape {tuple(input_shape)}, "
+                             f"num_classes {num_classes} ({type(err).__name__}: {err})") from err
+    if not isinstance(model, nn.Module):
+        raise ModelNameError(f"model {name!r} of {provider}: its factory returned a {type(model).__name__}, not an "
+                             "nn.Module")
+    _check_logits(model, f"model {name!r} of {provider}", input_shape, num_classes)
+    return model
+
+
+def _check_logits(model: nn.Module, what: str, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """A ModelNameError unless `model` maps a batch of 2 zero examples to logits `[2, num_classes]`."""
+    training, dummy = model.training, torch.zeros(2, *input_shape)
+    try:  # in eval mode: BatchNorm statistics stay as initialised
+        with torch.no_grad():
+            out = model.eval()(dummy)
+    except Exception as err:  # the user's code: any error means it cannot take this input
+        raise ModelNameError(f"{what} fails on examples of shape {list(input_shape)} "
+                             f"({type(err).__name__}: {err})") from err
+    finally:
+        model.train(training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelNameError(f"{what} gives {got} for a batch of 2 examples of shape {list(input_shape)}; it must "
+                             f"give logits [2, {num_classes}]")
+
+
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """A freshly initialised plain PyTorch model (uses the global torch RNG)."""
     spec = parse_model_name(name)
+    if spec.family == "entry_point":
+        return _entry_point_model(name, spec.package, input_shape, num_classes)
     flat = math.prod(input_shape)
     builders: dict[str, Callable[[], nn.Module]] = {
         "mlp": lambda: _mlp(flat, [spec.width] * (spec.depth or 0), num_classes),

@@ -59,6 +59,12 @@ def pack_float_rows(matrix: np.ndarray) -> pa.Array:
     return _pack_rows(matrix, np.float32, pa.float32())
 
 
+def pack_half_rows(matrix: np.ndarray) -> pa.Array:
+    """[K, N] floats -> `list<halffloat>` column: per-model, per-example scores of ~3 significant digits at 2 bytes
+    (probabilities and margins, which only ever reach tables averaged over many models)."""
+    return _pack_rows(matrix, np.float16, pa.float16())
+
+
 def unpack_float_rows(column: pa.Array | pa.ChunkedArray | pd.Series) -> np.ndarray:
-    """`list<float32>` column of equal-length rows -> [K, N] float32 array."""
+    """`list<float32>` (or `list<halffloat>`) column of equal-length rows -> [K, N] float32 array."""
     return _unpack_rows(column, np.float32)

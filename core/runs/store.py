@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from core.config import canonical_json, run_id
+from core.models.entry_points import model_package
 from core.runs.completeness import CorruptFileError, changed_inputs, file_stamp, read_tensor_file, whole_file_provenance
 from core.runs.files import (META_PREFIX, atomic_write, code_revision, dataset_cache, file_metadata, hardware,
                              package_versions, read_provenance, read_table, resolve_root, tensor_digest)
@@ -37,7 +38,8 @@ class RunStore:
 
     def __init__(self, flow: str, config: BaseModel, data_root: Path, inputs: dict[str, str | None] | None = None):
         self.flow, self.config = flow, config
-        self.inputs = {name: value for name, value in (inputs or {}).items() if value is not None}
+        given = {**(inputs or {}), **model_package(config)}  # a model from a package: that package and its version
+        self.inputs = {name: value for name, value in given.items() if value is not None}
         self.run_id = run_id(flow, config, self.inputs)
         self.config_json = canonical_json(config)
         self.root = data_root / "runs" / flow / self.run_id
@@ -46,7 +48,8 @@ class RunStore:
     def open(cls, flow: str, config: BaseModel, data_root: Path | str | None = None,
              inputs: dict[str, str | None] | None = None) -> RunStore:
         """Create or reopen the run folder of `config` reading input files of fingerprints `inputs` (name ->
-        `core.data.fingerprint` value; None = no file), checking its config.json."""
+        `core.data.fingerprint` value; None = no file), checking its config.json. A config whose `model` is an
+        installed entry-point model adds the input `model_package` (name==version of the package providing it)."""
         store = cls(flow, config, resolve_root(data_root), inputs)
         store.root.mkdir(parents=True, exist_ok=True)
         store._check_or_write_config()

@@ -6,7 +6,11 @@ replacement, shuffled), a Case (each rule symbol that occurs in the Rule -> 2..8
 Result (the Rule with its rule symbols substituted). A kept symbol need not occur in the Rule: the draws are with
 replacement, as specified, and the Case maps only the symbols that occur, in the order they first occur.
 Deduct is Rule + Case -> Result, Abduct Rule + Result -> Case, Induct Result + Case -> Rule; every source starts
-with a header declaring that example's three sets (each sorted: a set's order carries nothing).
+with a header declaring that example's rule, lower-case and math symbols. As in the authors' generator
+(tonywu95/LIME, reason/generate_data.py) the header lists by default only the rule symbols the Rule uses, in the
+order the Case maps them (they write both from one list); header="all" lists all the rule symbols drawn, sorted (the
+earlier header: 71 tokens at the paper's sizes instead of 48 to 52). Both list the whole lower-case and math sets,
+sorted (a set's order carries nothing), and the draws do not depend on the header: only the sources differ.
 
 Example i takes a fixed number of uniforms from its own block of the counter-based Philox stream keyed by the seed
 (counter = i x block): it reads the same however the dataset is sharded, and a shard's draws come from one call and
@@ -19,6 +23,7 @@ BOS/EOS: PAD, BOS and EOS are reserved for the model's collator to add.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -29,6 +34,7 @@ TASKS = ("deduct", "abduct", "induct")
 CONTROLS = ("copy", "reverse")  # a Mixed example's source, its target the source copied or reversed
 CHUNK = 4096  # examples drawn at once
 GLYPHS = {"rule": "ABCDEFGHIJKLMNOPQRSTUVWX", "lower": "abcdefghijklmnopqrstuvwx", "math": "+-*/=<>^()[]{}!~&%$#"}
+HEADERS = ("used", "all")  # the header's rule symbols: those the Rule uses (the authors'), or every one drawn
 
 
 @dataclass(frozen=True)
@@ -42,9 +48,12 @@ class LimeConfig:
     kept_rule: tuple[int, int] = (3, 5)
     rule_math: tuple[int, int] = (5, 19)
     case_length: tuple[int, int] = (2, 8)
+    header: Literal["used", "all"] = "used"
 
     def __post_init__(self):
         sets = self.rule_symbols + self.lower_symbols + self.math_symbols
+        if self.header not in HEADERS:
+            raise ValueError(f"header must be one of {HEADERS}, not {self.header!r}")
         if min(self.rule_symbols, self.lower_symbols, self.math_symbols) < 1:
             raise ValueError("rule_symbols, lower_symbols and math_symbols must each be at least 1")
         if self.vocab_size < sets:
@@ -63,6 +72,12 @@ class LimeConfig:
         return self.rule_symbols, self.lower_symbols, self.math_symbols
 
     @property
+    def longest_header(self) -> int:
+        """The most tokens a header can hold: its rule symbols, the lower-case and math sets, three separators."""
+        rules = self.kept_rule[1] if self.header == "used" else self.rule_symbols
+        return rules + self.lower_symbols + self.math_symbols + 3
+
+    @property
     def longest_source(self) -> int:
         """The most tokens a source can hold (a control's target is as long): the header, then the longest pair
         of Rule, Case and Result with a separator."""
@@ -70,7 +85,7 @@ class LimeConfig:
         rule, result = 2 * kept + math, 2 * kept * case + math  # every rule-symbol draw replaced by a longest string
         case_tokens = kept * (case + 2) + kept - 1  # `symbol : string` per symbol, `,` between
         longest_pair = max(rule + case_tokens, rule + result, result + case_tokens)
-        return sum(self.set_sizes) + 3 + longest_pair + 1
+        return self.longest_header + longest_pair + 1
 
     @property
     def total_vocab(self) -> int:
@@ -83,7 +98,7 @@ class Example:
     """One example, every field in token ids (int32); `task` is the one drawn for Mixed, or a control's name."""
 
     task: str
-    rule_set: np.ndarray  # sorted, as in the header
+    rule_set: np.ndarray  # every rule symbol drawn, sorted (as header="all" lists them)
     lower_set: np.ndarray
     math_set: np.ndarray
     kept: np.ndarray  # the rule symbols the Rule was drawn from
@@ -166,21 +181,27 @@ def _draws(seed: int, start: int, count: int, config: LimeConfig) -> dict[str, n
     shuffle = np.where(slot < 2 * kept + n_math, draws["shuffle"], 2.0)  # unused slots sort last
     pool = config.lower_symbols + config.math_symbols  # lower and math sit side by side after the rule set
     strings = symbols[rows, config.rule_symbols + (draws["string"] * pool).astype(np.int64)]
-    sets = np.split(symbols, np.cumsum(config.set_sizes[:2]), axis=1)
-    headers = np.concatenate([np.sort(sets[0], 1), np.full((count, 1), SET), np.sort(sets[1], 1),
-                              np.full((count, 1), SET), np.sort(sets[2], 1), np.full((count, 1), SEP)], 1)
-    return {"symbols": symbols, "header": headers.astype(np.int32), "kept": kept[:, 0],
-            "rule": np.take_along_axis(body, np.argsort(shuffle, 1), 1), "rule_length": (2 * kept + n_math)[:, 0],
+    sets = [np.sort(part, 1) for part in np.split(symbols, np.cumsum(config.set_sizes[:2]), axis=1)]
+    gap, end = np.full((count, 1), SET), np.full((count, 1), SEP)
+    header_tail = np.concatenate([gap, sets[1], gap, sets[2], end], 1)  # what follows the header's rule symbols
+    return {"symbols": symbols, "rule_set": sets[0].astype(np.int32), "header_tail": header_tail.astype(np.int32),
+            "kept": kept[:, 0], "rule": np.take_along_axis(body, np.argsort(shuffle, 1), 1),
+            "rule_length": (2 * kept + n_math)[:, 0],
             "case_length": _integers(draws["length"], *config.case_length),
             "strings": strings.reshape(count, config.kept_rule[1], config.case_length[1]),
             "task": _integers(draws["task"][:, 0], 0, len(TASKS) - 1)}
 
 
+def _header(config: LimeConfig, rule_set: np.ndarray, case: dict[int, list[int]], tail: np.ndarray) -> list[int]:
+    """The source's header: the Case's rule symbols in its order (header="used") or all of them sorted, then `tail`."""
+    return (list(case) if config.header == "used" else rule_set.tolist()) + tail.tolist()
+
+
 def _example(kind: str, draws: dict[str, np.ndarray], row: int, config: LimeConfig) -> Example:
     """The example of one row of draws, assembled on lists (faster than numpy at these sizes)."""
     symbols, kept = draws["symbols"][row], draws["kept"][row]
-    head, (rules, lowers, _) = draws["header"][row], config.set_sizes
-    rule_set, lower_set, math_set = head[:rules], head[rules + 1:rules + lowers + 1], head[rules + lowers + 2:-1]
+    rule_set, tail, lowers = draws["rule_set"][row], draws["header_tail"][row], config.lower_symbols
+    lower_set, math_set = tail[1:lowers + 1], tail[lowers + 2:-1]
     rule, slots = draws["rule"][row, :draws["rule_length"][row]].tolist(), symbols[:kept].tolist()
     case = {}
     for token in rule:  # each rule symbol the Rule uses, in the order of its first occurrence
@@ -191,7 +212,7 @@ def _example(kind: str, draws: dict[str, np.ndarray], row: int, config: LimeConf
     task = TASKS[draws["task"][row]] if kind in ("mixed", *CONTROLS) else kind  # Mixed and controls share the rest
     parts = {"deduct": (rule, case_tokens, result), "abduct": (rule, result, case_tokens),
              "induct": (result, case_tokens, rule)}[task]
-    source = head.tolist() + parts[0] + [SEP] + parts[1]
+    source = _header(config, rule_set, case, tail) + parts[0] + [SEP] + parts[1]
     target = {"copy": source, "reverse": source[::-1]}.get(kind, parts[2])
     as_array = lambda tokens: np.asarray(tokens, np.int32)  # noqa: E731
     return Example(kind if kind in CONTROLS else task, rule_set, lower_set, math_set, as_array(sorted(slots)),

@@ -55,6 +55,11 @@ def _is_stackable(template: nn.Module) -> bool:
     return True
 
 
+def training_path(template: nn.Module) -> str:
+    """Where K copies of `template` train: "stacked" (batched matmuls, grouped convs) or "vmap" (torch.func.vmap)."""
+    return "stacked" if _is_stackable(template) else "vmap"
+
+
 def _execution_order(template: nn.Sequential) -> list[tuple[int, nn.Module]]:
     """(index, layer) pairs in run order: a ReLU directly before a MaxPool runs after it instead.
 
@@ -230,6 +235,7 @@ class Evaluation:
     margin: Tensor  # logit of the given label minus the largest other logit
     loss: Tensor  # cross-entropy
     el2n: Tensor  # |softmax - one-hot label|_2
+    probability_sum: Tensor | None = None  # `[N, C]` float64, when `evaluate` was asked to sum some models' softmax
 
     def accuracy(self) -> Tensor:
         """`[K]` fraction correct."""
@@ -257,17 +263,26 @@ def _example_chunks(ensemble: Ensemble, n: int, examples_per_chunk: int) -> list
 
 
 @torch.no_grad()
-def evaluate(ensemble: Ensemble, x: Tensor, y: Tensor, examples_per_chunk: int = 65536) -> Evaluation:
-    """Every model on every example of `x` (`[N, ...]`), in chunks of bounded memory."""
-    parts = []
+def evaluate(ensemble: Ensemble, x: Tensor, y: Tensor, examples_per_chunk: int = 65536,
+             sum_probabilities_of: Tensor | None = None) -> Evaluation:
+    """Every model on every example of `x` (`[N, ...]`), in chunks of bounded memory. With `sum_probabilities_of`
+    (bool `[K, N]`), also each example's softmax probabilities summed over the models marked for it, from the same
+    forward pass (e.g. the models that held it out)."""
+    parts, sums = [], []
     for rows in _example_chunks(ensemble, len(x), examples_per_chunk):
         xb = x[rows].to(ensemble.device, non_blocking=True)
         yb = y[rows].to(ensemble.device, non_blocking=True)
-        parts.append([t.cpu() for t in example_outcomes(ensemble(xb, shared=True), yb)])
+        logits = ensemble(xb, shared=True)
+        parts.append([t.cpu() for t in example_outcomes(logits, yb)])
+        if sum_probabilities_of is not None:
+            marked = sum_probabilities_of[:, rows].to(logits.device, torch.float64)
+            sums.append(torch.einsum("kb,kbc->bc", marked, logits.softmax(-1).double()).cpu())
     if not parts:
         empty = torch.empty(ensemble.size, 0)
         return Evaluation(empty.bool(), empty, empty, empty, empty)
-    return Evaluation(*(torch.cat(columns, dim=1) for columns in zip(*parts)))
+    evaluation = Evaluation(*(torch.cat(columns, dim=1) for columns in zip(*parts)))
+    evaluation.probability_sum = torch.cat(sums) if sums else None
+    return evaluation
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from core.config import derive_seed
 from core.data.datasets import Dataset
-from core.runs.rows import pack_bool_rows, pack_float_rows
+from core.runs.rows import pack_bool_rows, pack_float_rows, pack_half_rows
 from core.training.config import TrainConfig
 from core.training.ensemble import Ensemble, Evaluation, evaluate
 from core.training.trainer import TrainingRecord, TrainResult, train
@@ -136,7 +136,8 @@ def train_on_subsets(
     ensemble = Ensemble.init(model, dataset.input_shape, dataset.num_classes, init_seeds, device, precision)
     result = train(ensemble, dataset.x_train, dataset.y_train, subsets, order_seeds, config,
                    masks=masks, record=record, progress=progress)
-    return ShardOutcome(ensemble, evaluate(ensemble, dataset.x_train, dataset.y_train),
+    # the held-out models' summed probabilities come from the same forward pass (cleanlab's pred_probs, averaged later)
+    return ShardOutcome(ensemble, evaluate(ensemble, dataset.x_train, dataset.y_train, sum_probabilities_of=~subsets),
                         evaluate(ensemble, dataset.x_test, dataset.y_test), result)
 
 
@@ -164,4 +165,15 @@ def outcome_table(model_ids: list[int], seeds: list[int], subsets: Tensor, outco
         "in_subset": pack_bool_rows(subsets.numpy()),
         "train_correct": pack_bool_rows(train_correct.numpy()),
         "test_correct": pack_bool_rows(test_correct.numpy()),
+        # the soft C-scores' inputs: probability of the given label, logit margin over the best other label
+        "train_label_prob": pack_half_rows(outcome.train.label_prob.numpy()),
+        "train_margin": pack_half_rows(outcome.train.margin.numpy()),
     })
+
+
+def heldout_probability_table(subsets: Tensor, outcome: ShardOutcome) -> pa.Table:
+    """One row per training example: how many of the shard's models held it out, and the sum of their softmax
+    probabilities (`[C]`), which averaged over a ratio's shards are out-of-sample predictions."""
+    sums = outcome.train.probability_sum.numpy().astype(np.float32)
+    return pa.table({"n_heldout": pa.array((~subsets).sum(0).numpy(), pa.int32()),
+                     "probability_sum": pa.FixedSizeListArray.from_arrays(pa.array(sums.ravel()), sums.shape[1])})
