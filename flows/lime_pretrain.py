@@ -10,12 +10,12 @@ than a control that only teaches copying.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from prefect import flow
 from pydantic import Field, field_validator
 
-from core.config import Config, RuntimeConfig
+from core.config import ADDED_SETTING, Config, RuntimeConfig
 from core.sequence.config import ARMS, SCRATCH
 from core.sequence.config import MAX_LENGTH, OptimConfig, TransformerConfig
 from flows.common import checked_data_root, distinct_values
@@ -33,6 +33,12 @@ class PretrainConfig(Config):
     eval_every: int = Field(500, ge=1, description="steps between exact-match checks on held-out examples")
     eval_examples: int = Field(100, ge=1, le=100_000, description="held-out examples of the pretraining task decoded "
                                "at each check")
+    bucket_batches: Annotated[int, ADDED_SETTING] = Field(0, ge=0, le=4096, description="length bucketing: the "
+                                                          "examples of this many consecutive steps are sorted by "
+                                                          "source length, cut into as many batches and taken in a "
+                                                          "seeded order (each still used once); 0 or 1: none, every "
+                                                          "batch padded to its longest (bench/lime_throughput.py; "
+                                                          "its effect on learning is not measured yet)")
 
 
 class DownstreamConfig(Config):

@@ -17,7 +17,7 @@ from core.runtime import resolve_device
 from core.sequence.config import SCRATCH
 from core.sequence.lime import generate
 from core.sequence.rewriting import RewriteConfig, split
-from core.sequence.transfer import epoch_batches, held_out_figures, lime_batches, train_with_evaluation
+from core.sequence.transfer import bucketed, epoch_batches, held_out_figures, lime_batches, train_with_evaluation
 from core.sequence.transformer import Seq2Seq
 from core.training.experiment import DRAW_STREAM, INIT_STREAM, MONITOR_STREAM, ORDER_STREAM, SUBSET_STREAM, model_seed
 from tasks.common import compute_once, task_threads
@@ -76,7 +76,8 @@ def _pretrain(store: RunStore, arm: str, seed: int, files: list[str]) -> None:
     model = new_model(store, seed)
     held_out = generate(arm, derive_seed(base, MONITOR_STREAM), 0, pretrain.eval_examples, lime)
     sources, targets = [e.source for e in held_out], [e.target for e in held_out]
-    batches = lime_batches(arm, derive_seed(base, DRAW_STREAM), pretrain.optim.batch_size, lime)  # one per seed
+    drawn = lime_batches(arm, derive_seed(base, DRAW_STREAM), pretrain.optim.batch_size, lime)  # one per seed
+    batches = bucketed(drawn, pretrain.bucket_batches, derive_seed(base, ORDER_STREAM))  # the same order every arm
     progress, moved = bar(pretrain.optim.steps, f"pretrain {arm} seed {seed}")
 
     def evaluate(step: int) -> dict[str, float]:

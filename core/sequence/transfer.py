@@ -40,6 +40,33 @@ def lime_batches(task: str, seed: int, batch_size: int, config: LimeConfig) -> B
     return batch
 
 
+def bucketed(batches: Batches, k: int, seed: int) -> Batches:
+    """`batches` with length bucketing over groups of `k` steps: the examples of steps gk .. gk + k - 1 are sorted by
+    source length (stable: ties keep their order), cut into batches of the sizes those steps had, and the k batches are
+    taken in an order drawn from `seed + g`. Every example is still used once per group, in a batch of sources of
+    similar lengths (less padding); k <= 1 gives `batches` itself."""
+    if k <= 1:
+        return batches
+    groups = {}
+
+    def batch(step: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The sources and targets of step `step`'s batch."""
+        group, at = divmod(step, k)
+        if group not in groups:
+            drawn = [batches(group * k + i) for i in range(k)]
+            sources = [s for batch_sources, _ in drawn for s in batch_sources]
+            targets = [t for _, batch_targets in drawn for t in batch_targets]
+            by_length = np.argsort([len(s) for s in sources], kind="stable")
+            cut = np.split(by_length, np.cumsum([len(batch_sources) for batch_sources, _ in drawn])[:-1])
+            order = torch.randperm(k, generator=torch.Generator().manual_seed(seed + group)).tolist()
+            groups.clear()
+            groups[group] = sources, targets, [cut[i] for i in order]
+        sources, targets, rows = groups[group]
+        return [sources[r] for r in rows[at]], [targets[r] for r in rows[at]]
+
+    return batch
+
+
 def epoch_batches(sources: Sequence[np.ndarray], targets: Sequence[np.ndarray], batch_size: int, seed: int) -> Batches:
     """Batches of a fixed training set: a fresh seeded order every epoch, the last partial batch dropped (a set
     smaller than one batch is one batch of all of it)."""
