@@ -20,8 +20,8 @@ from pydantic import ValidationError
 from core.config import derive_seed, run_id
 from core.data.config import DatasetConfig
 from core.data.datasets import load_dataset
-from core.models.entry_points import installed_models, load_factory, model_package
-from core.models.names import ModelNameError, parse_model_name
+from core.models.entry_points import load_factory, model_package
+from core.models.names import ModelNameError, installed_models, parse_model_name
 from core.models.networks import init_model
 from core.runs.rows import unpack_bool_rows
 from core.runs.store import RunStore

@@ -1,10 +1,12 @@
 """Model names: a registry name carries its family and grid coordinates (width, depth), parsed without torch so that
 configs validate names cheaply (`regularity config` never loads torch); any other valid name is an installed
-package's entry point (core.models.entry_points), found in package metadata without importing the package."""
+package's entry point, found here in package metadata without importing the package (core.models.entry_points
+loads it)."""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from importlib import metadata
 from typing import Literal
 
 MODEL_PATTERNS = {
@@ -91,11 +93,60 @@ def parse_registry_name(name: str) -> ModelSpec | None:
     return None
 
 
+# Models of installed packages: names read from package metadata, importing neither torch nor the package
+GROUP = "regularity.models"
+PLAIN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")  # no ':' or '/': a model name never reads as an import path
+HOW_TO = "README: Your own model"
+
+
+@dataclass(frozen=True)
+class EntryPointModel:
+    """One model an installed package registers: its name in configs, the package, and where its factory is."""
+
+    name: str
+    package: str
+    version: str
+    entry_point: metadata.EntryPoint
+
+    @property
+    def provider(self) -> str:
+        """The package and its version, as `name==version` (part of the run id)."""
+        return f"{self.package}=={self.version}"
+
+
+def installed_models() -> dict[str, EntryPointModel]:
+    """Every model of the group by name; a ModelNameError naming the packages when a name is not a plain name, reads
+    as a registry name, or is registered twice."""
+    models: dict[str, EntryPointModel] = {}
+    for entry in metadata.entry_points(group=GROUP):
+        model = EntryPointModel(entry.name, entry.dist.name, entry.dist.version, entry)
+        if not PLAIN_NAME.fullmatch(entry.name):
+            raise ModelNameError(f"{model.provider} registers model {entry.name!r} under {GROUP}: a model name is a "
+                                 "letter, then letters, digits, '_', '.' or '-'; rename it in that package")
+        if parse_registry_name(entry.name) is not None:
+            raise ModelNameError(f"{model.provider} registers model {entry.name!r} under {GROUP}, which is a registry "
+                                 "name of regularity; rename it in that package")
+        if entry.name in models:
+            raise ModelNameError(f"model {entry.name!r} is registered under {GROUP} by two packages, "
+                                 f"{models[entry.name].provider} and {model.provider}; uninstall or rename one")
+        models[entry.name] = model
+    return models
+
+
+def describe_installed(installed: dict[str, EntryPointModel], name: str = "") -> str:
+    """One line for an unknown model's error: the installed entry-point models, and why an import path is no name."""
+    found = ", ".join(f"{m.name} ({m.provider})" for m in installed.values())
+    line = (f"installed models of the entry-point group {GROUP}: {found}" if installed
+            else f"no installed package registers a model under the entry-point group {GROUP} ({HOW_TO})")
+    if ":" in name or "/" in name:
+        line += (f"; {name!r} is not a model name: a config never names code to import. Register the factory as an "
+                 f"entry point of {GROUP} in your package, install it, and name the entry point ({HOW_TO})")
+    return line
+
+
 def parse_model_name(name: str) -> ModelSpec:
     """Parse a registry name or an installed entry-point model's name (without importing it), or fail with the list
     of valid patterns and of the installed entry-point models."""
-    from core.models.entry_points import describe_installed, installed_models
-
     spec = parse_registry_name(name)
     if spec is not None:
         return spec
