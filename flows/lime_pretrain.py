@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from prefect import flow
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from core.config import ADDED_SETTING, Config, RuntimeConfig
 from core.sequence.config import ARMS, SCRATCH
@@ -23,6 +23,24 @@ from flows.lime_data import LimeGenerationConfig
 
 FLOW = "lime_pretrain"
 Arm = Literal[ARMS]
+
+
+class CurriculumStage(Config):
+    """A curriculum stage: `steps` steps of the arm's task drawn with these Rule and Case ranges (the run's symbol
+    sets, vocabulary and header otherwise), before the run's own `lime` setting."""
+
+    steps: int = Field(ge=1, description="optimizer updates of this stage")
+    kept_rule: list[Annotated[int, Field(ge=1)]] = Field([1, 2], min_length=2, max_length=2, description="[low, high] "
+                                                          "rule symbols kept per example (lime.kept_rule)")
+    rule_math: list[Annotated[int, Field(ge=0)]] = Field([2, 6], min_length=2, max_length=2, description="[low, high] "
+                                                          "math symbols drawn into each Rule (lime.rule_math)")
+    case_length: list[Annotated[int, Field(ge=1)]] = Field([1, 3], min_length=2, max_length=2, description="[low, "
+                                                            "high] tokens of each Case string (lime.case_length)")
+
+    def lime(self, run: LimeGenerationConfig) -> LimeGenerationConfig:
+        """The run's LIME generator with this stage's ranges."""
+        return LimeGenerationConfig.model_validate({**run.model_dump(), "kept_rule": self.kept_rule,
+                                                    "rule_math": self.rule_math, "case_length": self.case_length})
 
 
 class PretrainConfig(Config):
@@ -37,8 +55,13 @@ class PretrainConfig(Config):
                                                           "examples of this many consecutive steps are sorted by "
                                                           "source length, cut into as many batches and taken in a "
                                                           "seeded order (each still used once); 0 or 1: none, every "
-                                                          "batch padded to its longest (bench/lime_throughput.py; "
-                                                          "its effect on learning is not measured yet)")
+                                                          "batch padded to its longest (bench/lime_throughput.py: "
+                                                          "1.35x the tokens/s at 8; bench/lime_learning.py: the same "
+                                                          "learning curve)")
+    curriculum: Annotated[list[CurriculumStage], ADDED_SETTING] = Field(
+        [], description="stages of shorter Rules and Cases trained first, in order, their steps part of optim.steps; "
+        "the learning-rate schedule spans all steps and held-out checks are always on the run's own lime setting "
+        "(bench/lime_learning.py); empty: none")
 
 
 class DownstreamConfig(Config):
@@ -93,6 +116,21 @@ class LimePretrainFlowConfig(Config):
     @classmethod
     def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
         return distinct_values(seeds, lambda s: s >= 0, "distinct non-negative seeds")
+
+    @model_validator(mode="after")
+    def _curriculum_fits(self) -> LimePretrainFlowConfig:
+        stages = self.pretrain.curriculum
+        if sum(stage.steps for stage in stages) >= self.pretrain.optim.steps:
+            raise ValueError(f"pretrain.curriculum's stages take {sum(stage.steps for stage in stages)} steps, not "
+                             f"fewer than pretrain.optim.steps ({self.pretrain.optim.steps}): the run's own lime "
+                             "setting would never be trained")
+        for index, stage in enumerate(stages):
+            try:
+                stage.lime(self.lime)
+            except ValidationError as err:
+                raise ValueError(f"pretrain.curriculum[{index}]: {err.errors()[0]['msg'].removeprefix('Value error, ')}"
+                                 ) from None
+        return self
 
     @field_validator("runtime")
     @classmethod

@@ -17,8 +17,9 @@ from core.runtime import resolve_device
 from core.sequence.config import SCRATCH
 from core.sequence.lime import generate
 from core.sequence.rewriting import RewriteConfig, split
-from core.sequence.transfer import bucketed, epoch_batches, held_out_figures, lime_batches, train_with_evaluation
-from core.sequence.transformer import Seq2Seq
+from core.sequence.transfer import (bucketed, epoch_batches, held_out_figures, lime_batches, staged,
+                                   train_with_evaluation)
+from core.sequence.transformer import Batches, Seq2Seq
 from core.training.experiment import DRAW_STREAM, INIT_STREAM, MONITOR_STREAM, ORDER_STREAM, SUBSET_STREAM, model_seed
 from tasks.common import compute_once, task_threads
 
@@ -76,8 +77,7 @@ def _pretrain(store: RunStore, arm: str, seed: int, files: list[str]) -> None:
     model = new_model(store, seed)
     held_out = generate(arm, derive_seed(base, MONITOR_STREAM), 0, pretrain.eval_examples, lime)
     sources, targets = [e.source for e in held_out], [e.target for e in held_out]
-    drawn = lime_batches(arm, derive_seed(base, DRAW_STREAM), pretrain.optim.batch_size, lime)  # one per seed
-    batches = bucketed(drawn, pretrain.bucket_batches, derive_seed(base, ORDER_STREAM))  # the same order every arm
+    batches = pretraining_batches(config, arm, base)
     progress, moved = bar(pretrain.optim.steps, f"pretrain {arm} seed {seed}")
 
     def evaluate(step: int) -> dict[str, float]:
@@ -91,6 +91,20 @@ def _pretrain(store: RunStore, arm: str, seed: int, files: list[str]) -> None:
         curve = train_with_evaluation(model, batches, pretrain.optim, pretrain.eval_every, evaluate, moved)
     store.write_table(files[0], curve.assign(arm=arm, seed=seed)[PRETRAIN_COLUMNS])
     store.write_tensors(files[1], model.state_dict())
+
+
+def pretraining_batches(config, arm: str, base: int) -> Batches:
+    """Every pretraining step's batch of `arm` for the seed whose model seed is `base`, under the flow's `config`: the
+    curriculum's stages in turn (stage i's examples from its own draw stream), then the run's lime setting; each stage
+    length-bucketed."""
+    pretrain = config.pretrain
+    draws = [derive_seed(base, DRAW_STREAM, stage + 1) for stage in range(len(pretrain.curriculum))]
+    settings = [(stage.lime(config.lime), stage.steps) for stage in pretrain.curriculum]
+    settings.append((config.lime, pretrain.optim.steps - sum(stage.steps for stage in pretrain.curriculum)))
+    draws.append(derive_seed(base, DRAW_STREAM))  # one per seed, as before curricula
+    order = derive_seed(base, ORDER_STREAM)  # the same bucket order for every arm
+    return staged([(bucketed(lime_batches(arm, draw, pretrain.optim.batch_size, lime.to_core()),
+                             pretrain.bucket_batches, order), steps) for draw, (lime, steps) in zip(draws, settings)])
 
 
 @task(cache_policy=NO_CACHE, task_run_name="finetune-{arm}")

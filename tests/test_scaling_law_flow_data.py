@@ -39,7 +39,9 @@ def data_prune_run(root: Path) -> str:
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_flow_models_the_dense_error_across_data_fractions_and_reports_the_measured_fits_beside(tmp_path):
-    config = ScalingLawFlowConfig(prune_run=data_prune_run(tmp_path), n_bootstrap=2, n_starts=4)
+    # the flow's default 8 starts: with 4, a fresh install's fit of the 2-fraction extrapolation stopped in a local
+    # optimum (|mu| 0.016 against 0.004 with 8), the same code and data as where 4 had found the better one
+    config = ScalingLawFlowConfig(prune_run=data_prune_run(tmp_path), n_bootstrap=2, n_starts=8)
     assert config.dense_error == "auto"
     folder = Path(scaling_law_flow(config, data_root=str(tmp_path)))
     fits = pd.read_parquet(folder / "scaling_fit.parquet")

@@ -42,3 +42,21 @@ def lime_sample_efficiency(finetune, path: Path) -> Path:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return save(fig, path)
+
+
+def lime_learning_curves(curves, path: Path) -> Path:
+    """Held-out exact match (top) and token accuracy (bottom) of each pretraining setting (`name`), against the step
+    (left) and against training seconds (right): the learning curves of bench/lime_learning.py."""
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.4), sharey="row")
+    for name, rows in curves.groupby("name", sort=False):
+        for row, figure in enumerate(("exact_match", "token_accuracy")):
+            for column, x in enumerate(("step", "seconds")):
+                mean_band(axes[row, column], rows, x, figure, name)
+    for (row, column), ax in zip([(r, c) for r in range(2) for c in range(2)], axes.flat):
+        ax.set(xlabel=("pretraining step", "training seconds (evaluation left out)")[column],
+               ylabel=("held-out exact match", "held-out token accuracy")[row] if column == 0 else None)
+        ax.grid(alpha=0.3)
+    axes[0, 1].legend(fontsize=7)
+    fig.suptitle("LIME pretraining: learning curves (greedy decoding on held-out examples)")
+    fig.tight_layout()
+    return save(fig, path)

@@ -21,7 +21,6 @@ from core.sequence.lime import CONTROLS, TASKS, LimeConfig, generate
 from core.sequence.transformer import Batches, Seq2Seq, exact_match, token_accuracy, train_seq2seq
 
 
-
 def lime_batches(task: str, seed: int, batch_size: int, config: LimeConfig) -> Batches:
     """Step s's batch is examples s x batch_size onward of the LIME dataset (task, seed), generated a chunk at a time
     (bounded memory, and the same examples whatever the chunking)."""
@@ -63,6 +62,19 @@ def bucketed(batches: Batches, k: int, seed: int) -> Batches:
             groups[group] = sources, targets, [cut[i] for i in order]
         sources, targets, rows = groups[group]
         return [sources[r] for r in rows[at]], [targets[r] for r in rows[at]]
+
+    return batch
+
+
+def staged(stages: Sequence[tuple[Batches, int]]) -> Batches:
+    """A curriculum: each stage's batches for its number of steps, in turn, each stage from its own step 0 (the last
+    stage's count is not checked: it runs to the end of training)."""
+    starts = np.cumsum([0, *(steps for _, steps in stages[:-1])]).tolist()
+
+    def batch(step: int) -> tuple[Sequence[np.ndarray], Sequence[np.ndarray]]:
+        """The sources and targets of step `step`'s batch, from the stage it falls in."""
+        stage = int(np.searchsorted(starts, step, side="right")) - 1
+        return stages[stage][0](step - starts[stage])
 
     return batch
 
