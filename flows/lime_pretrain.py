@@ -16,13 +16,14 @@ from prefect import flow
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from core.config import ADDED_SETTING, Config, RuntimeConfig
-from core.sequence.config import ARMS, SCRATCH
+from core.sequence.config import ARMS, DOWNSTREAM_TASKS, SCRATCH
 from core.sequence.config import MAX_LENGTH, OptimConfig, TransformerConfig
 from flows.common import checked_data_root, distinct_values
 from flows.lime_data import LimeGenerationConfig
 
 FLOW = "lime_pretrain"
 Arm = Literal[ARMS]
+DownstreamTask = Literal[DOWNSTREAM_TASKS]
 
 
 class CurriculumStage(Config):
@@ -65,8 +66,12 @@ class PretrainConfig(Config):
 
 
 class DownstreamConfig(Config):
-    """Fine-tuning on one-step term rewriting: nested training sets, one test set per seed."""
+    """Fine-tuning on term rewriting: nested training sets, one test set per seed and task."""
 
+    tasks: Annotated[list[DownstreamTask], ADDED_SETTING] = Field(
+        ["rewrite"], min_length=1, description="downstream tasks, each fine-tuned afresh from every arm: rewrite (one "
+        "rule applied once at the root, core/sequence/rewriting.py) or rewrite_multistep (a chain of rules applied in "
+        "turn, core/sequence/multistep.py)")
     train_examples: list[int] = Field([300, 1000, 3000], min_length=1, description="training-set sizes (each a "
                                       "prefix of the next); every arm fine-tunes afresh at each")
     test_examples: int = Field(500, ge=1, le=100_000, description="test examples, none with a training source")
@@ -77,6 +82,11 @@ class DownstreamConfig(Config):
     eval_every: int = Field(250, ge=1, description="steps between exact-match checks on the test set")
     thresholds: list[float] = Field([0.5, 0.9], min_length=1, description="exact-match levels of the "
                                     "sample-efficiency table (examples needed to reach each)")
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct_tasks(cls, tasks: list[str]) -> list[str]:
+        return distinct_values(tasks, lambda task: True, "distinct tasks")
 
     @field_validator("train_examples")
     @classmethod

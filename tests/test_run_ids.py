@@ -33,7 +33,7 @@ PINNED = {
     "deq-synthetic.yaml": "deq-5f39085ac39f",  # issue 28: the default experiment gained the explicit baselines
     "deq-fashion-conv.yaml": "deq-d431c0df3b76",  # issue 28: the conv DEQ on Fashion-MNIST (a new config)
     "lime-pretrain-gpu.yaml": "lime_pretrain-a42cad14f6e6",  # issue 31: the LIME header lists the rule symbols used
-    "lime-pretrain-short-rules.yaml": "lime_pretrain-ba0040a03d99",  # issue 31: the setting a CPU learns (new)
+    "lime-pretrain-short-rules.yaml": "lime_pretrain-39e3efe3b385",  # issue 31: the setting a CPU learns, 2 tasks
     "proxies-fashion-noisy.yaml": "proxies-194874d5afef", "prune-mnist1d-cnn-gpu.yaml": "prune_grid-1d5ee09af5d3",
     "prune-mnist1d-cnn.yaml": "prune_grid-d0e74fa5be1e", "prune-mnist1d.yaml": "prune_grid-a018cfdac5aa",
     "prune-mnist1d-data.yaml": "prune_grid-2a88b076a1f7",  # the law across 4 data fractions and widths 16-128 (new)

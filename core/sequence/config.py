@@ -11,6 +11,7 @@ from core.sequence.lime import CONTROLS, TASKS
 
 SCRATCH = "scratch"
 ARMS = (SCRATCH, "mixed", *TASKS, *CONTROLS)  # "scratch", or the task pretrained on
+DOWNSTREAM_TASKS = ("rewrite", "rewrite_multistep")  # the fine-tuning tasks: one rewriting step, a chain of them
 
 MAX_LENGTH = 1024  # positions of the sinusoid table: tokens of the longest source, or of BOS + target
 
