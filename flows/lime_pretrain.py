@@ -2,8 +2,9 @@
 
 Wu, Rabe, Li, Ba, Grosse and Szegedy, "LIME: Learning Inductive Bias for Primitives of Mathematical Reasoning" (ICML
 2021). A transformer encoder-decoder is pretrained on a LIME task (Mixed by default) or on a control of the same
-sources (copy or reverse them), or not at all ("scratch"), then fine-tuned on one-step term rewriting with a fixed
-rule set (`core/sequence/rewriting.py`) at several training-set sizes. Every arm of a seed starts from the same
+sources (copy or reverse them), or not at all ("scratch"), then fine-tuned on term rewriting with a fixed rule set at
+several training-set sizes: one rule applied once (`core/sequence/rewriting.py`) and, with `downstream.tasks`, a chain
+of rules applied in turn (`core/sequence/multistep.py`). Every arm of a seed starts from the same
 initialisation, and sees the same sources in pretraining and the same examples and batch order in fine-tuning. The
 claim to check: LIME pretraining reaches a given exact match with fewer downstream examples than scratch, and more
 than a control that only teaches copying.
@@ -23,7 +24,7 @@ from flows.lime_data import LimeGenerationConfig
 
 FLOW = "lime_pretrain"
 Arm = Literal[ARMS]
-DownstreamTask = Literal[DOWNSTREAM_TASKS]
+DownstreamTask = Literal[tuple(DOWNSTREAM_TASKS)]
 
 
 class CurriculumStage(Config):
@@ -187,7 +188,7 @@ def lime_pretrain_flow(config: LimePretrainFlowConfig = LimePretrainFlowConfig()
         combine_shards(store, curves, "lime_pretrain_curves.parquet", [*keys, ("step", "ascending")])
     finetuned = [name for names in tuned for name in names]
     combine_shards(store, finetuned, "lime_finetune_curves.parquet",
-                   [*keys, ("train_examples", "ascending"), ("step", "ascending")])
+                   [("task", "ascending"), *keys, ("train_examples", "ascending"), ("step", "ascending")])
     finetune = store.read_table("lime_finetune_curves.parquet")
     efficiency = sample_efficiency(finetune, config.downstream.thresholds)
     store.remove_corrupt("lime_sample_efficiency.parquet")
@@ -198,13 +199,12 @@ def lime_pretrain_flow(config: LimePretrainFlowConfig = LimePretrainFlowConfig()
     figures = store.figures(lambda: [lime_transfer_curves(pretrain, finetune, folder / "exact_match_curves.png"),
                                      lime_sample_efficiency(finetune, folder / "sample_efficiency.png")])
     shape, downstream = config.transformer, config.downstream
-    scope = (f"term rewriting ({'/'.join(map(str, downstream.train_examples))} train, {downstream.test_examples} test "
-             f"examples), transformer d_model {shape.d_model} {shape.encoder_layers}+{shape.decoder_layers} layers, "
+    sizes, layers = "/".join(map(str, downstream.train_examples)), f"{shape.encoder_layers}+{shape.decoder_layers}"
+    scope = (f"{' and '.join(DOWNSTREAM_TASKS[task] for task in downstream.tasks)} ({sizes} train, "
+             f"{downstream.test_examples} test examples), transformer d_model {shape.d_model} {layers} layers, "
              f"{config.pretrain.optim.steps} pretraining steps, {run_scope(config)}")
     publish(store, transfer_summary(finetune, efficiency), figures,
-            f"transformer d_model {config.transformer.d_model}, {config.transformer.encoder_layers}+"
-            f"{config.transformer.decoder_layers} "
-            f"layers: arms {', '.join(config.arms)} x {len(config.seeds)} seeds; {config.pretrain.optim.steps} "
-            f"pretraining steps, fine-tuned on {'/'.join(map(str, config.downstream.train_examples))} rewriting "
-            "examples", findings=lime_pretrain_findings(pretrain, finetune, scope))
+            f"transformer d_model {shape.d_model}, {layers} layers: arms {', '.join(config.arms)} x "
+            f"{len(config.seeds)} seeds; {config.pretrain.optim.steps} pretraining steps, fine-tuned on {sizes} "
+            f"examples of {', '.join(downstream.tasks)}", findings=lime_pretrain_findings(pretrain, finetune, scope))
     return str(store.root)

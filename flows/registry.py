@@ -294,17 +294,18 @@ FLOWS: dict[str, FlowEntry] = {
         "flows.lime_pretrain", "lime_pretrain_flow", "LimePretrainFlowConfig",
         "transformer pretrained on LIME vs a control vs scratch, fine-tuned on term rewriting",
         summary_keys=("seeds", "arms"),
-        question="Does LIME pretraining help? Compare `examples_needed` per `arm` (fewer = better) in "
+        question="Does LIME pretraining help? Compare `examples_needed` per `task` and `arm` (fewer = better) in "
                  "`lime_sample_efficiency.parquet`, or `exact_match` by `train_examples` in "
                  "`lime_finetune_curves.parquet`.",
-        tables={"lime_sample_efficiency.parquet": "one row per (arm, seed, exact-match threshold): the downstream "
-                                                  "training-set size needed to reach it",
-                "lime_finetune_curves.parquet": "one row per (arm, seed, training-set size, step) of fine-tuning: "
-                                                "training loss, test exact match and token accuracy (0..1)",
+        tables={"lime_sample_efficiency.parquet": "one row per (downstream task, arm, seed, exact-match threshold): "
+                                                  "the downstream training-set size needed to reach it",
+                "lime_finetune_curves.parquet": "one row per (downstream task, arm, seed, training-set size, step) of "
+                                                "fine-tuning: training loss, test exact match and token accuracy "
+                                                "(0..1)",
                 "lime_pretrain_curves.parquet": "one row per (arm, seed, step) of pretraining: training loss, "
                                                 "held-out exact match and token accuracy",
                 "pretrained/*.safetensors": "the pretrained weights of each arm and seed"},
-        report_summary="One row per (arm, downstream training-set size): the test exact match (0..1) after "
+        report_summary="One row per (downstream task, arm, training-set size): the test exact match (0..1) after "
                        "fine-tuning, its standard error, min and max over seeds, and `examples_for_<t>`, the median "
                        "training-set size at which a seed reached exact match t.",
         early_failure={"lime": {"case_length": [2, 64], "rule_math": [5, 200]}}),  # sequences past the positions

@@ -14,9 +14,10 @@ from core.config import derive_seed
 from core.models.networks import seeded_init
 from core.runs.store import RunStore
 from core.runtime import resolve_device
+from core.sequence import multistep, rewriting
 from core.sequence.config import SCRATCH
 from core.sequence.lime import generate
-from core.sequence.rewriting import RewriteConfig, split
+from core.sequence.rewriting import RewriteConfig
 from core.sequence.transfer import (bucketed, epoch_batches, held_out_figures, lime_batches, staged,
                                    train_with_evaluation)
 from core.sequence.transformer import Batches, Seq2Seq
@@ -24,8 +25,10 @@ from core.training.experiment import DRAW_STREAM, INIT_STREAM, MONITOR_STREAM, O
 from tasks.common import compute_once, task_threads
 
 PRETRAIN_SHARDS, FINETUNE_SHARDS = "shards/pretrain/", "shards/finetune/"
+DOWNSTREAM_SPLITS = {"rewrite": rewriting.split, multistep.TASK: multistep.split}  # of each DOWNSTREAM_TASKS name
 PRETRAIN_COLUMNS = ["arm", "seed", "step", "train_loss", "exact_match", "token_accuracy", "seconds"]
-FINETUNE_COLUMNS = ["arm", "seed", "train_examples", "step", "train_loss", "exact_match", "token_accuracy", "seconds"]
+FINETUNE_COLUMNS = ["task", "arm", "seed", "train_examples", "step", "train_loss", "exact_match", "token_accuracy",
+                    "seconds"]
 
 
 def weights_name(arm: str, seed: int) -> str:
@@ -37,6 +40,14 @@ def downstream_config(store: RunStore) -> RewriteConfig:
     """The rewriting task of the run, in the model's vocabulary."""
     config = store.config
     return RewriteConfig(max_depth=config.downstream.max_depth, vocab_size=config.lime.vocab_size)
+
+
+def downstream_split(store: RunStore, downstream: str, seed: int) -> tuple[list, list]:
+    """(train, test) of task `downstream` for seed index `seed`: the largest training set (the smaller ones are its
+    prefixes) and the test set (multi-step examples draw apart from one-step ones of the same seed: its SALT)."""
+    config = store.config.downstream
+    return DOWNSTREAM_SPLITS[downstream](derive_seed(model_seed(store.config.seed, seed), SUBSET_STREAM),
+                                         max(config.train_examples), config.test_examples, downstream_config(store))
 
 
 def new_model(store: RunStore, seed: int) -> Seq2Seq:
@@ -109,43 +120,44 @@ def pretraining_batches(config, arm: str, base: int) -> Batches:
 
 @task(cache_policy=NO_CACHE, task_run_name="finetune-{arm}")
 def finetune_arm(store: RunStore, arm: str) -> list[str]:
-    """Fine-tune every seed's network of `arm` at every downstream training-set size; a seed whose table exists (and
-    was built from its pretrained weights as they are) is skipped."""
+    """Fine-tune every seed's network of `arm` on every downstream task at every training-set size; a (seed, task)
+    whose table exists (and was built from its pretrained weights as they are) is skipped."""
     _prepare(store)
     names = []
     for seed in store.config.seeds:
-        name = f"{FINETUNE_SHARDS}{arm}-seed{seed}.parquet"
         pretrained = [] if arm == SCRATCH else [weights_name(arm, seed)]
-        compute_once(store, [name], lambda: _finetune(store, arm, seed, name, pretrained), pretrained)
-        names.append(name)
+        for downstream in store.config.downstream.tasks:
+            name = f"{FINETUNE_SHARDS}{downstream}/{arm}-seed{seed}.parquet"
+            compute_once(store, [name], lambda: _finetune(store, downstream, arm, seed, name, pretrained), pretrained)
+            names.append(name)
     return names
 
 
-def _finetune(store: RunStore, arm: str, seed: int, name: str, pretrained: list[str]) -> None:
-    """Fine-tune one seed at every size and write its curves."""
+def _finetune(store: RunStore, downstream: str, arm: str, seed: int, name: str, pretrained: list[str]) -> None:
+    """Fine-tune one seed on one downstream task at every size and write its curves."""
     config, logger = store.config, get_run_logger()
-    downstream, base = config.downstream, model_seed(config.seed, seed)
-    train, test = split(derive_seed(base, SUBSET_STREAM), max(downstream.train_examples), downstream.test_examples,
-                        downstream_config(store))
+    sizes, base = config.downstream.train_examples, model_seed(config.seed, seed)
+    train, test = downstream_split(store, downstream, seed)
     test_sources, test_targets = [e.source for e in test], [e.target for e in test]
     weights = store.read_tensors(pretrained[0]) if pretrained else None  # read once, loaded at every size
     curves = []
-    for size in downstream.train_examples:  # a prefix of the same examples: nested training sets
+    for size in sizes:  # a prefix of the same examples: nested training sets
         start, model = time.perf_counter(), new_model(store, seed)
         if weights is not None:
             model.load_state_dict(weights)  # copies: `weights` stays as read
         batches = epoch_batches([e.source for e in train[:size]], [e.target for e in train[:size]],
-                                downstream.optim.batch_size, derive_seed(base, ORDER_STREAM))
-        progress, moved = bar(downstream.optim.steps, f"fine-tune {arm} seed {seed} on {size}")
+                                config.downstream.optim.batch_size, derive_seed(base, ORDER_STREAM))
+        progress, moved = bar(config.downstream.optim.steps, f"fine-tune {arm} seed {seed} on {size} {downstream}")
 
         def evaluate(step: int) -> dict[str, float]:
             """Exact match and token accuracy on the test examples."""
             return {**held_out_figures(model, test_sources, test_targets), "seconds": time.perf_counter() - start}
 
         with progress:
-            curve = train_with_evaluation(model, batches, downstream.optim, downstream.eval_every, evaluate, moved)
+            curve = train_with_evaluation(model, batches, config.downstream.optim, config.downstream.eval_every,
+                                          evaluate, moved)
         curves.append(curve.assign(train_examples=size))
-        logger.info("fine-tune %s, seed %d, %d examples: exact match %.3f, %.0f s", arm, seed, size,
+        logger.info("fine-tune %s, seed %d, %s, %d examples: exact match %.3f, %.0f s", arm, seed, downstream, size,
                     curve["exact_match"].iloc[-1], time.perf_counter() - start)
-    table = pd.concat(curves, ignore_index=True).assign(arm=arm, seed=seed)[FINETUNE_COLUMNS]
+    table = pd.concat(curves, ignore_index=True).assign(task=downstream, arm=arm, seed=seed)[FINETUNE_COLUMNS]
     store.write_table(name, table, built_from=pretrained or None)

@@ -1,105 +1,24 @@
-"""The `regularity` command: config files, overrides, messages, and a real run."""
+"""The `regularity` command: its help, messages before any work, `ls` and `show`, and a real run (config files:
+test_cli_configs.py; Ctrl-C: test_cli_interrupt.py; what it imports: test_cli_imports.py)."""
 import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from flows import server, server_port
 from flows.cli import main
-from flows.config_files import ConfigError, apply_override, load_config
+from flows.config_files import load_config
 from flows.registry import FLOWS
 from flows.train import TrainFlowConfig
-
-
-SHIPPED = sorted((Path(__file__).parents[1] / "flows" / "configs").glob("*.yaml"))
-
-
-@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
-def test_every_shipped_config_is_valid(path):
-    flow = {"cscore": "cscore", "proxies": "proxies", "prune": "prune_grid", "train": "train", "dct": "dct_sparse",
-            "weight": "weight_correlation", "subspaces": "subspaces", "deq": "deq",
-            "lime": "lime_pretrain"}[path.stem.split("-")[0]]
-    FLOWS[flow].config_class().model_validate(yaml.safe_load(path.read_text()))  # raises, naming the field, if not
-
-
-@pytest.mark.parametrize("flow", sorted(FLOWS))
-def test_a_default_config_is_the_same_run_from_python_as_from_a_form_or_a_file(flow):
-    """Python's default is not validated, a form's or a file's JSON is: a default that a validator would reorder
-    gave the same settings two run ids (dct_sparse's layer types did)."""
-    config_class = FLOWS[flow].config_class()
-    default = config_class()
-    assert config_class.model_validate_json(default.model_dump_json()) == default
-
-
-def test_a_partial_group_keeps_the_flows_own_defaults(tmp_path):
-    """`--set train.epochs=20`, a YAML block or a deployment parameter naming part of a group leaves the rest at the
-    flow's defaults (subspaces trains at lr 0.1, weight_correlation on mnist1d), not at the group class's."""
-    from flows.subspaces import SubspacesFlowConfig, subspaces_flow
-    from flows.weight_correlation import WeightCorrelationFlowConfig
-
-    config = load_config(SubspacesFlowConfig, None, ["train.epochs=20"])
-    assert config.train == SubspacesFlowConfig().train.model_copy(update={"epochs": 20})
-    assert config.train.lr == 0.1 != TrainFlowConfig().train.lr
-    path = tmp_path / "c.yaml"
-    path.write_text("dataset:\n  n_train: 100\npruning:\n  levels: 3\n")
-    grid = load_config(WeightCorrelationFlowConfig, str(path), [])
-    assert (grid.dataset.name, grid.dataset.n_train, grid.pruning.levels, grid.pruning.rewind_step) == ("mnist1d", 100, 3, 31)
-    parameters = subspaces_flow.validate_parameters({"config": {"train": {"epochs": 20}}})
-    assert parameters["config"].train.lr == 0.1
 
 
 def test_help_lists_the_flows():
     out = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, check=True).stdout
     assert "train           train many models at once" in out and "scaling_law" in out
     assert "run" in out and "server" in out
-
-
-def test_yaml_and_overrides_make_the_config(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text("model: mlp_w8_d1\ntrain:\n  epochs: 3\n")
-    config = load_config(TrainFlowConfig, str(path), ["train.lr=0.2", "dataset.n_train=100", "dataset.path=null"])
-    assert (config.model, config.train.epochs, config.train.lr, config.dataset.n_train) == ("mlp_w8_d1", 3, 0.2, 100)
-    assert config.dataset.path is None
-    assert config.train.momentum == TrainFlowConfig().train.momentum  # untouched fields keep defaults
-
-
-def test_printed_default_config_reads_back(capsys):
-    assert main(["config", "train"]) == 0
-    assert TrainFlowConfig.model_validate(yaml.safe_load(capsys.readouterr().out)) == TrainFlowConfig()
-
-
-@pytest.mark.parametrize("override,message", [
-    ("train.lr=-1", r"train.lr: Input should be greater than 0 \(got -1\)"),
-    ("trian.lr=1", r"trian: Extra inputs are not permitted \(got \{'lr': 1\}\); did you mean train\?"),
-    ("train.ephocs=3", r"train.ephocs: Extra inputs are not permitted \(got 3\); did you mean train.epochs\?$"),
-    ("n_model=3", r"n_model: Extra inputs are not permitted \(got 3\); did you mean n_models\?$"),
-    ("dataset.nme=x", r"dataset.nme: Extra inputs are not permitted \(got 'x'\); did you mean dataset.name\?$"),
-    ("zzz=1", r"zzz: Extra inputs are not permitted \(got 1\)$"),  # nothing close: no guess
-    ("model=mlp_w2", r"(?s)model: Value error, unknown model 'mlp_w2'.*mlp_w\{width\}_d\{depth\}"),
-    ("dataset.label_noise=1.5", r"dataset.label_noise: Input should be less than 1"),
-    ("n_models", r"--set 'n_models': expected KEY=VALUE"),
-])
-def test_bad_settings_name_the_field(override, message):
-    with pytest.raises(ConfigError, match=message):
-        load_config(TrainFlowConfig, None, [override])
-
-
-def test_override_cannot_descend_into_a_value():
-    with pytest.raises(ConfigError, match="'model' is a value, not a group of settings"):
-        apply_override({"model": "mlp_w8_d1"}, "model.width=3")
-
-
-def test_unreadable_config_file(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read config"):
-        load_config(TrainFlowConfig, str(tmp_path / "missing.yaml"), [])
-    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
-    with pytest.raises(ConfigError, match="must be a mapping of settings, not list"):
-        load_config(TrainFlowConfig, str(tmp_path / "list.yaml"), [])
 
 
 @pytest.fixture
@@ -372,82 +291,3 @@ def test_report_lists_described_tables_first_then_the_others(tmp_path):
     described = {"c.parquet": "one row per c", "weights/*/level-*.safetensors": "weights", "gone.parquet": "absent"}
     assert table_lines(tmp_path, described) == ["- `c.parquet`: one row per c",
                                                 "- `weights/*/level-*.safetensors`: weights", "- `b.parquet`"]
-
-
-def test_ctrl_c_says_what_is_written_and_a_rerun_resumes(tmp_path, prefect_harness):
-    """A real SIGINT to `regularity run` after its first shard: one line, no traceback; the same command again
-    finishes the run, and its folder is the last line of stdout and stderr together. Both runs use the session's API
-    (PREFECT_API_URL, as a user's own server): a temporary server per run would cost ~20 s each, and
-    test_run_prints_the_run_folder_last checks --ephemeral's own last line."""
-    import signal
-    import time
-
-    from prefect.settings import PREFECT_API_URL
-
-    # a shell that runs this suite in the background (`make test &`) starts it with SIGINT ignored, and Python then
-    # never turns Ctrl-C into KeyboardInterrupt: the child gets the handler an interactive `regularity run` has
-    # SIGUSR1 prints every thread's stack: what a rerun that never finishes was waiting for
-    ctrl_c_as_in_a_terminal = ("import faulthandler, runpy, signal, sys; "
-                               "signal.signal(signal.SIGINT, signal.default_int_handler); "
-                               "faulthandler.register(signal.SIGUSR1, all_threads=True); "
-                               "sys.argv[0] = 'regularity'; runpy.run_module('flows.cli', run_name='__main__')")
-    command = [sys.executable, "-c", ctrl_c_as_in_a_terminal, "run", "train", "--data-root", str(tmp_path),
-               "--set", "dataset.name=digits", "--set", "model=mlp_w8_d1", "--set", "n_models=8",
-               "--set", "shard_size=1", "--set", "train.epochs=40"]  # shards long enough for the SIGINT to land
-    # inside the run even when this process waits a second for a busy core
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    repo = Path(__file__).parents[1]
-    process = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not list(tmp_path.glob("runs/train/*/shards/*.parquet")) and process.poll() is None:
-        assert time.monotonic() < deadline, "no shard written in 300 s"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=120)
-    (folder,) = tmp_path.glob("runs/train/*")
-    shards = len(list(folder.glob("shards/*.parquet")))
-    assert process.returncode == 130 and out == "" and "Traceback" not in err and 1 <= shards < 8
-    assert err.splitlines()[-1] == (f"regularity: interrupted: run {folder.name} is partial ({shards} shard tables) "
-                                    f"in {folder}; run the same command again to resume it from there")
-
-    again = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        out, _ = again.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        again.send_signal(signal.SIGUSR1)
-        time.sleep(2)
-        again.kill()
-        out, _ = again.communicate()
-        pytest.fail(f"the rerun did not finish in 300 s; its last output and stacks:\n{out[-6000:]}")
-    assert again.returncode == 0 and out.splitlines()[-1] == str(folder), out[-3000:]
-    assert pq.read_metadata(folder / "models.parquet").num_rows == 8  # every model, the first ones found again
-
-
-HEAVY_MODULES = ("torch", "matplotlib", "scipy", "sklearn", "prefect.server")  # and for a config, pandas
-LOADED = ("import sys; from flows.cli import main; code = main({argv!r}); "
-          "print(sorted(m for m in {heavy!r} if m in sys.modules)); sys.exit(code)")
-
-
-@pytest.mark.parametrize("argv", [["config", "cscore"], ["config", "lime_pretrain"], ["ls"], ["ls", "--flow", "deq"]])
-def test_config_and_ls_load_neither_torch_nor_plots_nor_the_prefect_server(argv, tmp_path):
-    """What `regularity config` and `ls` answer never loads the training stack: they stay near a second, not the ~6 s
-    that importing a flow's tasks, torch, scipy.stats and matplotlib took."""
-    heavy = HEAVY_MODULES if argv[0] == "ls" else (*HEAVY_MODULES, "pandas")  # ls prints its table with pandas
-    argv = [*argv, "--data-root", str(tmp_path)] if argv[0] == "ls" else argv
-    done = subprocess.run([sys.executable, "-c", LOADED.format(argv=argv, heavy=heavy)], capture_output=True,
-                          text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "[]"
-
-
-def test_every_flows_config_validates_without_the_training_stack():
-    """Each flow module's top level is its config and the flow's signature: the tasks, torch and the figures load
-    inside the flow when it runs, so the UI's form, the CLI's validation and `config` never pay for them."""
-    names = {name: entry.module for name, entry in FLOWS.items()}
-    script = ("import sys, importlib; from flows.registry import FLOWS\n"
-              "for entry in FLOWS.values(): entry.config_class()()\n"
-              f"print(sorted(m for m in {(*HEAVY_MODULES, 'pandas')!r} if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1], timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]", f"a config of {sorted(names)} loads {done.stdout.strip()}"

@@ -17,10 +17,10 @@ EXACT = {("scratch", 8): [0.1, 0.1, 0.1], ("scratch", 16): [0.3, 0.3, 0.3],
          ("copy", 8): [0.3, 0.32, 0.34], ("copy", 16): [0.6, 0.7, 0.8]}
 
 
-def finetune_table(arms=("mixed", "scratch", "copy"), seeds=(0, 1, 2), exact=None) -> pd.DataFrame:
-    """lime_finetune_curves rows (the columns the rules read) from `exact` (default EXACT)."""
+def finetune_table(arms=("mixed", "scratch", "copy"), seeds=(0, 1, 2), exact=None, task="rewrite") -> pd.DataFrame:
+    """lime_finetune_curves rows (the columns the rules read) of one downstream task from `exact` (default EXACT)."""
     exact = exact or EXACT
-    return pd.DataFrame([{"arm": a, "seed": s, "train_examples": n, "step": t,
+    return pd.DataFrame([{"task": task, "arm": a, "seed": s, "train_examples": n, "step": t,
                           "exact_match": exact[a, n][s] if t == 4 else 0.0}
                          for a in arms for s in seeds for n in (8, 16) for t in (2, 4)])
 
@@ -46,6 +46,18 @@ def test_lime_against_scratch_and_against_the_copy_control_paired_by_seed():
     assert (control["estimate"], control["se"]) == (pytest.approx(-0.16), pytest.approx(0.01 / math.sqrt(3)))
     assert control["verdict"] == "not supported"
     assert "minus the copy control (pretrained to copy the same sources)" in control["measure"]
+
+
+def test_each_downstream_task_is_judged_on_its_own_rows():
+    multistep = {key: [value / 2 for value in values] for key, values in EXACT.items()}  # every gain halved
+    both = pd.concat([finetune_table(), finetune_table(exact=multistep, task="rewrite_multistep")], ignore_index=True)
+    findings = lime_pretrain_findings(pretrain_table(), both, SCOPE)
+    assert findings["claim"].tolist() == [BEATS_SCRATCH.claim, BEATS_CONTROL.claim] * 2
+    assert findings["measure"][0].startswith("exact match on one-step term rewriting (not the paper's benchmarks)")
+    assert findings["measure"][2].startswith("exact match on multi-step term rewriting (not the paper's benchmarks)")
+    assert findings["measure"][3].startswith("exact match on multi-step term rewriting at the last fine-tuning step")
+    assert findings["estimate"].tolist() == pytest.approx([0.15, -0.16, 0.075, -0.08])
+    assert findings["verdict"].tolist() == ["supported", "not supported"] * 2
 
 
 def test_a_gain_within_its_noise_is_inconclusive():

@@ -11,7 +11,8 @@ from core.findings import COLUMNS
 from core.models.networks import seeded_init
 from core.runs.store import RunStore
 from core.sequence.config import OptimConfig, TransformerConfig
-from core.sequence.rewriting import RewriteConfig, split
+from core.sequence import multistep, rewriting
+from core.sequence.rewriting import RewriteConfig
 from core.sequence.transfer import (BEATS_CONTROL, BEATS_SCRATCH, epoch_batches, held_out_figures, lime_batches,
                                     sample_efficiency)
 from core.sequence.transformer import Seq2Seq, train_seq2seq
@@ -27,7 +28,8 @@ CONFIG = LimePretrainFlowConfig(
                               rule_math=[1, 3], case_length=[1, 2]),
     pretrain=PretrainConfig(optim=OptimConfig(steps=6, batch_size=4, lr=1e-2, warmup=2), eval_every=3,
                             eval_examples=5),
-    downstream=DownstreamConfig(train_examples=[8, 16], test_examples=10, max_depth=1, eval_every=2,
+    downstream=DownstreamConfig(tasks=["rewrite", "rewrite_multistep"], train_examples=[8, 16], test_examples=10,
+                                max_depth=1, eval_every=2,
                                 optim=OptimConfig(steps=4, batch_size=4, lr=1e-2, warmup=1), thresholds=[0.5]))
 
 
@@ -42,26 +44,30 @@ def test_tables_hold_every_arm_seed_size_and_step(run):
     folder, pretrain, finetune = run
     assert list(pretrain.columns) == ["arm", "seed", "step", "train_loss", "exact_match", "token_accuracy", "seconds"]
     assert pretrain[["arm", "seed", "step"]].values.tolist() == [["mixed", s, t] for s in (0, 1) for t in (3, 6)]
-    assert list(finetune.columns) == ["arm", "seed", "train_examples", "step", "train_loss", "exact_match",
+    assert list(finetune.columns) == ["task", "arm", "seed", "train_examples", "step", "train_loss", "exact_match",
                                       "token_accuracy", "seconds"]
-    assert finetune[["arm", "seed", "train_examples", "step"]].values.tolist() == [
-        [a, s, n, t] for a in ("mixed", "scratch") for s in (0, 1) for n in (8, 16) for t in (2, 4)]
+    assert finetune[["task", "arm", "seed", "train_examples", "step"]].values.tolist() == [
+        [d, a, s, n, t] for d in ("rewrite", "rewrite_multistep") for a in ("mixed", "scratch") for s in (0, 1)
+        for n in (8, 16) for t in (2, 4)]
     assert finetune["exact_match"].between(0, 1).all() and (finetune["train_loss"] > 0).all()
     efficiency = pd.read_parquet(folder / "lime_sample_efficiency.parquet")
-    pd.testing.assert_frame_equal(efficiency.sort_values(["arm", "seed"], ignore_index=True),
-                                  sample_efficiency(finetune, [0.5]).sort_values(["arm", "seed"], ignore_index=True))
+    keys = ["task", "arm", "seed"]
+    pd.testing.assert_frame_equal(efficiency.sort_values(keys, ignore_index=True),
+                                  sample_efficiency(finetune, [0.5]).sort_values(keys, ignore_index=True))
     for name in ("exact_match_curves.png", "sample_efficiency.png"):
         assert (folder / "figures" / name).is_file()
-    assert "| arm | train_examples | seeds | exact_match | exact_match_sem |" in (folder / "report.md").read_text()
+    report = (folder / "report.md").read_text()
+    assert "| task | arm | train_examples | seeds | exact_match | exact_match_sem |" in report
     findings = pd.read_parquet(folder / "findings.parquet")  # 6 steps learn nothing, and there is no control arm
     assert list(findings.columns) == list(COLUMNS)
-    assert findings["claim"].tolist() == [BEATS_SCRATCH.claim, BEATS_CONTROL.claim]
+    assert findings["claim"].tolist() == [BEATS_SCRATCH.claim, BEATS_CONTROL.claim] * 2  # each downstream task
+    one_step = findings["measure"].str.startswith("exact match on one-step term rewriting")
+    assert one_step.tolist() == [True, True, False, False]
     assert findings["rule"].tolist() == [
         "not testable here: pretraining did not learn mixed: held-out exact match 0.000 at its last step (6), mean "
         "over seeds, below 0.05 (our 'near 0'), so nothing learned could transfer; pretrain longer "
         "(pretrain.optim.steps) or a larger transformer",
-        "not testable here: arms has no copy: add a control (copy or reverse) to arms"]
-    report = (folder / "report.md").read_text()
+        "not testable here: arms has no copy: add a control (copy or reverse) to arms"] * 2
     assert 0 <= report.index("## Findings") < report.index("## Tables")
 
 
@@ -84,14 +90,16 @@ def test_pretrained_weights_and_a_fine_tuning_result_equal_training_by_hand(run)
     for name, value in model.state_dict().items():
         torch.testing.assert_close(saved[name], value, rtol=1e-5, atol=1e-6)
 
-    train, test = split(derive_seed(base, SUBSET_STREAM), 16, 10, RewriteConfig(max_depth=1, vocab_size=40))
-    for arm, start in (("mixed", saved), ("scratch", network(1).state_dict())):
+    tasks = {"rewrite": rewriting.split, "rewrite_multistep": multistep.split}
+    for (task, split), (arm, start) in zip(tasks.items(), (("mixed", saved), ("scratch", network(1).state_dict()))):
+        train, test = split(derive_seed(base, SUBSET_STREAM), 16, 10, RewriteConfig(max_depth=1, vocab_size=40))
         tuned = network(1)
         tuned.load_state_dict(start)
         batches = epoch_batches([e.source for e in train[:8]], [e.target for e in train[:8]], 4,
                                 derive_seed(base, ORDER_STREAM))
         losses = train_seq2seq(tuned, batches, CONFIG.downstream.optim)
-        row = finetune[(finetune["arm"] == arm) & (finetune["seed"] == 1) & (finetune["train_examples"] == 8)]
+        row = finetune[(finetune["task"] == task) & (finetune["arm"] == arm) & (finetune["seed"] == 1)
+                       & (finetune["train_examples"] == 8)]
         assert row["train_loss"].iloc[-1] == pytest.approx(sum(losses[2:]) / 2, rel=1e-4)
         expected = held_out_figures(tuned, [e.source for e in test], [e.target for e in test])
         assert row[["exact_match", "token_accuracy"]].iloc[-1].tolist() == [expected["exact_match"],
@@ -101,8 +109,8 @@ def test_pretrained_weights_and_a_fine_tuning_result_equal_training_by_hand(run)
 def test_a_rerun_skips_everything_and_a_lost_seed_is_all_that_is_redone(run):
     folder, _, _ = run
     data_root = str(folder.parents[2])
-    files = sorted([*folder.glob("shards/*/*.parquet"), *folder.glob("pretrained/*.safetensors")])
-    assert len(files) == 2 * 2 + 2 * 2  # pretraining curves and weights of mixed; fine-tuning of both arms
+    files = sorted([*folder.glob("shards/**/*.parquet"), *folder.glob("pretrained/*.safetensors")])
+    assert len(files) == 2 * 2 + 2 * 2 * 2  # pretraining curves and weights of mixed; fine-tuning: both arms and tasks
     stamps = {p: p.stat().st_mtime_ns for p in files}
     assert Path(lime_pretrain_flow(CONFIG, data_root=data_root)) == folder
     assert {p: p.stat().st_mtime_ns for p in files} == stamps
@@ -111,7 +119,8 @@ def test_a_rerun_skips_everything_and_a_lost_seed_is_all_that_is_redone(run):
     lime_pretrain_flow(CONFIG, data_root=data_root)
     redone = {p.relative_to(folder).as_posix() for p in files if p.stat().st_mtime_ns != stamps.get(p)}
     assert redone == {"pretrained/mixed-seed0.safetensors", "shards/pretrain/mixed-seed0.parquet",
-                      "shards/finetune/mixed-seed0.parquet"}  # built from the lost weights: fine-tuned again
+                      "shards/finetune/rewrite/mixed-seed0.parquet",  # built from the lost weights: fine-tuned again
+                      "shards/finetune/rewrite_multistep/mixed-seed0.parquet"}
 
 
 def test_lime_settings_longer_than_the_positions_are_refused_before_any_work(tmp_path):

@@ -43,33 +43,44 @@ def test_examples_needed_interpolates_on_a_log_scale():
     assert examples_needed([100, 1000, 10000], [0.6, 0.3, 0.7], 0.5) == 100  # the first size that reaches it
 
 
-def finetune_rows() -> pd.DataFrame:
-    """Two arms x two seeds x two sizes, with an earlier evaluation step that must be ignored."""
+def finetune_rows(tasks=("rewrite",)) -> pd.DataFrame:
+    """Two arms x two seeds x two sizes per task, with an earlier evaluation step that must be ignored; a second task
+    holds each value less 0.1."""
     final = {("scratch", 0): (0.1, 0.5), ("scratch", 1): (0.3, 0.7), ("mixed", 0): (0.6, 0.9), ("mixed", 1): (0.2, 0.4)}
     rows = []
-    for (arm, seed), exact in final.items():
-        for size, value in zip((100, 1000), exact):
-            rows += [{"arm": arm, "seed": seed, "train_examples": size, "step": 50, "exact_match": 0.0},
-                     {"arm": arm, "seed": seed, "train_examples": size, "step": 100, "exact_match": value}]
+    for shift, task in enumerate(tasks):
+        for (arm, seed), exact in final.items():
+            for size, value in zip((100, 1000), exact):
+                rows += [{"task": task, "arm": arm, "seed": seed, "train_examples": size, "step": 50,
+                          "exact_match": 0.0},
+                         {"task": task, "arm": arm, "seed": seed, "train_examples": size, "step": 100,
+                          "exact_match": round(value - 0.1 * shift, 10)}]
     return pd.DataFrame(rows)
 
 
-def test_sample_efficiency_reads_the_last_step_of_every_arm_and_seed():
-    table = sample_efficiency(finetune_rows(), [0.5])
-    needed = {(r.arm, r.seed): r.examples_needed for r in table.itertuples()}
-    assert needed[("scratch", 0)] == pytest.approx(1000)
-    assert needed[("scratch", 1)] == pytest.approx(100 * 10 ** 0.5)  # 0.3 -> 0.7 crosses 0.5 halfway
-    assert needed[("mixed", 0)] == 100 and math.isnan(needed[("mixed", 1)])
+def test_sample_efficiency_reads_the_last_step_of_every_task_arm_and_seed():
+    table = sample_efficiency(finetune_rows(("rewrite", "rewrite_multistep")), [0.5])
+    assert list(table.columns) == ["task", "arm", "seed", "threshold", "examples_needed"]
+    needed = {(r.task, r.arm, r.seed): r.examples_needed for r in table.itertuples()}
+    assert len(needed) == 8
+    assert needed[("rewrite", "scratch", 0)] == pytest.approx(1000)
+    assert needed[("rewrite", "scratch", 1)] == pytest.approx(100 * 10 ** 0.5)  # 0.3 -> 0.7 crosses 0.5 halfway
+    assert needed[("rewrite", "mixed", 0)] == 100 and math.isnan(needed[("rewrite", "mixed", 1)])
+    assert math.isnan(needed[("rewrite_multistep", "scratch", 0)])  # 0.0 -> 0.4
+    assert needed[("rewrite_multistep", "scratch", 1)] == pytest.approx(100 * 10 ** 0.75)  # 0.2 -> 0.6
+    assert needed[("rewrite_multistep", "mixed", 0)] == 100  # 0.5 at 100
 
 
-def test_summary_means_and_medians_over_seeds():
-    finetune = finetune_rows()
+def test_summary_means_and_medians_over_seeds_per_task():
+    finetune = finetune_rows(("rewrite", "rewrite_multistep"))
     summary = transfer_summary(finetune, sample_efficiency(finetune, [0.5]))
-    assert summary[["arm", "train_examples"]].values.tolist() == [["scratch", 100], ["scratch", 1000],
-                                                                  ["mixed", 100], ["mixed", 1000]]
-    assert summary["exact_match"].tolist() == pytest.approx([0.2, 0.6, 0.4, 0.65])
-    assert summary["exact_match_sem"].tolist() == pytest.approx([0.1, 0.1, 0.2, 0.25])
-    assert summary["seeds"].tolist() == [2, 2, 2, 2]
-    scratch, mixed = summary["examples_for_0.5"].iloc[0], summary["examples_for_0.5"].iloc[2]
-    assert scratch == pytest.approx((1000 + 100 * 10 ** 0.5) / 2)  # median of two seeds that reach it
-    assert math.isnan(mixed)  # one seed of two never reaches it: the median is a miss
+    assert summary[["task", "arm", "train_examples"]].values.tolist() == [
+        [task, arm, size] for task in ("rewrite", "rewrite_multistep") for arm in ("scratch", "mixed")
+        for size in (100, 1000)]
+    assert summary["exact_match"].tolist() == pytest.approx([0.2, 0.6, 0.4, 0.65, 0.1, 0.5, 0.3, 0.55])
+    assert summary["exact_match_sem"].tolist() == pytest.approx([0.1, 0.1, 0.2, 0.25] * 2)
+    assert summary["seeds"].tolist() == [2] * 8
+    needed = summary["examples_for_0.5"].tolist()
+    assert needed[0] == needed[1] == pytest.approx((1000 + 100 * 10 ** 0.5) / 2)  # median of two seeds that reach it
+    assert math.isnan(needed[2])  # one seed of two never reaches it: the median is a miss
+    assert math.isnan(needed[4]) and math.isnan(needed[6])  # multi-step: seed 0 of scratch, seed 1 of mixed miss it

@@ -4,42 +4,53 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.plots.style import mean_band, plt, save
+from core.sequence.config import DOWNSTREAM_TASKS
 
 
 def lime_transfer_curves(pretrain, finetune, path: Path) -> Path:
-    """Left: teacher-forced token accuracy on held-out pretraining examples against the pretraining step, one line
-    per arm (exact match there can stay at 0 while the tokens improve); then one panel per downstream training-set
-    size: test exact match against the fine-tuning step, one line per arm (means over seeds, bands: standard error)."""
-    sizes = sorted(finetune["train_examples"].unique())
-    fig, axes = plt.subplots(1, 1 + len(sizes), figsize=(3.6 * (1 + len(sizes)), 3.4), sharey=True)
+    """Left: held-out exact match (solid) and teacher-forced token accuracy (dotted) on the pretraining task against
+    the pretraining step, one colour per arm; then a row per downstream task, a panel per training-set size: test
+    exact match against the fine-tuning step, one line per arm (means over seeds, bands: standard error)."""
+    sizes, tasks = sorted(finetune["train_examples"].unique()), list(dict.fromkeys(finetune["task"]))
+    fig, axes = plt.subplots(len(tasks), 1 + len(sizes), figsize=(3.6 * (1 + len(sizes)), 3.4 * len(tasks)),
+                             sharey=True, squeeze=False)
+    colours = {arm: f"C{i}" for i, arm in enumerate(dict.fromkeys([*pretrain["arm"], *finetune["arm"]]))}
     for arm, rows in pretrain.groupby("arm", sort=False):
-        mean_band(axes[0], rows, "step", "token_accuracy", arm)
-    axes[0].set(xlabel="pretraining step", ylabel="token accuracy | exact match",
-                title="pretraining task (held out): token accuracy")
-    for ax, size in zip(axes[1:], sizes):
-        for arm, rows in finetune[finetune["train_examples"] == size].groupby("arm", sort=False):
-            mean_band(ax, rows, "step", "exact_match", arm)
-        ax.set(xlabel="fine-tuning step", title=f"rewriting, {size} examples: exact match")
-    for ax in axes:
+        mean_band(axes[0, 0], rows, "step", "exact_match", arm, colours[arm])
+        mean_band(axes[0, 0], rows, "step", "token_accuracy", f"{arm} (tokens)", colours[arm], ":")
+    axes[0, 0].set(xlabel="pretraining step", ylabel="exact match | token accuracy",
+                   title="pretraining task (held out)")
+    for row, task in zip(axes, tasks):
+        for ax, size in zip(row[1:], sizes):
+            runs = finetune[(finetune["task"] == task) & (finetune["train_examples"] == size)]
+            for arm, rows in runs.groupby("arm", sort=False):
+                mean_band(ax, rows, "step", "exact_match", arm, colours[arm])
+            ax.set(xlabel="fine-tuning step", title=f"{DOWNSTREAM_TASKS[task]}, {size} examples")
+    for ax in axes[1:, 0]:
+        ax.axis("off")
+    for ax in axes.flat:
         ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7)
-    fig.suptitle("LIME pretraining, then one-step rewriting")
+    axes[0, -1].legend(fontsize=7)
+    fig.suptitle("LIME pretraining, then term rewriting: test exact match")
     fig.tight_layout()
     return save(fig, path)
 
 
 def lime_sample_efficiency(finetune, path: Path) -> Path:
-    """Test exact match at the last fine-tuning step against the downstream training-set size (log), one line per
-    arm (mean over seeds, band: standard error), each seed's value as a dot."""
+    """Per downstream task, test exact match at the last fine-tuning step against the downstream training-set size
+    (log), one line per arm (mean over seeds, band: standard error), each seed's value as a dot."""
     last = finetune[finetune["step"] == finetune["step"].max()]
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for arm, rows in last.groupby("arm", sort=False):
-        mean_band(ax, rows, "train_examples", "exact_match", arm)
-        ax.scatter(rows["train_examples"], rows["exact_match"], s=8, color=ax.lines[-1].get_color(), alpha=0.6)
-    ax.set(xlabel="downstream training examples", ylabel="test exact match", xscale="log",
-           title="sample efficiency on one-step rewriting")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    tasks = list(dict.fromkeys(last["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), sharey=True, squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for arm, rows in last[last["task"] == task].groupby("arm", sort=False):
+            mean_band(ax, rows, "train_examples", "exact_match", arm)
+            ax.scatter(rows["train_examples"], rows["exact_match"], s=8, color=ax.lines[-1].get_color(), alpha=0.6)
+        ax.set(xlabel="downstream training examples", xscale="log",
+               title=f"sample efficiency: {DOWNSTREAM_TASKS[task]}")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("test exact match")
+    axes[0, -1].legend(fontsize=7)
     fig.tight_layout()
     return save(fig, path)
 

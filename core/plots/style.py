@@ -17,9 +17,9 @@ def save(fig, path: Path) -> Path:
     return path
 
 
-def mean_band(ax, rows, x: str, y: str, label: str) -> None:
+def mean_band(ax, rows, x: str, y: str, label: str, color: str | None = None, linestyle: str = "-") -> None:
     """A line of the mean of `y` over seeds against `x`, with a band of its standard error."""
     stats = rows.groupby(x)[y].agg(["mean", "sem"])
-    line, = ax.plot(stats.index, stats["mean"], lw=1.5, label=label)
+    line, = ax.plot(stats.index, stats["mean"], lw=1.5, label=label, color=color, linestyle=linestyle)
     sem = stats["sem"].fillna(0)
     ax.fill_between(stats.index, stats["mean"] - sem, stats["mean"] + sem, color=line.get_color(), alpha=0.2, lw=0)

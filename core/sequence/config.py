@@ -11,7 +11,8 @@ from core.sequence.lime import CONTROLS, TASKS
 
 SCRATCH = "scratch"
 ARMS = (SCRATCH, "mixed", *TASKS, *CONTROLS)  # "scratch", or the task pretrained on
-DOWNSTREAM_TASKS = ("rewrite", "rewrite_multistep")  # the fine-tuning tasks: one rewriting step, a chain of them
+DOWNSTREAM_TASKS = {"rewrite": "one-step term rewriting", "rewrite_multistep": "multi-step term rewriting"}  # the
+# fine-tuning tasks, and how a finding or a figure names each
 
 MAX_LENGTH = 1024  # positions of the sinusoid table: tokens of the longest source, or of BOS + target
 

@@ -13,15 +13,20 @@ them), and `core.sequence.lime.columns` reads these examples as it reads LIME's.
 
 Example i of the stream (seed, stream) is drawn from its own generator, default_rng([seed, stream number, i]), so it
 is the same however the data is split into calls, and the first n training examples are the same for any n_train.
+The generator's parts (Uniforms, pick, random_term, stream_number, check_counts, split_streams) are public for
+core.sequence.multistep, which chains these rules.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
 from core.sequence.lime import MAPS, N_SPECIAL, SEP, SPECIAL_NAMES
+
+T = TypeVar("T")  # what `pick` picks from
 
 BINARY, UNARY = ("f", "g", "k"), ("h", "n")
 CONSTANTS = ("a", "b", "c", "d", "e", "0", "1")
@@ -148,7 +153,7 @@ def decode(tokens: np.ndarray, config: RewriteConfig = RewriteConfig()) -> str:
     return " ".join(names.get(t, f"s{t - N_SPECIAL}") for t in np.asarray(tokens).tolist())
 
 
-class _Uniforms:
+class Uniforms:
     """An example's uniforms, read one at a time and drawn from its generator BLOCK at a time."""
 
     def __init__(self, rng: np.random.Generator):
@@ -161,25 +166,25 @@ class _Uniforms:
         return self.buffer[self.at - 1]
 
 
-def _pick(u: float, low: float, width: float, names: tuple[str, ...]) -> str:
-    """The name a uniform in [low, low + width) picks, uniformly (clipped against rounding at the top)."""
+def pick(u: float, low: float, width: float, names: tuple[T, ...]) -> T:
+    """The name (or any item) a uniform in [low, low + width) picks, uniformly (clipped against rounding at the top)."""
     return names[min(int((u - low) / width * len(names)), len(names) - 1)]
 
 
-def _term(draw: _Uniforms, depth: int) -> list[str]:
+def random_term(draw: Uniforms, depth: int) -> list[str]:
     """A random ground term of depth <= depth, as names in prefix order (one uniform per node)."""
     u = draw()
     if depth == 0:
-        return [_pick(u, 0.0, 1.0, CONSTANTS)]
+        return [pick(u, 0.0, 1.0, CONSTANTS)]
     if u < P_CONSTANT:
-        return [_pick(u, 0.0, P_CONSTANT, CONSTANTS)]
+        return [pick(u, 0.0, P_CONSTANT, CONSTANTS)]
     if u < P_CONSTANT + P_UNARY:
-        return [_pick(u, P_CONSTANT, P_UNARY, UNARY)] + _term(draw, depth - 1)
-    name = _pick(u, P_CONSTANT + P_UNARY, 1 - P_CONSTANT - P_UNARY, BINARY)
-    return [name] + _term(draw, depth - 1) + _term(draw, depth - 1)
+        return [pick(u, P_CONSTANT, P_UNARY, UNARY)] + random_term(draw, depth - 1)
+    name = pick(u, P_CONSTANT + P_UNARY, 1 - P_CONSTANT - P_UNARY, BINARY)
+    return [name] + random_term(draw, depth - 1) + random_term(draw, depth - 1)
 
 
-def _stream(stream: str) -> int:
+def stream_number(stream: str) -> int:
     """A stream's number in the seed."""
     if stream not in STREAMS:
         raise ValueError(f"unknown stream {stream!r}: use one of {STREAMS}")
@@ -188,10 +193,10 @@ def _stream(stream: str) -> int:
 
 def _example(seed: int, stream: int, index: int, rules: tuple[Rule, ...], config: RewriteConfig) -> RewriteExample:
     """Example `index` of the stream, from its own generator."""
-    draw = _Uniforms(np.random.default_rng([seed, stream, index]))
+    draw = Uniforms(np.random.default_rng([seed, stream, index]))
     number = min(int(draw() * len(rules)), len(rules) - 1)
     rule, ids = rules[number], {name: token(name, config) for name in SYMBOLS}
-    bindings = {v: [ids[name] for name in _term(draw, config.max_depth)] for v in rule.variables}
+    bindings = {v: [ids[name] for name in random_term(draw, config.max_depth)] for v in rule.variables}
     lhs, rhs = [ids[name] for name in rule.lhs], [ids[name] for name in rule.rhs]
     term = [t for name in rule.lhs for t in bindings.get(name, (ids[name],))]
     target = [t for name in rule.rhs for t in bindings.get(name, (ids[name],))]
@@ -200,7 +205,7 @@ def _example(seed: int, stream: int, index: int, rules: tuple[Rule, ...], config
                           as_array(lhs + [MAPS] + rhs + [SEP] + term), as_array(target))
 
 
-def _check_counts(seed: int, *counts: int) -> None:
+def check_counts(seed: int, *counts: int) -> None:
     """Raise unless the seed and counts are non-negative integers."""
     if any(not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0 for n in (seed, *counts)):
         raise ValueError(f"seed and counts must be non-negative integers, not {(seed, *counts)}")
@@ -209,8 +214,8 @@ def _check_counts(seed: int, *counts: int) -> None:
 def generate(seed: int, start: int, count: int, config: RewriteConfig = RewriteConfig(),
              stream: str = "train") -> list[RewriteExample]:
     """Examples start..start+count-1 of the stream (seed, stream)."""
-    _check_counts(seed, start, count)
-    rules, number = parse_rules(config.rules), _stream(stream)
+    check_counts(seed, start, count)
+    rules, number = parse_rules(config.rules), stream_number(stream)
     return [_example(seed, number, i, rules, config) for i in range(start, start + count)]
 
 
@@ -219,17 +224,24 @@ def split(seed: int, n_train: int, n_test: int, config: RewriteConfig = RewriteC
     """(train, test): train is examples 0..n_train-1 of (seed, "train"), so a smaller n_train's set is a prefix of a
     larger one's; test is the first n_test examples of (seed, "test") whose sources are new, neither in train nor
     earlier in test (so it depends on n_train). Gives up after max_draws test draws (default 1000 + 10 n_test)."""
-    _check_counts(seed, n_train, n_test)
-    train = generate(seed, 0, n_train, config)
-    seen, test, rules = {e.source.tobytes() for e in train}, [], parse_rules(config.rules)
+    check_counts(seed, n_train, n_test)
+    rules = parse_rules(config.rules)
+    return split_streams(lambda stream, index: _example(seed, stream, index, rules, config), n_train, n_test, max_draws)
+
+
+def split_streams(example: Callable[[int, int], Any], n_train: int, n_test: int,
+                  max_draws: int | None = None) -> tuple[list, list]:
+    """`split` for any task whose example(stream number, index) has a `source`: shared by the rewriting tasks."""
+    train = [example(stream_number("train"), index) for index in range(n_train)]
+    seen, test = {e.source.tobytes() for e in train}, []
     draws = 1000 + 10 * n_test if max_draws is None else max_draws
     for index in range(draws):
         if len(test) == n_test:
             break
-        example = _example(seed, _stream("test"), index, rules, config)
-        if example.source.tobytes() not in seen:
-            seen.add(example.source.tobytes())
-            test.append(example)
+        drawn = example(stream_number("test"), index)
+        if drawn.source.tobytes() not in seen:
+            seen.add(drawn.source.tobytes())
+            test.append(drawn)
     if len(test) < n_test:
         raise ValueError(f"found only {len(test)} of n_test={n_test} test examples with sources new to the training"
                          f" set and to each other in {draws} draws: too few distinct examples for this split")

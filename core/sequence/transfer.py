@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from core.findings import Claim, findings_table, not_testable, paired_difference, too_few_seeds
-from core.sequence.config import SCRATCH, OptimConfig
+from core.sequence.config import DOWNSTREAM_TASKS, SCRATCH, OptimConfig
 from core.sequence.lime import CONTROLS, TASKS, LimeConfig, generate
 from core.sequence.transformer import Batches, Seq2Seq, exact_match, token_accuracy, train_seq2seq
 
@@ -137,65 +137,68 @@ def examples_needed(sizes: Sequence[int], exact: Sequence[float], threshold: flo
 
 
 def sample_efficiency(finetune: pd.DataFrame, thresholds: Sequence[float]) -> pd.DataFrame:
-    """One row per (arm, seed, threshold): the downstream examples needed to reach it at the last fine-tuning step."""
+    """One row per (task, arm, seed, threshold): the downstream examples needed to reach it at the last fine-tuning
+    step."""
     last = finetune[finetune["step"] == finetune["step"].max()]
     rows = []
-    for (arm, seed), runs in last.groupby(["arm", "seed"], sort=False):
+    for (task, arm, seed), runs in last.groupby(["task", "arm", "seed"], sort=False):
         runs = runs.sort_values("train_examples")
-        rows += [{"arm": arm, "seed": seed, "threshold": t,
+        rows += [{"task": task, "arm": arm, "seed": seed, "threshold": t,
                   "examples_needed": examples_needed(runs["train_examples"], runs["exact_match"], t)}
                  for t in thresholds]
-    return pd.DataFrame(rows, columns=["arm", "seed", "threshold", "examples_needed"])
+    return pd.DataFrame(rows, columns=["task", "arm", "seed", "threshold", "examples_needed"])
 
 
 def transfer_summary(finetune: pd.DataFrame, efficiency: pd.DataFrame) -> pd.DataFrame:
-    """One row per (arm, train_examples): exact match at the last step, its mean, standard error and range over
+    """One row per (task, arm, train_examples): exact match at the last step, its mean, standard error and range over
     seeds, and for each threshold the median examples needed over seeds (NaN: not reached by half the seeds)."""
     last = finetune[finetune["step"] == finetune["step"].max()]
-    grouped = last.groupby(["arm", "train_examples"], sort=False)["exact_match"]
-    summary = grouped.agg(seeds="count", exact_match="mean", exact_match_sem="sem", exact_match_min="min",
-                          exact_match_max="max").reset_index()
+    keys = ["task", "arm", "train_examples"]
+    summary = last.groupby(keys, sort=False)["exact_match"].agg(
+        seeds="count", exact_match="mean", exact_match_sem="sem", exact_match_min="min",
+        exact_match_max="max").reset_index()
     for threshold, rows in efficiency.groupby("threshold"):  # a miss counts as infinitely many examples
-        needed = rows.assign(e=rows["examples_needed"].fillna(np.inf)).groupby("arm")["e"].median()
-        summary[f"examples_for_{threshold:g}"] = summary["arm"].map(needed.replace(np.inf, np.nan))
-    order = {arm: i for i, arm in enumerate(dict.fromkeys(finetune["arm"]))}
-    return summary.sort_values(["arm", "train_examples"], key=lambda c: c.map(order) if c.name == "arm" else c,
+        needed = rows.assign(e=rows["examples_needed"].fillna(np.inf)).groupby(["task", "arm"])["e"].median()
+        at = pd.MultiIndex.from_frame(summary[["task", "arm"]])
+        summary[f"examples_for_{threshold:g}"] = needed.replace(np.inf, np.nan).reindex(at).to_numpy()
+    order = {name: i for column in ("task", "arm") for i, name in enumerate(dict.fromkeys(finetune[column]))}
+    return summary.sort_values(keys, key=lambda c: c.map(order) if c.name != "train_examples" else c,
                                ignore_index=True)
 
 
 LIME_PAPER = ("Wu, Rabe, Li, Ba, Grosse, Szegedy: LIME: Learning Inductive Bias for Primitives of Mathematical "
               "Reasoning (ICML 2021)")
 BEATS_SCRATCH = Claim(LIME_PAPER, "Models trained with LIME significantly outperform vanilla transformers on four very "
-                      "different large mathematical reasoning benchmarks.", "exact match on one-step term rewriting "
-                      "(not the paper's benchmarks) at the last fine-tuning step, {arm} pretraining minus none "
+                      "different large mathematical reasoning benchmarks.", "exact match on {task} (not the "
+                      "paper's benchmarks) at the last fine-tuning step, {arm} pretraining minus none "
                       "(scratch), mean over the downstream training sizes")
 BEATS_CONTROL = Claim(LIME_PAPER, "Inductive bias is encoded in the form of datasets: tasks that require deduction, "
                       "induction and abduction, devoid of mathematical knowledge, teach the fundamental reasoning "
-                      "biases.", "exact match on one-step term rewriting at the last fine-tuning step, {arm} "
+                      "biases.", "exact match on {task} at the last fine-tuning step, {arm} "
                       "pretraining minus the {control} control (pretrained to {control} the same sources), mean over "
                       "the downstream training sizes")
 LEARNED_EXACT_MATCH = 0.05  # held-out pretraining exact match below this is "near 0": the task was not learned (ours)
 
 
 def lime_pretrain_findings(pretrain: pd.DataFrame, finetune: pd.DataFrame, scope: str) -> pd.DataFrame:
-    """Each LIME arm of `finetune` against scratch and against each control, paired by seed; not testable where the
-    arm's pretraining did not learn its task (held-out exact match at the last step of `pretrain`, the mean over
-    seeds, below LEARNED_EXACT_MATCH). The tables hold lime_pretrain_curves.parquet's and
-    lime_finetune_curves.parquet's columns."""
+    """Each LIME arm of `finetune` against scratch and against each control, paired by seed, on each downstream task
+    (in the table's order); not testable where the arm's pretraining did not learn its task (held-out exact match at
+    the last step of `pretrain`, the mean over seeds, below LEARNED_EXACT_MATCH). The tables hold
+    lime_pretrain_curves.parquet's and lime_finetune_curves.parquet's columns."""
     arms, seeds = list(dict.fromkeys(finetune["arm"])), finetune["seed"].nunique()
     lime_arms = [arm for arm in arms if arm == "mixed" or arm in TASKS] or ["LIME"]
     comparisons = [(BEATS_SCRATCH, SCRATCH), *((BEATS_CONTROL, control) for control in CONTROLS if control in arms)]
     if not any(claim is BEATS_CONTROL for claim, _ in comparisons):
         comparisons.append((BEATS_CONTROL, "copy"))
     rows = []
-    for claim, baseline in comparisons:
-        for arm in lime_arms:
-            claim_here = replace(claim, measure=claim.measure.format(arm=arm, control=baseline))
-            why = untestable_transfer(pretrain, arms, arm, baseline, seeds)
-            if why:
-                rows.append(not_testable(claim_here, why, scope, seeds))
-            else:
-                rows.append(paired_difference(claim_here, exact_match_gain(finetune, arm, baseline), scope))
+    for task, tuned in finetune.groupby("task", sort=False):
+        for claim, baseline in comparisons:
+            for arm in lime_arms:
+                measure = claim.measure.format(arm=arm, control=baseline, task=DOWNSTREAM_TASKS[task])
+                claim_here, why = replace(claim, measure=measure), untestable_transfer(pretrain, arms, arm, baseline,
+                                                                                       seeds)
+                rows.append(not_testable(claim_here, why, scope, seeds) if why else
+                            paired_difference(claim_here, exact_match_gain(tuned, arm, baseline), scope))
     return findings_table(rows)
 
 
