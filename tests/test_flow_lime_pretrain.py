@@ -60,14 +60,16 @@ def test_tables_hold_every_arm_seed_size_and_step(run):
     assert "| task | arm | train_examples | seeds | exact_match | exact_match_sem |" in report
     findings = pd.read_parquet(folder / "findings.parquet")  # 6 steps learn nothing, and there is no control arm
     assert list(findings.columns) == list(COLUMNS)
-    assert findings["claim"].tolist() == [BEATS_SCRATCH.claim, BEATS_CONTROL.claim] * 2  # each downstream task
+    claims = [BEATS_SCRATCH.claim] * 3 + [BEATS_CONTROL.claim] * 3  # mixed: the mean over sizes, then each size
+    assert findings["claim"].tolist() == claims * 2  # each downstream task
     one_step = findings["measure"].str.startswith("exact match on one-step term rewriting")
-    assert one_step.tolist() == [True, True, False, False]
-    assert findings["rule"].tolist() == [
+    assert one_step.tolist() == [True] * 6 + [False] * 6
+    assert findings["measure"][2].endswith("at 16 training examples")
+    assert findings["rule"].tolist() == ([
         "not testable here: pretraining did not learn mixed: held-out exact match 0.000 at its last step (6), mean "
         "over seeds, below 0.05 (our 'near 0'), so nothing learned could transfer; pretrain longer "
-        "(pretrain.optim.steps) or a larger transformer",
-        "not testable here: arms has no copy: add a control (copy or reverse) to arms"] * 2
+        "(pretrain.optim.steps) or a larger transformer"] * 3 + [
+        "not testable here: arms has no copy: add a control (copy or reverse) to arms"] * 3) * 2
     assert 0 <= report.index("## Findings") < report.index("## Tables")
 
 

@@ -25,15 +25,15 @@ PINNED = {
     "deq": "deq-8312697a832f",  # issue 28: the default experiment gained the explicit baselines
     "subspaces": "subspaces-628efb63a7a8",  # issue 28: SWA, a validation split, the authors' schedule
     "lime_data": "lime_data-08334ba4ebcb",  # issue 31: the header lists the rule symbols used, as the authors'
-    "lime_pretrain": "lime_pretrain-e94437d0278e",  # issue 31: the LIME header lists the rule symbols used
+    "lime_pretrain": "lime_pretrain-39e3efe3b385",  # issue 31: the setting a CPU learns, 7 arms, 2 downstream tasks
     "cscore-fashion-noisy.yaml": "cscore-844a2a3f3dde", "cscore-mnist1d.yaml": "cscore-60cca1d50bed",
     "cscore.yaml": "cscore-8e05a0a52f90",
     "dct-sparse-fashion.yaml": "dct_sparse-4a44855b6029",  # issue 29: as the default
     "dct-sparse-fashion-cnn.yaml": "dct_sparse-ea384e2d5167",  # issue 29: a BatchNorm CNN on Fashion-MNIST (new)
     "deq-synthetic.yaml": "deq-5f39085ac39f",  # issue 28: the default experiment gained the explicit baselines
     "deq-fashion-conv.yaml": "deq-d431c0df3b76",  # issue 28: the conv DEQ on Fashion-MNIST (a new config)
-    "lime-pretrain-gpu.yaml": "lime_pretrain-a42cad14f6e6",  # issue 31: the LIME header lists the rule symbols used
-    "lime-pretrain-short-rules.yaml": "lime_pretrain-39e3efe3b385",  # issue 31: the setting a CPU learns, 2 tasks
+    "lime-pretrain-gpu.yaml": "lime_pretrain-3a775c800dae",  # issue 31: bucketing, 2 downstream tasks
+    "lime-pretrain-paper-ranges.yaml": "lime_pretrain-e94437d0278e",  # issue 31: the default before (new file)
     "proxies-fashion-noisy.yaml": "proxies-194874d5afef", "prune-mnist1d-cnn-gpu.yaml": "prune_grid-1d5ee09af5d3",
     "prune-mnist1d-cnn.yaml": "prune_grid-d0e74fa5be1e", "prune-mnist1d.yaml": "prune_grid-a018cfdac5aa",
     "prune-mnist1d-data.yaml": "prune_grid-2a88b076a1f7",  # the law across 4 data fractions and widths 16-128 (new)

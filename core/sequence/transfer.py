@@ -9,6 +9,7 @@ tried (NaN when no size reaches it).
 from __future__ import annotations
 
 from dataclasses import replace
+from itertools import product
 from typing import Callable, Sequence
 
 import numpy as np
@@ -171,20 +172,22 @@ LIME_PAPER = ("Wu, Rabe, Li, Ba, Grosse, Szegedy: LIME: Learning Inductive Bias 
 BEATS_SCRATCH = Claim(LIME_PAPER, "Models trained with LIME significantly outperform vanilla transformers on four very "
                       "different large mathematical reasoning benchmarks.", "exact match on {task} (not the "
                       "paper's benchmarks) at the last fine-tuning step, {arm} pretraining minus none "
-                      "(scratch), mean over the downstream training sizes")
+                      "(scratch), {sizes}")
 BEATS_CONTROL = Claim(LIME_PAPER, "Inductive bias is encoded in the form of datasets: tasks that require deduction, "
                       "induction and abduction, devoid of mathematical knowledge, teach the fundamental reasoning "
                       "biases.", "exact match on {task} at the last fine-tuning step, {arm} "
-                      "pretraining minus the {control} control (pretrained to {control} the same sources), mean over "
-                      "the downstream training sizes")
+                      "pretraining minus the {control} control (pretrained to {control} the same sources), {sizes}")
 LEARNED_EXACT_MATCH = 0.05  # held-out pretraining exact match below this is "near 0": the task was not learned (ours)
+ALL_SIZES = "mean over the downstream training sizes"
+EACH_SIZE_ARM = "mixed"  # the paper's LIME pretraining: its rows also say at which training-set sizes it wins
 
 
 def lime_pretrain_findings(pretrain: pd.DataFrame, finetune: pd.DataFrame, scope: str) -> pd.DataFrame:
     """Each LIME arm of `finetune` against scratch and against each control, paired by seed, on each downstream task
-    (in the table's order); not testable where the arm's pretraining did not learn its task (held-out exact match at
-    the last step of `pretrain`, the mean over seeds, below LEARNED_EXACT_MATCH). The tables hold
-    lime_pretrain_curves.parquet's and lime_finetune_curves.parquet's columns."""
+    (in the table's order): the mean over training-set sizes, and for EACH_SIZE_ARM a row per size too; not testable
+    where the arm's pretraining did not learn its task (held-out exact match at the last step of `pretrain`, the mean
+    over seeds, below LEARNED_EXACT_MATCH). The tables hold lime_pretrain_curves.parquet's and
+    lime_finetune_curves.parquet's columns."""
     arms, seeds = list(dict.fromkeys(finetune["arm"])), finetune["seed"].nunique()
     lime_arms = [arm for arm in arms if arm == "mixed" or arm in TASKS] or ["LIME"]
     comparisons = [(BEATS_SCRATCH, SCRATCH), *((BEATS_CONTROL, control) for control in CONTROLS if control in arms)]
@@ -192,13 +195,14 @@ def lime_pretrain_findings(pretrain: pd.DataFrame, finetune: pd.DataFrame, scope
         comparisons.append((BEATS_CONTROL, "copy"))
     rows = []
     for task, tuned in finetune.groupby("task", sort=False):
-        for claim, baseline in comparisons:
-            for arm in lime_arms:
-                measure = claim.measure.format(arm=arm, control=baseline, task=DOWNSTREAM_TASKS[task])
-                claim_here, why = replace(claim, measure=measure), untestable_transfer(pretrain, arms, arm, baseline,
-                                                                                       seeds)
-                rows.append(not_testable(claim_here, why, scope, seeds) if why else
-                            paired_difference(claim_here, exact_match_gain(tuned, arm, baseline), scope))
+        for (claim, baseline), arm in product(comparisons, lime_arms):
+            why = untestable_transfer(pretrain, arms, arm, baseline, seeds)
+            for size in [None, *sorted(tuned["train_examples"].unique())] if arm == EACH_SIZE_ARM else [None]:
+                at = ALL_SIZES if size is None else f"at {size} training examples"
+                measured = replace(claim, measure=claim.measure.format(arm=arm, control=baseline, sizes=at,
+                                                                       task=DOWNSTREAM_TASKS[task]))
+                rows.append(not_testable(measured, why, scope, seeds) if why else
+                            paired_difference(measured, exact_match_gain(tuned, arm, baseline, size), scope))
     return findings_table(rows)
 
 
@@ -219,9 +223,12 @@ def untestable_transfer(pretrain: pd.DataFrame, arms: list[str], arm: str, basel
     return too_few_seeds(seeds) or ""
 
 
-def exact_match_gain(finetune: pd.DataFrame, arm: str, baseline: str) -> pd.Series:
-    """Per seed: `arm`'s exact match minus `baseline`'s at the last fine-tuning step, the mean over training sizes."""
+def exact_match_gain(finetune: pd.DataFrame, arm: str, baseline: str, size: int | None = None) -> pd.Series:
+    """Per seed: `arm`'s exact match minus `baseline`'s at the last fine-tuning step, the mean over training sizes (or
+    at `size` alone)."""
     last = finetune[finetune["step"] == finetune["step"].max()]
+    if size is not None:
+        last = last[last["train_examples"] == size]
     last = last.set_index(["arm", "seed", "train_examples"]).sort_index()
     gains = last.loc[arm, "exact_match"] - last.loc[baseline, "exact_match"]
     return gains.groupby(level="seed").mean()
