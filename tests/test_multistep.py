@@ -13,51 +13,11 @@ from core.sequence.multistep import (TASK, MultistepConfig, as_multistep, encode
                                      split, subterm_end)
 from core.sequence.rewriting import RULES, SYMBOLS, RewriteConfig, decode, encode, parse_rules
 from core.sequence.rewriting import generate as one_step
+from term_reference import PATTERN_VARIABLES, flatten, names_of, tree
+from term_reference import rewrite as reference
 
-ARITY = {"f": 2, "g": 2, "k": 2, "h": 1, "n": 1, **{name: 0 for name in "abcde01xyz"}}  # the task's, by hand
-PATTERN_VARIABLES = set("xyz")
 RULE = parse_rules(RULES)
 OFFSET = MultistepConfig(symbol_offset=500)
-
-
-def names_of(tokens, config=MultistepConfig()) -> list[str]:
-    """Symbol names of tokens (symbols only)."""
-    by_token = {N_SPECIAL + config.symbol_offset + k: name for name, k in SYMBOLS.items()}
-    return [by_token[int(t)] for t in tokens]
-
-
-def tree(names: list[str]) -> tuple:
-    """A prefix term as a nested tuple (name, *arguments); all the names must be used."""
-    def read(at: int) -> tuple[tuple, int]:
-        name, arguments, at = names[at], [], at + 1
-        for _ in range(ARITY[name]):
-            argument, at = read(at)
-            arguments.append(argument)
-        return (name, *arguments), at
-
-    parsed, end = read(0)
-    assert end == len(names), names
-    return parsed
-
-
-def reference_rewrite(lhs: tuple, rhs: tuple, term: tuple) -> tuple | None:
-    """rhs under the substitution that makes lhs the term, or None; on trees."""
-    sigma = {}
-
-    def matches(pattern: tuple, t: tuple) -> bool:
-        if pattern[0] in PATTERN_VARIABLES:
-            return sigma.setdefault(pattern[0], t) == t
-        return pattern[0] == t[0] and all(matches(p, a) for p, a in zip(pattern[1:], t[1:]))
-
-    def apply(pattern: tuple) -> tuple:
-        return sigma[pattern[0]] if pattern[0] in PATTERN_VARIABLES else (pattern[0], *map(apply, pattern[1:]))
-
-    return apply(rhs) if matches(lhs, term) else None
-
-
-def flatten(t: tuple) -> list[str]:
-    """A tree back in prefix order."""
-    return [t[0]] + [name for argument in t[1:] for name in flatten(argument)]
 
 
 def read_back(example, config=MultistepConfig()) -> tuple[list[tuple[tuple, tuple]], tuple]:
@@ -131,7 +91,7 @@ def test_every_target_is_the_chain_of_the_source_rules_applied_by_a_reference(co
         visited = [term]
         for number, (lhs, rhs) in zip(e.rules, rules):
             assert " ".join(flatten(lhs) + ["->"] + flatten(rhs)) == " ".join(RULES[number].split())
-            term = reference_rewrite(lhs, rhs, term)
+            term = reference(lhs, rhs, term)
             assert term is not None and term not in visited  # each rule matches at the root, and makes a new term
             visited.append(term)
         assert [names_of(t, config) for t in e.terms] == [flatten(t) for t in visited]

@@ -1,5 +1,5 @@
 """One-step term rewriting: every target checked against a reference that parses the source's tokens into trees,
-matches the rule's lhs against the term and applies the rhs (written here, independently of core.sequence.rewriting);
+matches the rule's lhs against the term and applies the rhs (tests/term_reference.py, independent of core.sequence);
 rule frequencies, depth and length bounds worked out by hand, seeding independent of the split into calls, the
 train/test split, refused configs and the token ranges."""
 import re
@@ -9,10 +9,9 @@ import pyarrow as pa
 import pytest
 
 from core.sequence.lime import BOS, EOS, MAPS, N_SPECIAL, PAD, SEP, columns
-from core.sequence.rewriting import (RULES, SYMBOLS, RewriteConfig, decode, encode, generate, split, token)
+from core.sequence.rewriting import RULES, SYMBOLS, RewriteConfig, decode, encode, generate, split, token
+from term_reference import ARITY, PATTERN_VARIABLES, apply, flatten, names_of, substitution, tree
 
-ARITY = {"f": 2, "g": 2, "k": 2, "h": 1, "n": 1, **{name: 0 for name in "abcde01xyz"}}  # the task's, by hand
-PATTERN_VARIABLES = set("xyz")
 # Per default rule: the longest term, source and target when every variable gets a full binary tree of depth 3
 # (15 symbols): term = lhs symbols + occurrences x 14, source = lhs + 1 + rhs + 1 + term, target = rhs + rhs vars x 14.
 BOUNDS = {0: (17, 23, 15), 1: (31, 39, 31), 2: (47, 61, 63), 3: (17, 23, 15), 4: (47, 59, 47), 5: (32, 43, 33),
@@ -20,52 +19,9 @@ BOUNDS = {0: (17, 23, 15), 1: (31, 39, 31), 2: (47, 61, 63), 3: (17, 23, 15), 4:
 OFFSET = RewriteConfig(symbol_offset=500)
 
 
-def names_of(tokens, config=RewriteConfig()) -> list[str]:
-    """Symbol names of tokens (symbols only)."""
-    by_token = {N_SPECIAL + config.symbol_offset + k: name for name, k in SYMBOLS.items()}
-    return [by_token[int(t)] for t in tokens]
-
-
-def parse(names: list[str]) -> tuple:
-    """A prefix term as a nested tuple (name, *arguments); all the names must be used."""
-    def read(at: int) -> tuple[tuple, int]:
-        name, at = names[at], at + 1
-        arguments = []
-        for _ in range(ARITY[name]):
-            argument, at = read(at)
-            arguments.append(argument)
-        return (name, *arguments), at
-
-    tree, end = read(0)
-    assert end == len(names), names
-    return tree
-
-
-def match(pattern: tuple, term: tuple, sigma: dict) -> None:
-    """Extend sigma so that the pattern under sigma is the term; fail on a clash or a repeated variable's mismatch."""
-    if pattern[0] in PATTERN_VARIABLES:
-        assert sigma.setdefault(pattern[0], term) == term, (pattern, term, sigma)
-        return
-    assert pattern[0] == term[0] and len(pattern) == len(term), (pattern, term)
-    for p, t in zip(pattern[1:], term[1:]):
-        match(p, t, sigma)
-
-
-def apply(pattern: tuple, sigma: dict) -> tuple:
-    """The pattern with its variables replaced."""
-    if pattern[0] in PATTERN_VARIABLES:
-        return sigma[pattern[0]]
-    return (pattern[0], *(apply(p, sigma) for p in pattern[1:]))
-
-
-def flatten(tree: tuple) -> list[str]:
-    """A tree back in prefix order."""
-    return [tree[0]] + [name for argument in tree[1:] for name in flatten(argument)]
-
-
-def depth(tree: tuple) -> int:
+def depth(term: tuple) -> int:
     """A constant's depth is 0."""
-    return 1 + max(depth(a) for a in tree[1:]) if len(tree) > 1 else 0
+    return 1 + max(depth(a) for a in term[1:]) if len(term) > 1 else 0
 
 
 def read_back(example, config=RewriteConfig()) -> tuple[tuple, tuple, tuple, dict]:
@@ -73,9 +29,9 @@ def read_back(example, config=RewriteConfig()) -> tuple[tuple, tuple, tuple, dic
     source = [int(t) for t in example.source]
     assert source.count(MAPS) == 1 and source.count(SEP) == 1 and source.index(MAPS) < source.index(SEP)
     cut, bar = source.index(MAPS), source.index(SEP)
-    lhs, rhs, term = (parse(names_of(part, config)) for part in (source[:cut], source[cut + 1:bar], source[bar + 1:]))
-    sigma = {}
-    match(lhs, term, sigma)
+    lhs, rhs, term = (tree(names_of(part, config)) for part in (source[:cut], source[cut + 1:bar], source[bar + 1:]))
+    sigma = substitution(lhs, term)
+    assert sigma is not None, (lhs, term)
     return lhs, rhs, term, sigma
 
 
