@@ -1,5 +1,6 @@
 """Tasks of the `lime_pretrain` flow: one arm's pretraining, every seed; one arm's fine-tuning, every seed and
-downstream training-set size. Each seed's files are written as it finishes, so a stopped run resumes by seed."""
+downstream training-set size. Each seed's files are written as it finishes, so a stopped run resumes by seed, and a
+seed stopped mid-pretraining goes on from its last held-out check (a checkpoint, core.runs.checkpoints)."""
 from __future__ import annotations
 
 import time
@@ -12,6 +13,7 @@ from tqdm.auto import tqdm
 
 from core.config import derive_seed
 from core.models.networks import seeded_init
+from core.runs.checkpoints import read_checkpoint, remove_checkpoint, write_checkpoint
 from core.runs.store import RunStore
 from core.runtime import resolve_device
 from core.sequence import multistep, rewriting
@@ -82,10 +84,16 @@ def pretrain_arm(store: RunStore, arm: str) -> list[str]:
 
 
 def _pretrain(store: RunStore, arm: str, seed: int, files: list[str]) -> None:
-    """Pretrain one seed and write its curve and weights."""
-    config, start, logger = store.config, time.perf_counter(), get_run_logger()
+    """Pretrain one seed and write its curve and weights; a stopped seed goes on from its last held-out check
+    (checkpoints/pretrain/<arm>-seed<seed>.pt, removed once the weights are written)."""
+    config, logger = store.config, get_run_logger()
     lime, pretrain, base = config.lime.to_core(), config.pretrain, model_seed(config.seed, seed)
-    model = new_model(store, seed)
+    model, checkpoint = new_model(store, seed), f"pretrain/{arm}-seed{seed}.pt"
+    state = read_checkpoint(store, checkpoint)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        logger.info("pretrain %s, seed %d: going on from step %d (%s)", arm, seed, state["step"], checkpoint)
+    start = time.perf_counter() - (state["rows"][-1]["seconds"] if state else 0.0)  # the seed's, over its runs
     held_out = generate(arm, derive_seed(base, MONITOR_STREAM), 0, pretrain.eval_examples, lime)
     sources, targets = [e.source for e in held_out], [e.target for e in held_out]
     batches = pretraining_batches(config, arm, base)
@@ -98,10 +106,15 @@ def _pretrain(store: RunStore, arm: str, seed: int, files: list[str]) -> None:
                     pretrain.optim.steps, figures["exact_match"], figures["token_accuracy"], figures["seconds"])
         return figures
 
+    def save(training: dict) -> None:
+        """The training state and the model's weights, as one checkpoint."""
+        write_checkpoint(store, checkpoint, {**training, "model": model.state_dict()})
+
     with progress:
-        curve = train_with_evaluation(model, batches, pretrain.optim, pretrain.eval_every, evaluate, moved)
+        curve = train_with_evaluation(model, batches, pretrain.optim, pretrain.eval_every, evaluate, moved, state, save)
     store.write_table(files[0], curve.assign(arm=arm, seed=seed)[PRETRAIN_COLUMNS])
     store.write_tensors(files[1], model.state_dict())
+    remove_checkpoint(store, checkpoint)
 
 
 def pretraining_batches(config, arm: str, base: int) -> Batches:

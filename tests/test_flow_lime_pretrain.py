@@ -1,5 +1,6 @@
 """The `lime_pretrain` flow on a tiny config: its tables' keys, a pretrained network and a fine-tuning result against
 the same training done here by hand, and resuming after files are lost."""
+import copy
 from pathlib import Path
 
 import pandas as pd
@@ -9,12 +10,13 @@ import torch
 from core.config import derive_seed
 from core.findings import COLUMNS
 from core.models.networks import seeded_init
+from core.runs.checkpoints import write_checkpoint
 from core.runs.store import RunStore
 from core.sequence.config import OptimConfig, TransformerConfig
 from core.sequence import multistep, rewriting
 from core.sequence.rewriting import RewriteConfig
 from core.sequence.transfer import (BEATS_CONTROL, BEATS_SCRATCH, epoch_batches, held_out_figures, lime_batches,
-                                    sample_efficiency)
+                                    sample_efficiency, train_with_evaluation)
 from core.sequence.transformer import Seq2Seq, train_seq2seq
 from core.training.experiment import DRAW_STREAM, INIT_STREAM, ORDER_STREAM, SUBSET_STREAM, model_seed
 from flows.lime_data import LimeGenerationConfig
@@ -123,6 +125,32 @@ def test_a_rerun_skips_everything_and_a_lost_seed_is_all_that_is_redone(run):
     assert redone == {"pretrained/mixed-seed0.safetensors", "shards/pretrain/mixed-seed0.parquet",
                       "shards/finetune/rewrite/mixed-seed0.parquet",  # built from the lost weights: fine-tuned again
                       "shards/finetune/rewrite_multistep/mixed-seed0.parquet"}
+
+
+def test_a_seed_stopped_mid_pretraining_goes_on_from_its_checkpoint(run):
+    """The checkpoint a stop leaves (here: made by hand at step 3 of 6, its first row marked) is where the rerun goes
+    on from: the same weights as the uninterrupted run, the marked row kept, the checkpoint removed."""
+    folder, _, _ = run
+    store = RunStore.open("lime_pretrain", CONFIG, folder.parents[2])
+    uninterrupted = store.read_tensors("pretrained/mixed-seed1.safetensors")
+    torch.set_num_threads(task_threads(CONFIG.runtime))
+    base, optim, model, states = model_seed(CONFIG.seed, 1), CONFIG.pretrain.optim, network(1), []
+    batches = lime_batches("mixed", derive_seed(base, DRAW_STREAM), optim.batch_size, CONFIG.lime.to_core())
+    train_with_evaluation(model, batches, optim, 3, lambda step: {"exact_match": 0.0, "token_accuracy": 0.0,
+                                                                 "seconds": 1.0},
+                          save=lambda state: states.append({**copy.deepcopy(state), "model": copy.deepcopy(
+                              model.state_dict())}))
+    (at_3,) = states
+    at_3["rows"][0]["train_loss"] = -1.0  # a mark only a resumed run carries
+    (folder / "pretrained" / "mixed-seed1.safetensors").unlink()
+    (folder / "shards" / "pretrain" / "mixed-seed1.parquet").unlink()
+    write_checkpoint(store, "pretrain/mixed-seed1.pt", at_3)
+    lime_pretrain_flow(CONFIG, data_root=str(folder.parents[2]))
+    for name, value in store.read_tensors("pretrained/mixed-seed1.safetensors").items():
+        torch.testing.assert_close(value, uninterrupted[name], rtol=1e-5, atol=1e-6)
+    curve = pd.read_parquet(folder / "shards" / "pretrain" / "mixed-seed1.parquet")
+    assert curve["step"].tolist() == [3, 6] and curve["train_loss"][0] == -1.0 and curve["train_loss"][1] > 0
+    assert not (folder / "checkpoints" / "pretrain" / "mixed-seed1.pt").exists()
 
 
 def test_lime_settings_longer_than_the_positions_are_refused_before_any_work(tmp_path):

@@ -84,3 +84,41 @@ def test_summary_means_and_medians_over_seeds_per_task():
     assert needed[0] == needed[1] == pytest.approx((1000 + 100 * 10 ** 0.5) / 2)  # median of two seeds that reach it
     assert math.isnan(needed[2])  # one seed of two never reaches it: the median is a miss
     assert math.isnan(needed[4]) and math.isnan(needed[6])  # multi-step: seed 0 of scratch, seed 1 of mixed miss it
+
+
+def tiny_model(seed: int = 0):
+    """A one-layer encoder-decoder over LIME's small vocabulary, seeded."""
+    from core.models.networks import seeded_init
+    from core.sequence.config import TransformerConfig
+    from core.sequence.transformer import Seq2Seq
+
+    with seeded_init(seed):
+        return Seq2Seq(SMALL.total_vocab, TransformerConfig(d_model=16, heads=2, encoder_layers=1, decoder_layers=1,
+                                                          feedforward=32))
+
+
+def test_training_resumed_from_a_checkpoint_ends_as_if_never_stopped():
+    import copy
+
+    import torch
+
+    from core.sequence.config import OptimConfig
+    from core.sequence.transfer import train_with_evaluation
+
+    torch.set_num_threads(1)  # the same reduction order in both trainings
+    config, batches = OptimConfig(steps=9, batch_size=4, lr=1e-2, warmup=2), lime_batches("deduct", 1, 4, SMALL)
+    evaluate = lambda step: {"checked_at": float(step)}  # noqa: E731
+    whole, saved = tiny_model(), []
+
+    def keep(state: dict) -> None:
+        saved.append((copy.deepcopy(state), copy.deepcopy(whole.state_dict())))
+
+    straight = train_with_evaluation(whole, batches, config, 3, evaluate, save=keep)
+    assert [state["step"] for state, _ in saved] == [3, 6]  # after each record but the last
+    state, weights = saved[0]
+    resumed = tiny_model(seed=99)  # another initialisation: everything must come from the checkpoint
+    resumed.load_state_dict(weights)
+    went_on = train_with_evaluation(resumed, batches, config, 3, evaluate, state=state)
+    pd.testing.assert_frame_equal(went_on, straight)
+    for name, value in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0)

@@ -19,7 +19,7 @@ import torch
 from core.findings import Claim, findings_table, not_testable, paired_difference, too_few_seeds
 from core.sequence.config import DOWNSTREAM_TASKS, SCRATCH, OptimConfig
 from core.sequence.lime import CONTROLS, TASKS, LimeConfig, generate
-from core.sequence.transformer import Batches, Seq2Seq, exact_match, token_accuracy, train_seq2seq
+from core.sequence.transformer import Batches, Seq2Seq, adamw, exact_match, token_accuracy, train_seq2seq
 
 
 def lime_batches(task: str, seed: int, batch_size: int, config: LimeConfig) -> Batches:
@@ -99,20 +99,29 @@ def epoch_batches(sources: Sequence[np.ndarray], targets: Sequence[np.ndarray], 
 
 
 def train_with_evaluation(model: Seq2Seq, batches: Batches, config: OptimConfig, eval_every: int,
-                          evaluate: Callable[[int], dict[str, float]], progress: Callable[[int], None] | None = None
-                          ) -> pd.DataFrame:
+                          evaluate: Callable[[int], dict[str, float]], progress: Callable[[int], None] | None = None,
+                          state: dict | None = None, save: Callable[[dict], None] | None = None) -> pd.DataFrame:
     """Train, and every `eval_every` steps and at the last step record the step, the mean training loss since the
-    previous record and `evaluate(steps done)`'s figures; one row per record."""
-    rows, losses = [], []
+    previous record and `evaluate(steps done)`'s figures; one row per record. After each record but the last,
+    `save(state)` gets what it takes to go on from there, {"step", "rows", "optimizer" (its state_dict)}; given such a
+    `state` (and the model holding the weights it had then), training goes on from that step exactly as it would have
+    (the batches are a function of the step)."""
+    optimizer, rows, start = adamw(model, config), [], 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        rows, start = list(state["rows"]), state["step"]
+    losses = []
 
     def record(step: int, loss: float) -> None:
-        """Keep the loss; evaluate at the recording steps."""
+        """Keep the loss; evaluate (and offer a checkpoint) at the recording steps."""
         losses.append(loss)
         if (step + 1) % eval_every == 0 or step + 1 == config.steps:
             rows.append({"step": step + 1, "train_loss": float(np.mean(losses)), **evaluate(step + 1)})
             losses.clear()
+            if save is not None and step + 1 < config.steps:
+                save({"step": step + 1, "rows": list(rows), "optimizer": optimizer.state_dict()})
 
-    train_seq2seq(model, batches, config, on_step=record, progress=progress)
+    train_seq2seq(model, batches, config, on_step=record, progress=progress, optimizer=optimizer, start=start)
     return pd.DataFrame(rows)
 
 

@@ -197,18 +197,25 @@ def sequence_loss(model: Seq2Seq, source: Tensor, target_in: Tensor, labels: Ten
 Batches = Callable[[int], tuple[Sequence[np.ndarray], Sequence[np.ndarray]]]  # step -> (sources, targets)
 
 
-def train_seq2seq(model: Seq2Seq, batches: Batches, config: OptimConfig, on_step: Callable[[int, float], None]
-                  | None = None, progress: Callable[[int], None] | None = None) -> list[float]:
-    """Train with AdamW on `batches(step)` for `config.steps` steps; returns the loss of every step.
-    `on_step(step, loss)` runs after each update (evaluation, logging) and `progress(steps_done)` moves a bar."""
-    device = next(model.parameters()).device
-    decay = [p for p in model.parameters() if p.dim() >= 2]  # no weight decay on biases and norms
+def adamw(model: Seq2Seq, config: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over the model's parameters, with weight decay on its matrices only (not on biases and norms)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": rest, "weight_decay": 0.0}], lr=config.lr)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=config.lr)
+
+
+def train_seq2seq(model: Seq2Seq, batches: Batches, config: OptimConfig, on_step: Callable[[int, float], None]
+                  | None = None, progress: Callable[[int], None] | None = None,
+                  optimizer: torch.optim.Optimizer | None = None, start: int = 0) -> list[float]:
+    """Train with AdamW on `batches(step)` for steps `start` .. `config.steps` - 1; returns the loss of each.
+    `on_step(step, loss)` runs after each update (evaluation, logging) and `progress(steps_done)` moves a bar.
+    `optimizer`: one of `adamw`'s, e.g. holding a checkpoint's state to go on from update `start` (default: new)."""
+    device = next(model.parameters()).device
+    optimizer = optimizer or adamw(model, config)
     losses = []
     model.train()
-    for step in range(config.steps):
+    for step in range(start, config.steps):
         for group in optimizer.param_groups:
             group["lr"] = config.lr_at(step)
         loss = sequence_loss(model, *collate(*batches(step), device))
