@@ -1,13 +1,13 @@
 """`lime_pretrain` flow: does pretraining on LIME teach a small transformer something a downstream task can use?
 
 Wu, Rabe, Li, Ba, Grosse and Szegedy, "LIME: Learning Inductive Bias for Primitives of Mathematical Reasoning" (ICML
-2021). A transformer encoder-decoder is pretrained on a LIME task (Mixed by default) or on a control of the same
-sources (copy or reverse them), or not at all ("scratch"), then fine-tuned on term rewriting with a fixed rule set at
-several training-set sizes: one rule applied once (`core/sequence/rewriting.py`) and, with `downstream.tasks`, a chain
-of rules applied in turn (`core/sequence/multistep.py`). Every arm of a seed starts from the same
-initialisation, and sees the same sources in pretraining and the same examples and batch order in fine-tuning. The
-claim to check: LIME pretraining reaches a given exact match with fewer downstream examples than scratch, and more
-than a control that only teaches copying.
+2021). A transformer encoder-decoder is pretrained on a LIME task (Mixed, Deduct, Abduct or Induct) or on a control of
+the same sources (copy or reverse them), or not at all ("scratch"), then fine-tuned on term rewriting with a fixed rule
+set at several training-set sizes: one rule applied once (`core/sequence/rewriting.py`) and, with `downstream.tasks`, a
+chain of rules applied in turn (`core/sequence/multistep.py`). Every arm of a seed starts from the same initialisation,
+and sees the same sources in pretraining and the same examples and batch order in fine-tuning. The claim to check: LIME
+pretraining reaches a given exact match with fewer downstream examples than scratch, and more than a control that only
+teaches copying.
 """
 from __future__ import annotations
 
