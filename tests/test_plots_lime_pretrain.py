@@ -69,6 +69,7 @@ def test_sample_efficiency_has_a_panel_per_task_and_a_mean_line_per_arm(monkeypa
     assert multi_step.get_title() == "sample efficiency: multi-step term rewriting"
     assert [line.get_label() for line in one_step.lines] == ["scratch", "mixed"]
     assert one_step.lines[0].get_xdata().tolist() == [100, 1000]
+    assert [label.get_text() for label in one_step.get_xticklabels()] == ["100", "1,000"]  # the sizes, no others
     assert one_step.lines[0].get_ydata().tolist() == pytest.approx([0.35, 0.55])  # seeds 0.3 / 0.4 at 100
     assert multi_step.lines[1].get_ydata().tolist() == pytest.approx([0.35, 0.55])  # mixed less 0.2
 
@@ -82,7 +83,8 @@ def test_transfer_curves_have_a_row_per_task_and_the_pretraining_panel_first(mon
     exact, tokens = first.lines
     assert exact.get_ydata().tolist() == [0.1, 0.6] and tokens.get_ydata().tolist() == [0.5, 0.9]
     assert exact.get_color() == tokens.get_color() == one_step[0].lines[1].get_color()  # mixed's colour throughout
-    assert [ax.get_title() for ax in figure.axes[4:]] == ["multi-step term rewriting, 100 examples",
-                                                          "multi-step term rewriting, 1000 examples"]
+    assert [ax.get_title() for ax in figure.axes[4:]] == ["100 training examples", "1000 training examples"]
+    assert [ax.get_ylabel() for ax in (figure.axes[1], figure.axes[4])] == [
+        "one-step term rewriting:\ntest exact match", "multi-step term rewriting:\ntest exact match"]
     assert not figure.axes[3].axison  # below the pretraining panel: nothing
     assert figure.axes[5].lines[0].get_ydata().tolist() == pytest.approx([0.0, 0.35])  # scratch, 1000, steps 2, 4

@@ -18,14 +18,18 @@ def lime_transfer_curves(pretrain, finetune, path: Path) -> Path:
     for arm, rows in pretrain.groupby("arm", sort=False):
         mean_band(axes[0, 0], rows, "step", "exact_match", arm, colours[arm])
         mean_band(axes[0, 0], rows, "step", "token_accuracy", f"{arm} (tokens)", colours[arm], ":")
-    axes[0, 0].set(xlabel="pretraining step", ylabel="exact match | token accuracy",
+    axes[0, 0].set(xlabel="pretraining step", ylabel="exact match | token accuracy (dotted)",
                    title="pretraining task (held out)")
+    if pretrain.empty:
+        axes[0, 0].text(0.5, 0.5, "no pretrained arm", ha="center", va="center", transform=axes[0, 0].transAxes)
     for row, task in zip(axes, tasks):
         for ax, size in zip(row[1:], sizes):
             runs = finetune[(finetune["task"] == task) & (finetune["train_examples"] == size)]
             for arm, rows in runs.groupby("arm", sort=False):
                 mean_band(ax, rows, "step", "exact_match", arm, colours[arm])
-            ax.set(xlabel="fine-tuning step", title=f"{DOWNSTREAM_TASKS[task]}, {size} examples")
+            ax.set(xlabel="fine-tuning step", title=f"{size} training examples")
+        row[1].set_ylabel(f"{DOWNSTREAM_TASKS[task]}:\ntest exact match")
+        row[1].tick_params(labelleft=True)  # sharey hides them beside the first column
     for ax in axes[1:, 0]:
         ax.axis("off")
     for ax in axes.flat:
@@ -48,6 +52,9 @@ def lime_sample_efficiency(finetune, path: Path) -> Path:
             ax.scatter(rows["train_examples"], rows["exact_match"], s=8, color=ax.lines[-1].get_color(), alpha=0.6)
         ax.set(xlabel="downstream training examples", xscale="log",
                title=f"sample efficiency: {DOWNSTREAM_TASKS[task]}")
+        sizes = sorted(last["train_examples"].unique())
+        ax.set_xticks(sizes, [f"{size:,}" for size in sizes], minor=False)
+        ax.minorticks_off()  # the log axis's own labels crowd a range of one decade
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("test exact match")
     axes[0, -1].legend(fontsize=7)
