@@ -76,7 +76,8 @@ class DownstreamConfig(Config):
     train_examples: list[int] = Field([300, 1000, 3000], min_length=1, description="training-set sizes (each a "
                                       "prefix of the next); every arm fine-tunes afresh at each")
     test_examples: int = Field(500, ge=1, le=100_000, description="test examples, none with a training source")
-    max_depth: int = Field(2, ge=0, le=8, description="depth of the terms substituted for the rule's variables")
+    max_depth: int = Field(2, ge=0, le=5, description="depth of the terms substituted for the rule's variables (at "
+                           "most 5: deeper multi-step targets could pass the transformer's 1,024 positions)")
     optim: OptimConfig = Field(OptimConfig(steps=1000, batch_size=32, lr=2e-3, warmup=50),
                                description="optimizer and schedule of every fine-tuning run (the same step count at "
                                "every size)")
