@@ -10,9 +10,11 @@ import socketserver
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -280,9 +282,22 @@ def test_a_second_server_of_the_same_home_is_refused_and_one_starting_is_waited_
     finally:
         stand_in.kill()
         stand_in.wait()
-    starting = subprocess.Popen([sys.executable, "-c", code, "1", "prefect-server-stand-in"])  # exits without serving
+    # lives until its stdin closes, so it is alive however long start_server takes to look (a 1 s sleeper was not,
+    # under load, and a real server was started)
+    starting = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "prefect-server-stand-in"],
+                                stdin=subprocess.PIPE)
     (home / server_port.SERVER_PID_FILE).write_text(str(starting.pid))
     (home / server_port.SERVER_PORT_FILE).write_text(f"{port}\n")  # another command started it on this port
+    waits = []
+
+    def exit_once_waited_for(seconds: float) -> None:
+        """The first wait of start_server's loop ends the stand-in, which never served."""
+        waits.append(seconds)
+        starting.stdin.close()
+        starting.wait()
+
+    monkeypatch.setattr(server, "time", SimpleNamespace(monotonic=time.monotonic, sleep=exit_once_waited_for))
     with pytest.raises(RuntimeError, match=rf"^the Prefect server on port {port} exited; the end of "):
         server.start_server()
-    assert starting.wait() == 0 and not (home / "server.log").exists()  # waited for it; none of ours was spawned
+    assert waits == [0.5] and starting.returncode == 0  # waited for it once, then saw it exit
+    assert not (home / "server.log").exists()  # none of ours was spawned
