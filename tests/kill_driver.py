@@ -1,7 +1,8 @@
 """Flow runs in processes of their own that SIGKILL themselves at their N-th atomic file write, for
 tests/test_kill.py and tests/test_claims.py.
 
-`python tests/kill_driver.py` imports every flow once, then reads one JSON request per line on stdin:
+`python tests/kill_driver.py` imports every module of the project, and what its flows import only when they run,
+once; then it reads one JSON request per line on stdin:
   {"start": [FLOW, CONFIG_JSON, DATA_ROOT, "during" | "after", N, STDOUT_PATH, STDERR_PATH]}
       forks a child that runs the flow (its output to the two files) and answers {"pid": PID} at once;
   {"wait": PID}   answers {"returncode": ...} once that child ends (-9: it SIGKILLed itself).
@@ -13,11 +14,14 @@ seconds of them, are done once.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import pkgutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,13 +81,27 @@ def run_child(flow_name: str, config_json: str, data_root: str, mode: str, n: in
     raise SystemExit(code)  # unwinds out of `serve`: the child never reads the parent's requests
 
 
-def serve() -> None:
-    """Import every flow, then answer start and wait requests (see the module's docstring)."""
-    sys.path.insert(0, str(REPO))
-    from flows.registry import FLOWS
+# What the flows import inside functions, at their first run (datasets, cleanlab, figures, and torch._dynamo, which
+# torch loads at the DEQ solver's and the optimizer's first use): imported once here, not again in every child (a
+# child spent 5-6 s of a 7 s kill attempt on them)
+RUN_TIME_IMPORTS = ["sklearn.datasets", "sklearn.metrics", "sklearn.model_selection", "cleanlab.filter",
+                    "cleanlab.rank", "pyarrow.dataset", "matplotlib.pyplot", "torch._dynamo"]
 
-    for entry in FLOWS.values():
-        entry.load()
+
+def import_everything() -> None:
+    """Every module of core, tasks and flows, and RUN_TIME_IMPORTS; none of them starts a thread."""
+    for package in ("core", "tasks", "flows"):
+        for module in pkgutil.walk_packages([str(REPO / package)], prefix=f"{package}."):
+            importlib.import_module(module.name)
+    for name in RUN_TIME_IMPORTS:
+        importlib.import_module(name)
+
+
+def serve() -> None:
+    """Import every flow and what it needs, then answer start and wait requests (see the module's docstring)."""
+    sys.path.insert(0, str(REPO))
+    import_everything()
+    assert threading.active_count() == 1, threading.enumerate()  # a fork copies no thread: none may hold a lock
     for line in sys.stdin:
         request = json.loads(line)
         if "start" in request:
