@@ -43,9 +43,9 @@ demo: $(STAMP) system-deps
 
 # -n auto: one pytest process per core; much of the suite waits on servers and subprocesses, and a second process
 # fills that time. --dist loadfile keeps a file's tests in one process, so a module's shared run is made once.
-# On 2 cores: 16 min in one process, 9 in two.
+# On 2 cores: 16 min in one process, 9 in two. At most 4: each process starts its own Prefect API server.
 test: $(STAMP) system-deps browser-deps
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.trainer
