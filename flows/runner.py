@@ -8,13 +8,14 @@ from typing import Any, Callable
 import torch
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.exceptions import MissingContextError
+from prefect.exceptions import ExternalSignal, MissingContextError
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm.auto import tqdm
 
 from core.config import RuntimeConfig
 from core.runtime import check_precision, measure_load, resolve_device, reuse_freed_memory, start_up_load, use_precision
+from core.stopping import clear_stop, request_stop
 
 PROGRESS_EVERY_S = 2.0  # least seconds between updates of the UI's progress artifact
 
@@ -81,9 +82,24 @@ def run_shards(task: Callable, parameters: list[dict[str, Any]], runtime: Runtim
             for i, p in enumerate(parameters):
                 done(i, task(**p), bar)
             return results
+        on_worker_threads(task, parameters, runtime, lambda i, result: done(i, result, bar))
+    return results
+
+
+def on_worker_threads(task: Callable, parameters: list[dict[str, Any]], runtime: RuntimeConfig,
+                      done: Callable[[int, Any], None]) -> None:
+    """Run the shards on the task runner, `done(i, result)` as each ends. An interrupt reaches this (the main) thread
+    only: it asks the shards' step loops to stop at their next step (core.stopping), not at their end, and the request
+    is withdrawn once the runner has waited for them, so later training in this process runs in full."""
+    try:
         with task_runner(runtime) as runner:
             futures = [runner.submit(task, parameters=p) for p in parameters]
             index = {f.task_run_id: i for i, f in enumerate(futures)}
-            for future in as_completed(futures):
-                done(index[future.task_run_id], future.result(), bar)
-    return results
+            try:
+                for future in as_completed(futures):
+                    done(index[future.task_run_id], future.result())
+            except (KeyboardInterrupt, SystemExit, ExternalSignal):  # Ctrl-C; SIGTERM, as Prefect raises it
+                request_stop()
+                raise
+    finally:
+        clear_stop()

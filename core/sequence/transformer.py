@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from core.sequence.config import MAX_LENGTH, OptimConfig, TransformerConfig
 from core.sequence.lime import BOS, EOS, PAD
+from core.stopping import check_stop
 
 
 def sinusoids(length: int, width: int) -> Tensor:
@@ -216,6 +217,7 @@ def train_seq2seq(model: Seq2Seq, batches: Batches, config: OptimConfig, on_step
     losses = []
     model.train()
     for step in range(start, config.steps):
+        check_stop()
         for group in optimizer.param_groups:
             group["lr"] = config.lr_at(step)
         loss = sequence_loss(model, *collate(*batches(step), device))

@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.optim.sgd import sgd
 from tqdm.auto import tqdm
 
+from core.stopping import check_stop
 from core.training.config import TrainConfig, lr_at
 from core.training.ensemble import Ensemble, example_outcomes
 from core.training.hooks import TrainingHooks
@@ -236,6 +237,7 @@ def train(
         everyone = range(int(first.max()), int(steps.min()))  # steps every model takes: the fast, common case
         epoch_loss = torch.zeros(ensemble.size, device=device)
         for s in range(int(first.min()), order.shape[1]):
+            check_stop()
             takes = (first <= s) & (s < steps)
             if not takes.any():
                 continue
