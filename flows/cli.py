@@ -136,6 +136,11 @@ def code_lines(audit, rerun: str) -> list[str]:
     return lines
 
 
+def file_count(count: int) -> str:
+    """"1 file", "2 files"."""
+    return f"{count:,d} file" + ("" if count == 1 else "s")
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     """Print a run's config, tables (rows, columns, code revision), figures, summary, and what is out of date."""
     import pandas as pd
@@ -155,7 +160,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"  {row.name:32s} {shape:>24s}  {short_revision(row.code_revision)}{flag}")
     for group, part in audit[nested].groupby(audit.loc[nested, "name"].str.split("/").str[0]):
         revisions = ", ".join(short_revision(r) for r in part["code_revision"].unique())
-        print(f"  {group + '/':32s} {f'{len(part):,d} files':>24s}  {revisions}")
+        print(f"  {group + '/':32s} {file_count(len(part)):>24s}  {revisions}")
+    checkpoints = sorted(p.relative_to(folder).as_posix() for p in folder.glob("checkpoints/**/*.pt"))
+    if checkpoints:  # a stopped long training (lime_pretrain's seeds): where its rerun goes on from
+        print(f"  {'checkpoints/':32s} {file_count(len(checkpoints)):>24s}  training in progress; a rerun goes on "
+              f"from {', '.join(checkpoints)}")
     for figure in sorted(folder.glob("figures/*.png")):
         print(f"  {figure.relative_to(folder)}")
     data_root = f" --data-root {args.data_root}" if args.data_root else ""

@@ -20,6 +20,7 @@ from core.sequence.transfer import (BEATS_CONTROL, BEATS_SCRATCH, epoch_batches,
 from core.sequence.transformer import Seq2Seq, train_seq2seq
 from core.training.experiment import DRAW_STREAM, INIT_STREAM, ORDER_STREAM, SUBSET_STREAM, model_seed
 from flows.lime_data import LimeGenerationConfig
+from flows.cli import main
 from flows.lime_pretrain import DownstreamConfig, LimePretrainFlowConfig, PretrainConfig, lime_pretrain_flow
 from tasks.common import task_threads
 
@@ -127,9 +128,10 @@ def test_a_rerun_skips_everything_and_a_lost_seed_is_all_that_is_redone(run):
                       "shards/finetune/rewrite_multistep/mixed-seed0.parquet"}
 
 
-def test_a_seed_stopped_mid_pretraining_goes_on_from_its_checkpoint(run):
+def test_a_seed_stopped_mid_pretraining_goes_on_from_its_checkpoint(run, capsys):
     """The checkpoint a stop leaves (here: made by hand at step 3 of 6, its first row marked) is where the rerun goes
-    on from: the same weights as the uninterrupted run, the marked row kept, the checkpoint removed."""
+    on from: the same weights as the uninterrupted run, the marked row kept, the checkpoint removed; `show` lists it
+    while it is there."""
     folder, _, _ = run
     store = RunStore.open("lime_pretrain", CONFIG, folder.parents[2])
     uninterrupted = store.read_tensors("pretrained/mixed-seed1.safetensors")
@@ -145,6 +147,9 @@ def test_a_seed_stopped_mid_pretraining_goes_on_from_its_checkpoint(run):
     (folder / "pretrained" / "mixed-seed1.safetensors").unlink()
     (folder / "shards" / "pretrain" / "mixed-seed1.parquet").unlink()
     write_checkpoint(store, "pretrain/mixed-seed1.pt", at_3)
+    assert main(["show", folder.name, "--data-root", str(folder.parents[2])]) == 0
+    assert (f"  {'checkpoints/':32s} {'1 file':>24s}  training in progress; a rerun goes on from "
+            "checkpoints/pretrain/mixed-seed1.pt\n") in capsys.readouterr().out
     lime_pretrain_flow(CONFIG, data_root=str(folder.parents[2]))
     for name, value in store.read_tensors("pretrained/mixed-seed1.safetensors").items():
         torch.testing.assert_close(value, uninterrupted[name], rtol=1e-5, atol=1e-6)
