@@ -19,7 +19,7 @@ def request_stop() -> None:
 
 
 def clear_stop() -> None:
-    """Let step loops run again, as a new set of shards starts."""
+    """Let step loops run again, once the stopped ones have ended."""
     _requested.clear()
 
 
