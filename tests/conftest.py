@@ -1,10 +1,18 @@
 """Shared fixtures; Prefect settings are environment variables, so they are set before it is imported."""
 import os
+import socket
 import tempfile
 
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="regularity-prefect-"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)  # tests never talk to a real server
+# nor look at port 4200 or write the checkout's .prefect/: with 4200 held (another checkout's server, a stopped one),
+# `regularity run` said so on stderr before a hostile input's error, and recorded a moved port in the user's home.
+# The tests of the default port and home set both themselves.
+os.environ["REGULARITY_PREFECT_HOME"] = tempfile.mkdtemp(prefix="regularity-home-")
+with socket.socket() as _probe:
+    _probe.bind(("127.0.0.1", 0))
+    os.environ["REGULARITY_PREFECT_PORT"] = str(_probe.getsockname()[1])
 
 from core.runtime import set_wait_policy  # noqa: E402
 
