@@ -19,8 +19,8 @@ from core.sequence.transfer import (BEATS_CONTROL, BEATS_SCRATCH, epoch_batches,
                                     sample_efficiency, train_with_evaluation)
 from core.sequence.transformer import Seq2Seq, train_seq2seq
 from core.training.experiment import DRAW_STREAM, INIT_STREAM, ORDER_STREAM, SUBSET_STREAM, model_seed
-from flows.lime_data import LimeGenerationConfig
 from flows.cli import main
+from flows.lime_data import LimeGenerationConfig
 from flows.lime_pretrain import DownstreamConfig, LimePretrainFlowConfig, PretrainConfig, lime_pretrain_flow
 from tasks.common import task_threads
 
